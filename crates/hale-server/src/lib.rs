@@ -1,1 +1,162 @@
+//! Hale's HTTP server: FHIR R4 REST (JSON) over axum.
+//!
+//! Only this crate knows FHIR wire details (content types, headers, Bundle
+//! and OperationOutcome shapes on the wire, query strings). It turns requests
+//! into `hale_store` commands and queries and never writes SQL.
 
+pub mod audit_sink;
+pub mod auth;
+mod bundle;
+pub mod capability;
+pub mod config;
+pub mod demo;
+pub mod metrics;
+mod rest;
+pub mod wire;
+
+use crate::audit_sink::AuditSink;
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use hale_store::local::{LocalLog, Proposer};
+use hale_store::Reader;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Everything a request handler needs.
+pub struct App {
+    pub cfg: Config,
+    pub proposer: Arc<dyn Proposer>,
+    pub reader: Arc<Reader>,
+    pub auth: Authenticator,
+    pub audit: AuditSink,
+    pub metrics: Metrics,
+    /// False while the demo board is loading.
+    pub ready: AtomicBool,
+}
+
+static LAST_MS: AtomicI64 = AtomicI64::new(0);
+
+/// Wall-clock ms, never going backwards within this process. Only the
+/// accepting node calls this, before a command is proposed.
+pub fn now_ms() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let prev = LAST_MS.fetch_max(now, Ordering::AcqRel);
+    prev.max(now)
+}
+
+/// A running node's handles.
+pub struct Node {
+    pub app: Arc<App>,
+    pub audit_task: tokio::task::JoinHandle<()>,
+}
+
+impl Node {
+    /// Open the store in `cfg.data` and start the single-node write path.
+    pub fn open(cfg: Config) -> Result<Node, hale_store::StoreError> {
+        let log = LocalLog::start(&cfg.data)?;
+        let reader = Arc::new(Reader::open(&cfg.data, cfg.limits.readers)?);
+        let proposer: Arc<dyn Proposer> = Arc::new(log);
+        Ok(Node::with_parts(cfg, proposer, reader))
+    }
+
+    pub fn with_parts(cfg: Config, proposer: Arc<dyn Proposer>, reader: Arc<Reader>) -> Node {
+        let (audit, audit_task) = AuditSink::start(proposer.clone(), cfg.limits.audit_queue_max);
+        let auth = Authenticator::new(&cfg.auth);
+        let app = Arc::new(App {
+            cfg,
+            proposer,
+            reader,
+            auth,
+            audit,
+            metrics: Metrics::default(),
+            ready: AtomicBool::new(true),
+        });
+        Node { app, audit_task }
+    }
+
+    pub fn router(&self) -> Router {
+        router(self.app.clone())
+    }
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .fallback(fhir)
+        .with_state(app)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    if app.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "loading demo data\n").into_response()
+    }
+}
+
+async fn metrics_text(State(app): State<Arc<App>>) -> Response {
+    let mut gauges: Vec<(String, &str, f64)> = vec![
+        ("hale_store_bytes".into(), "Size of the SQLite database and WAL files.", hale_store::disk_bytes(&app.cfg.data) as f64),
+        ("hale_last_applied_index".into(), "Index of the last command applied to this node's store.", app.proposer.last_applied() as f64),
+        ("hale_audit_queue_records".into(), "Read audit records waiting to be committed.", app.audit.queued() as f64),
+    ];
+    if let Ok(counts) = app.reader.with(hale_store::query::counts) {
+        for (t, n) in counts {
+            gauges.push((format!("hale_resources{{type=\"{t}\"}}"), "Live resources by type.", n as f64));
+        }
+    }
+    let mut resp = Response::new(Body::from(app.metrics.render(&gauges)));
+    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; version=0.0.4"));
+    resp
+}
+
+/// Every FHIR request: time it, bound it, count it.
+async fn fhir(State(app): State<Arc<App>>, req: Request) -> Response {
+    let start = Instant::now();
+    let timeout = std::time::Duration::from_millis(app.cfg.limits.request_timeout_ms);
+    let (route, resp) = match tokio::time::timeout(timeout, rest::dispatch(&app, req)).await {
+        Ok((route, Ok(r))) => (route, r),
+        Ok((route, Err(e))) => (route, e.into_response()),
+        Err(_) => (
+            "other",
+            wire::FhirError::unavailable(format!(
+                "the request took longer than {} ms and was abandoned; a write may still complete — read it back before retrying",
+                app.cfg.limits.request_timeout_ms
+            ))
+            .into_response(),
+        ),
+    };
+    app.metrics.observe(route, resp.status().as_u16(), start.elapsed().as_micros() as u64);
+    resp
+}
+
+/// Serve until `shutdown` resolves, then drain the audit queue.
+pub async fn serve(
+    node: Node,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let router = node.router();
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await?;
+    let Node { app, audit_task } = node;
+    drop(app);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), audit_task).await;
+    Ok(())
+}

@@ -1,1 +1,245 @@
+//! Hale's state machine over SQLite.
+//!
+//! - [`StateMachine`] owns the one write connection and applies commands.
+//! - [`Reader`] is a small pool of read-only connections (WAL lets them run
+//!   beside the writer).
+//! - [`local::LocalLog`] is the single-node log: group commit of the command
+//!   log and its application in one fsynced SQLite transaction. A replicated
+//!   cluster replaces it with the raft log and calls [`StateMachine::apply`]
+//!   for committed entries; nothing else changes.
+//!
+//! This crate knows FHIR resources as JSON documents and search indexes, but
+//! not HTTP, raft internals or the wall clock.
 
+pub mod apply;
+pub mod audit;
+pub mod command;
+pub mod hash;
+pub mod local;
+pub mod query;
+pub mod schema;
+
+use crate::apply::Applied;
+use crate::command::Command;
+use hale_fhir::Issue;
+use parking_lot::Mutex;
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+pub use rusqlite;
+
+pub use command::{Actor, AuditAction, AuditRecord, CommandKind, WriteOp};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the data directory {path} was written by schema version {found}, this build reads version {expected}; use a matching Hale build or export and re-import")]
+    SchemaVersion { path: PathBuf, found: i64, expected: i64 },
+    #[error("command log entry {index} is unreadable: {reason}")]
+    CorruptLog { index: u64, reason: String },
+    #[error("log index {got} does not follow the last applied index {last}: entries must be applied in order")]
+    OutOfOrder { last: u64, got: u64 },
+}
+
+/// What a successful op wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    pub rtype: String,
+    pub id: String,
+    pub version: u64,
+    pub updated_ms: i64,
+    pub status: WriteStatus,
+    /// The stored JSON (None for deletes).
+    pub json: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteStatus {
+    Created,
+    Updated,
+    Deleted,
+    /// Conditional create matched an existing resource; nothing written.
+    Existing,
+    /// Delete of something that does not exist; nothing written.
+    NotFound,
+}
+
+/// Why an op was refused. `kind` maps to an HTTP status in the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub kind: RejectKind,
+    pub issues: Vec<Issue>,
+    /// The op's position in a batch or transaction.
+    pub op: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectKind {
+    Invalid,
+    Forbidden,
+    NotFound,
+    Conflict,
+    PreconditionFailed,
+    Unprocessable,
+}
+
+/// Connection settings shared by every connection.
+fn configure(conn: &Connection, cache_kib: i64) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "cache_size", -cache_kib)?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_MAX);
+    Ok(())
+}
+
+pub const BUSY_TIMEOUT_MS: u64 = 5_000;
+pub const STATEMENT_CACHE_MAX: usize = 256;
+pub const WRITER_CACHE_KIB: i64 = 32 * 1024;
+pub const READER_CACHE_KIB: i64 = 8 * 1024;
+pub const DB_FILE: &str = "hale.db";
+
+/// The write side: applies commands in log order.
+pub struct StateMachine {
+    conn: Connection,
+    path: PathBuf,
+    last_applied: u64,
+}
+
+impl StateMachine {
+    /// Open (or create) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<StateMachine, StoreError> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(DB_FILE);
+        let conn = Connection::open(&path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // FULL: the WAL is fsynced at every commit, so an acknowledged write survives power loss.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        configure(&conn, WRITER_CACHE_KIB)?;
+        conn.execute_batch(schema::DDL)?;
+        let found: Option<i64> =
+            conn.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).optional()?;
+        match found {
+            None => {
+                conn.execute("INSERT INTO meta(key, value) VALUES ('schema_version', ?1)", [schema::SCHEMA_VERSION])?;
+            }
+            Some(v) if v != schema::SCHEMA_VERSION => {
+                return Err(StoreError::SchemaVersion { path, found: v, expected: schema::SCHEMA_VERSION })
+            }
+            Some(_) => {}
+        }
+        let last_applied: i64 =
+            conn.query_row("SELECT value FROM meta WHERE key = 'last_applied'", [], |r| r.get(0)).optional()?.unwrap_or(0);
+        Ok(StateMachine { conn, path, last_applied: last_applied as u64 })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn last_applied(&self) -> u64 {
+        self.last_applied
+    }
+
+    /// Apply `entries` (consecutive log indexes after `last_applied`) in one
+    /// durable SQLite transaction. `before_commit` runs inside the same
+    /// transaction (the single-node log appends its entries there).
+    pub fn apply_with(
+        &mut self,
+        entries: &[(u64, &Command)],
+        before_commit: impl FnOnce(&Connection) -> rusqlite::Result<()>,
+    ) -> Result<Vec<Applied>, StoreError> {
+        let mut next = self.last_applied;
+        for (index, _) in entries {
+            if *index != next + 1 {
+                return Err(StoreError::OutOfOrder { last: next, got: *index });
+            }
+            next = *index;
+        }
+        let tx = self.conn.unchecked_transaction()?;
+        let mut out = Vec::with_capacity(entries.len());
+        for (index, cmd) in entries {
+            out.push(apply::apply_command(&tx, *index, cmd)?);
+        }
+        if next != self.last_applied {
+            tx.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('last_applied', ?1)", [next as i64])?;
+        }
+        before_commit(&tx)?;
+        tx.commit()?;
+        self.last_applied = next;
+        Ok(out)
+    }
+
+    pub fn apply(&mut self, entries: &[(u64, &Command)]) -> Result<Vec<Applied>, StoreError> {
+        self.apply_with(entries, |_| Ok(()))
+    }
+
+    /// Read through the write connection (tests, conditional logic).
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// SHA-256 over every state table in a fixed order.
+    pub fn content_hash(&self) -> Result<String, StoreError> {
+        Ok(hash::content_hash(&self.conn)?)
+    }
+}
+
+/// A bounded pool of read-only connections.
+pub struct Reader {
+    pool: Vec<Mutex<Connection>>,
+    next: AtomicUsize,
+}
+
+/// Read connections per node. Reads run on the async worker threads (two on
+/// this machine class) and in a few blocking tasks; more would only add memory.
+pub const READERS_MAX: usize = 6;
+
+impl Reader {
+    pub fn open(dir: &Path, connections: usize) -> Result<Reader, StoreError> {
+        let path = dir.join(DB_FILE);
+        let n = connections.clamp(1, READERS_MAX);
+        let mut pool = Vec::with_capacity(n);
+        for _ in 0..n {
+            let conn = Connection::open_with_flags(
+                &path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+            )?;
+            configure(&conn, READER_CACHE_KIB)?;
+            pool.push(Mutex::new(conn));
+        }
+        Ok(Reader { pool, next: AtomicUsize::new(0) })
+    }
+
+    /// Run `f` on a free connection (or wait for one).
+    pub fn with<R>(&self, f: impl FnOnce(&Connection) -> R) -> R {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let n = self.pool.len();
+        for i in 0..n {
+            if let Some(conn) = self.pool[(start + i) % n].try_lock() {
+                return f(&conn);
+            }
+        }
+        let conn = self.pool[start % n].lock();
+        f(&conn)
+    }
+
+    pub fn last_applied(&self) -> Result<u64, StoreError> {
+        self.with(|c| {
+            let v: Option<i64> = c.query_row("SELECT value FROM meta WHERE key = 'last_applied'", [], |r| r.get(0)).optional()?;
+            Ok(v.unwrap_or(0) as u64)
+        })
+    }
+
+    pub fn content_hash(&self) -> Result<String, StoreError> {
+        self.with(|c| Ok(hash::content_hash(c)?))
+    }
+}
+
+/// Size of the database files in bytes (main file plus WAL).
+pub fn disk_bytes(dir: &Path) -> u64 {
+    ["hale.db", "hale.db-wal"].iter().filter_map(|f| std::fs::metadata(dir.join(f)).ok()).map(|m| m.len()).sum()
+}

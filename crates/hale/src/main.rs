@@ -1,1 +1,299 @@
-fn main() {}
+//! The `hale` command: CLI and glue. Business rules live in the crates.
+
+mod http;
+mod import;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use hale_server::config::{demo_tokens, Config};
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(name = "hale", version, about = "Hale: patient records and appointment booking that keep working through failures")]
+struct Cli {
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, global = true, env = "HALE_LOG_JSON")]
+    log_json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a Hale node: the FHIR R4 API on --listen, state in --data.
+    Serve(ServeArgs),
+    /// Load FHIR JSON Bundles or NDJSON files into a running server.
+    Import(ImportArgs),
+    /// Write every live resource as NDJSON, one file per resource type.
+    Export(ExportArgs),
+    /// Load-test a running server and report throughput and latency.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Data directory (default ./hale-data). Env: HALE_DATA.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Address to listen on (default 127.0.0.1:8080). Env: HALE_LISTEN.
+    #[arg(long)]
+    listen: Option<String>,
+    /// TOML configuration file. Environment variables override it, flags override both.
+    #[arg(long, env = "HALE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Load the synthetic health board on first start and install demo tokens if none are configured.
+    #[arg(long)]
+    demo: bool,
+    /// Patients in the demo board. Env: HALE_DEMO_PATIENTS.
+    #[arg(long)]
+    demo_patients: Option<usize>,
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    /// Files: a FHIR Bundle (.json) or one resource per line (.ndjson).
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Server base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080", env = "HALE_URL")]
+    url: String,
+    /// Bearer token.
+    #[arg(long, env = "HALE_TOKEN")]
+    token: Option<String>,
+    /// Resources per batch request.
+    #[arg(long, default_value_t = 500)]
+    batch: usize,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    /// Output directory; created if missing.
+    #[arg(long)]
+    out: PathBuf,
+    /// Data directory of the node to export (safe while it runs).
+    #[arg(long, default_value = "./hale-data", env = "HALE_DATA")]
+    data: PathBuf,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum WorkloadArg {
+    Create,
+    Read,
+    SearchIdentifier,
+    SearchFamily,
+    Book,
+    All,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// What to measure.
+    #[arg(value_enum, default_value = "all")]
+    workload: WorkloadArg,
+    /// Server base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080", env = "HALE_URL")]
+    url: String,
+    /// Bearer token.
+    #[arg(long, env = "HALE_TOKEN")]
+    token: Option<String>,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Timed seconds per workload.
+    #[arg(long, default_value_t = 10)]
+    duration_s: u64,
+    /// Untimed warm-up seconds per workload.
+    #[arg(long, default_value_t = 2)]
+    warmup_s: u64,
+    /// Patients created before read and search workloads.
+    #[arg(long, default_value_t = 1000)]
+    seed_patients: usize,
+    /// Also print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_tracing(cli.log_json);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.cmd {
+        Cmd::Serve(a) => rt.block_on(serve(a)),
+        Cmd::Import(a) => rt.block_on(import::run(&a.files, &a.url, a.token.as_deref(), a.batch)),
+        Cmd::Export(a) => export(&a.data, &a.out),
+        Cmd::Bench(a) => rt.block_on(bench(a)),
+    }
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HALE_LOG").unwrap_or_else(|_| "info".into());
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+/// File, then environment, then flags.
+fn load_config(a: &ServeArgs) -> Result<Config> {
+    let mut cfg = match &a.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("cannot read config file {}", p.display()))?;
+            toml::from_str(&text).with_context(|| format!("config file {} is not valid", p.display()))?
+        }
+        None => Config::default(),
+    };
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    if let Some(v) = env("HALE_LISTEN") {
+        cfg.listen = v;
+    }
+    if let Some(v) = env("HALE_DATA") {
+        cfg.data = v.into();
+    }
+    if let Some(v) = env("HALE_BASE_URL") {
+        cfg.base_url = Some(v);
+    }
+    if let Some(v) = env("HALE_OPEN_ACCESS") {
+        cfg.auth.open_access = matches!(v.as_str(), "1" | "true" | "yes");
+    }
+    if let Some(v) = env("HALE_DEMO_PATIENTS") {
+        cfg.demo.patients = v.parse().context("HALE_DEMO_PATIENTS must be a number")?;
+    }
+    if let Some(v) = env("HALE_BODY_BYTES_MAX") {
+        cfg.limits.body_bytes_max = v.parse().context("HALE_BODY_BYTES_MAX must be a number")?;
+    }
+    if let Some(v) = &a.data {
+        cfg.data = v.clone();
+    }
+    if let Some(v) = &a.listen {
+        cfg.listen = v.clone();
+    }
+    if a.demo {
+        cfg.demo.enabled = true;
+    }
+    if let Some(n) = a.demo_patients {
+        cfg.demo.patients = n;
+    }
+    if cfg.demo.enabled && cfg.auth.tokens.is_empty() {
+        cfg.auth.tokens = demo_tokens();
+    }
+    Ok(cfg)
+}
+
+async fn serve(a: ServeArgs) -> Result<()> {
+    let cfg = load_config(&a)?;
+    if cfg.auth.tokens.is_empty() && !cfg.auth.open_access {
+        bail!("no bearer tokens are configured, so nobody could use this server. Add [[auth.tokens]] to the config file, or run with --demo");
+    }
+    if cfg.demo.enabled {
+        for t in &cfg.auth.tokens {
+            tracing::info!(token = %t.token, user = %t.user, role = t.role.as_str(), "demo token");
+        }
+    }
+    if cfg.auth.open_access {
+        tracing::warn!("OPEN ACCESS IS ON: requests without a token are served as an administrator. Never use this with real patient data.");
+        tokio::spawn(async {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+                tracing::warn!("OPEN ACCESS IS ON: anyone who can reach this port can read and change every record");
+            }
+        });
+    }
+    let listener = tokio::net::TcpListener::bind(&cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}; is another server using it? Pick one with --listen", cfg.listen))?;
+    let node = hale_server::Node::open(cfg.clone())
+        .with_context(|| format!("cannot open the data directory {}", cfg.data.display()))?;
+    tracing::info!(listen = %cfg.listen, data = %cfg.data.display(), "hale is serving FHIR R4 at http://{}/", cfg.listen);
+    if cfg.demo.enabled {
+        let app = node.app.clone();
+        app.ready.store(false, std::sync::atomic::Ordering::Release);
+        let (patients, seed) = (cfg.demo.patients, cfg.demo.seed);
+        let today = chrono::Utc::now().date_naive();
+        tokio::spawn(async move {
+            if let Err(e) = hale_server::demo::load_if_empty(&app, patients, seed, today).await {
+                tracing::error!(error = %e, "could not load the demo health board");
+            }
+            app.ready.store(true, std::sync::atomic::Ordering::Release);
+        });
+    }
+    hale_server::serve(node, listener, shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down");
+}
+
+fn export(data: &Path, out: &Path) -> Result<()> {
+    use std::io::Write;
+    if !data.join(hale_store::DB_FILE).exists() {
+        bail!("no Hale store in {}; point --data at a node's data directory", data.display());
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let reader = hale_store::Reader::open(data, 1)?;
+    let mut total = 0;
+    for rt in hale_fhir::ResourceType::ALL {
+        let path = out.join(format!("{rt}.ndjson"));
+        let tmp = out.join(format!(".{rt}.ndjson.tmp"));
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        let n = reader.with(|c| {
+            hale_store::query::for_each_current(c, rt.as_str(), |json| {
+                w.write_all(json.as_bytes())?;
+                w.write_all(b"\n")
+            })
+        })?;
+        w.flush()?;
+        drop(w);
+        if n == 0 {
+            std::fs::remove_file(&tmp)?;
+            continue;
+        }
+        std::fs::rename(&tmp, &path)?;
+        println!("{:>8}  {}", n, path.display());
+        total += n;
+    }
+    println!("{total:>8}  resources exported to {}", out.display());
+    Ok(())
+}
+
+async fn bench(a: BenchArgs) -> Result<()> {
+    use hale_bench::{BenchOpts, Workload};
+    let opts = BenchOpts {
+        base_url: a.url,
+        token: a.token,
+        connections: a.connections,
+        duration_s: a.duration_s,
+        warmup_s: a.warmup_s,
+        seed_patients: a.seed_patients,
+        ..BenchOpts::default()
+    };
+    let w = match a.workload {
+        WorkloadArg::Create => Workload::Create,
+        WorkloadArg::Read => Workload::Read,
+        WorkloadArg::SearchIdentifier => Workload::SearchIdentifier,
+        WorkloadArg::SearchFamily => Workload::SearchFamily,
+        WorkloadArg::Book => Workload::Book,
+        WorkloadArg::All => Workload::All,
+    };
+    let report = hale_bench::run(&opts, w).await?;
+    println!("{}", report.to_table());
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+    }
+    Ok(())
+}

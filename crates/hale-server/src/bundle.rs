@@ -1,0 +1,274 @@
+//! Batch and transaction Bundles (`POST /`).
+//!
+//! A transaction becomes one `Transaction` command: it commits entirely or
+//! not at all. `urn:uuid:` fullUrls are given server ids before the command
+//! is built and every reference to them is rewritten, so apply sees only
+//! ordinary `Type/id` references.
+
+use crate::auth::authorize;
+use crate::rest::{parse_json, query_pairs, resource_type, valid_id, Ctx, Handled};
+use crate::wire::{self, json_response, BundleWriter, FhirError};
+use axum::body::Bytes;
+use axum::http::StatusCode;
+use hale_fhir::validate::{validate_bundle_shell, validate_resource};
+use hale_fhir::{IssueCode, ResourceType};
+use hale_store::apply::Applied;
+use hale_store::query::{self, Current};
+use hale_store::{AuditAction, CommandKind, Rejection, WriteOp, WriteStatus, Written};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+
+enum Planned {
+    Write(WriteOp),
+    Read(ResourceType, String),
+    Invalid(FhirError),
+}
+
+pub async fn handle(cx: &Ctx<'_>, body: Bytes) -> Handled {
+    let bundle = match parse_json(&body) {
+        Ok(v) => v,
+        Err(e) => return ("batch", Err(e)),
+    };
+    let kind = bundle.get("type").and_then(Value::as_str).unwrap_or("").to_string();
+    let route = if kind == "transaction" { "transaction" } else { "batch" };
+    (route, run(cx, bundle, &kind).await)
+}
+
+fn entry_err(i: usize, e: FhirError) -> FhirError {
+    let issues = e
+        .issues
+        .into_iter()
+        .map(|mut issue| {
+            issue.expression = Some(match issue.expression.take() {
+                Some(x) => {
+                    // `Patient.name[0]` inside entry i becomes `Bundle.entry[i].resource.name[0]`.
+                    let tail = x.split_once('.').map(|(_, t)| format!(".{t}")).unwrap_or_default();
+                    format!("Bundle.entry[{i}].resource{tail}")
+                }
+                None => format!("Bundle.entry[{i}]"),
+            });
+            issue
+        })
+        .collect();
+    FhirError { status: e.status, issues }
+}
+
+async fn run(cx: &Ctx<'_>, bundle: Value, kind: &str) -> Result<axum::response::Response, FhirError> {
+    if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
+        return Err(FhirError::bad_request("POST to the base URL takes a Bundle of type batch or transaction").at("resourceType"));
+    }
+    validate_bundle_shell(&bundle).map_err(FhirError::invalid)?;
+    if kind != "batch" && kind != "transaction" {
+        return Err(FhirError::new(
+            StatusCode::BAD_REQUEST,
+            IssueCode::Value,
+            format!("a Bundle posted to the base URL must have type 'batch' or 'transaction', not '{kind}'"),
+        )
+        .at("Bundle.type"));
+    }
+    let transaction = kind == "transaction";
+    let entries = bundle.get("entry").and_then(Value::as_array).cloned().unwrap_or_default();
+    let max = cx.app.cfg.limits.bundle_entries_max;
+    if entries.len() > max {
+        return Err(FhirError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            IssueCode::TooCostly,
+            format!("the Bundle has {} entries; the limit is {max}. Split it", entries.len()),
+        )
+        .at("Bundle.entry"));
+    }
+
+    // Plan every entry; give new resources their ids.
+    let mut ids: HashMap<String, String> = HashMap::new();
+    let mut plans: Vec<Planned> = Vec::with_capacity(entries.len());
+    for (i, e) in entries.iter().enumerate() {
+        let plan = plan_entry(cx, e, &mut ids).unwrap_or_else(|err| Planned::Invalid(entry_err(i, err)));
+        if transaction {
+            if let Planned::Invalid(err) = plan {
+                return Err(err);
+            }
+        }
+        plans.push(plan);
+    }
+    // Rewrite urn:uuid references to the assigned ids.
+    if !ids.is_empty() {
+        for p in plans.iter_mut() {
+            if let Planned::Write(WriteOp::Create { resource, .. } | WriteOp::Update { resource, .. }) = p {
+                rewrite_refs(resource, &ids);
+            }
+        }
+    }
+
+    let mut op_entry: Vec<usize> = Vec::new();
+    let mut ops: Vec<WriteOp> = Vec::new();
+    for (i, p) in plans.iter_mut().enumerate() {
+        if let Planned::Write(op) = p {
+            let placeholder = WriteOp::Delete { rtype: String::new(), id: String::new() };
+            ops.push(std::mem::replace(op, placeholder));
+            op_entry.push(i);
+        }
+    }
+    let mut results: HashMap<usize, Result<Written, Rejection>> = HashMap::new();
+    if !ops.is_empty() {
+        let applied = if transaction {
+            cx.propose(CommandKind::Transaction(ops)).await?
+        } else {
+            cx.propose(CommandKind::Batch(ops)).await?
+        };
+        match applied {
+            Applied::Ops(v) => {
+                for (k, r) in v.into_iter().enumerate() {
+                    results.insert(op_entry[k], r);
+                }
+            }
+            Applied::TransactionFailed(r) => {
+                let i = r.op.map(|k| op_entry[k]).unwrap_or(0);
+                return Err(entry_err(i, FhirError::from_rejection(r)));
+            }
+            Applied::Audited(_) => return Err(FhirError::internal("unexpected apply result")),
+        }
+    }
+
+    let resp_type = if transaction { "transaction-response" } else { "batch-response" };
+    let mut b = BundleWriter::new(json!({"resourceType": "Bundle", "type": resp_type}));
+    for (i, p) in plans.into_iter().enumerate() {
+        match p {
+            Planned::Invalid(err) => error_entry(&mut b, &err),
+            Planned::Read(rt, id) => {
+                let cur = cx.app.reader.with(|c| query::read(c, rt.as_str(), &id))?;
+                match cur {
+                    Some(Current::Live(f)) => {
+                        cx.audit(AuditAction::Read, rt, Some(&id), (rt == ResourceType::Patient).then(|| id.clone()), 0, format!("GET {rt}/{id} (bundle)"))
+                            .await;
+                        b.entry(
+                            json!({
+                                "fullUrl": wire::full_url(&cx.base, &f),
+                                "response": {"status": "200 OK", "etag": format!("W/\"{}\"", f.version), "lastModified": wire::instant(f.updated_ms)}
+                            }),
+                            f.json.as_deref(),
+                        )
+                    }
+                    Some(Current::Deleted { .. }) => error_entry(&mut b, &FhirError::new(StatusCode::GONE, IssueCode::Deleted, format!("{rt}/{id} was deleted"))),
+                    None => error_entry(&mut b, &FhirError::not_found(format!("{rt}/{id} does not exist"))),
+                }
+            }
+            Planned::Write(_) => match results.remove(&i) {
+                Some(Ok(w)) => written_entry(cx, &mut b, &w),
+                Some(Err(r)) => error_entry(&mut b, &entry_err(i, FhirError::from_rejection(r))),
+                None => error_entry(&mut b, &FhirError::internal("entry was not processed")),
+            },
+        }
+    }
+    Ok(json_response(StatusCode::OK, b.finish()))
+}
+
+fn plan_entry(cx: &Ctx<'_>, e: &Value, ids: &mut HashMap<String, String>) -> Result<Planned, FhirError> {
+    let req = e.get("request").ok_or_else(|| FhirError::new(StatusCode::BAD_REQUEST, IssueCode::Required, "entry has no request").at("request"))?;
+    let method = req.get("method").and_then(Value::as_str).unwrap_or("");
+    let url = req.get("url").and_then(Value::as_str).unwrap_or("");
+    let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    let segs: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let rt = resource_type(segs.first().copied().unwrap_or(""))?;
+    let resource = e.get("resource");
+    let check = |write: bool| authorize(cx.principal, rt, write);
+    match (method, segs.as_slice()) {
+        ("POST", [_]) => {
+            check(true)?;
+            let resource = resource.ok_or_else(|| FhirError::new(StatusCode::BAD_REQUEST, IssueCode::Required, "a POST entry needs a resource"))?;
+            validate_resource(resource, Some(rt)).map_err(FhirError::invalid)?;
+            let id = uuid::Uuid::new_v4().to_string();
+            if let Some(full) = e.get("fullUrl").and_then(Value::as_str) {
+                ids.insert(full.to_string(), format!("{rt}/{id}"));
+            }
+            let if_none_exist = req
+                .get("ifNoneExist")
+                .and_then(Value::as_str)
+                .map(|q| query_pairs(q.trim_start_matches('?').trim_start_matches(&format!("{rt}?"))));
+            if let Some(pairs) = &if_none_exist {
+                hale_fhir::search::parse_query(rt, pairs, true).map_err(|i| FhirError::invalid(vec![i]))?;
+            }
+            Ok(Planned::Write(WriteOp::Create { rtype: rt.as_str().into(), id, resource: resource.clone(), if_none_exist }))
+        }
+        ("PUT", [_, id]) if query.is_empty() => {
+            check(true)?;
+            let resource = resource.ok_or_else(|| FhirError::new(StatusCode::BAD_REQUEST, IssueCode::Required, "a PUT entry needs a resource"))?;
+            validate_resource(resource, Some(rt)).map_err(FhirError::invalid)?;
+            if !valid_id(id) {
+                return Err(FhirError::bad_request(format!("'{id}' is not a valid FHIR id")));
+            }
+            if resource.get("id").and_then(Value::as_str).is_some_and(|b| b != *id) {
+                return Err(FhirError::bad_request(format!("the resource id does not match '{id}' in request.url")).at(format!("{rt}.id")));
+            }
+            let mut resource = resource.clone();
+            resource["id"] = json!(id);
+            if let Some(full) = e.get("fullUrl").and_then(Value::as_str) {
+                ids.insert(full.to_string(), format!("{rt}/{id}"));
+            }
+            let if_match = match req.get("ifMatch").and_then(Value::as_str) {
+                Some(s) => Some(wire::parse_etag(s).ok_or_else(|| FhirError::bad_request(format!("ifMatch '{s}' is not an ETag")))?),
+                None => None,
+            };
+            Ok(Planned::Write(WriteOp::Update { rtype: rt.as_str().into(), id: id.to_string(), resource, if_match }))
+        }
+        ("DELETE", [_, id]) if query.is_empty() => {
+            check(true)?;
+            Ok(Planned::Write(WriteOp::Delete { rtype: rt.as_str().into(), id: id.to_string() }))
+        }
+        ("GET", [_, id]) if query.is_empty() => {
+            check(false)?;
+            Ok(Planned::Read(rt, id.to_string()))
+        }
+        _ => Err(FhirError::new(
+            StatusCode::BAD_REQUEST,
+            IssueCode::NotSupported,
+            format!("'{method} {url}' is not supported in a Bundle: use POST Type, PUT Type/id, DELETE Type/id or GET Type/id"),
+        )
+        .at("request")),
+    }
+}
+
+fn rewrite_refs(v: &mut Value, ids: &HashMap<String, String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, child) in m.iter_mut() {
+                if k == "reference" {
+                    if let Value::String(s) = child {
+                        if let Some(new) = ids.get(s.as_str()) {
+                            *s = new.clone();
+                        }
+                    }
+                } else {
+                    rewrite_refs(child, ids);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(|c| rewrite_refs(c, ids)),
+        _ => {}
+    }
+}
+
+fn written_entry(cx: &Ctx<'_>, b: &mut BundleWriter, w: &Written) {
+    let status = match w.status {
+        WriteStatus::Created => "201 Created",
+        WriteStatus::Deleted | WriteStatus::NotFound => "204 No Content",
+        _ => "200 OK",
+    };
+    let mut response = json!({"status": status});
+    if w.status != WriteStatus::NotFound {
+        response["etag"] = json!(format!("W/\"{}\"", w.version));
+        response["lastModified"] = json!(wire::instant(w.updated_ms));
+    }
+    if matches!(w.status, WriteStatus::Created | WriteStatus::Updated | WriteStatus::Existing) {
+        response["location"] = json!(format!("{}/{}/{}/_history/{}", cx.base, w.rtype, w.id, w.version));
+    }
+    let mut fields = json!({"response": response});
+    if w.json.is_some() {
+        fields["fullUrl"] = json!(format!("{}/{}/{}", cx.base, w.rtype, w.id));
+    }
+    b.entry(fields, w.json.as_deref());
+}
+
+fn error_entry(b: &mut BundleWriter, e: &FhirError) {
+    let status = format!("{} {}", e.status.as_u16(), e.status.canonical_reason().unwrap_or(""));
+    b.entry(json!({"response": {"status": status.trim(), "outcome": e.outcome_json()}}), None);
+}

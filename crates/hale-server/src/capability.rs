@@ -1,0 +1,76 @@
+//! The CapabilityStatement, generated from the same tables that drive routing
+//! and search, so it lists exactly what the server does.
+
+use hale_fhir::search::search_params;
+use hale_fhir::ResourceType;
+use serde_json::{json, Value};
+
+/// Interactions on a client-writable type.
+pub const WRITE_INTERACTIONS: &[&str] =
+    &["read", "vread", "update", "delete", "history-instance", "history-type", "create", "search-type"];
+/// Interactions on a server-written type (AuditEvent).
+pub const READ_INTERACTIONS: &[&str] = &["read", "vread", "search-type"];
+
+/// Parameters every type accepts.
+pub const COMMON_PARAMS: &[(&str, &str, &str)] = &[
+    ("_id", "token", "Logical id of the resource"),
+    ("_lastUpdated", "date", "When the resource version last changed"),
+    ("_tag", "token", "Tags in meta.tag (e.g. downtime-backfill)"),
+];
+
+pub fn capability_statement(base: &str, date: &str) -> Value {
+    let resources: Vec<Value> = ResourceType::ALL
+        .iter()
+        .map(|&rt| {
+            let interactions = if rt.client_writable() { WRITE_INTERACTIONS } else { READ_INTERACTIONS };
+            let mut params: Vec<Value> = COMMON_PARAMS
+                .iter()
+                .filter(|(n, _, _)| rt != ResourceType::AuditEvent || *n == "_id" || *n == "_lastUpdated")
+                .map(|(n, t, d)| json!({"name": n, "type": t, "documentation": d}))
+                .collect();
+            for p in search_params(rt) {
+                params.push(json!({"name": p.name, "type": p.kind.as_str(), "documentation": p.path}));
+            }
+            let mut r = json!({
+                "type": rt.as_str(),
+                "interaction": interactions.iter().map(|c| json!({"code": c})).collect::<Vec<_>>(),
+                "versioning": "versioned",
+                "readHistory": rt.client_writable(),
+                "updateCreate": rt.client_writable(),
+                "conditionalCreate": rt.client_writable(),
+                "conditionalUpdate": false,
+                "conditionalDelete": "not-supported",
+                "searchParam": params,
+            });
+            if rt == ResourceType::Appointment {
+                r["searchInclude"] = json!(["Appointment:patient", "Appointment:slot"]);
+            }
+            if rt == ResourceType::Patient {
+                r["operation"] = json!([{
+                    "name": "everything",
+                    "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"
+                }]);
+            }
+            r
+        })
+        .collect();
+    json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": date,
+        "publisher": "Hale",
+        "kind": "instance",
+        "software": {"name": "Hale", "version": env!("CARGO_PKG_VERSION")},
+        "implementation": {"description": "Hale clinical record and booking server", "url": base},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "rest": [{
+            "mode": "server",
+            "security": {
+                "description": "Bearer tokens mapped to a user and a role (clinician, clerk, admin, service) by the server's configuration."
+            },
+            "resource": resources,
+            "interaction": [{"code": "transaction"}, {"code": "batch"}],
+        }]
+    })
+}

@@ -1,0 +1,118 @@
+//! Server configuration. The binary reads it from a TOML file, then lets
+//! environment variables and flags override it.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub listen: String,
+    pub data: PathBuf,
+    /// Public base URL used in `Location` and `fullUrl`; default: from the Host header.
+    pub base_url: Option<String>,
+    pub limits: Limits,
+    pub auth: AuthConfig,
+    pub demo: DemoSettings,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".into(),
+            data: PathBuf::from("./hale-data"),
+            base_url: None,
+            limits: Limits::default(),
+            auth: AuthConfig::default(),
+            demo: DemoSettings::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest request body accepted.
+    pub body_bytes_max: usize,
+    /// Entries in one batch or transaction Bundle.
+    pub bundle_entries_max: usize,
+    /// Read audit records waiting to be committed; a full queue slows readers down.
+    pub audit_queue_max: usize,
+    /// Read connections to SQLite.
+    pub readers: usize,
+    /// A request that takes longer than this is answered with 503.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            body_bytes_max: 8 * 1024 * 1024,
+            bundle_entries_max: 5_000,
+            audit_queue_max: 65_536,
+            readers: 4,
+            request_timeout_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Let requests without a token in, as user "anonymous" with the admin role.
+    /// For demos on a laptop only: the server logs a warning at start and every minute.
+    pub open_access: bool,
+    pub tokens: Vec<TokenEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenEntry {
+    pub token: String,
+    pub user: String,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Clinician,
+    Clerk,
+    Admin,
+    Service,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Clinician => "clinician",
+            Role::Clerk => "clerk",
+            Role::Admin => "admin",
+            Role::Service => "service",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DemoSettings {
+    /// Load the synthetic health board when the store is empty.
+    pub enabled: bool,
+    pub patients: usize,
+    pub seed: u64,
+}
+
+impl Default for DemoSettings {
+    fn default() -> Self {
+        DemoSettings { enabled: false, patients: 10_000, seed: 2013 }
+    }
+}
+
+/// Tokens installed by `--demo` when the config names none. Printed at start.
+pub fn demo_tokens() -> Vec<TokenEntry> {
+    vec![
+        TokenEntry { token: "demo-clinician".into(), user: "dr.demo".into(), role: Role::Clinician },
+        TokenEntry { token: "demo-clerk".into(), user: "clerk.demo".into(), role: Role::Clerk },
+        TokenEntry { token: "demo-admin".into(), user: "admin.demo".into(), role: Role::Admin },
+    ]
+}

@@ -1,0 +1,558 @@
+//! The FHIR RESTful interactions.
+
+use crate::auth::{authorize, Principal};
+use crate::capability::capability_statement;
+use crate::wire::{self, json_response, version_headers, BundleWriter, FhirError};
+use crate::{bundle, now_ms, App};
+use axum::body::{Body, Bytes};
+use axum::extract::Request;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::Response;
+use hale_fhir::search::{parse_query, SearchQuery};
+use hale_fhir::validate::validate_resource;
+use hale_fhir::{Issue, IssueCode, ResourceType};
+use hale_store::apply::Applied;
+use hale_store::command::Command;
+use hale_store::query::{self, Current, Found};
+use hale_store::{AuditAction, AuditRecord, CommandKind, WriteOp, WriteStatus, Written};
+use serde_json::{json, Value};
+
+pub type Handled = (&'static str, Result<Response, FhirError>);
+
+/// Route a request by its path segments.
+pub async fn dispatch(app: &App, req: Request) -> Handled {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().trim_matches('/').to_string();
+    let segs: Vec<&str> = if path.is_empty() { Vec::new() } else { path.split('/').collect() };
+    let query = parts.uri.query().unwrap_or("").to_string();
+    let method = parts.method.clone();
+    let headers = parts.headers;
+
+    if segs == ["metadata"] && method == Method::GET {
+        let base = base_url(app, &headers);
+        let cs = capability_statement(&base, &wire::instant(now_ms()));
+        return ("metadata", Ok(json_response(StatusCode::OK, cs.to_string())));
+    }
+    let principal = match app.auth.authenticate(&headers) {
+        Ok(p) => p,
+        Err(e) => return ("other", Err(e)),
+    };
+    let cx = Ctx { app, headers: &headers, principal: &principal, base: base_url(app, &headers) };
+
+    match (method.clone(), segs.as_slice()) {
+        (Method::POST, []) => {
+            let body = match read_body(app, body).await {
+                Ok(b) => b,
+                Err(e) => return ("batch", Err(e)),
+            };
+            bundle::handle(&cx, body).await
+        }
+        (m, [t, rest @ ..]) => {
+            let rt = match resource_type(t) {
+                Ok(rt) => rt,
+                Err(e) => return ("other", Err(e)),
+            };
+            match (m, rest) {
+                (Method::GET, []) => ("search-type", cx.search(rt, &query).await),
+                (Method::POST, ["_search"]) => {
+                    let body = match read_body(app, body).await {
+                        Ok(b) => b,
+                        Err(e) => return ("search-type", Err(e)),
+                    };
+                    let q = String::from_utf8_lossy(&body).to_string();
+                    let q = if query.is_empty() { q } else { format!("{query}&{q}") };
+                    ("search-type", cx.search(rt, &q).await)
+                }
+                (Method::POST, []) => {
+                    let body = match read_body(app, body).await {
+                        Ok(b) => b,
+                        Err(e) => return ("create", Err(e)),
+                    };
+                    ("create", cx.create(rt, &body).await)
+                }
+                (Method::GET, ["_history"]) => ("history-type", cx.history(rt, None, &query)),
+                (Method::GET, [id]) => ("read", cx.read(rt, id).await),
+                (Method::PUT, [id]) => {
+                    let body = match read_body(app, body).await {
+                        Ok(b) => b,
+                        Err(e) => return ("update", Err(e)),
+                    };
+                    ("update", cx.update(rt, id, &body).await)
+                }
+                (Method::DELETE, [id]) => ("delete", cx.delete(rt, id).await),
+                (Method::GET, [id, "_history"]) => ("history-instance", cx.history(rt, Some(id), &query)),
+                (Method::GET, [id, "_history", vid]) => ("vread", cx.vread(rt, id, vid).await),
+                (Method::GET, [id, "$everything"]) if rt == ResourceType::Patient => {
+                    ("everything", cx.everything(id).await)
+                }
+                (m, _) => (
+                    "other",
+                    Err(FhirError::new(
+                        StatusCode::NOT_FOUND,
+                        IssueCode::NotSupported,
+                        format!("{m} {} is not an interaction this server supports; see /metadata", parts.uri.path()),
+                    )),
+                ),
+            }
+        }
+        (m, []) => (
+            "other",
+            Err(FhirError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                IssueCode::NotSupported,
+                format!("{m} on the base URL is not supported; POST a batch or transaction Bundle"),
+            )),
+        ),
+    }
+}
+
+pub fn resource_type(t: &str) -> Result<ResourceType, FhirError> {
+    t.parse::<ResourceType>().map_err(|_| {
+        FhirError::new(
+            StatusCode::NOT_FOUND,
+            IssueCode::NotSupported,
+            format!("resource type '{t}' is not supported by this server; see /metadata for the list"),
+        )
+    })
+}
+
+fn base_url(app: &App, headers: &HeaderMap) -> String {
+    if let Some(b) = &app.cfg.base_url {
+        return b.trim_end_matches('/').to_string();
+    }
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+    format!("http://{host}")
+}
+
+pub async fn read_body(app: &App, body: Body) -> Result<Bytes, FhirError> {
+    let max = app.cfg.limits.body_bytes_max;
+    axum::body::to_bytes(body, max).await.map_err(|_| {
+        FhirError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            IssueCode::TooLong,
+            format!("the request body is larger than the limit of {max} bytes; split it into smaller requests"),
+        )
+    })
+}
+
+/// Parse a JSON body, saying where it is malformed.
+pub fn parse_json(body: &[u8]) -> Result<Value, FhirError> {
+    if body.is_empty() {
+        return Err(FhirError::new(StatusCode::BAD_REQUEST, IssueCode::Required, "the request has no body; send a FHIR JSON resource"));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        FhirError::new(
+            StatusCode::BAD_REQUEST,
+            IssueCode::Structure,
+            format!("the body is not valid JSON: {e} (line {}, column {})", e.line(), e.column()),
+        )
+    })
+}
+
+fn check_content_type(headers: &HeaderMap) -> Result<(), FhirError> {
+    let Some(ct) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else { return Ok(()) };
+    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if matches!(mime.as_str(), "application/fhir+json" | "application/json" | "application/json+fhir") {
+        Ok(())
+    } else {
+        Err(FhirError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            IssueCode::NotSupported,
+            format!("content type '{mime}' is not supported; send application/fhir+json"),
+        ))
+    }
+}
+
+/// Decode a query string into ordered pairs.
+pub fn query_pairs(q: &str) -> Vec<(String, String)> {
+    form_urlencoded::parse(q.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
+}
+
+/// What the client asked for in `Prefer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Return {
+    Representation,
+    Minimal,
+    OperationOutcome,
+}
+
+pub fn prefer_return(headers: &HeaderMap) -> Return {
+    let p = headers.get("prefer").and_then(|v| v.to_str().ok()).unwrap_or("");
+    if p.contains("return=minimal") {
+        Return::Minimal
+    } else if p.contains("return=OperationOutcome") {
+        Return::OperationOutcome
+    } else {
+        Return::Representation
+    }
+}
+
+pub fn prefer_strict(headers: &HeaderMap) -> bool {
+    headers.get("prefer").and_then(|v| v.to_str().ok()).is_some_and(|p| p.contains("handling=strict"))
+}
+
+/// First patient a stored resource refers to (cheap scan of the JSON text).
+fn patient_in(json: &str) -> Option<String> {
+    let at = json.find("\"reference\":\"Patient/")? + "\"reference\":\"Patient/".len();
+    let rest = &json[at..];
+    let end = rest.find(['"', '/'])?;
+    Some(rest[..end].to_string())
+}
+
+pub struct Ctx<'a> {
+    pub app: &'a App,
+    pub headers: &'a HeaderMap,
+    pub principal: &'a Principal,
+    pub base: String,
+}
+
+impl Ctx<'_> {
+    pub fn command(&self, kind: CommandKind) -> Command {
+        Command { time_ms: now_ms(), actor: self.principal.actor(), kind }
+    }
+
+    /// Authorise, auditing a refusal.
+    async fn allow(&self, rt: ResourceType, write: bool, action: AuditAction, id: Option<&str>) -> Result<(), FhirError> {
+        if let Err(e) = authorize(self.principal, rt, write) {
+            self.audit(action, rt, id, None, 4, "forbidden".into()).await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    pub async fn audit(&self, action: AuditAction, rt: ResourceType, id: Option<&str>, patient: Option<String>, outcome: u8, detail: String) {
+        if !rt.is_patient_data() && outcome == 0 {
+            return;
+        }
+        self.app
+            .audit
+            .record(AuditRecord {
+                time_ms: now_ms(),
+                actor: self.principal.actor(),
+                action,
+                rtype: rt.as_str().into(),
+                id: id.map(str::to_string),
+                patient,
+                outcome,
+                detail,
+            })
+            .await;
+    }
+
+    pub async fn propose(&self, kind: CommandKind) -> Result<Applied, FhirError> {
+        let cmd = self.command(kind);
+        match self.app.proposer.propose(cmd).await {
+            Ok((_, applied)) => Ok(applied),
+            Err(e) => Err(FhirError::unavailable(format!("the write was not committed: {e}. It is safe to retry"))),
+        }
+    }
+
+    async fn read(&self, rt: ResourceType, id: &str) -> Result<Response, FhirError> {
+        self.allow(rt, false, AuditAction::Read, Some(id)).await?;
+        let cur = self.app.reader.with(|c| query::read(c, rt.as_str(), id))?;
+        match cur {
+            Some(Current::Live(f)) => {
+                let json = f.json.as_deref().unwrap_or("{}");
+                let patient = if rt == ResourceType::Patient { Some(id.to_string()) } else { patient_in(json) };
+                self.audit(AuditAction::Read, rt, Some(id), patient, 0, format!("GET {rt}/{id}")).await;
+                Ok(resource_response(StatusCode::OK, &f, None))
+            }
+            Some(Current::Deleted { version, updated_ms }) => {
+                let mut r = FhirError::new(StatusCode::GONE, IssueCode::Deleted, format!("{rt}/{id} was deleted (version {version})"))
+                    .into_response_with_headers();
+                version_headers(r.headers_mut(), version, updated_ms);
+                Ok(r)
+            }
+            None => Err(FhirError::not_found(format!("{rt}/{id} does not exist"))),
+        }
+    }
+
+    async fn vread(&self, rt: ResourceType, id: &str, vid: &str) -> Result<Response, FhirError> {
+        self.allow(rt, false, AuditAction::Read, Some(id)).await?;
+        let version: u64 = vid
+            .parse()
+            .map_err(|_| FhirError::bad_request(format!("version '{vid}' is not a number")).at("_history"))?;
+        let found = self.app.reader.with(|c| query::vread(c, rt.as_str(), id, version))?;
+        match found {
+            Some(f) if f.json.is_some() => {
+                let patient = if rt == ResourceType::Patient { Some(id.to_string()) } else { f.json.as_deref().and_then(patient_in) };
+                self.audit(AuditAction::Read, rt, Some(id), patient, 0, format!("GET {rt}/{id}/_history/{version}")).await;
+                Ok(resource_response(StatusCode::OK, &f, None))
+            }
+            Some(f) => Err(FhirError::new(StatusCode::GONE, IssueCode::Deleted, format!("version {} of {rt}/{id} is a deletion", f.version))),
+            None => Err(FhirError::not_found(format!("{rt}/{id} has no version {version}"))),
+        }
+    }
+
+    async fn create(&self, rt: ResourceType, body: &[u8]) -> Result<Response, FhirError> {
+        self.allow(rt, true, AuditAction::Create, None).await?;
+        check_content_type(self.headers)?;
+        let resource = parse_json(body)?;
+        if let Err(issues) = validate_resource(&resource, Some(rt)) {
+            self.audit(AuditAction::Create, rt, None, None, 4, format!("rejected: {}", issues[0].diagnostics)).await;
+            return Err(FhirError::invalid(issues));
+        }
+        let if_none_exist = self
+            .headers
+            .get("if-none-exist")
+            .and_then(|v| v.to_str().ok())
+            .map(|q| query_pairs(q.trim_start_matches('?')));
+        if let Some(pairs) = &if_none_exist {
+            // Check the query now so a bad one is a 400, not a rejected command.
+            parse_query(rt, pairs, true).map_err(|i| FhirError::invalid(vec![i]))?;
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        let op = WriteOp::Create { rtype: rt.as_str().into(), id, resource, if_none_exist };
+        let written = single(self.propose(CommandKind::Write(op)).await?)?;
+        Ok(self.write_response(&written))
+    }
+
+    async fn update(&self, rt: ResourceType, id: &str, body: &[u8]) -> Result<Response, FhirError> {
+        self.allow(rt, true, AuditAction::Update, Some(id)).await?;
+        check_content_type(self.headers)?;
+        let resource = parse_json(body)?;
+        if let Err(issues) = validate_resource(&resource, Some(rt)) {
+            self.audit(AuditAction::Update, rt, Some(id), None, 4, format!("rejected: {}", issues[0].diagnostics)).await;
+            return Err(FhirError::invalid(issues));
+        }
+        match resource.get("id").and_then(Value::as_str) {
+            Some(body_id) if body_id == id => {}
+            Some(body_id) => {
+                return Err(FhirError::bad_request(format!("the resource id '{body_id}' does not match the id '{id}' in the URL")).at(format!("{rt}.id")))
+            }
+            None => return Err(FhirError::new(StatusCode::BAD_REQUEST, IssueCode::Required, "an update must carry the resource id in the body").at(format!("{rt}.id"))),
+        }
+        if !valid_id(id) {
+            return Err(FhirError::bad_request(format!("'{id}' is not a valid FHIR id (1-64 of A-Z a-z 0-9 - .)")));
+        }
+        let if_match = match self.headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok()) {
+            Some(s) => Some(wire::parse_etag(s).ok_or_else(|| FhirError::bad_request(format!("If-Match '{s}' is not an ETag like W/\"3\"")))?),
+            None => None,
+        };
+        let op = WriteOp::Update { rtype: rt.as_str().into(), id: id.into(), resource, if_match };
+        let written = single(self.propose(CommandKind::Write(op)).await?)?;
+        Ok(self.write_response(&written))
+    }
+
+    async fn delete(&self, rt: ResourceType, id: &str) -> Result<Response, FhirError> {
+        self.allow(rt, true, AuditAction::Delete, Some(id)).await?;
+        let op = WriteOp::Delete { rtype: rt.as_str().into(), id: id.into() };
+        let written = single(self.propose(CommandKind::Write(op)).await?)?;
+        let mut resp = Response::new(Body::empty());
+        *resp.status_mut() = StatusCode::NO_CONTENT;
+        if written.status == WriteStatus::Deleted {
+            resp.headers_mut().insert(header::ETAG, wire::etag(written.version));
+        }
+        Ok(resp)
+    }
+
+    fn write_response(&self, w: &Written) -> Response {
+        let status = match w.status {
+            WriteStatus::Created => StatusCode::CREATED,
+            _ => StatusCode::OK,
+        };
+        let found = Found {
+            rtype: w.rtype.clone(),
+            id: w.id.clone(),
+            version: w.version,
+            updated_ms: w.updated_ms,
+            json: w.json.clone(),
+            method: "GET",
+        };
+        let location = format!("{}/{}/{}/_history/{}", self.base, w.rtype, w.id, w.version);
+        let mut resp = match prefer_return(self.headers) {
+            Return::Representation => resource_response(status, &found, None),
+            Return::Minimal => {
+                let mut r = Response::new(Body::empty());
+                *r.status_mut() = status;
+                r
+            }
+            Return::OperationOutcome => {
+                let msg = match w.status {
+                    WriteStatus::Created => format!("created {}/{}", w.rtype, w.id),
+                    WriteStatus::Existing => format!("{}/{} already matched If-None-Exist; nothing was created", w.rtype, w.id),
+                    _ => format!("updated {}/{} to version {}", w.rtype, w.id, w.version),
+                };
+                json_response(status, hale_fhir::outcome::operation_outcome(&[Issue::information(msg)]).to_string())
+            }
+        };
+        version_headers(resp.headers_mut(), w.version, w.updated_ms);
+        if let Ok(v) = HeaderValue::from_str(&location) {
+            resp.headers_mut().insert(header::LOCATION, v.clone());
+            if w.status == WriteStatus::Created {
+                resp.headers_mut().insert(header::CONTENT_LOCATION, v);
+            }
+        }
+        resp
+    }
+
+    fn paging(&self, q: &str) -> (usize, usize) {
+        let pairs = query_pairs(q);
+        let get = |k: &str| pairs.iter().find(|(n, _)| n == k).and_then(|(_, v)| v.parse::<usize>().ok());
+        let count = get("_count").unwrap_or(hale_fhir::search::COUNT_DEFAULT).min(query::HISTORY_PAGE_MAX);
+        let offset = get("_offset").unwrap_or(0).min(hale_fhir::search::OFFSET_MAX);
+        (count, offset)
+    }
+
+    fn history(&self, rt: ResourceType, id: Option<&str>, q: &str) -> Result<Response, FhirError> {
+        authorize(self.principal, rt, false)?;
+        if !rt.client_writable() {
+            return Err(FhirError::new(StatusCode::NOT_FOUND, IssueCode::NotSupported, format!("{rt} has no history: its records never change")));
+        }
+        let (count, offset) = self.paging(q);
+        let rows = self.app.reader.with(|c| match id {
+            Some(id) => query::history_instance(c, rt.as_str(), id, count + 1, offset),
+            None => query::history_type(c, rt.as_str(), count + 1, offset),
+        })?;
+        if id.is_some() && rows.is_empty() && offset == 0 {
+            return Err(FhirError::not_found(format!("{rt}/{} does not exist", id.unwrap_or(""))));
+        }
+        let has_more = rows.len() > count;
+        let path = match id {
+            Some(id) => format!("{}/{rt}/{id}/_history", self.base),
+            None => format!("{}/{rt}/_history", self.base),
+        };
+        let mut links = vec![json!({"relation": "self", "url": format!("{path}?_count={count}&_offset={offset}")})];
+        if has_more {
+            links.push(json!({"relation": "next", "url": format!("{path}?_count={count}&_offset={}", offset + count)}));
+        }
+        let mut head = json!({"resourceType": "Bundle", "type": "history", "link": links});
+        if !has_more {
+            head["total"] = json!(offset + rows.len());
+        }
+        let mut b = BundleWriter::new(head);
+        for f in rows.iter().take(count) {
+            b.entry(wire::history_entry(&self.base, f), f.json.as_deref());
+        }
+        Ok(json_response(StatusCode::OK, b.finish()))
+    }
+
+    async fn search(&self, rt: ResourceType, q: &str) -> Result<Response, FhirError> {
+        self.allow(rt, false, AuditAction::Execute, None).await?;
+        let pairs = query_pairs(q);
+        let strict = prefer_strict(self.headers);
+        let parsed: SearchQuery = parse_query(rt, &pairs, strict).map_err(|i| FhirError::invalid(vec![i]))?;
+        for inc in &parsed.includes {
+            if let Some(t) = inc.target {
+                authorize(self.principal, t, false)?;
+            }
+        }
+        let page = self.app.reader.with(|c| query::search(c, &parsed))?;
+        // Audit: one record per search, naming the patient when the results concern one.
+        if rt.is_patient_data() {
+            let mut patients: Vec<String> = page
+                .matches
+                .iter()
+                .chain(&page.included)
+                .filter_map(|f| {
+                    if f.rtype == "Patient" {
+                        Some(f.id.clone())
+                    } else {
+                        f.json.as_deref().and_then(patient_in)
+                    }
+                })
+                .collect();
+            patients.sort();
+            patients.dedup();
+            let patient = (patients.len() == 1).then(|| patients[0].clone());
+            let shown: Vec<&str> = patients.iter().take(20).map(String::as_str).collect();
+            let detail = format!("GET {rt}?{q} -> {} match(es); patients: {}", page.matches.len(), shown.join(","));
+            self.audit(AuditAction::Execute, rt, None, patient, 0, detail).await;
+        }
+        let self_q = canonical_query(&pairs, parsed.offset, parsed.count);
+        let mut links = vec![json!({"relation": "self", "url": format!("{}/{rt}?{self_q}", self.base)})];
+        if page.has_more {
+            links.push(json!({"relation": "next", "url": format!("{}/{rt}?{}", self.base, canonical_query(&pairs, parsed.offset + parsed.count, parsed.count))}));
+        }
+        if parsed.offset > 0 {
+            let prev = parsed.offset.saturating_sub(parsed.count);
+            links.push(json!({"relation": "previous", "url": format!("{}/{rt}?{}", self.base, canonical_query(&pairs, prev, parsed.count))}));
+        }
+        let mut head = json!({"resourceType": "Bundle", "type": "searchset", "link": links});
+        if let Some(t) = page.total {
+            head["total"] = json!(t);
+        }
+        let mut b = BundleWriter::new(head);
+        for f in &page.matches {
+            b.entry(json!({"fullUrl": wire::full_url(&self.base, f), "search": {"mode": "match"}}), f.json.as_deref());
+        }
+        for f in &page.included {
+            b.entry(json!({"fullUrl": wire::full_url(&self.base, f), "search": {"mode": "include"}}), f.json.as_deref());
+        }
+        if !parsed.ignored.is_empty() {
+            let issues: Vec<Issue> = parsed
+                .ignored
+                .iter()
+                .map(|n| Issue::warning(IssueCode::NotSupported, format!("{n}: ignored")))
+                .collect();
+            let oo = hale_fhir::outcome::operation_outcome(&issues).to_string();
+            b.entry(json!({"search": {"mode": "outcome"}}), Some(&oo));
+        }
+        Ok(json_response(StatusCode::OK, b.finish()))
+    }
+
+    async fn everything(&self, id: &str) -> Result<Response, FhirError> {
+        self.allow(ResourceType::Patient, false, AuditAction::Read, Some(id)).await?;
+        let all = self.app.reader.with(|c| query::everything(c, id))?;
+        let Some(all) = all else { return Err(FhirError::not_found(format!("Patient/{id} does not exist"))) };
+        let mut b = BundleWriter::new(json!({
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "total": all.len(),
+            "link": [{"relation": "self", "url": format!("{}/Patient/{id}/$everything", self.base)}],
+        }));
+        for f in &all {
+            // A clerk sees the booking side of the record only.
+            let Ok(rt) = f.rtype.parse::<ResourceType>() else { continue };
+            if authorize(self.principal, rt, false).is_err() {
+                continue;
+            }
+            b.entry(json!({"fullUrl": wire::full_url(&self.base, f), "search": {"mode": "match"}}), f.json.as_deref());
+        }
+        self.audit(AuditAction::Read, ResourceType::Patient, Some(id), Some(id.into()), 0, format!("GET Patient/{id}/$everything ({} resources)", all.len()))
+            .await;
+        Ok(json_response(StatusCode::OK, b.finish()))
+    }
+}
+
+/// The query with `_offset`/`_count` set, for paging links.
+fn canonical_query(pairs: &[(String, String)], offset: usize, count: usize) -> String {
+    let mut s = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        if k != "_offset" && k != "_count" {
+            s.append_pair(k, v);
+        }
+    }
+    s.append_pair("_count", &count.to_string());
+    s.append_pair("_offset", &offset.to_string());
+    s.finish()
+}
+
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+/// The one result of a single-op command.
+fn single(applied: Applied) -> Result<Written, FhirError> {
+    match applied {
+        Applied::Ops(mut v) if v.len() == 1 => v.pop().expect("one").map_err(FhirError::from_rejection),
+        Applied::TransactionFailed(r) => Err(FhirError::from_rejection(r)),
+        other => Err(FhirError::internal(format!("unexpected apply result {other:?}"))),
+    }
+}
+
+/// A resource body with ETag and Last-Modified.
+pub fn resource_response(status: StatusCode, f: &Found, location: Option<&str>) -> Response {
+    let mut resp = json_response(status, f.json.clone().unwrap_or_default());
+    version_headers(resp.headers_mut(), f.version, f.updated_ms);
+    if let Some(l) = location.and_then(|l| HeaderValue::from_str(l).ok()) {
+        resp.headers_mut().insert(header::LOCATION, l);
+    }
+    resp
+}
+
+impl FhirError {
+    fn into_response_with_headers(self) -> Response {
+        axum::response::IntoResponse::into_response(self)
+    }
+}

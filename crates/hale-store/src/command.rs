@@ -1,0 +1,147 @@
+//! Commands: the only way state changes.
+//!
+//! A command is fully determined before it is applied: resource ids, the
+//! command's timestamp and the acting user are filled in by the node that
+//! accepts the request. `apply` derives everything else (versions, slot
+//! status changes, audit rows) from the command and the current state only.
+
+use hale_fhir::ResourceType;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Who asked for a change (or a read, for audit records).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    pub user: String,
+    pub role: String,
+}
+
+impl Actor {
+    pub fn system() -> Actor {
+        Actor { user: "hale".into(), role: "service".into() }
+    }
+}
+
+/// One state change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Command {
+    /// Wall-clock time assigned by the accepting node, ms since the Unix epoch.
+    /// Becomes `meta.lastUpdated` of everything this command writes.
+    pub time_ms: i64,
+    pub actor: Actor,
+    pub kind: CommandKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum CommandKind {
+    /// One create, update or delete.
+    Write(WriteOp),
+    /// All or nothing (a FHIR transaction Bundle).
+    Transaction(Vec<WriteOp>),
+    /// Each op succeeds or fails on its own (a FHIR batch Bundle, bulk import).
+    Batch(Vec<WriteOp>),
+    /// Audit records for reads and for requests rejected before they became commands.
+    Audit(Vec<AuditRecord>),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum WriteOp {
+    /// Create with an id chosen before apply. `if_none_exist` holds the decoded
+    /// pairs of a FHIR search (`identifier`, `sys|val`); when it matches exactly one
+    /// resource nothing is written, when it matches more the create is refused.
+    Create {
+        rtype: String,
+        id: String,
+        resource: Value,
+        if_none_exist: Option<Vec<(String, String)>>,
+    },
+    /// Update (or create with a client-chosen id). `if_match` is the expected current version.
+    Update {
+        rtype: String,
+        id: String,
+        resource: Value,
+        if_match: Option<u64>,
+    },
+    Delete {
+        rtype: String,
+        id: String,
+    },
+}
+
+impl WriteOp {
+    pub fn rtype(&self) -> &str {
+        match self {
+            WriteOp::Create { rtype, .. } | WriteOp::Update { rtype, .. } | WriteOp::Delete { rtype, .. } => rtype,
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        match self {
+            WriteOp::Create { id, .. } | WriteOp::Update { id, .. } | WriteOp::Delete { id, .. } => id,
+        }
+    }
+
+    pub fn resource_type(&self) -> Option<ResourceType> {
+        self.rtype().parse().ok()
+    }
+}
+
+/// What an audited action was (FHIR AuditEvent.action: C R U D E).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AuditAction {
+    Create,
+    Read,
+    Update,
+    Delete,
+    Execute,
+}
+
+impl AuditAction {
+    pub fn code(self) -> &'static str {
+        match self {
+            AuditAction::Create => "C",
+            AuditAction::Read => "R",
+            AuditAction::Update => "U",
+            AuditAction::Delete => "D",
+            AuditAction::Execute => "E",
+        }
+    }
+
+    pub fn from_code(c: &str) -> Option<AuditAction> {
+        Some(match c {
+            "C" => AuditAction::Create,
+            "R" => AuditAction::Read,
+            "U" => AuditAction::Update,
+            "D" => AuditAction::Delete,
+            "E" => AuditAction::Execute,
+            _ => return None,
+        })
+    }
+}
+
+/// One audit row. `outcome` uses FHIR AuditEvent.outcome codes:
+/// 0 success, 4 minor failure (rejected request), 8 serious failure, 12 major failure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub time_ms: i64,
+    pub actor: Actor,
+    pub action: AuditAction,
+    /// The resource type acted on (or searched).
+    pub rtype: String,
+    /// The resource id acted on, when there is one.
+    pub id: Option<String>,
+    /// The patient whose record was touched, when known.
+    pub patient: Option<String>,
+    pub outcome: u8,
+    /// What was asked: method and path, or the search query.
+    pub detail: String,
+}
+
+/// The single-node log and the raft log both carry commands in this encoding.
+pub fn encode(cmd: &Command) -> Vec<u8> {
+    serde_json::to_vec(cmd).expect("a Command always serialises")
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Command, serde_json::Error> {
+    serde_json::from_slice(bytes)
+}

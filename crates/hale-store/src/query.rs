@@ -1,0 +1,420 @@
+//! Reads: current versions, history, search, `$everything`, audit.
+//!
+//! Everything here takes a `&Connection` so that the same code serves the
+//! read pool and `apply` (conditional create runs a search inside the write
+//! transaction).
+
+use crate::audit;
+use hale_fhir::search::{Clause, DateOp, ParamKind, Predicate, SearchQuery};
+use hale_fhir::ResourceType;
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
+
+/// One stored resource version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub rtype: String,
+    pub id: String,
+    pub version: u64,
+    pub updated_ms: i64,
+    /// None for a deleted version (history only).
+    pub json: Option<String>,
+    /// `POST`, `PUT` or `DELETE` (history only; `GET` for current reads).
+    pub method: &'static str,
+}
+
+/// The current state of one resource id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Current {
+    Live(Found),
+    Deleted { version: u64, updated_ms: i64 },
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SearchPage {
+    pub matches: Vec<Found>,
+    pub included: Vec<Found>,
+    pub has_more: bool,
+    /// Exact total when it is known without an extra count (the last page).
+    pub total: Option<u64>,
+}
+
+/// Limit on `$everything` and history pages.
+pub const EVERYTHING_MAX: usize = 5_000;
+pub const HISTORY_PAGE_MAX: usize = 1_000;
+
+fn method_of(m: &str) -> &'static str {
+    match m {
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        _ => "GET",
+    }
+}
+
+pub fn read(conn: &Connection, rtype: &str, id: &str) -> rusqlite::Result<Option<Current>> {
+    if rtype == "AuditEvent" {
+        return audit::read(conn, id);
+    }
+    conn.prepare_cached("SELECT version, updated_ms, deleted, json FROM resources WHERE rtype = ?1 AND id = ?2")?
+        .query_row(params![rtype, id], |r| {
+            let version = r.get::<_, i64>(0)? as u64;
+            let updated_ms: i64 = r.get(1)?;
+            Ok(if r.get::<_, i64>(2)? != 0 {
+                Current::Deleted { version, updated_ms }
+            } else {
+                Current::Live(Found {
+                    rtype: rtype.to_string(),
+                    id: id.to_string(),
+                    version,
+                    updated_ms,
+                    json: Some(r.get(3)?),
+                    method: "GET",
+                })
+            })
+        })
+        .optional()
+}
+
+pub fn vread(conn: &Connection, rtype: &str, id: &str, version: u64) -> rusqlite::Result<Option<Found>> {
+    if rtype == "AuditEvent" {
+        return Ok(match audit::read(conn, id)? {
+            Some(Current::Live(f)) if version == 1 => Some(f),
+            _ => None,
+        });
+    }
+    conn.prepare_cached(
+        "SELECT updated_ms, method, json FROM history WHERE rtype = ?1 AND id = ?2 AND version = ?3",
+    )?
+    .query_row(params![rtype, id, version as i64], |r| {
+        Ok(Found {
+            rtype: rtype.to_string(),
+            id: id.to_string(),
+            version,
+            updated_ms: r.get(0)?,
+            method: method_of(&r.get::<_, String>(1)?),
+            json: r.get(2)?,
+        })
+    })
+    .optional()
+}
+
+fn history_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Found> {
+    Ok(Found {
+        rtype: r.get(0)?,
+        id: r.get(1)?,
+        version: r.get::<_, i64>(2)? as u64,
+        updated_ms: r.get(3)?,
+        method: method_of(&r.get::<_, String>(4)?),
+        json: r.get(5)?,
+    })
+}
+
+/// Newest first. Returns up to `count` versions after skipping `offset`.
+pub fn history_instance(conn: &Connection, rtype: &str, id: &str, count: usize, offset: usize) -> rusqlite::Result<Vec<Found>> {
+    let count = count.min(HISTORY_PAGE_MAX);
+    let mut stmt = conn.prepare_cached(
+        "SELECT rtype, id, version, updated_ms, method, json FROM history
+         WHERE rtype = ?1 AND id = ?2 ORDER BY version DESC LIMIT ?3 OFFSET ?4",
+    )?;
+    let rows = stmt.query_map(params![rtype, id, count as i64, offset as i64], history_row)?;
+    rows.collect()
+}
+
+/// Newest first across one type.
+pub fn history_type(conn: &Connection, rtype: &str, count: usize, offset: usize) -> rusqlite::Result<Vec<Found>> {
+    let count = count.min(HISTORY_PAGE_MAX);
+    let mut stmt = conn.prepare_cached(
+        "SELECT rtype, id, version, updated_ms, method, json FROM history
+         WHERE rtype = ?1 ORDER BY hid DESC LIMIT ?2 OFFSET ?3",
+    )?;
+    let rows = stmt.query_map(params![rtype, count as i64, offset as i64], history_row)?;
+    rows.collect()
+}
+
+/// (rid, id, version, updated_ms, json) of a live resource.
+pub(crate) fn load_by_rid(conn: &Connection, rid: i64) -> rusqlite::Result<(i64, String, u64, i64, String)> {
+    conn.prepare_cached("SELECT rid, id, version, updated_ms, json FROM resources WHERE rid = ?1")?
+        .query_row([rid], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64, r.get(3)?, r.get(4)?)))
+}
+
+/// SQL for one search: WHERE conditions and their parameters.
+struct Sql {
+    conds: Vec<String>,
+    args: Vec<SqlValue>,
+}
+
+impl Sql {
+    fn arg(&mut self, v: impl Into<SqlValue>) -> String {
+        self.args.push(v.into());
+        format!("?{}", self.args.len())
+    }
+}
+
+fn text(s: &str) -> SqlValue {
+    SqlValue::Text(s.to_string())
+}
+
+/// Upper bound for a prefix range on BINARY-collated UTF-8 text.
+fn prefix_end(p: &str) -> String {
+    format!("{p}\u{10FFFF}")
+}
+
+fn predicate_sql(sql: &mut Sql, kind: ParamKind, p: &Predicate) -> String {
+    match p {
+        Predicate::Token { system, code } => {
+            let mut parts = Vec::new();
+            if let Some(c) = code {
+                parts.push(format!("v = {}", sql.arg(text(c))));
+            } else {
+                parts.push("v IS NOT NULL".to_string());
+            }
+            if let Some(s) = system {
+                parts.push(format!("s = {}", sql.arg(text(s))));
+            }
+            parts.join(" AND ")
+        }
+        Predicate::StrPrefix(t) => {
+            let lo = sql.arg(text(t));
+            let hi = sql.arg(text(&prefix_end(t)));
+            format!("v >= {lo} AND v < {hi}")
+        }
+        Predicate::StrExact(t) => format!("v = {}", sql.arg(text(t))),
+        Predicate::StrContains(t) => {
+            let escaped = t.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+            format!("v LIKE {} ESCAPE '\\'", sql.arg(text(&format!("%{escaped}%"))))
+        }
+        Predicate::Date { op, start_ms, end_ms } => {
+            let (s, e) = (*start_ms, *end_ms);
+            match op {
+                DateOp::Eq => format!("lo >= {} AND hi <= {}", sql.arg(s), sql.arg(e)),
+                DateOp::Ne => format!("NOT (lo >= {} AND hi <= {})", sql.arg(s), sql.arg(e)),
+                DateOp::Gt => format!("hi > {}", sql.arg(e)),
+                DateOp::Lt => format!("lo < {}", sql.arg(s)),
+                DateOp::Ge => format!("hi >= {}", sql.arg(s)),
+                DateOp::Le => format!("lo <= {}", sql.arg(e)),
+                DateOp::Sa => format!("lo > {}", sql.arg(e)),
+                DateOp::Eb => format!("hi < {}", sql.arg(s)),
+            }
+        }
+        Predicate::Reference { rtype, id } => {
+            let mut c = format!("v = {}", sql.arg(text(id)));
+            if let Some(t) = rtype {
+                c.push_str(&format!(" AND s = {}", sql.arg(text(t))));
+            }
+            let _ = kind;
+            c
+        }
+    }
+}
+
+/// Conditions over the updated time or id columns of `resources` (alias r).
+fn column_predicate(sql: &mut Sql, clause: &Clause, p: &Predicate) -> String {
+    match (clause.param, p) {
+        ("_id", Predicate::Token { code: Some(c), .. }) => format!("r.id = {}", sql.arg(text(c))),
+        ("_id", Predicate::Reference { id, .. }) => format!("r.id = {}", sql.arg(text(id))),
+        ("_lastUpdated", Predicate::Date { .. }) => {
+            let cond = predicate_sql(sql, ParamKind::Date, p);
+            cond.replace("lo", "r.updated_ms").replace("hi", "r.updated_ms")
+        }
+        _ => "0".to_string(),
+    }
+}
+
+fn clause_sql(sql: &mut Sql, rtype: &str, clause: &Clause) -> String {
+    if matches!(clause.param, "_id" | "_lastUpdated") {
+        if let Some(missing) = clause.missing {
+            return if missing { "0".into() } else { "1".into() };
+        }
+        let alts: Vec<String> = clause.alternatives.iter().map(|p| column_predicate(sql, clause, p)).collect();
+        return format!("({})", alts.join(" OR "));
+    }
+    let t = sql.arg(text(rtype));
+    let p = sql.arg(text(clause.param));
+    if let Some(missing) = clause.missing {
+        let neg = if missing { "NOT " } else { "" };
+        return format!("r.rid {neg}IN (SELECT rid FROM idx WHERE rtype = {t} AND param = {p})");
+    }
+    let alts: Vec<String> =
+        clause.alternatives.iter().map(|a| format!("({})", predicate_sql(sql, clause.kind, a))).collect();
+    format!("r.rid IN (SELECT rid FROM idx WHERE rtype = {t} AND param = {p} AND ({}))", alts.join(" OR "))
+}
+
+fn order_sql(sql: &mut Sql, q: &SearchQuery) -> String {
+    let mut keys = Vec::new();
+    for k in &q.sort {
+        let dir = if k.descending { "DESC" } else { "ASC" };
+        match k.param {
+            "_lastUpdated" => keys.push(format!("r.updated_ms {dir}")),
+            "_id" => keys.push(format!("r.id {dir}")),
+            param => {
+                let p = sql.arg(text(param));
+                let agg = if k.descending { "MAX(hi)" } else { "MIN(lo)" };
+                keys.push(format!("(SELECT {agg} FROM idx WHERE rid = r.rid AND param = {p}) {dir}"));
+            }
+        }
+    }
+    keys.push("r.rid ASC".into());
+    keys.join(", ")
+}
+
+/// Matching rids, in result order, at most `limit` of them (from offset 0).
+pub(crate) fn search_rids(conn: &Connection, q: &SearchQuery, limit: usize) -> rusqlite::Result<Vec<i64>> {
+    let mut sql = Sql { conds: Vec::new(), args: Vec::new() };
+    let t = sql.arg(text(q.rtype.as_str()));
+    sql.conds.push(format!("r.rtype = {t} AND r.deleted = 0"));
+    for c in &q.clauses {
+        let cond = clause_sql(&mut sql, q.rtype.as_str(), c);
+        sql.conds.push(cond);
+    }
+    let order = order_sql(&mut sql, q);
+    let text_sql = format!(
+        "SELECT r.rid FROM resources r WHERE {} ORDER BY {order} LIMIT {limit}",
+        sql.conds.join(" AND ")
+    );
+    let mut stmt = conn.prepare_cached(&text_sql)?;
+    let rows = stmt.query_map(params_from_iter(sql.args.iter()), |r| r.get(0))?;
+    rows.collect()
+}
+
+pub fn search(conn: &Connection, q: &SearchQuery) -> rusqlite::Result<SearchPage> {
+    if q.rtype == ResourceType::AuditEvent {
+        return audit::search(conn, q);
+    }
+    let mut sql = Sql { conds: Vec::new(), args: Vec::new() };
+    let t = sql.arg(text(q.rtype.as_str()));
+    sql.conds.push(format!("r.rtype = {t} AND r.deleted = 0"));
+    for c in &q.clauses {
+        let cond = clause_sql(&mut sql, q.rtype.as_str(), c);
+        sql.conds.push(cond);
+    }
+    let order = order_sql(&mut sql, q);
+    let limit = sql.arg((q.count + 1) as i64);
+    let offset = sql.arg(q.offset as i64);
+    let text_sql = format!(
+        "SELECT r.rid, r.id, r.version, r.updated_ms, r.json FROM resources r WHERE {} ORDER BY {order} LIMIT {limit} OFFSET {offset}",
+        sql.conds.join(" AND ")
+    );
+    let mut stmt = conn.prepare_cached(&text_sql)?;
+    let rtype = q.rtype.as_str();
+    let mut rows: Vec<(i64, Found)> = stmt
+        .query_map(params_from_iter(sql.args.iter()), |r| {
+            Ok((
+                r.get(0)?,
+                Found {
+                    rtype: rtype.to_string(),
+                    id: r.get(1)?,
+                    version: r.get::<_, i64>(2)? as u64,
+                    updated_ms: r.get(3)?,
+                    json: Some(r.get(4)?),
+                    method: "GET",
+                },
+            ))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let has_more = rows.len() > q.count;
+    rows.truncate(q.count);
+    let total = (!has_more).then(|| (q.offset + rows.len()) as u64);
+    let included = includes(conn, q, &rows.iter().map(|(rid, _)| *rid).collect::<Vec<_>>())?;
+    Ok(SearchPage { matches: rows.into_iter().map(|(_, f)| f).collect(), included, has_more, total })
+}
+
+fn includes(conn: &Connection, q: &SearchQuery, rids: &[i64]) -> rusqlite::Result<Vec<Found>> {
+    let mut out: Vec<Found> = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for inc in &q.includes {
+        if inc.source != q.rtype {
+            continue;
+        }
+        let mut stmt = conn.prepare_cached("SELECT s, v FROM idx WHERE rid = ?1 AND param = ?2 AND v IS NOT NULL")?;
+        for rid in rids {
+            let targets: Vec<(Option<String>, String)> =
+                stmt.query_map(params![rid, inc.param], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
+            for (t, id) in targets {
+                let Some(t) = t else { continue };
+                if inc.target.is_some_and(|want| want.as_str() != t) {
+                    continue;
+                }
+                if !seen.insert((t.clone(), id.clone())) {
+                    continue;
+                }
+                if let Some(Current::Live(f)) = read(conn, &t, &id)? {
+                    out.push(f);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The patient and everything that refers to them, plus what those refer to
+/// (practitioners, locations, slots...), at most [`EVERYTHING_MAX`] resources.
+pub fn everything(conn: &Connection, patient_id: &str) -> rusqlite::Result<Option<Vec<Found>>> {
+    let Some(Current::Live(p)) = read(conn, "Patient", patient_id)? else { return Ok(None) };
+    let mut out = vec![p];
+    let mut seen = std::collections::BTreeSet::new();
+    seen.insert(("Patient".to_string(), patient_id.to_string()));
+    let mut stmt = conn.prepare_cached(
+        "SELECT r.rid, r.rtype, r.id, r.version, r.updated_ms, r.json FROM refs f JOIN resources r ON r.rid = f.rid
+         WHERE f.dst_type = 'Patient' AND f.dst_id = ?1 AND r.deleted = 0 ORDER BY r.rtype, r.rid LIMIT ?2",
+    )?;
+    let referrers: Vec<(i64, Found)> = stmt
+        .query_map(params![patient_id, EVERYTHING_MAX as i64], |r| {
+            Ok((
+                r.get(0)?,
+                Found {
+                    rtype: r.get(1)?,
+                    id: r.get(2)?,
+                    version: r.get::<_, i64>(3)? as u64,
+                    updated_ms: r.get(4)?,
+                    json: Some(r.get(5)?),
+                    method: "GET",
+                },
+            ))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut targets = Vec::new();
+    let mut tstmt = conn.prepare_cached("SELECT dst_type, dst_id FROM refs WHERE rid = ?1 AND dst_type != 'Patient'")?;
+    for (rid, f) in referrers {
+        if seen.insert((f.rtype.clone(), f.id.clone())) {
+            out.push(f);
+        }
+        let ts: Vec<(String, String)> = tstmt.query_map([rid], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
+        targets.extend(ts);
+    }
+    for (t, id) in targets {
+        if out.len() >= EVERYTHING_MAX {
+            break;
+        }
+        if seen.insert((t.clone(), id.clone())) {
+            if let Some(Current::Live(f)) = read(conn, &t, &id)? {
+                out.push(f);
+            }
+        }
+    }
+    out.truncate(EVERYTHING_MAX);
+    Ok(Some(out))
+}
+
+/// Count of live resources per type.
+pub fn counts(conn: &Connection) -> rusqlite::Result<Vec<(String, u64)>> {
+    let mut stmt = conn.prepare_cached("SELECT rtype, COUNT(*) FROM resources WHERE deleted = 0 GROUP BY rtype ORDER BY rtype")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+    rows.collect()
+}
+
+/// Every live resource of a type, in id order, for export. Calls `f` for each JSON text.
+pub fn for_each_current(conn: &Connection, rtype: &str, mut f: impl FnMut(&str) -> std::io::Result<()>) -> Result<u64, crate::StoreError> {
+    if rtype == "AuditEvent" {
+        return audit::for_each(conn, f);
+    }
+    let mut stmt = conn.prepare_cached("SELECT json FROM resources WHERE rtype = ?1 AND deleted = 0 ORDER BY rid")?;
+    let mut rows = stmt.query([rtype])?;
+    let mut n = 0;
+    while let Some(r) = rows.next()? {
+        let json: String = r.get(0)?;
+        f(&json)?;
+        n += 1;
+    }
+    Ok(n)
+}

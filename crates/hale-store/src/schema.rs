@@ -1,0 +1,97 @@
+//! The SQLite schema. One database file per node holds the state machine
+//! (resources, history, search index, references, audit) and, on a single
+//! node, the command log.
+
+/// Bumped when the schema changes incompatibly; checked on open.
+pub const SCHEMA_VERSION: i64 = 1;
+
+pub const DDL: &str = r#"
+CREATE TABLE IF NOT EXISTS meta(
+    key   TEXT PRIMARY KEY,
+    value ANY
+) WITHOUT ROWID;
+
+-- The current version of every resource ever written (deleted ones flagged).
+CREATE TABLE IF NOT EXISTS resources(
+    rid        INTEGER PRIMARY KEY,
+    rtype      TEXT    NOT NULL,
+    id         TEXT    NOT NULL,
+    version    INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    deleted    INTEGER NOT NULL DEFAULT 0,
+    json       TEXT    NOT NULL,
+    UNIQUE(rtype, id)
+);
+
+-- Every version, including the current one. json is NULL for a delete.
+CREATE TABLE IF NOT EXISTS history(
+    hid        INTEGER PRIMARY KEY,
+    rid        INTEGER NOT NULL,
+    rtype      TEXT    NOT NULL,
+    id         TEXT    NOT NULL,
+    version    INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    method     TEXT    NOT NULL,
+    json       TEXT,
+    UNIQUE(rid, version)
+);
+CREATE INDEX IF NOT EXISTS history_type ON history(rtype, hid);
+
+-- Search index: one row per extracted value of a live resource.
+-- token: s = system, v = code; string: v = normalised text;
+-- reference: s = target type, v = target id; date: lo..hi inclusive ms.
+CREATE TABLE IF NOT EXISTS idx(
+    rid   INTEGER NOT NULL,
+    rtype TEXT    NOT NULL,
+    param TEXT    NOT NULL,
+    s     TEXT,
+    v     TEXT,
+    lo    INTEGER,
+    hi    INTEGER
+);
+CREATE INDEX IF NOT EXISTS idx_v   ON idx(rtype, param, v, s, rid) WHERE v IS NOT NULL;
+CREATE INDEX IF NOT EXISTS idx_d   ON idx(rtype, param, lo, hi, rid) WHERE lo IS NOT NULL;
+CREATE INDEX IF NOT EXISTS idx_rid ON idx(rid);
+
+-- Every local reference held by a live resource: referential integrity and $everything.
+CREATE TABLE IF NOT EXISTS refs(
+    rid      INTEGER NOT NULL,
+    dst_type TEXT    NOT NULL,
+    dst_id   TEXT    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS refs_dst ON refs(dst_type, dst_id, rid);
+CREATE INDEX IF NOT EXISTS refs_rid ON refs(rid);
+
+-- Audit trail, rendered as FHIR AuditEvent on read. seq = (log index << 20) | position.
+CREATE TABLE IF NOT EXISTS audit(
+    seq     INTEGER PRIMARY KEY,
+    time_ms INTEGER NOT NULL,
+    user    TEXT    NOT NULL,
+    role    TEXT    NOT NULL,
+    action  TEXT    NOT NULL,
+    rtype   TEXT    NOT NULL,
+    res_id  TEXT,
+    patient TEXT,
+    outcome INTEGER NOT NULL,
+    detail  TEXT    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_patient ON audit(patient, time_ms) WHERE patient IS NOT NULL;
+CREATE INDEX IF NOT EXISTS audit_user    ON audit(user, time_ms);
+CREATE INDEX IF NOT EXISTS audit_time    ON audit(time_ms);
+
+-- The single-node command log (a cluster keeps its log in the raft log store instead).
+CREATE TABLE IF NOT EXISTS command_log(
+    idx   INTEGER PRIMARY KEY,
+    bytes BLOB NOT NULL
+);
+"#;
+
+/// Tables that make up the replicated state, in content-hash order.
+/// The command log and node-local metadata are not state.
+pub const STATE_TABLES: &[(&str, &str)] = &[
+    ("resources", "rid"),
+    ("history", "hid"),
+    ("idx", "rid, rtype, param, s, v, lo, hi"),
+    ("refs", "rid, dst_type, dst_id"),
+    ("audit", "seq"),
+];
