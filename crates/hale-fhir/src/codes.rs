@@ -27,8 +27,7 @@ pub const PRIORITY_MAX: u64 = 4;
 /// Extension on Appointment: RTT referral date (valueDate).
 pub const EXT_RTT_REFERRAL_DATE: &str = "https://hale.health/fhir/StructureDefinition/rtt-referral-date";
 /// Extension on Appointment: cancer decision-to-treat date (valueDate).
-pub const EXT_DECISION_TO_TREAT_DATE: &str =
-    "https://hale.health/fhir/StructureDefinition/decision-to-treat-date";
+pub const EXT_DECISION_TO_TREAT_DATE: &str = "https://hale.health/fhir/StructureDefinition/decision-to-treat-date";
 /// Extension on Appointment: chemotherapy regimen window (valuePeriod with start/end dates).
 pub const EXT_REGIMEN_WINDOW: &str = "https://hale.health/fhir/StructureDefinition/regimen-window";
 

@@ -11,6 +11,7 @@ pub mod date;
 pub mod nhs;
 pub mod outcome;
 pub mod resource_type;
+mod schema;
 pub mod search;
 mod search_defs;
 pub mod validate;

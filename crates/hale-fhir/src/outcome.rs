@@ -87,11 +87,21 @@ pub struct Issue {
 
 impl Issue {
     pub fn error(code: IssueCode, diagnostics: impl Into<String>) -> Issue {
-        Issue { severity: Severity::Error, code, diagnostics: diagnostics.into(), expression: None }
+        Issue {
+            severity: Severity::Error,
+            code,
+            diagnostics: diagnostics.into(),
+            expression: None,
+        }
     }
 
     pub fn warning(code: IssueCode, diagnostics: impl Into<String>) -> Issue {
-        Issue { severity: Severity::Warning, code, diagnostics: diagnostics.into(), expression: None }
+        Issue {
+            severity: Severity::Warning,
+            code,
+            diagnostics: diagnostics.into(),
+            expression: None,
+        }
     }
 
     pub fn information(diagnostics: impl Into<String>) -> Issue {

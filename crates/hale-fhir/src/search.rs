@@ -79,7 +79,10 @@ pub enum DateOp {
 pub enum Predicate {
     /// `system` None: any system; Some("") : no system; Some(s): that system.
     /// `code` None: any code in that system (`system|`).
-    Token { system: Option<String>, code: Option<String> },
+    Token {
+        system: Option<String>,
+        code: Option<String>,
+    },
     /// Default string search: normalised prefix match.
     StrPrefix(String),
     /// `:exact`: the unnormalised value must match exactly... stored values are
@@ -164,10 +167,27 @@ pub fn extract_index(rtype: ResourceType, resource: &Value) -> Vec<IndexEntry> {
 /// With `strict`, an unknown or unsupported parameter or modifier is an error
 /// (`Prefer: handling=strict`); otherwise it is recorded in `ignored`.
 /// Malformed values (a bad date, a bad `_count`) are errors either way.
-pub fn parse_query(
-    rtype: ResourceType,
-    pairs: &[(String, String)],
-    strict: bool,
-) -> Result<SearchQuery, Issue> {
+pub fn parse_query(rtype: ResourceType, pairs: &[(String, String)], strict: bool) -> Result<SearchQuery, Issue> {
     crate::search_defs::parse(rtype, pairs, strict)
+}
+
+/// Normalise text the way [`IndexValue::Str`] values and string search values
+/// are: trimmed, inner whitespace runs collapsed to one space, lower case,
+/// common Latin accents and ligatures folded (`é` -> `e`, `ß` -> `ss`), and
+/// combining marks dropped.
+pub fn normalise_string(s: &str) -> String {
+    crate::search_defs::normalise_string(s)
+}
+
+/// Normalise a phone number the way `phone` token codes are indexed and
+/// searched: digits only, keeping a leading `+`.
+pub fn normalise_phone(s: &str) -> String {
+    crate::search_defs::normalise_phone(s)
+}
+
+/// A local reference `Type/id` (a `/_history/n` suffix is dropped) as
+/// `(type, id)`, exactly as extraction reads `Reference.reference`. Absolute
+/// URLs, `urn:` references and contained `#x` references give None.
+pub fn parse_local_reference(reference: &str) -> Option<(&str, &str)> {
+    crate::search_defs::local_reference(reference)
 }

@@ -663,7 +663,7 @@ impl<'a> Cx<'a> {
             return Ok(Some(id.to_string()));
         }
         self.conn
-            .prepare_cached("SELECT dst_id FROM refs WHERE rid = ?1 AND dst_type = 'Patient' ORDER BY dst_id LIMIT 1")?
+            .prepare_cached("SELECT dst_id FROM refs INDEXED BY refs_rid WHERE rid = ?1 AND dst_type = 'Patient' ORDER BY dst_id LIMIT 1")?
             .query_row([rid], |r| r.get(0))
             .optional()
     }

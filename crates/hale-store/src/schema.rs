@@ -60,7 +60,7 @@ CREATE TABLE IF NOT EXISTS refs(
     dst_id   TEXT    NOT NULL
 );
 CREATE INDEX IF NOT EXISTS refs_dst ON refs(dst_type, dst_id, rid);
-CREATE INDEX IF NOT EXISTS refs_rid ON refs(rid);
+CREATE INDEX IF NOT EXISTS refs_rid ON refs(rid, dst_type, dst_id);
 
 -- Audit trail, rendered as FHIR AuditEvent on read. seq = (log index << 20) | position.
 CREATE TABLE IF NOT EXISTS audit(
