@@ -240,6 +240,35 @@ fn clause_sql(sql: &mut Sql, rtype: &str, clause: &Clause) -> String {
     format!("r.rid IN (SELECT rid FROM idx WHERE rtype = {t} AND param = {p} AND ({}))", alts.join(" OR "))
 }
 
+/// How selective a clause usually is: lower drives the query.
+fn selectivity_rank(c: &Clause) -> u8 {
+    match (c.kind, c.param) {
+        (_, "status" | "category" | "service-category" | "active" | "gender" | "_tag" | "class" | "clinical-status") => 4,
+        (ParamKind::Date, _) => 3,
+        (ParamKind::String, _) => 2,
+        _ => 0,
+    }
+}
+
+/// The WHERE conditions of a search. When an index clause can drive the
+/// query, the `resources` columns are written `+r.rtype` so that SQLite looks
+/// rows up by rid from the most selective clause instead of scanning the type.
+fn where_sql(q: &SearchQuery) -> Sql {
+    let mut sql = Sql { conds: Vec::new(), args: Vec::new() };
+    let mut clauses: Vec<&Clause> = q.clauses.iter().collect();
+    clauses.sort_by_key(|c| selectivity_rank(c));
+    let by_id = clauses.iter().any(|c| c.param == "_id");
+    let drives = clauses.iter().any(|c| !matches!(c.param, "_id" | "_lastUpdated") && c.missing != Some(true));
+    let plus = if drives && !by_id { "+" } else { "" };
+    let t = sql.arg(text(q.rtype.as_str()));
+    sql.conds.push(format!("{plus}r.rtype = {t} AND {plus}r.deleted = 0"));
+    for c in clauses {
+        let cond = clause_sql(&mut sql, q.rtype.as_str(), c);
+        sql.conds.push(cond);
+    }
+    sql
+}
+
 fn order_sql(sql: &mut Sql, q: &SearchQuery) -> String {
     let mut keys = Vec::new();
     for k in &q.sort {
@@ -260,13 +289,7 @@ fn order_sql(sql: &mut Sql, q: &SearchQuery) -> String {
 
 /// Matching rids, in result order, at most `limit` of them (from offset 0).
 pub(crate) fn search_rids(conn: &Connection, q: &SearchQuery, limit: usize) -> rusqlite::Result<Vec<i64>> {
-    let mut sql = Sql { conds: Vec::new(), args: Vec::new() };
-    let t = sql.arg(text(q.rtype.as_str()));
-    sql.conds.push(format!("r.rtype = {t} AND r.deleted = 0"));
-    for c in &q.clauses {
-        let cond = clause_sql(&mut sql, q.rtype.as_str(), c);
-        sql.conds.push(cond);
-    }
+    let mut sql = where_sql(q);
     let order = order_sql(&mut sql, q);
     let text_sql = format!(
         "SELECT r.rid FROM resources r WHERE {} ORDER BY {order} LIMIT {limit}",
@@ -281,13 +304,7 @@ pub fn search(conn: &Connection, q: &SearchQuery) -> rusqlite::Result<SearchPage
     if q.rtype == ResourceType::AuditEvent {
         return audit::search(conn, q);
     }
-    let mut sql = Sql { conds: Vec::new(), args: Vec::new() };
-    let t = sql.arg(text(q.rtype.as_str()));
-    sql.conds.push(format!("r.rtype = {t} AND r.deleted = 0"));
-    for c in &q.clauses {
-        let cond = clause_sql(&mut sql, q.rtype.as_str(), c);
-        sql.conds.push(cond);
-    }
+    let mut sql = where_sql(q);
     let order = order_sql(&mut sql, q);
     let limit = sql.arg((q.count + 1) as i64);
     let offset = sql.arg(q.offset as i64);
