@@ -14,7 +14,10 @@ pub struct Principal {
 
 impl Principal {
     pub fn actor(&self) -> hale_store::Actor {
-        hale_store::Actor { user: self.user.clone(), role: self.role.as_str().into() }
+        hale_store::Actor {
+            user: self.user.clone(),
+            role: self.role.as_str().into(),
+        }
     }
 }
 
@@ -28,26 +31,43 @@ impl Authenticator {
         let tokens = cfg
             .tokens
             .iter()
-            .map(|t| (t.token.clone(), Principal { user: t.user.clone(), role: t.role }))
+            .map(|t| {
+                (
+                    t.token.clone(),
+                    Principal {
+                        user: t.user.clone(),
+                        role: t.role,
+                    },
+                )
+            })
             .collect();
-        Authenticator { tokens, open_access: cfg.open_access }
+        Authenticator {
+            tokens,
+            open_access: cfg.open_access,
+        }
     }
 
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, FhirError> {
-        let header = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let header = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
         match header {
             Some(h) => {
                 let token = h
                     .strip_prefix("Bearer ")
                     .or_else(|| h.strip_prefix("bearer "))
                     .ok_or_else(|| unauthorized("the Authorization header must be 'Bearer <token>'"))?;
-                self.tokens
-                    .get(token.trim())
-                    .cloned()
-                    .ok_or_else(|| unauthorized("the bearer token is not recognised; ask an administrator for a valid token"))
+                self.tokens.get(token.trim()).cloned().ok_or_else(|| {
+                    unauthorized("the bearer token is not recognised; ask an administrator for a valid token")
+                })
             }
-            None if self.open_access => Ok(Principal { user: "anonymous".into(), role: Role::Admin }),
-            None => Err(unauthorized("this server needs a bearer token: send 'Authorization: Bearer <token>'")),
+            None if self.open_access => Ok(Principal {
+                user: "anonymous".into(),
+                role: Role::Admin,
+            }),
+            None => Err(unauthorized(
+                "this server needs a bearer token: send 'Authorization: Bearer <token>'",
+            )),
         }
     }
 }
@@ -59,7 +79,10 @@ fn unauthorized(msg: &str) -> FhirError {
 /// Clinical types a clerk may not see.
 fn clinical(rt: ResourceType) -> bool {
     use ResourceType::*;
-    matches!(rt, Encounter | Observation | DiagnosticReport | ImagingStudy | DocumentReference | AllergyIntolerance)
+    matches!(
+        rt,
+        Encounter | Observation | DiagnosticReport | ImagingStudy | DocumentReference | AllergyIntolerance
+    )
 }
 
 /// May `p` read (or, with `write`, change) resources of type `rt`?
@@ -76,7 +99,11 @@ pub fn authorize(p: &Principal, rt: ResourceType, write: bool) -> Result<(), Fhi
     Err(FhirError::new(
         StatusCode::FORBIDDEN,
         IssueCode::Forbidden,
-        format!("user '{}' with role '{}' may not {verb} {rt} resources", p.user, p.role.as_str()),
+        format!(
+            "user '{}' with role '{}' may not {verb} {rt} resources",
+            p.user,
+            p.role.as_str()
+        ),
     ))
 }
 

@@ -50,12 +50,18 @@ fn entry_err(i: usize, e: FhirError) -> FhirError {
             issue
         })
         .collect();
-    FhirError { status: e.status, issues }
+    FhirError {
+        status: e.status,
+        issues,
+    }
 }
 
 async fn run(cx: &Ctx<'_>, bundle: Value, kind: &str) -> Result<axum::response::Response, FhirError> {
     if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
-        return Err(FhirError::bad_request("POST to the base URL takes a Bundle of type batch or transaction").at("resourceType"));
+        return Err(
+            FhirError::bad_request("POST to the base URL takes a Bundle of type batch or transaction")
+                .at("resourceType"),
+        );
     }
     validate_bundle_shell(&bundle).map_err(FhirError::invalid)?;
     if kind != "batch" && kind != "transaction" {
@@ -67,7 +73,11 @@ async fn run(cx: &Ctx<'_>, bundle: Value, kind: &str) -> Result<axum::response::
         .at("Bundle.type"));
     }
     let transaction = kind == "transaction";
-    let entries = bundle.get("entry").and_then(Value::as_array).cloned().unwrap_or_default();
+    let entries = bundle
+        .get("entry")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     let max = cx.app.cfg.limits.bundle_entries_max;
     if entries.len() > max {
         return Err(FhirError::new(
@@ -103,7 +113,10 @@ async fn run(cx: &Ctx<'_>, bundle: Value, kind: &str) -> Result<axum::response::
     let mut ops: Vec<WriteOp> = Vec::new();
     for (i, p) in plans.iter_mut().enumerate() {
         if let Planned::Write(op) = p {
-            let placeholder = WriteOp::Delete { rtype: String::new(), id: String::new() };
+            let placeholder = WriteOp::Delete {
+                rtype: String::new(),
+                id: String::new(),
+            };
             ops.push(std::mem::replace(op, placeholder));
             op_entry.push(i);
         }
@@ -129,7 +142,11 @@ async fn run(cx: &Ctx<'_>, bundle: Value, kind: &str) -> Result<axum::response::
         }
     }
 
-    let resp_type = if transaction { "transaction-response" } else { "batch-response" };
+    let resp_type = if transaction {
+        "transaction-response"
+    } else {
+        "batch-response"
+    };
     let mut b = BundleWriter::new(json!({"resourceType": "Bundle", "type": resp_type}));
     for (i, p) in plans.into_iter().enumerate() {
         match p {
@@ -138,8 +155,15 @@ async fn run(cx: &Ctx<'_>, bundle: Value, kind: &str) -> Result<axum::response::
                 let cur = cx.app.reader.with(|c| query::read(c, rt.as_str(), &id))?;
                 match cur {
                     Some(Current::Live(f)) => {
-                        cx.audit(AuditAction::Read, rt, Some(&id), (rt == ResourceType::Patient).then(|| id.clone()), 0, format!("GET {rt}/{id} (bundle)"))
-                            .await;
+                        cx.audit(
+                            AuditAction::Read,
+                            rt,
+                            Some(&id),
+                            (rt == ResourceType::Patient).then(|| id.clone()),
+                            0,
+                            format!("GET {rt}/{id} (bundle)"),
+                        )
+                        .await;
                         b.entry(
                             json!({
                                 "fullUrl": wire::full_url(&cx.base, &f),
@@ -148,7 +172,10 @@ async fn run(cx: &Ctx<'_>, bundle: Value, kind: &str) -> Result<axum::response::
                             f.json.as_deref(),
                         )
                     }
-                    Some(Current::Deleted { .. }) => error_entry(&mut b, &FhirError::new(StatusCode::GONE, IssueCode::Deleted, format!("{rt}/{id} was deleted"))),
+                    Some(Current::Deleted { .. }) => error_entry(
+                        &mut b,
+                        &FhirError::new(StatusCode::GONE, IssueCode::Deleted, format!("{rt}/{id} was deleted")),
+                    ),
                     None => error_entry(&mut b, &FhirError::not_found(format!("{rt}/{id} does not exist"))),
                 }
             }
@@ -163,7 +190,9 @@ async fn run(cx: &Ctx<'_>, bundle: Value, kind: &str) -> Result<axum::response::
 }
 
 fn plan_entry(cx: &Ctx<'_>, e: &Value, ids: &mut HashMap<String, String>) -> Result<Planned, FhirError> {
-    let req = e.get("request").ok_or_else(|| FhirError::new(StatusCode::BAD_REQUEST, IssueCode::Required, "entry has no request").at("request"))?;
+    let req = e.get("request").ok_or_else(|| {
+        FhirError::new(StatusCode::BAD_REQUEST, IssueCode::Required, "entry has no request").at("request")
+    })?;
     let method = req.get("method").and_then(Value::as_str).unwrap_or("");
     let url = req.get("url").and_then(Value::as_str).unwrap_or("");
     let (path, query) = url.split_once('?').unwrap_or((url, ""));
@@ -258,7 +287,10 @@ fn written_entry(cx: &Ctx<'_>, b: &mut BundleWriter, w: &Written) {
         response["etag"] = json!(format!("W/\"{}\"", w.version));
         response["lastModified"] = json!(wire::instant(w.updated_ms));
     }
-    if matches!(w.status, WriteStatus::Created | WriteStatus::Updated | WriteStatus::Existing) {
+    if matches!(
+        w.status,
+        WriteStatus::Created | WriteStatus::Updated | WriteStatus::Existing
+    ) {
         response["location"] = json!(format!("{}/{}/{}/_history/{}", cx.base, w.rtype, w.id, w.version));
     }
     let mut fields = json!({"response": response});
@@ -270,5 +302,8 @@ fn written_entry(cx: &Ctx<'_>, b: &mut BundleWriter, w: &Written) {
 
 fn error_entry(b: &mut BundleWriter, e: &FhirError) {
     let status = format!("{} {}", e.status.as_u16(), e.status.canonical_reason().unwrap_or(""));
-    b.entry(json!({"response": {"status": status.trim(), "outcome": e.outcome_json()}}), None);
+    b.entry(
+        json!({"response": {"status": status.trim(), "outcome": e.outcome_json()}}),
+        None,
+    );
 }

@@ -6,8 +6,16 @@ use hale_fhir::ResourceType;
 use serde_json::{json, Value};
 
 /// Interactions on a client-writable type.
-pub const WRITE_INTERACTIONS: &[&str] =
-    &["read", "vread", "update", "delete", "history-instance", "history-type", "create", "search-type"];
+pub const WRITE_INTERACTIONS: &[&str] = &[
+    "read",
+    "vread",
+    "update",
+    "delete",
+    "history-instance",
+    "history-type",
+    "create",
+    "search-type",
+];
 /// Interactions on a server-written type (AuditEvent).
 pub const READ_INTERACTIONS: &[&str] = &["read", "vread", "search-type"];
 
@@ -22,7 +30,11 @@ pub fn capability_statement(base: &str, date: &str) -> Value {
     let resources: Vec<Value> = ResourceType::ALL
         .iter()
         .map(|&rt| {
-            let interactions = if rt.client_writable() { WRITE_INTERACTIONS } else { READ_INTERACTIONS };
+            let interactions = if rt.client_writable() {
+                WRITE_INTERACTIONS
+            } else {
+                READ_INTERACTIONS
+            };
             let mut params: Vec<Value> = COMMON_PARAMS
                 .iter()
                 .filter(|(n, _, _)| rt != ResourceType::AuditEvent || *n == "_id" || *n == "_lastUpdated")

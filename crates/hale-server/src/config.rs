@@ -104,15 +104,31 @@ pub struct DemoSettings {
 
 impl Default for DemoSettings {
     fn default() -> Self {
-        DemoSettings { enabled: false, patients: 10_000, seed: 2013 }
+        DemoSettings {
+            enabled: false,
+            patients: 10_000,
+            seed: 2013,
+        }
     }
 }
 
 /// Tokens installed by `--demo` when the config names none. Printed at start.
 pub fn demo_tokens() -> Vec<TokenEntry> {
     vec![
-        TokenEntry { token: "demo-clinician".into(), user: "dr.demo".into(), role: Role::Clinician },
-        TokenEntry { token: "demo-clerk".into(), user: "clerk.demo".into(), role: Role::Clerk },
-        TokenEntry { token: "demo-admin".into(), user: "admin.demo".into(), role: Role::Admin },
+        TokenEntry {
+            token: "demo-clinician".into(),
+            user: "dr.demo".into(),
+            role: Role::Clinician,
+        },
+        TokenEntry {
+            token: "demo-clerk".into(),
+            user: "clerk.demo".into(),
+            role: Role::Clerk,
+        },
+        TokenEntry {
+            token: "demo-admin".into(),
+            user: "admin.demo".into(),
+            role: Role::Admin,
+        },
     ]
 }

@@ -14,7 +14,12 @@ pub const LOAD_BATCH_OPS: usize = 500;
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     #[error("demo resource {index} ({rtype}/{id}) is invalid: {why}")]
-    Invalid { index: usize, rtype: String, id: String, why: String },
+    Invalid {
+        index: usize,
+        rtype: String,
+        id: String,
+        why: String,
+    },
     #[error("demo resource {rtype}/{id} was refused by the store: {why}")]
     Rejected { rtype: String, id: String, why: String },
     #[error("the write path failed while loading demo data: {0}")]
@@ -24,8 +29,19 @@ pub enum DemoError {
 }
 
 /// Load the board unless the store already holds resources. Returns the number loaded.
-pub async fn load_if_empty(app: &App, patients: usize, seed: u64, today: chrono::NaiveDate) -> Result<usize, DemoError> {
-    let existing: u64 = app.reader.with(hale_store::query::counts).map_err(hale_store::StoreError::from)?.iter().map(|(_, n)| n).sum();
+pub async fn load_if_empty(
+    app: &App,
+    patients: usize,
+    seed: u64,
+    today: chrono::NaiveDate,
+) -> Result<usize, DemoError> {
+    let existing: u64 = app
+        .reader
+        .with(hale_store::query::counts)
+        .map_err(hale_store::StoreError::from)?
+        .iter()
+        .map(|(_, n)| n)
+        .sum();
     if existing > 0 {
         tracing::info!(existing, "store is not empty; demo data not loaded");
         return Ok(0);
@@ -33,7 +49,11 @@ pub async fn load_if_empty(app: &App, patients: usize, seed: u64, today: chrono:
     app.ready.store(false, Ordering::Release);
     let started = std::time::Instant::now();
     let board = hale_demo::generate(&hale_demo::DemoConfig { seed, patients, today });
-    tracing::info!(resources = board.resources.len(), patients, "generated the demo health board; loading");
+    tracing::info!(
+        resources = board.resources.len(),
+        patients,
+        "generated the demo health board; loading"
+    );
     let total = board.resources.len();
     let mut ops = Vec::with_capacity(LOAD_BATCH_OPS);
     let mut loaded = 0;
@@ -41,10 +61,19 @@ pub async fn load_if_empty(app: &App, patients: usize, seed: u64, today: chrono:
         let rtype = r.get("resourceType").and_then(|v| v.as_str()).unwrap_or("").to_string();
         let id = r.get("id").and_then(|v| v.as_str()).unwrap_or("").to_string();
         if let Err(issues) = hale_fhir::validate::validate_resource(&r, None) {
-            let why = issues.iter().map(|i| format!("{} at {}", i.diagnostics, i.expression.as_deref().unwrap_or("?"))).collect::<Vec<_>>().join("; ");
+            let why = issues
+                .iter()
+                .map(|i| format!("{} at {}", i.diagnostics, i.expression.as_deref().unwrap_or("?")))
+                .collect::<Vec<_>>()
+                .join("; ");
             return Err(DemoError::Invalid { index, rtype, id, why });
         }
-        ops.push(WriteOp::Update { rtype, id, resource: r, if_match: None });
+        ops.push(WriteOp::Update {
+            rtype,
+            id,
+            resource: r,
+            if_match: None,
+        });
         if ops.len() == LOAD_BATCH_OPS || index + 1 == total {
             loaded += submit(app, std::mem::take(&mut ops)).await?;
             if loaded % 20_000 < LOAD_BATCH_OPS {
@@ -53,19 +82,39 @@ pub async fn load_if_empty(app: &App, patients: usize, seed: u64, today: chrono:
         }
     }
     app.ready.store(true, Ordering::Release);
-    tracing::info!(loaded, elapsed_ms = started.elapsed().as_millis() as u64, "demo health board loaded");
+    tracing::info!(
+        loaded,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "demo health board loaded"
+    );
     Ok(loaded)
 }
 
 async fn submit(app: &App, ops: Vec<WriteOp>) -> Result<usize, DemoError> {
     let n = ops.len();
-    let cmd = Command { time_ms: crate::now_ms(), actor: Actor { user: "demo-loader".into(), role: "service".into() }, kind: CommandKind::Batch(ops.clone()) };
+    let cmd = Command {
+        time_ms: crate::now_ms(),
+        actor: Actor {
+            user: "demo-loader".into(),
+            role: "service".into(),
+        },
+        kind: CommandKind::Batch(ops.clone()),
+    };
     let (_, applied) = app.proposer.propose(cmd).await?;
     if let Applied::Ops(results) = applied {
         for (op, r) in ops.iter().zip(results) {
             if let Err(rej) = r {
-                let why = rej.issues.iter().map(|i| i.diagnostics.clone()).collect::<Vec<_>>().join("; ");
-                return Err(DemoError::Rejected { rtype: op.rtype().into(), id: op.id().into(), why });
+                let why = rej
+                    .issues
+                    .iter()
+                    .map(|i| i.diagnostics.clone())
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                return Err(DemoError::Rejected {
+                    rtype: op.rtype().into(),
+                    id: op.id().into(),
+                    why,
+                });
             }
         }
     }

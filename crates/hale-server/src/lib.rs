@@ -113,17 +113,36 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
 
 async fn metrics_text(State(app): State<Arc<App>>) -> Response {
     let mut gauges: Vec<(String, &str, f64)> = vec![
-        ("hale_store_bytes".into(), "Size of the SQLite database and WAL files.", hale_store::disk_bytes(&app.cfg.data) as f64),
-        ("hale_last_applied_index".into(), "Index of the last command applied to this node's store.", app.proposer.last_applied() as f64),
-        ("hale_audit_queue_records".into(), "Read audit records waiting to be committed.", app.audit.queued() as f64),
+        (
+            "hale_store_bytes".into(),
+            "Size of the SQLite database and WAL files.",
+            hale_store::disk_bytes(&app.cfg.data) as f64,
+        ),
+        (
+            "hale_last_applied_index".into(),
+            "Index of the last command applied to this node's store.",
+            app.proposer.last_applied() as f64,
+        ),
+        (
+            "hale_audit_queue_records".into(),
+            "Read audit records waiting to be committed.",
+            app.audit.queued() as f64,
+        ),
     ];
     if let Ok(counts) = app.reader.with(hale_store::query::counts) {
         for (t, n) in counts {
-            gauges.push((format!("hale_resources{{type=\"{t}\"}}"), "Live resources by type.", n as f64));
+            gauges.push((
+                format!("hale_resources{{type=\"{t}\"}}"),
+                "Live resources by type.",
+                n as f64,
+            ));
         }
     }
     let mut resp = Response::new(Body::from(app.metrics.render(&gauges)));
-    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; version=0.0.4"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
     resp
 }
 
@@ -143,7 +162,8 @@ async fn fhir(State(app): State<Arc<App>>, req: Request) -> Response {
             .into_response(),
         ),
     };
-    app.metrics.observe(route, resp.status().as_u16(), start.elapsed().as_micros() as u64);
+    app.metrics
+        .observe(route, resp.status().as_u16(), start.elapsed().as_micros() as u64);
     resp
 }
 

@@ -23,7 +23,9 @@ pub const ROUTES: &[&str] = &[
 ];
 
 /// Upper bounds of the latency buckets, in seconds.
-pub const BUCKETS_S: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+pub const BUCKETS_S: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
 
 struct RouteStats {
     /// By status class 2xx, 3xx, 4xx, 5xx.
@@ -80,7 +82,10 @@ impl Metrics {
             for (i, class) in ["2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
                 let n = r.by_class[i].load(Ordering::Relaxed);
                 if n > 0 {
-                    let _ = writeln!(out, "hale_http_requests_total{{route=\"{name}\",status=\"{class}\"}} {n}");
+                    let _ = writeln!(
+                        out,
+                        "hale_http_requests_total{{route=\"{name}\",status=\"{class}\"}} {n}"
+                    );
                 }
             }
         }
@@ -94,12 +99,21 @@ impl Metrics {
             let mut cum = 0;
             for (i, ub) in BUCKETS_S.iter().enumerate() {
                 cum += r.buckets[i].load(Ordering::Relaxed);
-                let _ = writeln!(out, "hale_http_request_duration_seconds_bucket{{route=\"{name}\",le=\"{ub}\"}} {cum}");
+                let _ = writeln!(
+                    out,
+                    "hale_http_request_duration_seconds_bucket{{route=\"{name}\",le=\"{ub}\"}} {cum}"
+                );
             }
-            let _ = writeln!(out, "hale_http_request_duration_seconds_bucket{{route=\"{name}\",le=\"+Inf\"}} {total}");
+            let _ = writeln!(
+                out,
+                "hale_http_request_duration_seconds_bucket{{route=\"{name}\",le=\"+Inf\"}} {total}"
+            );
             let sum = r.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
             let _ = writeln!(out, "hale_http_request_duration_seconds_sum{{route=\"{name}\"}} {sum}");
-            let _ = writeln!(out, "hale_http_request_duration_seconds_count{{route=\"{name}\"}} {total}");
+            let _ = writeln!(
+                out,
+                "hale_http_request_duration_seconds_count{{route=\"{name}\"}} {total}"
+            );
         }
         for (name, help, v) in gauges {
             let base = name.split('{').next().unwrap_or(name);

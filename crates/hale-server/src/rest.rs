@@ -23,7 +23,11 @@ pub type Handled = (&'static str, Result<Response, FhirError>);
 pub async fn dispatch(app: &App, req: Request) -> Handled {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().trim_matches('/').to_string();
-    let segs: Vec<&str> = if path.is_empty() { Vec::new() } else { path.split('/').collect() };
+    let segs: Vec<&str> = if path.is_empty() {
+        Vec::new()
+    } else {
+        path.split('/').collect()
+    };
     let query = parts.uri.query().unwrap_or("").to_string();
     let method = parts.method.clone();
     let headers = parts.headers;
@@ -37,7 +41,12 @@ pub async fn dispatch(app: &App, req: Request) -> Handled {
         Ok(p) => p,
         Err(e) => return ("other", Err(e)),
     };
-    let cx = Ctx { app, headers: &headers, principal: &principal, base: base_url(app, &headers) };
+    let cx = Ctx {
+        app,
+        headers: &headers,
+        principal: &principal,
+        base: base_url(app, &headers),
+    };
 
     match (method.clone(), segs.as_slice()) {
         (Method::POST, []) => {
@@ -90,7 +99,10 @@ pub async fn dispatch(app: &App, req: Request) -> Handled {
                     Err(FhirError::new(
                         StatusCode::NOT_FOUND,
                         IssueCode::NotSupported,
-                        format!("{m} {} is not an interaction this server supports; see /metadata", parts.uri.path()),
+                        format!(
+                            "{m} {} is not an interaction this server supports; see /metadata",
+                            parts.uri.path()
+                        ),
                     )),
                 ),
             }
@@ -120,7 +132,10 @@ fn base_url(app: &App, headers: &HeaderMap) -> String {
     if let Some(b) = &app.cfg.base_url {
         return b.trim_end_matches('/').to_string();
     }
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
     format!("http://{host}")
 }
 
@@ -138,21 +153,34 @@ pub async fn read_body(app: &App, body: Body) -> Result<Bytes, FhirError> {
 /// Parse a JSON body, saying where it is malformed.
 pub fn parse_json(body: &[u8]) -> Result<Value, FhirError> {
     if body.is_empty() {
-        return Err(FhirError::new(StatusCode::BAD_REQUEST, IssueCode::Required, "the request has no body; send a FHIR JSON resource"));
+        return Err(FhirError::new(
+            StatusCode::BAD_REQUEST,
+            IssueCode::Required,
+            "the request has no body; send a FHIR JSON resource",
+        ));
     }
     serde_json::from_slice(body).map_err(|e| {
         FhirError::new(
             StatusCode::BAD_REQUEST,
             IssueCode::Structure,
-            format!("the body is not valid JSON: {e} (line {}, column {})", e.line(), e.column()),
+            format!(
+                "the body is not valid JSON: {e} (line {}, column {})",
+                e.line(),
+                e.column()
+            ),
         )
     })
 }
 
 fn check_content_type(headers: &HeaderMap) -> Result<(), FhirError> {
-    let Some(ct) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else { return Ok(()) };
+    let Some(ct) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return Ok(());
+    };
     let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    if matches!(mime.as_str(), "application/fhir+json" | "application/json" | "application/json+fhir") {
+    if matches!(
+        mime.as_str(),
+        "application/fhir+json" | "application/json" | "application/json+fhir"
+    ) {
         Ok(())
     } else {
         Err(FhirError::new(
@@ -165,7 +193,9 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), FhirError> {
 
 /// Decode a query string into ordered pairs.
 pub fn query_pairs(q: &str) -> Vec<(String, String)> {
-    form_urlencoded::parse(q.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
+    form_urlencoded::parse(q.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
 }
 
 /// What the client asked for in `Prefer`.
@@ -188,7 +218,10 @@ pub fn prefer_return(headers: &HeaderMap) -> Return {
 }
 
 pub fn prefer_strict(headers: &HeaderMap) -> bool {
-    headers.get("prefer").and_then(|v| v.to_str().ok()).is_some_and(|p| p.contains("handling=strict"))
+    headers
+        .get("prefer")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|p| p.contains("handling=strict"))
 }
 
 /// First patient a stored resource refers to (cheap scan of the JSON text).
@@ -208,11 +241,21 @@ pub struct Ctx<'a> {
 
 impl Ctx<'_> {
     pub fn command(&self, kind: CommandKind) -> Command {
-        Command { time_ms: now_ms(), actor: self.principal.actor(), kind }
+        Command {
+            time_ms: now_ms(),
+            actor: self.principal.actor(),
+            kind,
+        }
     }
 
     /// Authorise, auditing a refusal.
-    async fn allow(&self, rt: ResourceType, write: bool, action: AuditAction, id: Option<&str>) -> Result<(), FhirError> {
+    async fn allow(
+        &self,
+        rt: ResourceType,
+        write: bool,
+        action: AuditAction,
+        id: Option<&str>,
+    ) -> Result<(), FhirError> {
         if let Err(e) = authorize(self.principal, rt, write) {
             self.audit(action, rt, id, None, 4, "forbidden".into()).await;
             return Err(e);
@@ -220,7 +263,15 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    pub async fn audit(&self, action: AuditAction, rt: ResourceType, id: Option<&str>, patient: Option<String>, outcome: u8, detail: String) {
+    pub async fn audit(
+        &self,
+        action: AuditAction,
+        rt: ResourceType,
+        id: Option<&str>,
+        patient: Option<String>,
+        outcome: u8,
+        detail: String,
+    ) {
         if !rt.is_patient_data() && outcome == 0 {
             return;
         }
@@ -243,7 +294,9 @@ impl Ctx<'_> {
         let cmd = self.command(kind);
         match self.app.proposer.propose(cmd).await {
             Ok((_, applied)) => Ok(applied),
-            Err(e) => Err(FhirError::unavailable(format!("the write was not committed: {e}. It is safe to retry"))),
+            Err(e) => Err(FhirError::unavailable(format!(
+                "the write was not committed: {e}. It is safe to retry"
+            ))),
         }
     }
 
@@ -253,13 +306,22 @@ impl Ctx<'_> {
         match cur {
             Some(Current::Live(f)) => {
                 let json = f.json.as_deref().unwrap_or("{}");
-                let patient = if rt == ResourceType::Patient { Some(id.to_string()) } else { patient_in(json) };
-                self.audit(AuditAction::Read, rt, Some(id), patient, 0, format!("GET {rt}/{id}")).await;
+                let patient = if rt == ResourceType::Patient {
+                    Some(id.to_string())
+                } else {
+                    patient_in(json)
+                };
+                self.audit(AuditAction::Read, rt, Some(id), patient, 0, format!("GET {rt}/{id}"))
+                    .await;
                 Ok(resource_response(StatusCode::OK, &f, None))
             }
             Some(Current::Deleted { version, updated_ms }) => {
-                let mut r = FhirError::new(StatusCode::GONE, IssueCode::Deleted, format!("{rt}/{id} was deleted (version {version})"))
-                    .into_response_with_headers();
+                let mut r = FhirError::new(
+                    StatusCode::GONE,
+                    IssueCode::Deleted,
+                    format!("{rt}/{id} was deleted (version {version})"),
+                )
+                .into_response_with_headers();
                 version_headers(r.headers_mut(), version, updated_ms);
                 Ok(r)
             }
@@ -275,11 +337,27 @@ impl Ctx<'_> {
         let found = self.app.reader.with(|c| query::vread(c, rt.as_str(), id, version))?;
         match found {
             Some(f) if f.json.is_some() => {
-                let patient = if rt == ResourceType::Patient { Some(id.to_string()) } else { f.json.as_deref().and_then(patient_in) };
-                self.audit(AuditAction::Read, rt, Some(id), patient, 0, format!("GET {rt}/{id}/_history/{version}")).await;
+                let patient = if rt == ResourceType::Patient {
+                    Some(id.to_string())
+                } else {
+                    f.json.as_deref().and_then(patient_in)
+                };
+                self.audit(
+                    AuditAction::Read,
+                    rt,
+                    Some(id),
+                    patient,
+                    0,
+                    format!("GET {rt}/{id}/_history/{version}"),
+                )
+                .await;
                 Ok(resource_response(StatusCode::OK, &f, None))
             }
-            Some(f) => Err(FhirError::new(StatusCode::GONE, IssueCode::Deleted, format!("version {} of {rt}/{id} is a deletion", f.version))),
+            Some(f) => Err(FhirError::new(
+                StatusCode::GONE,
+                IssueCode::Deleted,
+                format!("version {} of {rt}/{id} is a deletion", f.version),
+            )),
             None => Err(FhirError::not_found(format!("{rt}/{id} has no version {version}"))),
         }
     }
@@ -289,7 +367,15 @@ impl Ctx<'_> {
         check_content_type(self.headers)?;
         let resource = parse_json(body)?;
         if let Err(issues) = validate_resource(&resource, Some(rt)) {
-            self.audit(AuditAction::Create, rt, None, None, 4, format!("rejected: {}", issues[0].diagnostics)).await;
+            self.audit(
+                AuditAction::Create,
+                rt,
+                None,
+                None,
+                4,
+                format!("rejected: {}", issues[0].diagnostics),
+            )
+            .await;
             return Err(FhirError::invalid(issues));
         }
         let if_none_exist = self
@@ -302,7 +388,12 @@ impl Ctx<'_> {
             parse_query(rt, pairs, true).map_err(|i| FhirError::invalid(vec![i]))?;
         }
         let id = uuid::Uuid::new_v4().to_string();
-        let op = WriteOp::Create { rtype: rt.as_str().into(), id, resource, if_none_exist };
+        let op = WriteOp::Create {
+            rtype: rt.as_str().into(),
+            id,
+            resource,
+            if_none_exist,
+        };
         let written = single(self.propose(CommandKind::Write(op)).await?)?;
         Ok(self.write_response(&written))
     }
@@ -312,31 +403,62 @@ impl Ctx<'_> {
         check_content_type(self.headers)?;
         let resource = parse_json(body)?;
         if let Err(issues) = validate_resource(&resource, Some(rt)) {
-            self.audit(AuditAction::Update, rt, Some(id), None, 4, format!("rejected: {}", issues[0].diagnostics)).await;
+            self.audit(
+                AuditAction::Update,
+                rt,
+                Some(id),
+                None,
+                4,
+                format!("rejected: {}", issues[0].diagnostics),
+            )
+            .await;
             return Err(FhirError::invalid(issues));
         }
         match resource.get("id").and_then(Value::as_str) {
             Some(body_id) if body_id == id => {}
             Some(body_id) => {
-                return Err(FhirError::bad_request(format!("the resource id '{body_id}' does not match the id '{id}' in the URL")).at(format!("{rt}.id")))
+                return Err(FhirError::bad_request(format!(
+                    "the resource id '{body_id}' does not match the id '{id}' in the URL"
+                ))
+                .at(format!("{rt}.id")))
             }
-            None => return Err(FhirError::new(StatusCode::BAD_REQUEST, IssueCode::Required, "an update must carry the resource id in the body").at(format!("{rt}.id"))),
+            None => {
+                return Err(FhirError::new(
+                    StatusCode::BAD_REQUEST,
+                    IssueCode::Required,
+                    "an update must carry the resource id in the body",
+                )
+                .at(format!("{rt}.id")))
+            }
         }
         if !valid_id(id) {
-            return Err(FhirError::bad_request(format!("'{id}' is not a valid FHIR id (1-64 of A-Z a-z 0-9 - .)")));
+            return Err(FhirError::bad_request(format!(
+                "'{id}' is not a valid FHIR id (1-64 of A-Z a-z 0-9 - .)"
+            )));
         }
         let if_match = match self.headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok()) {
-            Some(s) => Some(wire::parse_etag(s).ok_or_else(|| FhirError::bad_request(format!("If-Match '{s}' is not an ETag like W/\"3\"")))?),
+            Some(s) => Some(
+                wire::parse_etag(s)
+                    .ok_or_else(|| FhirError::bad_request(format!("If-Match '{s}' is not an ETag like W/\"3\"")))?,
+            ),
             None => None,
         };
-        let op = WriteOp::Update { rtype: rt.as_str().into(), id: id.into(), resource, if_match };
+        let op = WriteOp::Update {
+            rtype: rt.as_str().into(),
+            id: id.into(),
+            resource,
+            if_match,
+        };
         let written = single(self.propose(CommandKind::Write(op)).await?)?;
         Ok(self.write_response(&written))
     }
 
     async fn delete(&self, rt: ResourceType, id: &str) -> Result<Response, FhirError> {
         self.allow(rt, true, AuditAction::Delete, Some(id)).await?;
-        let op = WriteOp::Delete { rtype: rt.as_str().into(), id: id.into() };
+        let op = WriteOp::Delete {
+            rtype: rt.as_str().into(),
+            id: id.into(),
+        };
         let written = single(self.propose(CommandKind::Write(op)).await?)?;
         let mut resp = Response::new(Body::empty());
         *resp.status_mut() = StatusCode::NO_CONTENT;
@@ -370,10 +492,16 @@ impl Ctx<'_> {
             Return::OperationOutcome => {
                 let msg = match w.status {
                     WriteStatus::Created => format!("created {}/{}", w.rtype, w.id),
-                    WriteStatus::Existing => format!("{}/{} already matched If-None-Exist; nothing was created", w.rtype, w.id),
+                    WriteStatus::Existing => format!(
+                        "{}/{} already matched If-None-Exist; nothing was created",
+                        w.rtype, w.id
+                    ),
                     _ => format!("updated {}/{} to version {}", w.rtype, w.id, w.version),
                 };
-                json_response(status, hale_fhir::outcome::operation_outcome(&[Issue::information(msg)]).to_string())
+                json_response(
+                    status,
+                    hale_fhir::outcome::operation_outcome(&[Issue::information(msg)]).to_string(),
+                )
             }
         };
         version_headers(resp.headers_mut(), w.version, w.updated_ms);
@@ -388,8 +516,15 @@ impl Ctx<'_> {
 
     fn paging(&self, q: &str) -> (usize, usize) {
         let pairs = query_pairs(q);
-        let get = |k: &str| pairs.iter().find(|(n, _)| n == k).and_then(|(_, v)| v.parse::<usize>().ok());
-        let count = get("_count").unwrap_or(hale_fhir::search::COUNT_DEFAULT).min(query::HISTORY_PAGE_MAX);
+        let get = |k: &str| {
+            pairs
+                .iter()
+                .find(|(n, _)| n == k)
+                .and_then(|(_, v)| v.parse::<usize>().ok())
+        };
+        let count = get("_count")
+            .unwrap_or(hale_fhir::search::COUNT_DEFAULT)
+            .min(query::HISTORY_PAGE_MAX);
         let offset = get("_offset").unwrap_or(0).min(hale_fhir::search::OFFSET_MAX);
         (count, offset)
     }
@@ -397,7 +532,11 @@ impl Ctx<'_> {
     fn history(&self, rt: ResourceType, id: Option<&str>, q: &str) -> Result<Response, FhirError> {
         authorize(self.principal, rt, false)?;
         if !rt.client_writable() {
-            return Err(FhirError::new(StatusCode::NOT_FOUND, IssueCode::NotSupported, format!("{rt} has no history: its records never change")));
+            return Err(FhirError::new(
+                StatusCode::NOT_FOUND,
+                IssueCode::NotSupported,
+                format!("{rt} has no history: its records never change"),
+            ));
         }
         let (count, offset) = self.paging(q);
         let rows = self.app.reader.with(|c| match id {
@@ -405,7 +544,10 @@ impl Ctx<'_> {
             None => query::history_type(c, rt.as_str(), count + 1, offset),
         })?;
         if id.is_some() && rows.is_empty() && offset == 0 {
-            return Err(FhirError::not_found(format!("{rt}/{} does not exist", id.unwrap_or(""))));
+            return Err(FhirError::not_found(format!(
+                "{rt}/{} does not exist",
+                id.unwrap_or("")
+            )));
         }
         let has_more = rows.len() > count;
         let path = match id {
@@ -456,7 +598,11 @@ impl Ctx<'_> {
             patients.dedup();
             let patient = (patients.len() == 1).then(|| patients[0].clone());
             let shown: Vec<&str> = patients.iter().take(20).map(String::as_str).collect();
-            let detail = format!("GET {rt}?{q} -> {} match(es); patients: {}", page.matches.len(), shown.join(","));
+            let detail = format!(
+                "GET {rt}?{q} -> {} match(es); patients: {}",
+                page.matches.len(),
+                shown.join(",")
+            );
             self.audit(AuditAction::Execute, rt, None, patient, 0, detail).await;
         }
         let self_q = canonical_query(&pairs, parsed.offset, parsed.count);
@@ -474,10 +620,16 @@ impl Ctx<'_> {
         }
         let mut b = BundleWriter::new(head);
         for f in &page.matches {
-            b.entry(json!({"fullUrl": wire::full_url(&self.base, f), "search": {"mode": "match"}}), f.json.as_deref());
+            b.entry(
+                json!({"fullUrl": wire::full_url(&self.base, f), "search": {"mode": "match"}}),
+                f.json.as_deref(),
+            );
         }
         for f in &page.included {
-            b.entry(json!({"fullUrl": wire::full_url(&self.base, f), "search": {"mode": "include"}}), f.json.as_deref());
+            b.entry(
+                json!({"fullUrl": wire::full_url(&self.base, f), "search": {"mode": "include"}}),
+                f.json.as_deref(),
+            );
         }
         if !parsed.ignored.is_empty() {
             let issues: Vec<Issue> = parsed
@@ -492,9 +644,12 @@ impl Ctx<'_> {
     }
 
     async fn everything(&self, id: &str) -> Result<Response, FhirError> {
-        self.allow(ResourceType::Patient, false, AuditAction::Read, Some(id)).await?;
+        self.allow(ResourceType::Patient, false, AuditAction::Read, Some(id))
+            .await?;
         let all = self.app.reader.with(|c| query::everything(c, id))?;
-        let Some(all) = all else { return Err(FhirError::not_found(format!("Patient/{id} does not exist"))) };
+        let Some(all) = all else {
+            return Err(FhirError::not_found(format!("Patient/{id} does not exist")));
+        };
         let mut b = BundleWriter::new(json!({
             "resourceType": "Bundle",
             "type": "searchset",
@@ -503,14 +658,26 @@ impl Ctx<'_> {
         }));
         for f in &all {
             // A clerk sees the booking side of the record only.
-            let Ok(rt) = f.rtype.parse::<ResourceType>() else { continue };
+            let Ok(rt) = f.rtype.parse::<ResourceType>() else {
+                continue;
+            };
             if authorize(self.principal, rt, false).is_err() {
                 continue;
             }
-            b.entry(json!({"fullUrl": wire::full_url(&self.base, f), "search": {"mode": "match"}}), f.json.as_deref());
+            b.entry(
+                json!({"fullUrl": wire::full_url(&self.base, f), "search": {"mode": "match"}}),
+                f.json.as_deref(),
+            );
         }
-        self.audit(AuditAction::Read, ResourceType::Patient, Some(id), Some(id.into()), 0, format!("GET Patient/{id}/$everything ({} resources)", all.len()))
-            .await;
+        self.audit(
+            AuditAction::Read,
+            ResourceType::Patient,
+            Some(id),
+            Some(id.into()),
+            0,
+            format!("GET Patient/{id}/$everything ({} resources)", all.len()),
+        )
+        .await;
         Ok(json_response(StatusCode::OK, b.finish()))
     }
 }

@@ -22,7 +22,10 @@ pub struct FhirError {
 
 impl FhirError {
     pub fn new(status: StatusCode, code: IssueCode, msg: impl Into<String>) -> FhirError {
-        FhirError { status, issues: vec![Issue::error(code, msg)] }
+        FhirError {
+            status,
+            issues: vec![Issue::error(code, msg)],
+        }
     }
 
     pub fn at(mut self, expression: impl Into<String>) -> FhirError {
@@ -49,11 +52,17 @@ impl FhirError {
     }
 
     pub fn invalid(issues: Vec<Issue>) -> FhirError {
-        FhirError { status: StatusCode::BAD_REQUEST, issues }
+        FhirError {
+            status: StatusCode::BAD_REQUEST,
+            issues,
+        }
     }
 
     pub fn from_rejection(r: Rejection) -> FhirError {
-        FhirError { status: reject_status(r.kind), issues: r.issues }
+        FhirError {
+            status: reject_status(r.kind),
+            issues: r.issues,
+        }
     }
 
     pub fn outcome_json(&self) -> Value {
@@ -77,9 +86,13 @@ impl IntoResponse for FhirError {
         let body = self.outcome_json().to_string();
         let mut resp = Response::new(Body::from(body));
         *resp.status_mut() = self.status;
-        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
         if self.status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"hale\""));
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"hale\""),
+            );
         }
         resp
     }
@@ -101,7 +114,8 @@ impl From<hale_store::rusqlite::Error> for FhirError {
 pub fn json_response(status: StatusCode, body: String) -> Response {
     let mut resp = Response::new(Body::from(body));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
     resp
 }
 

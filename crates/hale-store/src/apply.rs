@@ -37,11 +37,22 @@ pub enum Applied {
 
 /// Apply one command at log position `index` on `conn`, inside the caller's transaction.
 pub fn apply_command(conn: &Connection, index: u64, cmd: &Command) -> Result<Applied, rusqlite::Error> {
-    let mut cx = Cx { conn, index, time_ms: cmd.time_ms, actor: &cmd.actor, audit_pos: 0, deferred_refs: Vec::new() };
+    let mut cx = Cx {
+        conn,
+        index,
+        time_ms: cmd.time_ms,
+        actor: &cmd.actor,
+        audit_pos: 0,
+        deferred_refs: Vec::new(),
+    };
     let applied = match &cmd.kind {
         CommandKind::Write(op) => Applied::Ops(vec![cx.apply_one(op, 0)?]),
         CommandKind::Batch(ops) => {
-            assert!(ops.len() <= OPS_PER_COMMAND_MAX, "batch of {} ops exceeds the limit", ops.len());
+            assert!(
+                ops.len() <= OPS_PER_COMMAND_MAX,
+                "batch of {} ops exceeds the limit",
+                ops.len()
+            );
             let mut out = Vec::with_capacity(ops.len());
             for (i, op) in ops.iter().enumerate() {
                 out.push(cx.apply_one(op, i)?);
@@ -49,7 +60,11 @@ pub fn apply_command(conn: &Connection, index: u64, cmd: &Command) -> Result<App
             Applied::Ops(out)
         }
         CommandKind::Transaction(ops) => {
-            assert!(ops.len() <= OPS_PER_COMMAND_MAX, "transaction of {} ops exceeds the limit", ops.len());
+            assert!(
+                ops.len() <= OPS_PER_COMMAND_MAX,
+                "transaction of {} ops exceeds the limit",
+                ops.len()
+            );
             cx.apply_transaction(ops)?
         }
         CommandKind::Audit(records) => {
@@ -95,7 +110,11 @@ impl From<Rejection> for OpError {
 fn reject(kind: RejectKind, code: IssueCode, msg: impl Into<String>, at: Option<String>) -> OpError {
     let mut issue = Issue::error(code, msg);
     issue.expression = at;
-    OpError::Reject(Rejection { kind, issues: vec![issue], op: None })
+    OpError::Reject(Rejection {
+        kind,
+        issues: vec![issue],
+        op: None,
+    })
 }
 
 /// The current row of a resource.
@@ -109,22 +128,34 @@ pub(crate) struct Current {
 pub(crate) fn load_current(conn: &Connection, rtype: &str, id: &str) -> rusqlite::Result<Option<Current>> {
     conn.prepare_cached("SELECT rid, version, deleted, json FROM resources WHERE rtype = ?1 AND id = ?2")?
         .query_row(params![rtype, id], |r| {
-            Ok(Current { rid: r.get(0)?, version: r.get::<_, i64>(1)? as u64, deleted: r.get::<_, i64>(2)? != 0, json: r.get(3)? })
+            Ok(Current {
+                rid: r.get(0)?,
+                version: r.get::<_, i64>(1)? as u64,
+                deleted: r.get::<_, i64>(2)? != 0,
+                json: r.get(3)?,
+            })
         })
         .optional()
 }
 
 impl<'a> Cx<'a> {
     fn savepoint(&self, name: &str) -> rusqlite::Result<()> {
-        self.conn.execute_batch(&format!("SAVEPOINT {name}"))
+        self.conn
+            .prepare_cached(&format!("SAVEPOINT {name}"))?
+            .execute([])
+            .map(|_| ())
     }
 
     fn release(&self, name: &str) -> rusqlite::Result<()> {
-        self.conn.execute_batch(&format!("RELEASE {name}"))
+        self.conn
+            .prepare_cached(&format!("RELEASE {name}"))?
+            .execute([])
+            .map(|_| ())
     }
 
     fn rollback_to(&self, name: &str) -> rusqlite::Result<()> {
-        self.conn.execute_batch(&format!("ROLLBACK TO {name}; RELEASE {name}"))
+        self.conn.prepare_cached(&format!("ROLLBACK TO {name}"))?.execute([])?;
+        self.release(name)
     }
 
     /// One op in its own savepoint; reference checks run at its end.
@@ -196,7 +227,9 @@ impl<'a> Cx<'a> {
     fn check_deferred_refs(&mut self) -> Result<(), OpError> {
         let refs = std::mem::take(&mut self.deferred_refs);
         for (op, path, rtype, id) in refs {
-            let live = load_current(self.conn, &rtype, &id)?.map(|c| !c.deleted).unwrap_or(false);
+            let live = load_current(self.conn, &rtype, &id)?
+                .map(|c| !c.deleted)
+                .unwrap_or(false);
             if !live {
                 let mut r = Rejection {
                     kind: RejectKind::Unprocessable,
@@ -216,7 +249,12 @@ impl<'a> Cx<'a> {
 
     fn write_op(&mut self, op: &WriteOp, op_index: usize) -> Result<Written, OpError> {
         let rt: ResourceType = op.rtype().parse().map_err(|_| {
-            reject(RejectKind::Invalid, IssueCode::NotSupported, format!("resource type '{}' is not supported", op.rtype()), None)
+            reject(
+                RejectKind::Invalid,
+                IssueCode::NotSupported,
+                format!("resource type '{}' is not supported", op.rtype()),
+                None,
+            )
         })?;
         if !rt.client_writable() {
             return Err(reject(
@@ -227,10 +265,20 @@ impl<'a> Cx<'a> {
             ));
         }
         match op {
-            WriteOp::Create { id, resource, if_none_exist, .. } => {
+            WriteOp::Create {
+                id,
+                resource,
+                if_none_exist,
+                ..
+            } => {
                 if let Some(pairs) = if_none_exist {
-                    let q = hale_fhir::search::parse_query(rt, pairs, true)
-                        .map_err(|i| OpError::Reject(Rejection { kind: RejectKind::Invalid, issues: vec![i], op: None }))?;
+                    let q = hale_fhir::search::parse_query(rt, pairs, true).map_err(|i| {
+                        OpError::Reject(Rejection {
+                            kind: RejectKind::Invalid,
+                            issues: vec![i],
+                            op: None,
+                        })
+                    })?;
                     let found = query::search_rids(self.conn, &q, 2)?;
                     match found.len() {
                         0 => {}
@@ -268,12 +316,16 @@ impl<'a> Cx<'a> {
                 }
                 self.put(rt, id, resource.clone(), cur, "POST", AuditAction::Create, op_index)
             }
-            WriteOp::Update { id, resource, if_match, .. } => {
+            WriteOp::Update {
+                id, resource, if_match, ..
+            } => {
                 let cur = load_current(self.conn, rt.as_str(), id)?;
                 if let Some(expected) = if_match {
                     let actual = cur.as_ref().filter(|c| !c.deleted).map(|c| c.version);
                     if actual != Some(*expected) {
-                        let actual = actual.map(|v| format!("version {v}")).unwrap_or_else(|| "no current version".into());
+                        let actual = actual
+                            .map(|v| format!("version {v}"))
+                            .unwrap_or_else(|| "no current version".into());
                         return Err(reject(
                             RejectKind::PreconditionFailed,
                             IssueCode::Conflict,
@@ -282,7 +334,11 @@ impl<'a> Cx<'a> {
                         ));
                     }
                 }
-                let action = if cur.as_ref().is_some_and(|c| !c.deleted) { AuditAction::Update } else { AuditAction::Create };
+                let action = if cur.as_ref().is_some_and(|c| !c.deleted) {
+                    AuditAction::Update
+                } else {
+                    AuditAction::Create
+                };
                 self.put(rt, id, resource.clone(), cur, "PUT", action, op_index)
             }
             WriteOp::Delete { id, .. } => self.delete(rt, id),
@@ -340,7 +396,11 @@ impl<'a> Cx<'a> {
             id: id.into(),
             version,
             updated_ms: self.time_ms,
-            status: if action == AuditAction::Create { WriteStatus::Created } else { WriteStatus::Updated },
+            status: if action == AuditAction::Create {
+                WriteStatus::Created
+            } else {
+                WriteStatus::Updated
+            },
             json: Some(json),
         })
     }
@@ -357,7 +417,9 @@ impl<'a> Cx<'a> {
         let rid = match rid {
             Some(rid) => {
                 self.conn
-                    .prepare_cached("UPDATE resources SET version = ?2, updated_ms = ?3, deleted = 0, json = ?4 WHERE rid = ?1")?
+                    .prepare_cached(
+                        "UPDATE resources SET version = ?2, updated_ms = ?3, deleted = 0, json = ?4 WHERE rid = ?1",
+                    )?
                     .execute(params![rid, version as i64, self.time_ms, json])?;
                 rid
             }
@@ -379,8 +441,12 @@ impl<'a> Cx<'a> {
     }
 
     fn reindex(&self, rt: ResourceType, rid: i64, resource: &Value) -> rusqlite::Result<()> {
-        self.conn.prepare_cached("DELETE FROM idx WHERE rid = ?1")?.execute([rid])?;
-        self.conn.prepare_cached("DELETE FROM refs WHERE rid = ?1")?.execute([rid])?;
+        self.conn
+            .prepare_cached("DELETE FROM idx WHERE rid = ?1")?
+            .execute([rid])?;
+        self.conn
+            .prepare_cached("DELETE FROM refs WHERE rid = ?1")?
+            .execute([rid])?;
         let mut ins = self
             .conn
             .prepare_cached("INSERT INTO idx(rid, rtype, param, s, v, lo, hi) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?;
@@ -393,7 +459,9 @@ impl<'a> Cx<'a> {
             };
             ins.execute(params![rid, rt.as_str(), e.param, s, v, lo, hi])?;
         }
-        let mut ins = self.conn.prepare_cached("INSERT INTO refs(rid, dst_type, dst_id) VALUES (?1, ?2, ?3)")?;
+        let mut ins = self
+            .conn
+            .prepare_cached("INSERT INTO refs(rid, dst_type, dst_id) VALUES (?1, ?2, ?3)")?;
         let mut seen = std::collections::BTreeSet::new();
         for (_, t, i) in local_references(rt, resource) {
             if seen.insert((t.clone(), i.clone())) {
@@ -446,8 +514,12 @@ impl<'a> Cx<'a> {
                 "INSERT INTO history(rid, rtype, id, version, updated_ms, method, json) VALUES (?1, ?2, ?3, ?4, ?5, 'DELETE', NULL)",
             )?
             .execute(params![cur.rid, rt.as_str(), id, version as i64, self.time_ms])?;
-        self.conn.prepare_cached("DELETE FROM idx WHERE rid = ?1")?.execute([cur.rid])?;
-        self.conn.prepare_cached("DELETE FROM refs WHERE rid = ?1")?.execute([cur.rid])?;
+        self.conn
+            .prepare_cached("DELETE FROM idx WHERE rid = ?1")?
+            .execute([cur.rid])?;
+        self.conn
+            .prepare_cached("DELETE FROM refs WHERE rid = ?1")?
+            .execute([cur.rid])?;
         self.audit(&AuditRecord {
             time_ms: self.time_ms,
             actor: self.actor.clone(),
@@ -470,12 +542,16 @@ impl<'a> Cx<'a> {
 
     /// Two Patients may not share one NHS number.
     fn check_nhs_unique(&self, id: &str, patient: &Value) -> Result<(), OpError> {
-        let Some(ids) = patient.get("identifier").and_then(Value::as_array) else { return Ok(()) };
+        let Some(ids) = patient.get("identifier").and_then(Value::as_array) else {
+            return Ok(());
+        };
         for (i, ident) in ids.iter().enumerate() {
             if ident.get("system").and_then(Value::as_str) != Some(NHS_NUMBER_SYSTEM) {
                 continue;
             }
-            let Some(value) = ident.get("value").and_then(Value::as_str) else { continue };
+            let Some(value) = ident.get("value").and_then(Value::as_str) else {
+                continue;
+            };
             let value = hale_fhir::nhs::normalise(value);
             let other: Option<String> = self
                 .conn
@@ -515,7 +591,8 @@ impl<'a> Cx<'a> {
                 ));
             }
         }
-        if new_status == "cancelled" && old.is_none_or(|o| o.get("status").and_then(Value::as_str) != Some("cancelled")) {
+        if new_status == "cancelled" && old.is_none_or(|o| o.get("status").and_then(Value::as_str) != Some("cancelled"))
+        {
             let who = new
                 .pointer("/cancelationReason/coding")
                 .and_then(Value::as_array)
@@ -537,7 +614,11 @@ impl<'a> Cx<'a> {
         let holds = HOLDING_STATUSES.contains(&new_status);
         let new_slots = slot_refs(new);
         // Slots this appointment held before and no longer holds are released.
-        self.release_slots(id, old.unwrap_or(&Value::Null), if holds { Some(&new_slots) } else { None })?;
+        self.release_slots(
+            id,
+            old.unwrap_or(&Value::Null),
+            if holds { Some(&new_slots) } else { None },
+        )?;
         if !holds {
             return Ok(());
         }
@@ -566,7 +647,11 @@ impl<'a> Cx<'a> {
                 ));
             }
             let mut slot_json: Value = serde_json::from_str(&slot.json).expect("stored JSON is valid");
-            let slot_status = slot_json.get("status").and_then(Value::as_str).unwrap_or("").to_string();
+            let slot_status = slot_json
+                .get("status")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
             if old_held.contains(slot_id) && slot_status == "busy" {
                 continue; // already ours
             }
@@ -597,7 +682,9 @@ impl<'a> Cx<'a> {
             if self.slot_holder(&slot_id, id)?.is_some() {
                 continue;
             }
-            let Some(slot) = load_current(self.conn, "Slot", &slot_id)?.filter(|c| !c.deleted) else { continue };
+            let Some(slot) = load_current(self.conn, "Slot", &slot_id)?.filter(|c| !c.deleted) else {
+                continue;
+            };
             let mut slot_json: Value = serde_json::from_str(&slot.json).expect("stored JSON is valid");
             if slot_json.get("status").and_then(Value::as_str) == Some("busy") {
                 slot_json["status"] = json!("free");
@@ -623,7 +710,10 @@ impl<'a> Cx<'a> {
     /// A Slot may not be freed or blocked by a client while an appointment holds it.
     fn check_slot_change(&self, id: &str, old: Option<&Value>, new: &Value) -> Result<(), OpError> {
         let Some(old) = old else { return Ok(()) };
-        let (o, n) = (old.get("status").and_then(Value::as_str), new.get("status").and_then(Value::as_str));
+        let (o, n) = (
+            old.get("status").and_then(Value::as_str),
+            new.get("status").and_then(Value::as_str),
+        );
         if o == Some("busy") && n != Some("busy") {
             if let Some(holder) = self.slot_holder(id, "")? {
                 return Err(reject(
@@ -674,10 +764,12 @@ impl<'a> Cx<'a> {
             WriteOp::Update { .. } => AuditAction::Update,
             WriteOp::Delete { .. } => AuditAction::Delete,
         };
-        let patient = (op.rtype() == "Patient").then(|| op.id().to_string()).or_else(|| match op {
-            WriteOp::Create { resource, .. } | WriteOp::Update { resource, .. } => first_patient_ref(resource),
-            WriteOp::Delete { .. } => None,
-        });
+        let patient = (op.rtype() == "Patient")
+            .then(|| op.id().to_string())
+            .or_else(|| match op {
+                WriteOp::Create { resource, .. } | WriteOp::Update { resource, .. } => first_patient_ref(resource),
+                WriteOp::Delete { .. } => None,
+            });
         let why = r.issues.first().map(|i| i.diagnostics.as_str()).unwrap_or("rejected");
         self.audit(&AuditRecord {
             time_ms: self.time_ms,
@@ -692,7 +784,10 @@ impl<'a> Cx<'a> {
     }
 
     fn audit(&mut self, r: &AuditRecord) -> rusqlite::Result<()> {
-        assert!(self.audit_pos < AUDITS_PER_COMMAND_MAX as u64, "too many audit rows in one command");
+        assert!(
+            self.audit_pos < AUDITS_PER_COMMAND_MAX as u64,
+            "too many audit rows in one command"
+        );
         assert!(self.index < (1u64 << 43), "log index too large for the audit sequence");
         let seq = ((self.index << 20) | self.audit_pos) as i64;
         self.audit_pos += 1;
@@ -727,7 +822,10 @@ fn stamp(resource: &mut Value, id: &str, version: u64, time_ms: i64) {
     }
     let meta = meta.as_object_mut().expect("meta is an object");
     meta.insert("versionId".into(), Value::String(version.to_string()));
-    meta.insert("lastUpdated".into(), Value::String(hale_fhir::date::format_instant_ms(time_ms)));
+    meta.insert(
+        "lastUpdated".into(),
+        Value::String(hale_fhir::date::format_instant_ms(time_ms)),
+    );
     // Keep `resourceType` and `id` first for readability: move them to the front.
     let rt = obj.shift_remove("resourceType");
     let idv = obj.shift_remove("id");
@@ -826,10 +924,32 @@ fn collect_refs(v: &Value, path: &mut String, out: &mut Vec<(String, String, Str
 /// The FHIR Appointment lifecycle as Hale enforces it.
 pub fn allowed_next(from: &str) -> &'static [&'static str] {
     match from {
-        "proposed" => &["proposed", "pending", "booked", "waitlist", "cancelled", "entered-in-error"],
+        "proposed" => &[
+            "proposed",
+            "pending",
+            "booked",
+            "waitlist",
+            "cancelled",
+            "entered-in-error",
+        ],
         "pending" => &["pending", "booked", "waitlist", "cancelled", "entered-in-error"],
-        "waitlist" => &["waitlist", "proposed", "pending", "booked", "cancelled", "entered-in-error"],
-        "booked" => &["booked", "arrived", "checked-in", "fulfilled", "noshow", "cancelled", "entered-in-error"],
+        "waitlist" => &[
+            "waitlist",
+            "proposed",
+            "pending",
+            "booked",
+            "cancelled",
+            "entered-in-error",
+        ],
+        "booked" => &[
+            "booked",
+            "arrived",
+            "checked-in",
+            "fulfilled",
+            "noshow",
+            "cancelled",
+            "entered-in-error",
+        ],
         "checked-in" => &["checked-in", "arrived", "fulfilled", "cancelled", "entered-in-error"],
         "arrived" => &["arrived", "checked-in", "fulfilled", "cancelled", "entered-in-error"],
         "fulfilled" => &["fulfilled", "entered-in-error"],

@@ -162,14 +162,24 @@ pub(crate) fn search(conn: &Connection, q: &SearchQuery) -> rusqlite::Result<Sea
         conds.join(" AND ")
     );
     let mut stmt = conn.prepare_cached(&sql)?;
-    let mut matches: Vec<Found> = stmt.query_map(params_from_iter(args.iter()), render)?.collect::<rusqlite::Result<_>>()?;
+    let mut matches: Vec<Found> = stmt
+        .query_map(params_from_iter(args.iter()), render)?
+        .collect::<rusqlite::Result<_>>()?;
     let has_more = matches.len() > q.count;
     matches.truncate(q.count);
     let total = (!has_more).then(|| (q.offset + matches.len()) as u64);
-    Ok(SearchPage { matches, included: Vec::new(), has_more, total })
+    Ok(SearchPage {
+        matches,
+        included: Vec::new(),
+        has_more,
+        total,
+    })
 }
 
-pub(crate) fn for_each(conn: &Connection, mut f: impl FnMut(&str) -> std::io::Result<()>) -> Result<u64, crate::StoreError> {
+pub(crate) fn for_each(
+    conn: &Connection,
+    mut f: impl FnMut(&str) -> std::io::Result<()>,
+) -> Result<u64, crate::StoreError> {
     let mut stmt = conn.prepare_cached(&format!("SELECT {COLS} FROM audit ORDER BY seq"))?;
     let mut rows = stmt.query([])?;
     let mut n = 0;
@@ -183,5 +193,6 @@ pub(crate) fn for_each(conn: &Connection, mut f: impl FnMut(&str) -> std::io::Re
 
 /// Number of audit rows (for metrics and tests).
 pub fn count(conn: &Connection) -> rusqlite::Result<u64> {
-    conn.query_row("SELECT COUNT(*) FROM audit", [], |r| r.get::<_, i64>(0)).map(|n| n as u64)
+    conn.query_row("SELECT COUNT(*) FROM audit", [], |r| r.get::<_, i64>(0))
+        .map(|n| n as u64)
 }

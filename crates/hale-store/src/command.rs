@@ -18,7 +18,10 @@ pub struct Actor {
 
 impl Actor {
     pub fn system() -> Actor {
-        Actor { user: "hale".into(), role: "service".into() }
+        Actor {
+            user: "hale".into(),
+            role: "service".into(),
+        }
     }
 }
 

@@ -120,20 +120,34 @@ impl StateMachine {
         conn.pragma_update(None, "synchronous", "FULL")?;
         configure(&conn, WRITER_CACHE_KIB)?;
         conn.execute_batch(schema::DDL)?;
-        let found: Option<i64> =
-            conn.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).optional()?;
+        let found: Option<i64> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
+            .optional()?;
         match found {
             None => {
-                conn.execute("INSERT INTO meta(key, value) VALUES ('schema_version', ?1)", [schema::SCHEMA_VERSION])?;
+                conn.execute(
+                    "INSERT INTO meta(key, value) VALUES ('schema_version', ?1)",
+                    [schema::SCHEMA_VERSION],
+                )?;
             }
             Some(v) if v != schema::SCHEMA_VERSION => {
-                return Err(StoreError::SchemaVersion { path, found: v, expected: schema::SCHEMA_VERSION })
+                return Err(StoreError::SchemaVersion {
+                    path,
+                    found: v,
+                    expected: schema::SCHEMA_VERSION,
+                })
             }
             Some(_) => {}
         }
-        let last_applied: i64 =
-            conn.query_row("SELECT value FROM meta WHERE key = 'last_applied'", [], |r| r.get(0)).optional()?.unwrap_or(0);
-        Ok(StateMachine { conn, path, last_applied: last_applied as u64 })
+        let last_applied: i64 = conn
+            .query_row("SELECT value FROM meta WHERE key = 'last_applied'", [], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0);
+        Ok(StateMachine {
+            conn,
+            path,
+            last_applied: last_applied as u64,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -155,7 +169,10 @@ impl StateMachine {
         let mut next = self.last_applied;
         for (index, _) in entries {
             if *index != next + 1 {
-                return Err(StoreError::OutOfOrder { last: next, got: *index });
+                return Err(StoreError::OutOfOrder {
+                    last: next,
+                    got: *index,
+                });
             }
             next = *index;
         }
@@ -165,7 +182,10 @@ impl StateMachine {
             out.push(apply::apply_command(&tx, *index, cmd)?);
         }
         if next != self.last_applied {
-            tx.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('last_applied', ?1)", [next as i64])?;
+            tx.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES ('last_applied', ?1)",
+                [next as i64],
+            )?;
         }
         before_commit(&tx)?;
         tx.commit()?;
@@ -211,7 +231,10 @@ impl Reader {
             configure(&conn, READER_CACHE_KIB)?;
             pool.push(Mutex::new(conn));
         }
-        Ok(Reader { pool, next: AtomicUsize::new(0) })
+        Ok(Reader {
+            pool,
+            next: AtomicUsize::new(0),
+        })
     }
 
     /// Run `f` on a free connection (or wait for one).
@@ -229,7 +252,9 @@ impl Reader {
 
     pub fn last_applied(&self) -> Result<u64, StoreError> {
         self.with(|c| {
-            let v: Option<i64> = c.query_row("SELECT value FROM meta WHERE key = 'last_applied'", [], |r| r.get(0)).optional()?;
+            let v: Option<i64> = c
+                .query_row("SELECT value FROM meta WHERE key = 'last_applied'", [], |r| r.get(0))
+                .optional()?;
             Ok(v.unwrap_or(0) as u64)
         })
     }
@@ -241,5 +266,9 @@ impl Reader {
 
 /// Size of the database files in bytes (main file plus WAL).
 pub fn disk_bytes(dir: &Path) -> u64 {
-    ["hale.db", "hale.db-wal"].iter().filter_map(|f| std::fs::metadata(dir.join(f)).ok()).map(|m| m.len()).sum()
+    ["hale.db", "hale.db-wal"]
+        .iter()
+        .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
+        .map(|m| m.len())
+        .sum()
 }

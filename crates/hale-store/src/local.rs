@@ -45,15 +45,29 @@ impl LocalLog {
     /// Open the state machine in `dir` and start the writer thread.
     pub fn start(dir: &Path) -> Result<LocalLog, StoreError> {
         let mut sm = StateMachine::open(dir)?;
-        let log_end: i64 = sm.conn().query_row("SELECT COALESCE(MAX(idx), 0) FROM command_log", [], |r| r.get(0))?;
+        let log_end: i64 = sm
+            .conn()
+            .query_row("SELECT COALESCE(MAX(idx), 0) FROM command_log", [], |r| r.get(0))?;
         // The log and the state commit together, so they cannot disagree.
-        assert_eq!(log_end as u64, sm.last_applied(), "command log and applied index disagree: the store is corrupt");
+        assert_eq!(
+            log_end as u64,
+            sm.last_applied(),
+            "command log and applied index disagree: the store is corrupt"
+        );
         let (tx, rx) = mpsc::sync_channel::<Request>(QUEUE_COMMANDS_MAX);
         let applied = Arc::new(std::sync::atomic::AtomicU64::new(sm.last_applied()));
         let applied2 = applied.clone();
         std::thread::Builder::new()
             .name("hale-writer".into())
-            .spawn(move || writer_loop(&mut sm, rx, &applied2))
+            .spawn(move || {
+                // A panic here means an invariant of the store failed. Continuing could
+                // acknowledge writes that were never applied, so stop the whole process.
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| writer_loop(&mut sm, rx, &applied2)));
+                if outcome.is_err() {
+                    tracing::error!("the writer thread panicked; aborting so that a supervisor restarts the node from its durable log");
+                    std::process::abort();
+                }
+            })
             .map_err(StoreError::Io)?;
         Ok(LocalLog { tx, applied })
     }
@@ -67,7 +81,7 @@ impl LocalLog {
         match tx.try_send(req) {
             Ok(()) => {}
             Err(mpsc::TrySendError::Full(req)) => {
-                tokio::task::spawn_blocking(move || tx.send(req))
+                tokio::task::spawn_blocking(move || tx.send(req).map_err(|_| ()))
                     .await
                     .map_err(|_| ProposeError::Stopped)?
                     .map_err(|_| ProposeError::Stopped)?;
@@ -80,7 +94,9 @@ impl LocalLog {
     /// Blocking variant for CLI tools outside a runtime.
     pub fn propose_blocking(&self, cmd: Command) -> Result<(u64, Applied), ProposeError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Request { cmd, reply }).map_err(|_| ProposeError::Stopped)?;
+        self.tx
+            .send(Request { cmd, reply })
+            .map_err(|_| ProposeError::Stopped)?;
         rx.blocking_recv().map_err(|_| ProposeError::Stopped)?
     }
 
@@ -99,7 +115,11 @@ fn writer_loop(sm: &mut StateMachine, rx: mpsc::Receiver<Request>, applied: &std
             }
         }
         let start = sm.last_applied() + 1;
-        let entries: Vec<(u64, &Command)> = batch.iter().enumerate().map(|(i, r)| (start + i as u64, &r.cmd)).collect();
+        let entries: Vec<(u64, &Command)> = batch
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (start + i as u64, &r.cmd))
+            .collect();
         let result = sm.apply_with(&entries, |conn| {
             let mut stmt = conn.prepare_cached("INSERT INTO command_log(idx, bytes) VALUES (?1, ?2)")?;
             for (index, cmd) in &entries {
@@ -127,13 +147,17 @@ fn writer_loop(sm: &mut StateMachine, rx: mpsc::Receiver<Request>, applied: &std
 
 /// Read the single-node command log of the store in `dir`, in order.
 pub fn read_log(dir: &Path) -> Result<Vec<(u64, Command)>, StoreError> {
-    let conn = rusqlite::Connection::open_with_flags(dir.join(crate::DB_FILE), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let conn =
+        rusqlite::Connection::open_with_flags(dir.join(crate::DB_FILE), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     let mut stmt = conn.prepare("SELECT idx, bytes FROM command_log ORDER BY idx")?;
     let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?)))?;
     let mut out = Vec::new();
     for row in rows {
         let (index, bytes) = row?;
-        let cmd = command::decode(&bytes).map_err(|e| StoreError::CorruptLog { index, reason: e.to_string() })?;
+        let cmd = command::decode(&bytes).map_err(|e| StoreError::CorruptLog {
+            index,
+            reason: e.to_string(),
+        })?;
         out.push((index, cmd));
     }
     Ok(out)
@@ -152,19 +176,16 @@ pub fn replay(dir: &Path, log: &[(u64, Command)]) -> Result<StateMachine, StoreE
 /// How the server hands a command to the log: a single node's [`LocalLog`]
 /// today, the raft client in a cluster. Returns the log index and outcome once
 /// the command is durable (and, in a cluster, committed on a quorum).
+pub type ProposeFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(u64, Applied), ProposeError>> + Send + 'a>>;
+
 pub trait Proposer: Send + Sync + 'static {
-    fn propose(
-        &self,
-        cmd: Command,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(u64, Applied), ProposeError>> + Send + '_>>;
+    fn propose(&self, cmd: Command) -> ProposeFuture<'_>;
     fn last_applied(&self) -> u64;
 }
 
 impl Proposer for LocalLog {
-    fn propose(
-        &self,
-        cmd: Command,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(u64, Applied), ProposeError>> + Send + '_>> {
+    fn propose(&self, cmd: Command) -> ProposeFuture<'_> {
         Box::pin(LocalLog::propose(self, cmd))
     }
 

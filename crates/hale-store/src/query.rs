@@ -83,20 +83,18 @@ pub fn vread(conn: &Connection, rtype: &str, id: &str, version: u64) -> rusqlite
             _ => None,
         });
     }
-    conn.prepare_cached(
-        "SELECT updated_ms, method, json FROM history WHERE rtype = ?1 AND id = ?2 AND version = ?3",
-    )?
-    .query_row(params![rtype, id, version as i64], |r| {
-        Ok(Found {
-            rtype: rtype.to_string(),
-            id: id.to_string(),
-            version,
-            updated_ms: r.get(0)?,
-            method: method_of(&r.get::<_, String>(1)?),
-            json: r.get(2)?,
+    conn.prepare_cached("SELECT updated_ms, method, json FROM history WHERE rtype = ?1 AND id = ?2 AND version = ?3")?
+        .query_row(params![rtype, id, version as i64], |r| {
+            Ok(Found {
+                rtype: rtype.to_string(),
+                id: id.to_string(),
+                version,
+                updated_ms: r.get(0)?,
+                method: method_of(&r.get::<_, String>(1)?),
+                json: r.get(2)?,
+            })
         })
-    })
-    .optional()
+        .optional()
 }
 
 fn history_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Found> {
@@ -111,7 +109,13 @@ fn history_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Found> {
 }
 
 /// Newest first. Returns up to `count` versions after skipping `offset`.
-pub fn history_instance(conn: &Connection, rtype: &str, id: &str, count: usize, offset: usize) -> rusqlite::Result<Vec<Found>> {
+pub fn history_instance(
+    conn: &Connection,
+    rtype: &str,
+    id: &str,
+    count: usize,
+    offset: usize,
+) -> rusqlite::Result<Vec<Found>> {
     let count = count.min(HISTORY_PAGE_MAX);
     let mut stmt = conn.prepare_cached(
         "SELECT rtype, id, version, updated_ms, method, json FROM history
@@ -135,7 +139,9 @@ pub fn history_type(conn: &Connection, rtype: &str, count: usize, offset: usize)
 /// (rid, id, version, updated_ms, json) of a live resource.
 pub(crate) fn load_by_rid(conn: &Connection, rid: i64) -> rusqlite::Result<(i64, String, u64, i64, String)> {
     conn.prepare_cached("SELECT rid, id, version, updated_ms, json FROM resources WHERE rid = ?1")?
-        .query_row([rid], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64, r.get(3)?, r.get(4)?)))
+        .query_row([rid], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64, r.get(3)?, r.get(4)?))
+        })
 }
 
 /// SQL for one search: WHERE conditions and their parameters.
@@ -226,7 +232,11 @@ fn clause_sql(sql: &mut Sql, rtype: &str, clause: &Clause) -> String {
         if let Some(missing) = clause.missing {
             return if missing { "0".into() } else { "1".into() };
         }
-        let alts: Vec<String> = clause.alternatives.iter().map(|p| column_predicate(sql, clause, p)).collect();
+        let alts: Vec<String> = clause
+            .alternatives
+            .iter()
+            .map(|p| column_predicate(sql, clause, p))
+            .collect();
         return format!("({})", alts.join(" OR "));
     }
     let t = sql.arg(text(rtype));
@@ -235,15 +245,24 @@ fn clause_sql(sql: &mut Sql, rtype: &str, clause: &Clause) -> String {
         let neg = if missing { "NOT " } else { "" };
         return format!("r.rid {neg}IN (SELECT rid FROM idx WHERE rtype = {t} AND param = {p})");
     }
-    let alts: Vec<String> =
-        clause.alternatives.iter().map(|a| format!("({})", predicate_sql(sql, clause.kind, a))).collect();
-    format!("r.rid IN (SELECT rid FROM idx WHERE rtype = {t} AND param = {p} AND ({}))", alts.join(" OR "))
+    let alts: Vec<String> = clause
+        .alternatives
+        .iter()
+        .map(|a| format!("({})", predicate_sql(sql, clause.kind, a)))
+        .collect();
+    format!(
+        "r.rid IN (SELECT rid FROM idx WHERE rtype = {t} AND param = {p} AND ({}))",
+        alts.join(" OR ")
+    )
 }
 
 /// How selective a clause usually is: lower drives the query.
 fn selectivity_rank(c: &Clause) -> u8 {
     match (c.kind, c.param) {
-        (_, "status" | "category" | "service-category" | "active" | "gender" | "_tag" | "class" | "clinical-status") => 4,
+        (
+            _,
+            "status" | "category" | "service-category" | "active" | "gender" | "_tag" | "class" | "clinical-status",
+        ) => 4,
         (ParamKind::Date, _) => 3,
         (ParamKind::String, _) => 2,
         _ => 0,
@@ -254,11 +273,16 @@ fn selectivity_rank(c: &Clause) -> u8 {
 /// query, the `resources` columns are written `+r.rtype` so that SQLite looks
 /// rows up by rid from the most selective clause instead of scanning the type.
 fn where_sql(q: &SearchQuery) -> Sql {
-    let mut sql = Sql { conds: Vec::new(), args: Vec::new() };
+    let mut sql = Sql {
+        conds: Vec::new(),
+        args: Vec::new(),
+    };
     let mut clauses: Vec<&Clause> = q.clauses.iter().collect();
     clauses.sort_by_key(|c| selectivity_rank(c));
     let by_id = clauses.iter().any(|c| c.param == "_id");
-    let drives = clauses.iter().any(|c| !matches!(c.param, "_id" | "_lastUpdated") && c.missing != Some(true));
+    let drives = clauses
+        .iter()
+        .any(|c| !matches!(c.param, "_id" | "_lastUpdated") && c.missing != Some(true));
     let plus = if drives && !by_id { "+" } else { "" };
     let t = sql.arg(text(q.rtype.as_str()));
     sql.conds.push(format!("{plus}r.rtype = {t} AND {plus}r.deleted = 0"));
@@ -279,7 +303,9 @@ fn order_sql(sql: &mut Sql, q: &SearchQuery) -> String {
             param => {
                 let p = sql.arg(text(param));
                 let agg = if k.descending { "MAX(hi)" } else { "MIN(lo)" };
-                keys.push(format!("(SELECT {agg} FROM idx WHERE rid = r.rid AND param = {p}) {dir}"));
+                keys.push(format!(
+                    "(SELECT {agg} FROM idx WHERE rid = r.rid AND param = {p}) {dir}"
+                ));
             }
         }
     }
@@ -333,7 +359,12 @@ pub fn search(conn: &Connection, q: &SearchQuery) -> rusqlite::Result<SearchPage
     rows.truncate(q.count);
     let total = (!has_more).then(|| (q.offset + rows.len()) as u64);
     let included = includes(conn, q, &rows.iter().map(|(rid, _)| *rid).collect::<Vec<_>>())?;
-    Ok(SearchPage { matches: rows.into_iter().map(|(_, f)| f).collect(), included, has_more, total })
+    Ok(SearchPage {
+        matches: rows.into_iter().map(|(_, f)| f).collect(),
+        included,
+        has_more,
+        total,
+    })
 }
 
 fn includes(conn: &Connection, q: &SearchQuery, rids: &[i64]) -> rusqlite::Result<Vec<Found>> {
@@ -345,8 +376,9 @@ fn includes(conn: &Connection, q: &SearchQuery, rids: &[i64]) -> rusqlite::Resul
         }
         let mut stmt = conn.prepare_cached("SELECT s, v FROM idx WHERE rid = ?1 AND param = ?2 AND v IS NOT NULL")?;
         for rid in rids {
-            let targets: Vec<(Option<String>, String)> =
-                stmt.query_map(params![rid, inc.param], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
+            let targets: Vec<(Option<String>, String)> = stmt
+                .query_map(params![rid, inc.param], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
             for (t, id) in targets {
                 let Some(t) = t else { continue };
                 if inc.target.is_some_and(|want| want.as_str() != t) {
@@ -367,7 +399,9 @@ fn includes(conn: &Connection, q: &SearchQuery, rids: &[i64]) -> rusqlite::Resul
 /// The patient and everything that refers to them, plus what those refer to
 /// (practitioners, locations, slots...), at most [`EVERYTHING_MAX`] resources.
 pub fn everything(conn: &Connection, patient_id: &str) -> rusqlite::Result<Option<Vec<Found>>> {
-    let Some(Current::Live(p)) = read(conn, "Patient", patient_id)? else { return Ok(None) };
+    let Some(Current::Live(p)) = read(conn, "Patient", patient_id)? else {
+        return Ok(None);
+    };
     let mut out = vec![p];
     let mut seen = std::collections::BTreeSet::new();
     seen.insert(("Patient".to_string(), patient_id.to_string()));
@@ -391,12 +425,15 @@ pub fn everything(conn: &Connection, patient_id: &str) -> rusqlite::Result<Optio
         })?
         .collect::<rusqlite::Result<_>>()?;
     let mut targets = Vec::new();
-    let mut tstmt = conn.prepare_cached("SELECT dst_type, dst_id FROM refs WHERE rid = ?1 AND dst_type != 'Patient'")?;
+    let mut tstmt =
+        conn.prepare_cached("SELECT dst_type, dst_id FROM refs WHERE rid = ?1 AND dst_type != 'Patient'")?;
     for (rid, f) in referrers {
         if seen.insert((f.rtype.clone(), f.id.clone())) {
             out.push(f);
         }
-        let ts: Vec<(String, String)> = tstmt.query_map([rid], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
+        let ts: Vec<(String, String)> = tstmt
+            .query_map([rid], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
         targets.extend(ts);
     }
     for (t, id) in targets {
@@ -415,13 +452,18 @@ pub fn everything(conn: &Connection, patient_id: &str) -> rusqlite::Result<Optio
 
 /// Count of live resources per type.
 pub fn counts(conn: &Connection) -> rusqlite::Result<Vec<(String, u64)>> {
-    let mut stmt = conn.prepare_cached("SELECT rtype, COUNT(*) FROM resources WHERE deleted = 0 GROUP BY rtype ORDER BY rtype")?;
+    let mut stmt =
+        conn.prepare_cached("SELECT rtype, COUNT(*) FROM resources WHERE deleted = 0 GROUP BY rtype ORDER BY rtype")?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
     rows.collect()
 }
 
 /// Every live resource of a type, in id order, for export. Calls `f` for each JSON text.
-pub fn for_each_current(conn: &Connection, rtype: &str, mut f: impl FnMut(&str) -> std::io::Result<()>) -> Result<u64, crate::StoreError> {
+pub fn for_each_current(
+    conn: &Connection,
+    rtype: &str,
+    mut f: impl FnMut(&str) -> std::io::Result<()>,
+) -> Result<u64, crate::StoreError> {
     if rtype == "AuditEvent" {
         return audit::for_each(conn, f);
     }

@@ -23,7 +23,10 @@ impl Client {
         let rest = base_url
             .strip_prefix("http://")
             .ok_or_else(|| anyhow!("the server URL must start with http:// (got {base_url})"))?;
-        let (authority, path) = rest.split_once('/').map(|(a, p)| (a, format!("/{p}"))).unwrap_or((rest, String::new()));
+        let (authority, path) = rest
+            .split_once('/')
+            .map(|(a, p)| (a, format!("/{p}")))
+            .unwrap_or((rest, String::new()));
         Ok(Client {
             authority: authority.to_string(),
             base_path: path.trim_end_matches('/').to_string(),

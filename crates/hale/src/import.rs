@@ -22,7 +22,10 @@ fn read_file(path: &Path) -> Result<Vec<(String, Value)>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let name = path.display().to_string();
     let trimmed = text.trim_start();
-    let is_ndjson = path.extension().is_some_and(|e| e == "ndjson") || (trimmed.starts_with('{') && text.trim().lines().count() > 1 && serde_json::from_str::<Value>(&text).is_err());
+    let is_ndjson = path.extension().is_some_and(|e| e == "ndjson")
+        || (trimmed.starts_with('{')
+            && text.trim().lines().count() > 1
+            && serde_json::from_str::<Value>(&text).is_err());
     let mut out = Vec::new();
     if is_ndjson {
         for (i, line) in text.lines().enumerate() {
@@ -38,7 +41,13 @@ fn read_file(path: &Path) -> Result<Vec<(String, Value)>> {
     }
     let v: Value = serde_json::from_str(&text).with_context(|| format!("{name} is not valid JSON"))?;
     if v.get("resourceType").and_then(Value::as_str) == Some("Bundle") {
-        for (i, e) in v.get("entry").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        for (i, e) in v
+            .get("entry")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
             if let Some(r) = e.get("resource") {
                 out.push((format!("{name} entry[{i}]"), r.clone()));
             }
@@ -69,7 +78,8 @@ pub async fn run(files: &[PathBuf], url: &str, token: Option<&str>, batch: usize
         let mut origins = Vec::new();
         for (origin, r) in chunk {
             if let Some(e) = r.get("__invalid") {
-                s.rejected.push(format!("{origin}: not valid JSON: {}", e.as_str().unwrap_or("")));
+                s.rejected
+                    .push(format!("{origin}: not valid JSON: {}", e.as_str().unwrap_or("")));
                 continue;
             }
             let rt = r.get("resourceType").and_then(Value::as_str).unwrap_or("?");
@@ -84,7 +94,11 @@ pub async fn run(files: &[PathBuf], url: &str, token: Option<&str>, batch: usize
             let bundle = json!({"resourceType": "Bundle", "type": "batch", "entry": entries});
             let reply = client.send("POST", "/", Some(serde_json::to_vec(&bundle)?)).await?;
             if reply.status != 200 {
-                bail!("the server refused a batch with HTTP {}: {}", reply.status, String::from_utf8_lossy(&reply.body));
+                bail!(
+                    "the server refused a batch with HTTP {}: {}",
+                    reply.status,
+                    String::from_utf8_lossy(&reply.body)
+                );
             }
             let resp: Value = serde_json::from_slice(&reply.body)?;
             let resp_entries = resp.get("entry").and_then(Value::as_array).cloned().unwrap_or_default();
@@ -106,7 +120,8 @@ pub async fn run(files: &[PathBuf], url: &str, token: Option<&str>, batch: usize
                             }
                         })
                         .collect();
-                    s.rejected.push(format!("{origin} ({rt}): HTTP {status}: {}", why.join("; ")));
+                    s.rejected
+                        .push(format!("{origin} ({rt}): HTTP {status}: {}", why.join("; ")));
                 }
             }
         }

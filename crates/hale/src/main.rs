@@ -9,7 +9,11 @@ use hale_server::config::{demo_tokens, Config};
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
-#[command(name = "hale", version, about = "Hale: patient records and appointment booking that keep working through failures")]
+#[command(
+    name = "hale",
+    version,
+    about = "Hale: patient records and appointment booking that keep working through failures"
+)]
 struct Cli {
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, global = true, env = "HALE_LOG_JSON")]
@@ -127,7 +131,9 @@ fn main() -> Result<()> {
 
 fn init_tracing(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("HALE_LOG").unwrap_or_else(|_| "info".into());
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         b.json().init();
     } else {
@@ -139,7 +145,8 @@ fn init_tracing(json: bool) {
 fn load_config(a: &ServeArgs) -> Result<Config> {
     let mut cfg = match &a.config {
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("cannot read config file {}", p.display()))?;
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("cannot read config file {}", p.display()))?;
             toml::from_str(&text).with_context(|| format!("config file {} is not valid", p.display()))?
         }
         None => Config::default(),
@@ -200,9 +207,12 @@ async fn serve(a: ServeArgs) -> Result<()> {
             }
         });
     }
-    let listener = tokio::net::TcpListener::bind(&cfg.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}; is another server using it? Pick one with --listen", cfg.listen))?;
+    let listener = tokio::net::TcpListener::bind(&cfg.listen).await.with_context(|| {
+        format!(
+            "cannot listen on {}; is another server using it? Pick one with --listen",
+            cfg.listen
+        )
+    })?;
     let node = hale_server::Node::open(cfg.clone())
         .with_context(|| format!("cannot open the data directory {}", cfg.data.display()))?;
     tracing::info!(listen = %cfg.listen, data = %cfg.data.display(), "hale is serving FHIR R4 at http://{}/", cfg.listen);
@@ -242,7 +252,10 @@ async fn shutdown_signal() {
 fn export(data: &Path, out: &Path) -> Result<()> {
     use std::io::Write;
     if !data.join(hale_store::DB_FILE).exists() {
-        bail!("no Hale store in {}; point --data at a node's data directory", data.display());
+        bail!(
+            "no Hale store in {}; point --data at a node's data directory",
+            data.display()
+        );
     }
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let reader = hale_store::Reader::open(data, 1)?;
