@@ -350,7 +350,12 @@ fn read(param: &'static str, how: As, v: &Value, out: &mut Vec<IndexEntry>) {
         }
         As::Identifier => {
             if let Some(value) = text("value") {
-                push(token(text("system"), value));
+                // NHS numbers are indexed without the spaces of the "943 476 5919" layout.
+                if text("system") == Some(crate::codes::NHS_NUMBER_SYSTEM) {
+                    push(token(text("system"), &crate::nhs::normalise(value)));
+                } else {
+                    push(token(text("system"), value));
+                }
             }
         }
         As::Code => {
@@ -852,7 +857,10 @@ fn token_predicate(key: &str, piece: &str, telecom: Option<&str>) -> Result<Pred
             if system.is_empty() && code.is_empty() {
                 return Err(value_error(key, format!("'{piece}' has neither a system nor a code")));
             }
-            let code = (!code.is_empty()).then(|| norm(unescape(code)));
+            let mut code = (!code.is_empty()).then(|| norm(unescape(code)));
+            if unescape(system) == crate::codes::NHS_NUMBER_SYSTEM {
+                code = code.map(|c| crate::nhs::normalise(&c));
+            }
             Ok(Predicate::Token {
                 system: Some(unescape(system)),
                 code,

@@ -6,7 +6,7 @@
 //! ordinary `Type/id` references.
 
 use crate::auth::authorize;
-use crate::rest::{parse_json, query_pairs, resource_type, valid_id, Ctx, Handled};
+use crate::rest::{parse_json, resource_type, valid_id, Ctx, Handled};
 use crate::wire::{self, json_response, BundleWriter, FhirError};
 use axum::body::Bytes;
 use axum::http::StatusCode;
@@ -88,25 +88,28 @@ async fn run(cx: &Ctx<'_>, bundle: Value, kind: &str) -> Result<axum::response::
         .at("Bundle.entry"));
     }
 
-    // Plan every entry; give new resources their ids.
+    // Give every new resource its id first, so that references between
+    // entries can be rewritten before each resource is validated.
     let mut ids: HashMap<String, String> = HashMap::new();
+    let mut new_ids: Vec<Option<String>> = Vec::with_capacity(entries.len());
+    for e in &entries {
+        new_ids.push(assign_id(e, &mut ids));
+    }
     let mut plans: Vec<Planned> = Vec::with_capacity(entries.len());
     for (i, e) in entries.iter().enumerate() {
-        let plan = plan_entry(cx, e, &mut ids).unwrap_or_else(|err| Planned::Invalid(entry_err(i, err)));
+        let mut e = e.clone();
+        if !ids.is_empty() {
+            if let Some(r) = e.get_mut("resource") {
+                rewrite_refs(r, &ids);
+            }
+        }
+        let plan = plan_entry(cx, &e, new_ids[i].take()).unwrap_or_else(|err| Planned::Invalid(entry_err(i, err)));
         if transaction {
             if let Planned::Invalid(err) = plan {
                 return Err(err);
             }
         }
         plans.push(plan);
-    }
-    // Rewrite urn:uuid references to the assigned ids.
-    if !ids.is_empty() {
-        for p in plans.iter_mut() {
-            if let Planned::Write(WriteOp::Create { resource, .. } | WriteOp::Update { resource, .. }) = p {
-                rewrite_refs(resource, &ids);
-            }
-        }
     }
 
     let mut op_entry: Vec<usize> = Vec::new();
@@ -120,6 +123,14 @@ async fn run(cx: &Ctx<'_>, bundle: Value, kind: &str) -> Result<axum::response::
             ops.push(std::mem::replace(op, placeholder));
             op_entry.push(i);
         }
+    }
+    if transaction {
+        // FHIR processing order: deletes, then creates and updates with every
+        // resource before the entries that refer to it.
+        let order = processing_order(&ops);
+        let mut taken: Vec<Option<WriteOp>> = ops.into_iter().map(Some).collect();
+        ops = order.iter().map(|&k| taken[k].take().expect("each op once")).collect();
+        op_entry = order.iter().map(|&k| op_entry[k]).collect();
     }
     let mut results: HashMap<usize, Result<Written, Rejection>> = HashMap::new();
     if !ops.is_empty() {
@@ -189,7 +200,7 @@ async fn run(cx: &Ctx<'_>, bundle: Value, kind: &str) -> Result<axum::response::
     Ok(json_response(StatusCode::OK, b.finish()))
 }
 
-fn plan_entry(cx: &Ctx<'_>, e: &Value, ids: &mut HashMap<String, String>) -> Result<Planned, FhirError> {
+fn plan_entry(cx: &Ctx<'_>, e: &Value, new_id: Option<String>) -> Result<Planned, FhirError> {
     let req = e.get("request").ok_or_else(|| {
         FhirError::new(StatusCode::BAD_REQUEST, IssueCode::Required, "entry has no request").at("request")
     })?;
@@ -205,14 +216,11 @@ fn plan_entry(cx: &Ctx<'_>, e: &Value, ids: &mut HashMap<String, String>) -> Res
             check(true)?;
             let resource = resource.ok_or_else(|| FhirError::new(StatusCode::BAD_REQUEST, IssueCode::Required, "a POST entry needs a resource"))?;
             validate_resource(resource, Some(rt)).map_err(FhirError::invalid)?;
-            let id = uuid::Uuid::new_v4().to_string();
-            if let Some(full) = e.get("fullUrl").and_then(Value::as_str) {
-                ids.insert(full.to_string(), format!("{rt}/{id}"));
-            }
+            let id = new_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
             let if_none_exist = req
                 .get("ifNoneExist")
                 .and_then(Value::as_str)
-                .map(|q| query_pairs(q.trim_start_matches('?').trim_start_matches(&format!("{rt}?"))));
+                .map(|q| crate::rest::if_none_exist_pairs(rt, q));
             if let Some(pairs) = &if_none_exist {
                 hale_fhir::search::parse_query(rt, pairs, true).map_err(|i| FhirError::invalid(vec![i]))?;
             }
@@ -230,9 +238,6 @@ fn plan_entry(cx: &Ctx<'_>, e: &Value, ids: &mut HashMap<String, String>) -> Res
             }
             let mut resource = resource.clone();
             resource["id"] = json!(id);
-            if let Some(full) = e.get("fullUrl").and_then(Value::as_str) {
-                ids.insert(full.to_string(), format!("{rt}/{id}"));
-            }
             let if_match = match req.get("ifMatch").and_then(Value::as_str) {
                 Some(s) => Some(wire::parse_etag(s).ok_or_else(|| FhirError::bad_request(format!("ifMatch '{s}' is not an ETag")))?),
                 None => None,
@@ -254,6 +259,73 @@ fn plan_entry(cx: &Ctx<'_>, e: &Value, ids: &mut HashMap<String, String>) -> Res
         )
         .at("request")),
     }
+}
+
+/// The id a POST entry will get (and the fullUrl -> `Type/id` mapping for
+/// entries with a fullUrl), decided before anything is validated.
+fn assign_id(e: &Value, ids: &mut HashMap<String, String>) -> Option<String> {
+    let method = e.pointer("/request/method").and_then(Value::as_str)?;
+    let url = e.pointer("/request/url").and_then(Value::as_str)?;
+    let path = url.split('?').next().unwrap_or("");
+    let segs: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let (rt, id) = match (method, segs.as_slice()) {
+        ("POST", [t]) => (*t, uuid::Uuid::new_v4().to_string()),
+        ("PUT", [t, id]) => (*t, id.to_string()),
+        _ => return None,
+    };
+    if let Some(full) = e.get("fullUrl").and_then(Value::as_str) {
+        ids.insert(full.to_string(), format!("{rt}/{id}"));
+    }
+    (method == "POST").then_some(id)
+}
+
+/// Deletes first, then writes ordered so that a resource comes before the
+/// entries that refer to it (original order otherwise; cycles keep it too).
+fn processing_order(ops: &[WriteOp]) -> Vec<usize> {
+    let key = |op: &WriteOp| format!("{}/{}", op.rtype(), op.id());
+    let index: HashMap<String, usize> = ops
+        .iter()
+        .enumerate()
+        .filter(|(_, op)| !matches!(op, WriteOp::Delete { .. }))
+        .map(|(i, op)| (key(op), i))
+        .collect();
+    let deps: Vec<Vec<usize>> = ops
+        .iter()
+        .map(|op| match op {
+            WriteOp::Create { rtype, resource, .. } | WriteOp::Update { rtype, resource, .. } => {
+                let rt: ResourceType = rtype.parse().unwrap_or(ResourceType::Patient);
+                hale_store::apply::local_references(rt, resource)
+                    .into_iter()
+                    .filter_map(|(_, t, id)| index.get(&format!("{t}/{id}")).copied())
+                    .collect()
+            }
+            WriteOp::Delete { .. } => Vec::new(),
+        })
+        .collect();
+    let mut order: Vec<usize> = (0..ops.len())
+        .filter(|&i| matches!(ops[i], WriteOp::Delete { .. }))
+        .collect();
+    // 0 = unvisited, 1 = in progress, 2 = done.
+    let mut state = vec![0u8; ops.len()];
+    fn visit(i: usize, deps: &[Vec<usize>], state: &mut [u8], order: &mut Vec<usize>) {
+        if state[i] != 0 {
+            return;
+        }
+        state[i] = 1;
+        for &d in &deps[i] {
+            if d != i {
+                visit(d, deps, state, order);
+            }
+        }
+        state[i] = 2;
+        order.push(i);
+    }
+    for i in 0..ops.len() {
+        if !matches!(ops[i], WriteOp::Delete { .. }) {
+            visit(i, &deps, &mut state, &mut order);
+        }
+    }
+    order
 }
 
 fn rewrite_refs(v: &mut Value, ids: &HashMap<String, String>) {

@@ -79,7 +79,7 @@ pub async fn dispatch(app: &App, req: Request) -> Handled {
                     };
                     ("create", cx.create(rt, &body).await)
                 }
-                (Method::GET, ["_history"]) => ("history-type", cx.history(rt, None, &query)),
+                (Method::GET, ["_history"]) => ("history-type", cx.history(rt, None, &query).await),
                 (Method::GET, [id]) => ("read", cx.read(rt, id).await),
                 (Method::PUT, [id]) => {
                     let body = match read_body(app, body).await {
@@ -89,11 +89,19 @@ pub async fn dispatch(app: &App, req: Request) -> Handled {
                     ("update", cx.update(rt, id, &body).await)
                 }
                 (Method::DELETE, [id]) => ("delete", cx.delete(rt, id).await),
-                (Method::GET, [id, "_history"]) => ("history-instance", cx.history(rt, Some(id), &query)),
+                (Method::GET, [id, "_history"]) => ("history-instance", cx.history(rt, Some(id), &query).await),
                 (Method::GET, [id, "_history", vid]) => ("vread", cx.vread(rt, id, vid).await),
                 (Method::GET, [id, "$everything"]) if rt == ResourceType::Patient => {
                     ("everything", cx.everything(id).await)
                 }
+                (m, [] | [_]) if !matches!(m, Method::GET | Method::POST | Method::PUT | Method::DELETE) => (
+                    "other",
+                    Err(FhirError::new(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        IssueCode::NotSupported,
+                        format!("{m} is not supported; see /metadata for the interactions this server offers"),
+                    )),
+                ),
                 (m, _) => (
                     "other",
                     Err(FhirError::new(
@@ -196,6 +204,14 @@ pub fn query_pairs(q: &str) -> Vec<(String, String)> {
     form_urlencoded::parse(q.as_bytes())
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect()
+}
+
+/// The search in an `If-None-Exist` header or `ifNoneExist` element:
+/// `identifier=x`, `?identifier=x` or `Patient?identifier=x`.
+pub fn if_none_exist_pairs(rt: ResourceType, q: &str) -> Vec<(String, String)> {
+    let q = q.trim();
+    let q = q.strip_prefix(rt.as_str()).unwrap_or(q);
+    query_pairs(q.trim_start_matches('?'))
 }
 
 /// What the client asked for in `Prefer`.
@@ -382,7 +398,7 @@ impl Ctx<'_> {
             .headers
             .get("if-none-exist")
             .and_then(|v| v.to_str().ok())
-            .map(|q| query_pairs(q.trim_start_matches('?')));
+            .map(|q| if_none_exist_pairs(rt, q));
         if let Some(pairs) = &if_none_exist {
             // Check the query now so a bad one is a 400, not a rejected command.
             parse_query(rt, pairs, true).map_err(|i| FhirError::invalid(vec![i]))?;
@@ -524,13 +540,13 @@ impl Ctx<'_> {
         };
         let count = get("_count")
             .unwrap_or(hale_fhir::search::COUNT_DEFAULT)
-            .min(query::HISTORY_PAGE_MAX);
+            .clamp(1, query::HISTORY_PAGE_MAX);
         let offset = get("_offset").unwrap_or(0).min(hale_fhir::search::OFFSET_MAX);
         (count, offset)
     }
 
-    fn history(&self, rt: ResourceType, id: Option<&str>, q: &str) -> Result<Response, FhirError> {
-        authorize(self.principal, rt, false)?;
+    async fn history(&self, rt: ResourceType, id: Option<&str>, q: &str) -> Result<Response, FhirError> {
+        self.allow(rt, false, AuditAction::Read, id).await?;
         if !rt.client_writable() {
             return Err(FhirError::new(
                 StatusCode::NOT_FOUND,
@@ -550,6 +566,30 @@ impl Ctx<'_> {
             )));
         }
         let has_more = rows.len() > count;
+        if rt.is_patient_data() {
+            let mut patients: Vec<String> = rows
+                .iter()
+                .take(count)
+                .filter_map(|f| {
+                    if rt == ResourceType::Patient {
+                        Some(f.id.clone())
+                    } else {
+                        f.json.as_deref().and_then(patient_in)
+                    }
+                })
+                .collect();
+            patients.sort();
+            patients.dedup();
+            let patient = (patients.len() == 1).then(|| patients[0].clone());
+            let shown: Vec<&str> = patients.iter().take(20).map(String::as_str).collect();
+            let what = id.map(|i| format!("{rt}/{i}")).unwrap_or_else(|| rt.to_string());
+            let detail = format!(
+                "GET {what}/_history -> {} version(s); patients: {}",
+                rows.len().min(count),
+                shown.join(",")
+            );
+            self.audit(AuditAction::Read, rt, id, patient, 0, detail).await;
+        }
         let path = match id {
             Some(id) => format!("{}/{rt}/{id}/_history", self.base),
             None => format!("{}/{rt}/_history", self.base),
@@ -650,20 +690,22 @@ impl Ctx<'_> {
         let Some(all) = all else {
             return Err(FhirError::not_found(format!("Patient/{id} does not exist")));
         };
+        // A clerk sees the booking side of the record only; count what is shown.
+        let shown: Vec<&Found> = all
+            .iter()
+            .filter(|f| {
+                f.rtype
+                    .parse::<ResourceType>()
+                    .is_ok_and(|rt| authorize(self.principal, rt, false).is_ok())
+            })
+            .collect();
         let mut b = BundleWriter::new(json!({
             "resourceType": "Bundle",
             "type": "searchset",
-            "total": all.len(),
+            "total": shown.len(),
             "link": [{"relation": "self", "url": format!("{}/Patient/{id}/$everything", self.base)}],
         }));
-        for f in &all {
-            // A clerk sees the booking side of the record only.
-            let Ok(rt) = f.rtype.parse::<ResourceType>() else {
-                continue;
-            };
-            if authorize(self.principal, rt, false).is_err() {
-                continue;
-            }
+        for f in &shown {
             b.entry(
                 json!({"fullUrl": wire::full_url(&self.base, f), "search": {"mode": "match"}}),
                 f.json.as_deref(),
@@ -675,7 +717,7 @@ impl Ctx<'_> {
             Some(id),
             Some(id.into()),
             0,
-            format!("GET Patient/{id}/$everything ({} resources)", all.len()),
+            format!("GET Patient/{id}/$everything ({} resources)", shown.len()),
         )
         .await;
         Ok(json_response(StatusCode::OK, b.finish()))

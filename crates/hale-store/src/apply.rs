@@ -189,9 +189,25 @@ impl<'a> Cx<'a> {
         self.deferred_refs.clear();
         let mut out = Vec::with_capacity(ops.len());
         let mut failed: Option<(usize, OpError)> = None;
-        for (i, op) in ops.iter().enumerate() {
-            match self.write_op(op, i) {
-                Ok(w) => out.push(Ok(w)),
+        // Later ops may need their references redirected (see below), so work on a copy.
+        let mut ops: Vec<WriteOp> = ops.to_vec();
+        for i in 0..ops.len() {
+            match self.write_op(&ops[i], i) {
+                Ok(w) => {
+                    // A conditional create that matched an existing resource: entries that
+                    // referred to the planned id now refer to the match. Derived from the
+                    // command and state only, so replay does the same.
+                    if w.status == WriteStatus::Existing && w.id != ops[i].id() {
+                        let from = format!("{}/{}", w.rtype, ops[i].id());
+                        let to = format!("{}/{}", w.rtype, w.id);
+                        for later in &mut ops[i + 1..] {
+                            if let WriteOp::Create { resource, .. } | WriteOp::Update { resource, .. } = later {
+                                redirect_refs(resource, &from, &to);
+                            }
+                        }
+                    }
+                    out.push(Ok(w))
+                }
                 Err(e) => {
                     failed = Some((i, e));
                     break;
@@ -213,8 +229,8 @@ impl<'a> Cx<'a> {
                 if r.op.is_none() && i != usize::MAX {
                     r.op = Some(i);
                 }
-                let failed_op = r.op.and_then(|i| ops.get(i)).unwrap_or(&ops[0]);
-                self.audit_rejected(failed_op, &r)?;
+                let failed_op = r.op.and_then(|i| ops.get(i)).unwrap_or(&ops[0]).clone();
+                self.audit_rejected(&failed_op, &r)?;
                 Ok(Applied::TransactionFailed(r))
             }
             Some((_, OpError::Sql(e))) => {
@@ -284,6 +300,18 @@ impl<'a> Cx<'a> {
                         0 => {}
                         1 => {
                             let cur = query::load_by_rid(self.conn, found[0])?;
+                            // The client is shown the existing resource: that is a read.
+                            let patient = self.patient_of(rt, &cur.1, cur.0)?;
+                            self.audit(&AuditRecord {
+                                time_ms: self.time_ms,
+                                actor: self.actor.clone(),
+                                action: AuditAction::Read,
+                                rtype: rt.as_str().into(),
+                                id: Some(cur.1.clone()),
+                                patient,
+                                outcome: 0,
+                                detail: format!("POST {rt} with If-None-Exist matched {rt}/{}", cur.1),
+                            })?;
                             return Ok(Written {
                                 rtype: rt.as_str().to_string(),
                                 id: cur.1,
@@ -841,6 +869,23 @@ fn stamp(resource: &mut Value, id: &str, version: u64, time_ms: i64) {
         obj.insert("meta".into(), v);
     }
     obj.extend(rest);
+}
+
+/// Replace every `reference` equal to `from` with `to`.
+fn redirect_refs(v: &mut Value, from: &str, to: &str) {
+    match v {
+        Value::Object(m) => {
+            for (k, child) in m.iter_mut() {
+                if k == "reference" && child.as_str() == Some(from) {
+                    *child = Value::String(to.to_string());
+                } else {
+                    redirect_refs(child, from, to);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(|c| redirect_refs(c, from, to)),
+        _ => {}
+    }
 }
 
 /// `(index in Appointment.slot, slot id)` for each local `Slot/x` reference.

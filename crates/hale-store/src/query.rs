@@ -331,6 +331,17 @@ pub fn search(conn: &Connection, q: &SearchQuery) -> rusqlite::Result<SearchPage
         return audit::search(conn, q);
     }
     let mut sql = where_sql(q);
+    if q.count == 0 {
+        // `_count=0`: the number of matches only.
+        let text_sql = format!("SELECT COUNT(*) FROM resources r WHERE {}", sql.conds.join(" AND "));
+        let n: i64 = conn
+            .prepare_cached(&text_sql)?
+            .query_row(params_from_iter(sql.args.iter()), |r| r.get(0))?;
+        return Ok(SearchPage {
+            total: Some(n as u64),
+            ..SearchPage::default()
+        });
+    }
     let order = order_sql(&mut sql, q);
     let limit = sql.arg((q.count + 1) as i64);
     let offset = sql.arg(q.offset as i64);
