@@ -320,8 +320,8 @@ fn processing_order(ops: &[WriteOp]) -> Vec<usize> {
         state[i] = 2;
         order.push(i);
     }
-    for i in 0..ops.len() {
-        if !matches!(ops[i], WriteOp::Delete { .. }) {
+    for (i, op) in ops.iter().enumerate() {
+        if !matches!(op, WriteOp::Delete { .. }) {
             visit(i, &deps, &mut state, &mut order);
         }
     }

@@ -115,9 +115,15 @@ impl Metrics {
                 "hale_http_request_duration_seconds_count{{route=\"{name}\"}} {total}"
             );
         }
+        // One HELP/TYPE per metric family, however many labelled series it has.
+        let mut last_family = "";
         for (name, help, v) in gauges {
-            let base = name.split('{').next().unwrap_or(name);
-            let _ = writeln!(out, "# HELP {base} {help}\n# TYPE {base} gauge\n{name} {v}");
+            let family = name.split('{').next().unwrap_or(name);
+            if family != last_family {
+                let _ = writeln!(out, "# HELP {family} {help}\n# TYPE {family} gauge");
+                last_family = family;
+            }
+            let _ = writeln!(out, "{name} {v}");
         }
         out
     }

@@ -58,6 +58,17 @@ fn read_file(path: &Path) -> Result<Vec<(String, Value)>> {
     Ok(out)
 }
 
+/// `Bundle.entry[7].resource.identifier[0]` -> `Patient.identifier[0]`.
+fn resource_path(rt: &str, expression: &str) -> String {
+    match expression
+        .strip_prefix("Bundle.entry[")
+        .and_then(|x| x.split_once("].resource"))
+    {
+        Some((_, tail)) => format!("{rt}{tail}"),
+        None => expression.to_string(),
+    }
+}
+
 pub async fn run(files: &[PathBuf], url: &str, token: Option<&str>, batch: usize) -> Result<()> {
     if batch == 0 || batch > BATCH_MAX {
         bail!("--batch must be between 1 and {BATCH_MAX}");
@@ -82,7 +93,15 @@ pub async fn run(files: &[PathBuf], url: &str, token: Option<&str>, batch: usize
                     .push(format!("{origin}: not valid JSON: {}", e.as_str().unwrap_or("")));
                 continue;
             }
-            let rt = r.get("resourceType").and_then(Value::as_str).unwrap_or("?");
+            let Some(rt) = r.get("resourceType").and_then(Value::as_str) else {
+                let what = if r.is_object() {
+                    "a JSON object without a resourceType"
+                } else {
+                    "not a JSON object"
+                };
+                s.rejected.push(format!("{origin}: not a FHIR resource: {what}"));
+                continue;
+            };
             let request = match r.get("id").and_then(Value::as_str) {
                 Some(id) => json!({"method": "PUT", "url": format!("{rt}/{id}")}),
                 None => json!({"method": "POST", "url": rt}),
@@ -115,7 +134,9 @@ pub async fn run(files: &[PathBuf], url: &str, token: Option<&str>, batch: usize
                         .map(|i| {
                             let d = i.get("diagnostics").and_then(Value::as_str).unwrap_or("");
                             match i.pointer("/expression/0").and_then(Value::as_str) {
-                                Some(x) => format!("{d} (at {x})"),
+                                // The server numbers the entries of the batch this command built;
+                                // the user knows the resource by its place in their own file.
+                                Some(x) => format!("{d} (at {})", resource_path(rt, x)),
                                 None => d.to_string(),
                             }
                         })

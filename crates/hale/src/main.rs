@@ -274,6 +274,11 @@ fn export(data: &Path, out: &Path) -> Result<()> {
         drop(w);
         if n == 0 {
             std::fs::remove_file(&tmp)?;
+            // A file left from an earlier export would still hold deleted resources.
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
             continue;
         }
         std::fs::rename(&tmp, &path)?;
