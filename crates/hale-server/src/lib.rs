@@ -149,6 +149,8 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
 /// Every FHIR request: time it, bound it, count it.
 async fn fhir(State(app): State<Arc<App>>, req: Request) -> Response {
     let start = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
     let timeout = std::time::Duration::from_millis(app.cfg.limits.request_timeout_ms);
     let (route, resp) = match tokio::time::timeout(timeout, rest::dispatch(&app, req)).await {
         Ok((route, Ok(r))) => (route, r),
@@ -162,8 +164,14 @@ async fn fhir(State(app): State<Arc<App>>, req: Request) -> Response {
             .into_response(),
         ),
     };
-    app.metrics
-        .observe(route, resp.status().as_u16(), start.elapsed().as_micros() as u64);
+    let elapsed_us = start.elapsed().as_micros() as u64;
+    let status = resp.status().as_u16();
+    app.metrics.observe(route, status, elapsed_us);
+    if status >= 500 {
+        tracing::warn!(%method, %path, route, status, elapsed_us, "request failed");
+    } else {
+        tracing::debug!(%method, %path, route, status, elapsed_us, "request");
+    }
     resp
 }
 
