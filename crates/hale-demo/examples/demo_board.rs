@@ -2,7 +2,9 @@
 //!
 //! `cargo run --release -p hale-demo --example demo_board -- [patients] [out.ndjson]`
 //!
-//! With an output path, writes one resource per line (in load order).
+//! With an output path, writes one resource per line (in load order). The
+//! board is streamed ([`hale_demo::stream`]), so memory stays small even for
+//! hundreds of thousands of patients.
 
 use std::io::Write;
 use std::time::Instant;
@@ -13,22 +15,39 @@ fn main() {
     if let Some(n) = args.next() {
         cfg.patients = n.parse().expect("patients must be a number");
     }
+    let path = args.next();
+    let mut out = path.as_ref().map(|path| {
+        let file = std::fs::File::create(path).expect("create output file");
+        std::io::BufWriter::new(file)
+    });
     let started = Instant::now();
-    let board = hale_demo::generate(&cfg);
-    let elapsed = started.elapsed();
-    for (t, n) in board.counts() {
-        println!("{t:<20} {n:>8}");
-    }
-    println!("{:<20} {:>8}", "total", board.resources.len());
-    println!("generated {} patients in {:.3} s", cfg.patients, elapsed.as_secs_f64());
-    if let Some(path) = args.next() {
-        let file = std::fs::File::create(&path).expect("create output file");
-        let mut w = std::io::BufWriter::new(file);
-        for r in &board.resources {
-            serde_json::to_writer(&mut w, r).expect("write");
+    // (resource type, count), in order: each type comes in one contiguous group.
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for r in hale_demo::stream(&cfg) {
+        let t = r["resourceType"].as_str().unwrap_or_default();
+        match counts.last_mut() {
+            Some((last, n)) if last == t => *n += 1,
+            _ => counts.push((t.to_string(), 1)),
+        }
+        if let Some(w) = out.as_mut() {
+            serde_json::to_writer(&mut *w, &r).expect("write");
             w.write_all(b"\n").expect("write");
         }
+    }
+    if let Some(mut w) = out {
         w.flush().expect("flush");
-        println!("wrote {path}");
+    }
+    let elapsed = started.elapsed();
+    for (t, n) in &counts {
+        println!("{t:<20} {n:>8}");
+    }
+    println!("{:<20} {:>8}", "total", counts.iter().map(|(_, n)| n).sum::<usize>());
+    match &path {
+        Some(path) => println!(
+            "generated {} patients and wrote {path} in {:.3} s",
+            cfg.patients,
+            elapsed.as_secs_f64()
+        ),
+        None => println!("generated {} patients in {:.3} s", cfg.patients, elapsed.as_secs_f64()),
     }
 }

@@ -17,6 +17,13 @@
 //! clock and no hash-map iteration; all dates are relative to
 //! [`DemoConfig::today`].
 //!
+//! A [`Board`] holds every resource as a `serde_json::Value`, several
+//! kilobytes each (about 3 GB for 100 000 patients). To load or write a large
+//! board, use [`stream`] (an iterator) or [`generate_each`] (a callback)
+//! instead, with [`sites`] for the site list: they produce exactly the same
+//! resources in the same order, one at a time, in a few megabytes whatever
+//! the population.
+//!
 //! Resources come grouped by type, in this order, so that every reference
 //! points to a resource earlier in the list (load them in order):
 //!
@@ -73,6 +80,8 @@
 mod data;
 mod rng;
 mod util;
+
+use std::collections::{BTreeMap, VecDeque};
 
 use chrono::{Datelike, NaiveDate};
 use hale_fhir::codes;
@@ -215,9 +224,19 @@ fn site_extension(code: &str) -> Value {
     arr![obj! { "url": codes::EXT_SITE, "valueCode": code }]
 }
 
+/// A practitioner, planned before any resource is written: names are picked
+/// from the static tables, the id is derived from the index (`prac-001` …).
 struct Practitioner {
-    id: String,
     site: usize,
+    female: bool,
+    given: &'static str,
+    family: &'static str,
+    prefix: &'static str,
+    gmc: u64,
+}
+
+fn prac_id(index: usize) -> String {
+    format!("prac-{:03}", index + 1)
 }
 
 struct Clinic {
@@ -234,35 +253,369 @@ struct Clinic {
     second: Option<usize>,
 }
 
+/// Slot `slot-<index + 1>`.
 struct Slot {
     clinic: usize,
     /// Minutes relative to `today` 00:00Z.
     start: i64,
     end: i64,
+    /// Treatment chair (1-based) in a chemotherapy unit.
+    chair: Option<u8>,
 }
 
+/// What booking and the clinical generators need to know about a patient.
+#[derive(Clone, Copy)]
 struct PatientInfo {
     birth: NaiveDate,
     /// Female reference ranges apply.
     female: bool,
 }
 
+/// An Encounter to write after the appointments: `enc-<index + 1>`, for
+/// `appt-<appointment>` in slot index `slot` of patient index `patient`.
+struct EncounterPlan {
+    slot: u32,
+    patient: u32,
+    appointment: u32,
+}
+
 /// Build the board described by `cfg`. See the crate documentation for the
 /// shape of the output.
+///
+/// This holds every resource in memory (several kilobytes each); to load or
+/// write a large board use [`stream`] or [`generate_each`], which produce the
+/// same resources in the same order.
 ///
 /// # Panics
 ///
 /// When `cfg.patients` exceeds [`MAX_PATIENTS`].
 pub fn generate(cfg: &DemoConfig) -> Board {
+    let stream = stream(cfg);
+    let sites = stream.sites().to_vec();
+    let mut resources = Vec::with_capacity(20_000 + cfg.patients * 6);
+    resources.extend(stream);
+    Board { sites, resources }
+}
+
+/// Pass each resource of the board described by `cfg` to `sink`, in order:
+/// exactly the resources of [`generate`]`(cfg).resources`, without holding
+/// them all in memory.
+///
+/// # Panics
+///
+/// When `cfg.patients` exceeds [`MAX_PATIENTS`].
+pub fn generate_each(cfg: &DemoConfig, sink: impl FnMut(Value)) {
+    stream(cfg).for_each(sink);
+}
+
+/// The board's resources as an iterator: exactly the resources of
+/// [`generate`]`(cfg).resources`, in the same order, generated on demand.
+///
+/// Memory stays small whatever the population: the stream keeps the fixed
+/// part of the board (sites, clinics, practitioners, slot times) and a few
+/// bytes per patient, and writes each resource only when it is asked for.
+/// The clinical resources come grouped by type, so the stream walks the
+/// patients once per clinical type, regenerating each patient's clinical
+/// data from its own PRNG stream and keeping only that type.
+///
+/// # Panics
+///
+/// When `cfg.patients` exceeds [`MAX_PATIENTS`].
+pub fn stream(cfg: &DemoConfig) -> BoardStream {
     assert!(
         cfg.patients <= MAX_PATIENTS,
         "at most {MAX_PATIENTS} patients are supported"
     );
-    let today = cfg.today;
-    let mut out: Vec<Value> = Vec::with_capacity(20_000 + cfg.patients * 6);
+    let mut nrng = Rng::stream(cfg.seed, S_NHS, 0);
+    BoardStream {
+        plan: Plan::new(cfg),
+        step: Step::Organizations,
+        pending: VecDeque::new(),
+        nhs: NhsNumbers {
+            next: 0,
+            offset: nrng.below(1_000_000),
+        },
+        patients: Vec::with_capacity(cfg.patients),
+        counters: Counters::default(),
+        booking: Booking {
+            rng: Rng::stream(cfg.seed, S_BOOKING, 0),
+            busy: BTreeMap::new(),
+            next_slot: 0,
+            appointments: 0,
+        },
+        encounters: Vec::new(),
+    }
+}
 
-    // ---- Organizations -------------------------------------------------
-    out.push(obj! {
+/// The hospital sites of the board described by `cfg` (the same as
+/// [`Board::sites`]).
+pub fn sites(_cfg: &DemoConfig) -> Vec<Site> {
+    data::SITES
+        .iter()
+        .map(|s| {
+            let lower = s.code.to_ascii_lowercase();
+            Site {
+                code: s.code.to_string(),
+                name: s.name.to_string(),
+                location_id: format!("loc-{lower}"),
+                organization_id: format!("org-{lower}"),
+            }
+        })
+        .collect()
+}
+
+/// The resources of a board, generated on demand; see [`stream`].
+pub struct BoardStream {
+    plan: Plan,
+    step: Step,
+    /// Resources made but not yet handed out (at most one small group).
+    pending: VecDeque<Value>,
+    nhs: NhsNumbers,
+    /// Filled while the Patients are written; used by every later step.
+    patients: Vec<PatientInfo>,
+    /// Resource numbering within the current clinical pass.
+    counters: Counters,
+    booking: Booking,
+    encounters: Vec<EncounterPlan>,
+}
+
+impl BoardStream {
+    /// The board's hospital sites.
+    pub fn sites(&self) -> &[Site] {
+        &self.plan.sites
+    }
+}
+
+impl std::fmt::Debug for BoardStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BoardStream")
+            .field("seed", &self.plan.seed)
+            .field("patients", &self.plan.patients)
+            .field("today", &self.plan.today)
+            .field("step", &self.step)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Iterator for BoardStream {
+    type Item = Value;
+
+    fn next(&mut self) -> Option<Value> {
+        loop {
+            if let Some(r) = self.pending.pop_front() {
+                return Some(r);
+            }
+            if !self.advance() {
+                return None;
+            }
+        }
+    }
+}
+
+impl std::iter::FusedIterator for BoardStream {}
+
+/// Where a [`BoardStream`] is; the index is the next one to write.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    Organizations,
+    Locations,
+    Practitioners,
+    Services,
+    Roles,
+    Schedules,
+    Slots(usize),
+    Patients(usize),
+    Clinical(Kind, usize),
+    Appointments,
+    Encounters(usize),
+    Done,
+}
+
+impl BoardStream {
+    /// Make the next resource or group of resources (at most one patient's
+    /// worth, or one of the fixed groups of at most a few dozen) and move on.
+    /// False when the board is complete.
+    fn advance(&mut self) -> bool {
+        let plan = &self.plan;
+        let out = &mut self.pending;
+        self.step = match self.step {
+            Step::Organizations => {
+                organizations(plan, out);
+                Step::Locations
+            }
+            Step::Locations => {
+                locations(plan, out);
+                Step::Practitioners
+            }
+            Step::Practitioners => {
+                practitioners(plan, out);
+                Step::Services
+            }
+            Step::Services => {
+                services(plan, out);
+                Step::Roles
+            }
+            Step::Roles => {
+                roles(plan, out);
+                Step::Schedules
+            }
+            Step::Schedules => {
+                schedules(plan, out);
+                Step::Slots(0)
+            }
+            Step::Slots(i) if i < plan.slots.len() => {
+                out.push_back(slot_resource(plan, i));
+                Step::Slots(i + 1)
+            }
+            Step::Slots(_) => Step::Patients(0),
+            Step::Patients(i) if i < plan.patients => {
+                let mut rng = Rng::stream(plan.seed, S_PATIENT, i as u64);
+                let pid = nid("pat", i + 1);
+                let (resource, info) = patient(&mut rng, &pid, &self.nhs.next_number(), plan.today, &plan.gp_ids);
+                out.push_back(resource);
+                self.patients.push(info);
+                Step::Patients(i + 1)
+            }
+            Step::Patients(_) => {
+                self.counters = Counters::default();
+                Step::Clinical(Kind::Allergy, 0)
+            }
+            Step::Clinical(kind, i) if i < self.patients.len() => {
+                let mut rng = Rng::stream(plan.seed, S_CLINICAL, i as u64);
+                clinical(plan, &mut rng, i, self.patients[i], kind, &mut self.counters, out);
+                Step::Clinical(kind, i + 1)
+            }
+            Step::Clinical(kind, _) => {
+                self.counters = Counters::default();
+                match kind.next() {
+                    Some(next) => Step::Clinical(next, 0),
+                    None => Step::Appointments,
+                }
+            }
+            Step::Appointments => match self.booking.next(plan, &self.patients, &mut self.encounters) {
+                Some(appointment) => {
+                    out.push_back(appointment);
+                    Step::Appointments
+                }
+                None => Step::Encounters(0),
+            },
+            Step::Encounters(i) if i < self.encounters.len() => {
+                out.push_back(encounter_resource(plan, i, &self.encounters[i]));
+                Step::Encounters(i + 1)
+            }
+            Step::Encounters(_) | Step::Done => Step::Done,
+        };
+        !matches!(self.step, Step::Done)
+    }
+}
+
+/// The fixed part of a board, decided before the first resource is written.
+/// Its size does not depend on the number of patients.
+struct Plan {
+    seed: u64,
+    today: NaiveDate,
+    patients: usize,
+    sites: Vec<Site>,
+    gp_ids: Vec<String>,
+    clinics: Vec<Clinic>,
+    practitioners: Vec<Practitioner>,
+    radiologists: Vec<usize>,
+    slots: Vec<Slot>,
+}
+
+impl Plan {
+    fn new(cfg: &DemoConfig) -> Plan {
+        let gp_ids: Vec<String> = (1..=data::GP_PRACTICES.len())
+            .map(|i| format!("org-gp-{i:02}"))
+            .collect();
+        let mut clinics: Vec<Clinic> = Vec::with_capacity(data::CLINICS.len());
+        for &(site, svc_code, days, sessions) in data::CLINICS {
+            let svc = data::service(svc_code);
+            let key = format!("{}-{}", data::SITES[site].code.to_ascii_lowercase(), svc.code);
+            clinics.push(Clinic {
+                site,
+                svc,
+                days,
+                sessions,
+                loc_id: format!("loc-{key}"),
+                hs_id: format!("hs-{key}"),
+                sched_id: format!("sched-{key}"),
+                lead: 0,
+                second: None,
+            });
+        }
+
+        let mut practitioners: Vec<Practitioner> = Vec::new();
+        let mut prng = Rng::stream(cfg.seed, S_PRACTITIONER, 0);
+        let gmc_offset = prng.below(1_000_000);
+        let mut add_practitioner = |prng: &mut Rng, site: usize, surgical: bool| {
+            let n = practitioners.len();
+            let female = prng.chance(0.5);
+            let given = *prng.pick(if female { data::FEMALE_NAMES } else { data::MALE_NAMES });
+            let family = *prng.pick(data::SURNAMES);
+            let prefix = match (surgical, female) {
+                (false, _) => "Dr",
+                (true, false) => "Mr",
+                (true, true) => *prng.pick(&["Ms", "Miss", "Mrs"]),
+            };
+            // Seven-digit GMC-style numbers, unique by construction.
+            let gmc = 6_000_000 + (gmc_offset + n as u64 * 293_003) % 1_000_000;
+            practitioners.push(Practitioner {
+                site,
+                female,
+                given,
+                family,
+                prefix,
+                gmc,
+            });
+            n
+        };
+        for (i, c) in clinics.iter_mut().enumerate() {
+            c.lead = add_practitioner(&mut prng, c.site, c.svc.surgical);
+            if i % 7 != 6 {
+                c.second = Some(add_practitioner(&mut prng, c.site, c.svc.surgical));
+            }
+        }
+        let radiologists: Vec<usize> = (0..6)
+            .map(|i| add_practitioner(&mut prng, i % data::SITES.len(), false))
+            .collect();
+
+        let mut slots: Vec<Slot> = Vec::new();
+        for (ci, c) in clinics.iter().enumerate() {
+            for d in FIRST_DAY..=LAST_DAY {
+                let weekday = util::day(cfg.today, d).weekday().num_days_from_monday();
+                if weekday >= 5 || c.days & (1 << weekday) == 0 {
+                    continue;
+                }
+                for (start, end, chair) in day_slots(c) {
+                    slots.push(Slot {
+                        clinic: ci,
+                        start: d * 1440 + start,
+                        end: d * 1440 + end,
+                        chair,
+                    });
+                }
+            }
+        }
+
+        Plan {
+            seed: cfg.seed,
+            today: cfg.today,
+            patients: cfg.patients,
+            sites: sites(cfg),
+            gp_ids,
+            clinics,
+            practitioners,
+            radiologists,
+            slots,
+        }
+    }
+}
+
+// ---- The fixed resources, group by group ----------------------------------
+
+fn organizations(plan: &Plan, out: &mut VecDeque<Value>) {
+    out.push_back(obj! {
         "resourceType": "Organization",
         "id": "org-board",
         "identifier": arr![obj! { "system": ODS_SYSTEM, "value": "ZCS00" }],
@@ -280,14 +633,10 @@ pub fn generate(cfg: &DemoConfig) -> Board {
             },
         ],
     });
-    let mut sites = Vec::new();
-    for s in data::SITES {
-        let lower = s.code.to_ascii_lowercase();
-        let org_id = format!("org-{lower}");
-        let loc_id = format!("loc-{lower}");
-        out.push(obj! {
+    for (s, site) in data::SITES.iter().zip(&plan.sites) {
+        out.push_back(obj! {
             "resourceType": "Organization",
-            "id": &org_id,
+            "id": &site.organization_id,
             "extension": site_extension(s.code),
             "identifier": arr![obj! { "system": ODS_SYSTEM, "value": s.ods }],
             "active": true,
@@ -305,19 +654,10 @@ pub fn generate(cfg: &DemoConfig) -> Board {
             ],
             "partOf": reference("Organization", "org-board"),
         });
-        sites.push(Site {
-            code: s.code.to_string(),
-            name: s.name.to_string(),
-            location_id: loc_id,
-            organization_id: org_id,
-        });
     }
-    let gp_ids: Vec<String> = (1..=data::GP_PRACTICES.len())
-        .map(|i| format!("org-gp-{i:02}"))
-        .collect();
-    for (gp, id) in data::GP_PRACTICES.iter().zip(&gp_ids) {
+    for (gp, id) in data::GP_PRACTICES.iter().zip(&plan.gp_ids) {
         let (name, town, line, postcode, ods) = *gp;
-        out.push(obj! {
+        out.push_back(obj! {
             "resourceType": "Organization",
             "id": id,
             "identifier": arr![obj! { "system": ODS_SYSTEM, "value": ods }],
@@ -329,10 +669,12 @@ pub fn generate(cfg: &DemoConfig) -> Board {
             ],
         });
     }
+}
 
-    // ---- Locations -----------------------------------------------------
-    for (s, site) in data::SITES.iter().zip(&sites) {
-        out.push(obj! {
+fn locations(plan: &Plan, out: &mut VecDeque<Value>) {
+    let sites = &plan.sites;
+    for (s, site) in data::SITES.iter().zip(sites) {
+        out.push_back(obj! {
             "resourceType": "Location",
             "id": &site.location_id,
             "extension": site_extension(s.code),
@@ -351,23 +693,7 @@ pub fn generate(cfg: &DemoConfig) -> Board {
             "managingOrganization": reference("Organization", &site.organization_id),
         });
     }
-    let mut clinics: Vec<Clinic> = Vec::with_capacity(data::CLINICS.len());
-    for &(site, svc_code, days, sessions) in data::CLINICS {
-        let svc = data::service(svc_code);
-        let key = format!("{}-{}", data::SITES[site].code.to_ascii_lowercase(), svc.code);
-        clinics.push(Clinic {
-            site,
-            svc,
-            days,
-            sessions,
-            loc_id: format!("loc-{key}"),
-            hs_id: format!("hs-{key}"),
-            sched_id: format!("sched-{key}"),
-            lead: 0,
-            second: None,
-        });
-    }
-    for c in &clinics {
+    for c in &plan.clinics {
         let s = &data::SITES[c.site];
         let (name, physical) = match c.svc.category {
             data::OUTPATIENT => (format!("{} Outpatient Clinic", c.svc.display), ("ro", "Room")),
@@ -375,7 +701,7 @@ pub fn generate(cfg: &DemoConfig) -> Board {
             data::DAY_CASE => (format!("{} Day Case Unit", c.svc.display), ("wa", "Ward")),
             _ => (c.svc.display.to_string(), ("wa", "Ward")),
         };
-        out.push(obj! {
+        out.push_back(obj! {
             "resourceType": "Location",
             "id": &c.loc_id,
             "extension": site_extension(s.code),
@@ -387,48 +713,24 @@ pub fn generate(cfg: &DemoConfig) -> Board {
             "partOf": reference("Location", &sites[c.site].location_id),
         });
     }
+}
 
-    // ---- Practitioners -------------------------------------------------
-    let mut practitioners: Vec<Practitioner> = Vec::new();
-    let mut prng = Rng::stream(cfg.seed, S_PRACTITIONER, 0);
-    let gmc_offset = prng.below(1_000_000);
-    let mut add_practitioner = |prng: &mut Rng, out: &mut Vec<Value>, site: usize, surgical: bool| {
-        let n = practitioners.len();
-        let id = format!("prac-{:03}", n + 1);
-        let female = prng.chance(0.5);
-        let given = *prng.pick(if female { data::FEMALE_NAMES } else { data::MALE_NAMES });
-        let family = *prng.pick(data::SURNAMES);
-        let prefix = match (surgical, female) {
-            (false, _) => "Dr",
-            (true, false) => "Mr",
-            (true, true) => *prng.pick(&["Ms", "Miss", "Mrs"]),
-        };
-        // Seven-digit GMC-style numbers, unique by construction.
-        let gmc = 6_000_000 + (gmc_offset + n as u64 * 293_003) % 1_000_000;
-        out.push(obj! {
+fn practitioners(plan: &Plan, out: &mut VecDeque<Value>) {
+    for (n, p) in plan.practitioners.iter().enumerate() {
+        out.push_back(obj! {
             "resourceType": "Practitioner",
-            "id": &id,
-            "identifier": arr![obj! { "system": GMC_SYSTEM, "value": gmc.to_string() }],
+            "id": prac_id(n),
+            "identifier": arr![obj! { "system": GMC_SYSTEM, "value": p.gmc.to_string() }],
             "active": true,
-            "name": arr![obj! { "use": "official", "family": family, "given": arr![given], "prefix": arr![prefix] }],
-            "telecom": arr![obj! { "system": "phone", "value": data::SITES[site].phone, "use": "work" }],
-            "gender": if female { "female" } else { "male" },
+            "name": arr![obj! { "use": "official", "family": p.family, "given": arr![p.given], "prefix": arr![p.prefix] }],
+            "telecom": arr![obj! { "system": "phone", "value": data::SITES[p.site].phone, "use": "work" }],
+            "gender": if p.female { "female" } else { "male" },
         });
-        practitioners.push(Practitioner { id, site });
-        n
-    };
-    for (i, c) in clinics.iter_mut().enumerate() {
-        c.lead = add_practitioner(&mut prng, &mut out, c.site, c.svc.surgical);
-        if i % 7 != 6 {
-            c.second = Some(add_practitioner(&mut prng, &mut out, c.site, c.svc.surgical));
-        }
     }
-    let radiologists: Vec<usize> = (0..6)
-        .map(|i| add_practitioner(&mut prng, &mut out, i % data::SITES.len(), false))
-        .collect();
+}
 
-    // ---- HealthcareServices ------------------------------------------
-    for c in &clinics {
+fn services(plan: &Plan, out: &mut VecDeque<Value>) {
+    for c in &plan.clinics {
         let s = &data::SITES[c.site];
         let day_codes: Vec<&str> = ["mon", "tue", "wed", "thu", "fri"]
             .iter()
@@ -437,11 +739,11 @@ pub fn generate(cfg: &DemoConfig) -> Board {
             .map(|(_, d)| *d)
             .collect();
         let (open, close) = day_hours(c);
-        out.push(obj! {
+        out.push_back(obj! {
             "resourceType": "HealthcareService",
             "id": &c.hs_id,
             "active": true,
-            "providedBy": reference("Organization", &sites[c.site].organization_id),
+            "providedBy": reference("Organization", &plan.sites[c.site].organization_id),
             "category": arr![category_coding(c.svc.category)],
             "type": arr![service_concept(c.svc)],
             "location": arr![reference("Location", &c.loc_id)],
@@ -457,17 +759,19 @@ pub fn generate(cfg: &DemoConfig) -> Board {
             ],
         });
     }
+}
 
-    // ---- PractitionerRoles -------------------------------------------
+fn roles(plan: &Plan, out: &mut VecDeque<Value>) {
+    let sites = &plan.sites;
     let mut role_n = 0;
-    let mut role = |out: &mut Vec<Value>, prac: usize, c: Option<&Clinic>, specialty: &str| {
+    let mut role = |out: &mut VecDeque<Value>, prac: usize, c: Option<&Clinic>, specialty: &str| {
         role_n += 1;
-        let p = &practitioners[prac];
+        let p = &plan.practitioners[prac];
         let mut r = obj! {
             "resourceType": "PractitionerRole",
             "id": format!("role-{role_n:03}"),
             "active": true,
-            "practitioner": reference("Practitioner", &p.id),
+            "practitioner": reference("Practitioner", &prac_id(prac)),
             "organization": reference("Organization", &sites[p.site].organization_id),
             "code": arr![concept(PRACTITIONER_ROLE, "doctor", "Doctor")],
             "specialty": arr![obj! { "text": specialty }],
@@ -488,27 +792,29 @@ pub fn generate(cfg: &DemoConfig) -> Board {
                 );
             }
         }
-        out.push(r);
+        out.push_back(r);
     };
-    for c in &clinics {
-        role(&mut out, c.lead, Some(c), c.svc.specialty);
+    for c in &plan.clinics {
+        role(out, c.lead, Some(c), c.svc.specialty);
         if let Some(second) = c.second {
-            role(&mut out, second, Some(c), c.svc.specialty);
+            role(out, second, Some(c), c.svc.specialty);
         }
     }
-    for &r in &radiologists {
-        role(&mut out, r, None, "Clinical radiology");
+    for &r in &plan.radiologists {
+        role(out, r, None, "Clinical radiology");
     }
+}
 
-    // ---- Schedules -----------------------------------------------------
-    for c in &clinics {
+fn schedules(plan: &Plan, out: &mut VecDeque<Value>) {
+    let today = plan.today;
+    for c in &plan.clinics {
         let mut sched = obj! {
             "resourceType": "Schedule",
             "id": &c.sched_id,
             "active": true,
             "serviceCategory": arr![category_coding(c.svc.category)],
             "serviceType": arr![service_concept(c.svc)],
-            "actor": arr![reference("Location", &c.loc_id), reference("Practitioner", &practitioners[c.lead].id)],
+            "actor": arr![reference("Location", &c.loc_id), reference("Practitioner", &prac_id(c.lead))],
             "planningHorizon": obj! {
                 "start": fmt_instant(today, FIRST_DAY * 1440),
                 "end": fmt_instant(today, (LAST_DAY + 1) * 1440),
@@ -522,87 +828,30 @@ pub fn generate(cfg: &DemoConfig) -> Board {
                 )),
             );
         }
-        out.push(sched);
+        out.push_back(sched);
     }
-
-    // ---- Slots ---------------------------------------------------------
-    let mut slots: Vec<Slot> = Vec::new();
-    for (ci, c) in clinics.iter().enumerate() {
-        for d in FIRST_DAY..=LAST_DAY {
-            let weekday = util::day(today, d).weekday().num_days_from_monday();
-            if weekday >= 5 || c.days & (1 << weekday) == 0 {
-                continue;
-            }
-            for (start, end, chair) in day_slots(c) {
-                slots.push(Slot {
-                    clinic: ci,
-                    start: d * 1440 + start,
-                    end: d * 1440 + end,
-                });
-                let mut slot = obj! {
-                    "resourceType": "Slot",
-                    "id": nid("slot", slots.len()),
-                    "serviceCategory": arr![category_coding(c.svc.category)],
-                    "serviceType": arr![service_concept(c.svc)],
-                    "schedule": reference("Schedule", &c.sched_id),
-                    "status": "free",
-                    "start": fmt_instant(today, d * 1440 + start),
-                    "end": fmt_instant(today, d * 1440 + end),
-                };
-                if let Some(chair) = chair {
-                    slot.as_object_mut()
-                        .expect("object")
-                        .insert("comment".into(), Value::from(format!("Chair {chair}")));
-                }
-                out.push(slot);
-            }
-        }
-    }
-
-    // ---- Patients and their clinical data ------------------------------
-    let mut nrng = Rng::stream(cfg.seed, S_NHS, 0);
-    let mut nhs = NhsNumbers {
-        next: 0,
-        offset: nrng.below(1_000_000),
-    };
-    let mut patients: Vec<PatientInfo> = Vec::with_capacity(cfg.patients);
-    let mut clinical = Clinical::default();
-    let ctx = Ctx {
-        today,
-        sites: &sites,
-        clinics: &clinics,
-        practitioners: &practitioners,
-        radiologists: &radiologists,
-    };
-    for i in 0..cfg.patients {
-        let mut rng = Rng::stream(cfg.seed, S_PATIENT, i as u64);
-        let pid = nid("pat", i + 1);
-        let (resource, info) = patient(&mut rng, &pid, &nhs.next_number(), today, &gp_ids);
-        out.push(resource);
-        let mut crng = Rng::stream(cfg.seed, S_CLINICAL, i as u64);
-        clinical.for_patient(&ctx, &mut crng, &pid, &info);
-        patients.push(info);
-    }
-    out.append(&mut clinical.allergies);
-    out.append(&mut clinical.observations);
-    out.append(&mut clinical.imaging);
-    out.append(&mut clinical.reports);
-    out.append(&mut clinical.documents);
-
-    // ---- Appointments and encounters -----------------------------------
-    let mut encounters = book(&ctx, cfg.seed, &slots, &patients, &mut out);
-    out.append(&mut encounters);
-
-    Board { sites, resources: out }
 }
 
-/// Everything the per-patient generators need to look up.
-struct Ctx<'a> {
-    today: NaiveDate,
-    sites: &'a [Site],
-    clinics: &'a [Clinic],
-    practitioners: &'a [Practitioner],
-    radiologists: &'a [usize],
+/// Slot `slot-<index + 1>`.
+fn slot_resource(plan: &Plan, index: usize) -> Value {
+    let s = &plan.slots[index];
+    let c = &plan.clinics[s.clinic];
+    let mut slot = obj! {
+        "resourceType": "Slot",
+        "id": nid("slot", index + 1),
+        "serviceCategory": arr![category_coding(c.svc.category)],
+        "serviceType": arr![service_concept(c.svc)],
+        "schedule": reference("Schedule", &c.sched_id),
+        "status": "free",
+        "start": fmt_instant(plan.today, s.start),
+        "end": fmt_instant(plan.today, s.end),
+    };
+    if let Some(chair) = s.chair {
+        slot.as_object_mut()
+            .expect("object")
+            .insert("comment".into(), Value::from(format!("Chair {chair}")));
+    }
+    slot
 }
 
 /// Opening and closing minute of a clinic's working day.
@@ -898,224 +1147,301 @@ fn patient(rng: &mut Rng, id: &str, nhs_number: &str, today: NaiveDate, gp_ids: 
     )
 }
 
-/// Clinical resources, collected per type while walking the patients.
-#[derive(Default)]
-struct Clinical {
-    allergies: Vec<Value>,
-    observations: Vec<Value>,
-    imaging: Vec<Value>,
-    reports: Vec<Value>,
-    documents: Vec<Value>,
+/// The clinical resource types, in the order the board lists them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Allergy,
+    Observation,
+    Imaging,
+    Report,
+    Document,
 }
 
-impl Clinical {
-    fn for_patient(&mut self, ctx: &Ctx, rng: &mut Rng, pid: &str, info: &PatientInfo) {
-        let today = ctx.today;
-        let age_days = (today - info.birth).num_days();
-        let subject = reference("Patient", pid);
+impl Kind {
+    fn next(self) -> Option<Kind> {
+        match self {
+            Kind::Allergy => Some(Kind::Observation),
+            Kind::Observation => Some(Kind::Imaging),
+            Kind::Imaging => Some(Kind::Report),
+            Kind::Report => Some(Kind::Document),
+            Kind::Document => None,
+        }
+    }
+}
 
-        // Allergies (~15%).
-        if age_days > 60 && rng.chance(0.15) {
-            let count = if rng.chance(0.8) { 1 } else { 2 };
-            let weights: Vec<u32> = data::ALLERGENS.iter().map(|a| a.weight).collect();
-            let first = rng.weighted(&weights);
-            let mut chosen = vec![first];
-            if count == 2 {
-                let second = rng.weighted(&weights);
-                if second != first {
-                    chosen.push(second);
-                }
-            }
-            for a in chosen.into_iter().map(|k| &data::ALLERGENS[k]) {
-                let manifestation = if a.kind == "intolerance" {
-                    *rng.pick(&data::MANIFESTATIONS[2..4])
-                } else {
-                    *rng.pick(data::MANIFESTATIONS)
-                };
-                let severe = manifestation.0 == "39579001" || manifestation.0 == "267036007";
-                let verification = if rng.chance(0.8) {
-                    coded(ALLERGY_VERIFICATION, "confirmed", "Confirmed")
-                } else {
-                    coded(ALLERGY_VERIFICATION, "unconfirmed", "Unconfirmed")
-                };
-                let recorded = util::day(today, -rng.range(30, age_days.min(5000)));
-                self.allergies.push(obj! {
-                    "resourceType": "AllergyIntolerance",
-                    "id": nid("alg", self.allergies.len() + 1),
-                    "clinicalStatus": coded(ALLERGY_CLINICAL, "active", "Active"),
-                    "verificationStatus": verification,
-                    "type": a.kind,
-                    "category": arr![a.category],
-                    "criticality": if severe { "high" } else { "low" },
-                    "code": concept(SNOMED, a.code, a.display),
-                    "patient": subject.clone(),
-                    "recordedDate": fmt_date(recorded),
-                    "reaction": arr![
-                        obj! {
-                            "manifestation": arr![concept(SNOMED, manifestation.0, manifestation.1)],
-                            "severity": if severe { "severe" } else { *rng.pick(&["mild", "moderate"]) },
-                        },
-                    ],
-                });
+/// How many clinical resources of each type the patients so far have: the
+/// last id given out (numbering runs across patients).
+#[derive(Debug, Default)]
+struct Counters {
+    allergies: usize,
+    observations: usize,
+    imaging: usize,
+    reports: usize,
+    documents: usize,
+}
+
+/// The clinical data of patient `index`, drawn from its own PRNG stream;
+/// only the resources of type `want` are built (onto `out`), but every draw
+/// and every id is the same whatever `want` is, so that walking the patients
+/// once per type gives each type's resources exactly as if they had all been
+/// made together.
+fn clinical(
+    plan: &Plan,
+    rng: &mut Rng,
+    index: usize,
+    info: PatientInfo,
+    want: Kind,
+    n: &mut Counters,
+    out: &mut VecDeque<Value>,
+) {
+    let today = plan.today;
+    let age_days = (today - info.birth).num_days();
+    let subject = reference("Patient", &nid("pat", index + 1));
+
+    // Allergies (~15%).
+    if age_days > 60 && rng.chance(0.15) {
+        let count = if rng.chance(0.8) { 1 } else { 2 };
+        let weights: Vec<u32> = data::ALLERGENS.iter().map(|a| a.weight).collect();
+        let first = rng.weighted(&weights);
+        let mut chosen = vec![first];
+        if count == 2 {
+            let second = rng.weighted(&weights);
+            if second != first {
+                chosen.push(second);
             }
         }
-
-        // Laboratory results (~50% of patients, 1-3 panels each).
-        if rng.chance(0.5) {
-            let female = info.female;
-            let panels = match rng.weighted(&[80, 17, 3]) {
-                0 => 1,
-                1 => 2,
-                _ => 3,
+        for a in chosen.into_iter().map(|k| &data::ALLERGENS[k]) {
+            let manifestation = if a.kind == "intolerance" {
+                *rng.pick(&data::MANIFESTATIONS[2..4])
+            } else {
+                *rng.pick(data::MANIFESTATIONS)
             };
-            let weights: Vec<u32> = data::PANELS.iter().map(|p| p.weight).collect();
-            for _ in 0..panels {
-                let panel = &data::PANELS[rng.weighted(&weights)];
-                let effective = -rng.range(2, 90) * 1440 + rng.range(8 * 60, 16 * 60 + 59);
-                let issued = effective + rng.range(120, 480);
-                let (eff, iss) = (fmt_instant(today, effective), fmt_instant(today, issued));
-                let mut results = Vec::new();
-                for analyte in panel.analytes {
-                    let id = nid("obs", self.observations.len() + 1);
-                    self.observations
-                        .push(observation(rng, &id, analyte, female, &subject, &eff, &iss));
-                    results.push(reference("Observation", &id));
+            let severe = manifestation.0 == "39579001" || manifestation.0 == "267036007";
+            let confirmed = rng.chance(0.8);
+            let recorded = util::day(today, -rng.range(30, age_days.min(5000)));
+            let severity = if severe {
+                "severe"
+            } else {
+                *rng.pick(&["mild", "moderate"])
+            };
+            n.allergies += 1;
+            if want != Kind::Allergy {
+                continue;
+            }
+            let verification = if confirmed {
+                coded(ALLERGY_VERIFICATION, "confirmed", "Confirmed")
+            } else {
+                coded(ALLERGY_VERIFICATION, "unconfirmed", "Unconfirmed")
+            };
+            out.push_back(obj! {
+                "resourceType": "AllergyIntolerance",
+                "id": nid("alg", n.allergies),
+                "clinicalStatus": coded(ALLERGY_CLINICAL, "active", "Active"),
+                "verificationStatus": verification,
+                "type": a.kind,
+                "category": arr![a.category],
+                "criticality": if severe { "high" } else { "low" },
+                "code": concept(SNOMED, a.code, a.display),
+                "patient": &subject,
+                "recordedDate": fmt_date(recorded),
+                "reaction": arr![
+                    obj! {
+                        "manifestation": arr![concept(SNOMED, manifestation.0, manifestation.1)],
+                        "severity": severity,
+                    },
+                ],
+            });
+        }
+    }
+
+    // Laboratory results (~50% of patients, 1-3 panels each).
+    if rng.chance(0.5) {
+        let panels = match rng.weighted(&[80, 17, 3]) {
+            0 => 1,
+            1 => 2,
+            _ => 3,
+        };
+        let weights: Vec<u32> = data::PANELS.iter().map(|p| p.weight).collect();
+        let (build_obs, build_report) = (want == Kind::Observation, want == Kind::Report);
+        for _ in 0..panels {
+            let panel = &data::PANELS[rng.weighted(&weights)];
+            let effective = -rng.range(2, 90) * 1440 + rng.range(8 * 60, 16 * 60 + 59);
+            let issued = effective + rng.range(120, 480);
+            let (eff, iss) = (fmt_instant(today, effective), fmt_instant(today, issued));
+            let mut results = Vec::new();
+            for analyte in panel.analytes {
+                let v = lab_value(rng, analyte);
+                n.observations += 1;
+                if build_obs {
+                    let id = nid("obs", n.observations);
+                    out.push_back(observation(&id, analyte, v, info.female, &subject, &eff, &iss));
                 }
-                let site = rng.below(ctx.sites.len() as u64) as usize;
-                self.reports.push(obj! {
+                if build_report {
+                    results.push(reference("Observation", &nid("obs", n.observations)));
+                }
+            }
+            let site = rng.below(plan.sites.len() as u64) as usize;
+            n.reports += 1;
+            if build_report {
+                out.push_back(obj! {
                     "resourceType": "DiagnosticReport",
-                    "id": nid("dr", self.reports.len() + 1),
+                    "id": nid("dr", n.reports),
                     "status": "final",
                     "category": arr![coded(DIAGNOSTIC_SERVICE, "LAB", "Laboratory")],
                     "code": obj! { "coding": arr![coding(LOINC, panel.loinc, panel.display)], "text": panel.text },
-                    "subject": subject.clone(),
+                    "subject": &subject,
                     "effectiveDateTime": eff,
                     "issued": iss,
-                    "performer": arr![reference("Organization", &ctx.sites[site].organization_id)],
+                    "performer": arr![reference("Organization", &plan.sites[site].organization_id)],
                     "result": results,
                 });
             }
         }
+    }
 
-        // Imaging (~10%), each study with a radiology report.
-        if rng.chance(0.10) {
-            let studies = if rng.chance(0.85) { 1 } else { 2 };
-            for _ in 0..studies {
-                let t = rng.pick(data::IMAGING);
-                let started = -rng.range(2, 90) * 1440 + rng.range(8 * 60, 19 * 60 + 59);
-                let study_uid = format!("2.25.{}", rng.u128_wide());
-                let n_series = rng.range(t.series.0, t.series.1);
-                let modality = coding(DICOM, t.modality, t.modality_display);
-                let body = coding(SNOMED, t.body_code, t.body_display);
-                let mut total = 0;
-                let mut series = Vec::new();
-                for s in 1..=n_series {
-                    let n_inst = rng.range(t.instances_per_series.0, t.instances_per_series.1);
-                    total += n_inst;
-                    let mut se = obj! {
-                        "uid": format!("2.25.{}", rng.u128_wide()),
-                        "number": s,
-                        "modality": modality.clone(),
-                        "description": format!("{} series {s}", t.description),
-                        "numberOfInstances": n_inst,
-                        "bodySite": body.clone(),
-                        "started": fmt_instant(today, started + (s - 1) * 3),
-                    };
-                    if n_inst <= 3 {
-                        let instances: Vec<Value> = (1..=n_inst)
-                            .map(|k| {
-                                obj! {
-                                    "uid": format!("2.25.{}", rng.u128_wide()),
-                                    "sopClass": obj! {
-                                        "system": "urn:ietf:rfc:3986",
-                                        "code": format!("urn:oid:{}", t.sop_class),
-                                    },
-                                    "number": k,
-                                }
-                            })
-                            .collect();
-                        se.as_object_mut()
-                            .expect("object")
-                            .insert("instance".into(), Value::from(instances));
-                    }
-                    series.push(se);
+    // Imaging (~10%), each study with a radiology report.
+    if rng.chance(0.10) {
+        let studies = if rng.chance(0.85) { 1 } else { 2 };
+        let (build_study, build_report) = (want == Kind::Imaging, want == Kind::Report);
+        for _ in 0..studies {
+            let t = rng.pick(data::IMAGING);
+            let started = -rng.range(2, 90) * 1440 + rng.range(8 * 60, 19 * 60 + 59);
+            let study_uid = rng.u128_wide();
+            let n_series = rng.range(t.series.0, t.series.1);
+            let modality = coding(DICOM, t.modality, t.modality_display);
+            let body = coding(SNOMED, t.body_code, t.body_display);
+            let mut total = 0;
+            let mut series = Vec::new();
+            for s in 1..=n_series {
+                let n_inst = rng.range(t.instances_per_series.0, t.instances_per_series.1);
+                total += n_inst;
+                let uid = rng.u128_wide();
+                // Small series list their instances.
+                let instance_uids: Vec<u128> = if n_inst <= 3 {
+                    (0..n_inst).map(|_| rng.u128_wide()).collect()
+                } else {
+                    Vec::new()
+                };
+                if !build_study {
+                    continue;
                 }
-                let img_id = nid("img", self.imaging.len() + 1);
-                self.imaging.push(obj! {
+                let mut se = obj! {
+                    "uid": format!("2.25.{uid}"),
+                    "number": s,
+                    "modality": &modality,
+                    "description": format!("{} series {s}", t.description),
+                    "numberOfInstances": n_inst,
+                    "bodySite": &body,
+                    "started": fmt_instant(today, started + (s - 1) * 3),
+                };
+                if n_inst <= 3 {
+                    let instances: Vec<Value> = (1..)
+                        .zip(instance_uids)
+                        .map(|(k, uid): (i64, u128)| {
+                            obj! {
+                                "uid": format!("2.25.{uid}"),
+                                "sopClass": obj! {
+                                    "system": "urn:ietf:rfc:3986",
+                                    "code": format!("urn:oid:{}", t.sop_class),
+                                },
+                                "number": k,
+                            }
+                        })
+                        .collect();
+                    se.as_object_mut()
+                        .expect("object")
+                        .insert("instance".into(), Value::from(instances));
+                }
+                series.push(se);
+            }
+            n.imaging += 1;
+            let img_id = nid("img", n.imaging);
+            if build_study {
+                out.push_back(obj! {
                     "resourceType": "ImagingStudy",
-                    "id": img_id.clone(),
-                    "identifier": arr![obj! { "system": "urn:dicom:uid", "value": format!("urn:oid:{study_uid}") }],
+                    "id": &img_id,
+                    "identifier": arr![obj! { "system": "urn:dicom:uid", "value": format!("urn:oid:2.25.{study_uid}") }],
                     "status": "available",
-                    "modality": arr![modality.clone()],
-                    "subject": subject.clone(),
+                    "modality": arr![&modality],
+                    "subject": &subject,
                     "started": fmt_instant(today, started),
                     "numberOfSeries": n_series,
                     "numberOfInstances": total,
                     "description": t.description,
                     "series": series,
                 });
-                let radiologist = *rng.pick(ctx.radiologists);
-                self.reports.push(obj! {
+            }
+            let radiologist = *rng.pick(&plan.radiologists);
+            let issued = started + rng.range(60, 1440);
+            let conclusion = *rng.pick(t.conclusions);
+            n.reports += 1;
+            if build_report {
+                out.push_back(obj! {
                     "resourceType": "DiagnosticReport",
-                    "id": nid("dr", self.reports.len() + 1),
+                    "id": nid("dr", n.reports),
                     "status": "final",
                     "category": arr![coded(DIAGNOSTIC_SERVICE, "RAD", "Radiology")],
                     "code": obj! {
                         "coding": arr![coding(LOINC, "18748-4", "Diagnostic imaging study")],
                         "text": t.description,
                     },
-                    "subject": subject.clone(),
+                    "subject": &subject,
                     "effectiveDateTime": fmt_instant(today, started),
-                    "issued": fmt_instant(today, started + rng.range(60, 1440)),
-                    "resultsInterpreter": arr![reference("Practitioner", &ctx.practitioners[radiologist].id)],
+                    "issued": fmt_instant(today, issued),
+                    "resultsInterpreter": arr![reference("Practitioner", &prac_id(radiologist))],
                     "imagingStudy": arr![reference("ImagingStudy", &img_id)],
-                    "conclusion": *rng.pick(t.conclusions),
+                    "conclusion": conclusion,
                 });
             }
         }
+    }
 
-        // Clinical notes (~30%).
-        if rng.chance(0.30) {
-            let count = match rng.weighted(&[75, 20, 5]) {
-                0 => 1,
-                1 => 2,
-                _ => 3,
+    // Clinical notes (~30%).
+    if rng.chance(0.30) {
+        let count = match rng.weighted(&[75, 20, 5]) {
+            0 => 1,
+            1 => 2,
+            _ => 3,
+        };
+        for _ in 0..count {
+            let c = rng.pick(&plan.clinics);
+            let author = match c.second {
+                Some(second) if rng.chance(0.4) => second,
+                _ => c.lead,
             };
-            for _ in 0..count {
-                let c = rng.pick(ctx.clinics);
-                let author = match c.second {
-                    Some(second) if rng.chance(0.4) => second,
-                    _ => c.lead,
-                };
-                let text = *rng.pick(data::notes(c.svc.notes));
-                let when = fmt_instant(today, -rng.range(1, 180) * 1440 + rng.range(9 * 60, 17 * 60 + 30));
-                let title = format!("{} progress note", c.svc.specialty);
-                self.documents.push(obj! {
-                    "resourceType": "DocumentReference",
-                    "id": nid("doc", self.documents.len() + 1),
-                    "status": "current",
-                    "docStatus": "final",
-                    "type": obj! {
-                        "coding": arr![coding(LOINC, "11506-3", "Progress note")],
-                        "text": "Progress note",
-                    },
-                    "subject": subject.clone(),
-                    "date": &when,
-                    "author": arr![reference("Practitioner", &ctx.practitioners[author].id)],
-                    "description": &title,
-                    "content": arr![
-                        obj! {
-                            "attachment": obj! {
-                                "contentType": "text/plain",
-                                "language": "en-GB",
-                                "data": util::base64(text.as_bytes()),
-                                "title": title,
-                                "creation": &when,
-                            },
-                        },
-                    ],
-                });
+            let text = *rng.pick(data::notes(c.svc.notes));
+            let when = -rng.range(1, 180) * 1440 + rng.range(9 * 60, 17 * 60 + 30);
+            n.documents += 1;
+            if want != Kind::Document {
+                continue;
             }
+            let when = fmt_instant(today, when);
+            let title = format!("{} progress note", c.svc.specialty);
+            out.push_back(obj! {
+                "resourceType": "DocumentReference",
+                "id": nid("doc", n.documents),
+                "status": "current",
+                "docStatus": "final",
+                "type": obj! {
+                    "coding": arr![coding(LOINC, "11506-3", "Progress note")],
+                    "text": "Progress note",
+                },
+                "subject": &subject,
+                "date": &when,
+                "author": arr![reference("Practitioner", &prac_id(author))],
+                "description": &title,
+                "content": arr![
+                    obj! {
+                        "attachment": obj! {
+                            "contentType": "text/plain",
+                            "language": "en-GB",
+                            "data": util::base64(text.as_bytes()),
+                            "title": title,
+                            "creation": &when,
+                        },
+                    },
+                ],
+            });
         }
     }
 }
@@ -1129,23 +1455,28 @@ fn quantity(analyte: &data::Analyte, v: i32) -> Value {
     obj! { "value": value, "unit": analyte.unit, "system": UCUM, "code": analyte.ucum }
 }
 
-fn observation(
-    rng: &mut Rng,
-    id: &str,
-    analyte: &data::Analyte,
-    female: bool,
-    subject: &Value,
-    effective: &str,
-    issued: &str,
-) -> Value {
-    let (low, high) = if female { analyte.female } else { analyte.male };
+/// A laboratory value (in tenths when `analyte.dp` is 1): mostly normal,
+/// sometimes in the analyte's low or high band.
+fn lab_value(rng: &mut Rng, analyte: &data::Analyte) -> i32 {
     let band = match rng.weighted(&[80, 10, 10]) {
         1 => analyte.low_band,
         2 => analyte.high_band,
         _ => None,
     };
     let (lo, hi) = band.unwrap_or(analyte.normal);
-    let v = rng.range(i64::from(lo), i64::from(hi)) as i32;
+    rng.range(i64::from(lo), i64::from(hi)) as i32
+}
+
+fn observation(
+    id: &str,
+    analyte: &data::Analyte,
+    v: i32,
+    female: bool,
+    subject: &Value,
+    effective: &str,
+    issued: &str,
+) -> Value {
+    let (low, high) = if female { analyte.female } else { analyte.male };
     let interpretation = if low.is_some_and(|l| v < l) {
         ("L", "Low")
     } else if high.is_some_and(|h| v > h) {
@@ -1166,7 +1497,7 @@ fn observation(
         "status": "final",
         "category": arr![coded(OBS_CATEGORY, "laboratory", "Laboratory")],
         "code": obj! { "coding": arr![coding(LOINC, analyte.loinc, analyte.display)], "text": analyte.text },
-        "subject": subject.clone(),
+        "subject": subject,
         "effectiveDateTime": effective,
         "issued": issued,
         "valueQuantity": quantity(analyte, v),
@@ -1175,18 +1506,48 @@ fn observation(
     }
 }
 
-/// Book appointments into the slots; pushes Appointments onto `out` and
-/// returns the Encounters (which must follow them).
-fn book(ctx: &Ctx, seed: u64, slots: &[Slot], patients: &[PatientInfo], out: &mut Vec<Value>) -> Vec<Value> {
-    let today = ctx.today;
-    let mut rng = Rng::stream(seed, S_BOOKING, 0);
-    let mut busy: Vec<Vec<(i64, i64)>> = vec![Vec::new(); patients.len()];
-    let mut encounters = Vec::new();
-    let mut appt_n = 0;
-    if patients.is_empty() {
-        return encounters;
+/// Booking walks the slots in order, booking each one (or not) for a
+/// random patient, one Appointment at a time.
+struct Booking {
+    rng: Rng,
+    /// (start, end) of each patient's non-cancelled appointments, by patient
+    /// index; only patients with appointments have an entry.
+    busy: BTreeMap<usize, Vec<(i64, i64)>>,
+    /// Index of the next slot to consider.
+    next_slot: usize,
+    /// Appointments made so far (the last `appt-` number).
+    appointments: usize,
+}
+
+impl Booking {
+    /// The next Appointment, or None when every slot has been considered.
+    /// Fulfilled appointments may also plan an Encounter (written after all
+    /// the appointments).
+    fn next(&mut self, plan: &Plan, patients: &[PatientInfo], encounters: &mut Vec<EncounterPlan>) -> Option<Value> {
+        if patients.is_empty() {
+            return None;
+        }
+        while self.next_slot < plan.slots.len() {
+            let si = self.next_slot;
+            self.next_slot += 1;
+            if let Some(appointment) = self.book(plan, patients, si, encounters) {
+                return Some(appointment);
+            }
+        }
+        None
     }
-    for (si, slot) in slots.iter().enumerate() {
+
+    /// Book slot index `si`, if it is to be booked and a patient can take it.
+    fn book(
+        &mut self,
+        plan: &Plan,
+        patients: &[PatientInfo],
+        si: usize,
+        encounters: &mut Vec<EncounterPlan>,
+    ) -> Option<Value> {
+        let today = plan.today;
+        let rng = &mut self.rng;
+        let slot = &plan.slots[si];
         let day = slot.start.div_euclid(1440);
         let p_book = if day < 0 {
             0.88
@@ -1194,9 +1555,9 @@ fn book(ctx: &Ctx, seed: u64, slots: &[Slot], patients: &[PatientInfo], out: &mu
             0.9 - 0.35 * day as f64 / LAST_DAY as f64
         };
         if !rng.chance(p_book) {
-            continue;
+            return None;
         }
-        let c = &ctx.clinics[slot.clinic];
+        let c = &plan.clinics[slot.clinic];
         let category = c.svc.category;
         let date = util::day(today, day);
         let mut chosen = None;
@@ -1208,14 +1569,14 @@ fn book(ctx: &Ctx, seed: u64, slots: &[Slot], patients: &[PatientInfo], out: &mu
             if date < patients[p].birth {
                 continue;
             }
-            let b = &busy[p];
+            let b = self.busy.get(&p).map_or(&[][..], Vec::as_slice);
             if b.len() >= MAX_ACTIVE_APPOINTMENTS || b.iter().any(|&(s, e)| s < slot.end && slot.start < e) {
                 continue;
             }
             chosen = Some(p);
             break;
         }
-        let Some(p) = chosen else { continue };
+        let p = chosen?;
 
         let status = if day < 0 {
             match rng.weighted(&[85, 7, 8]) {
@@ -1227,10 +1588,10 @@ fn book(ctx: &Ctx, seed: u64, slots: &[Slot], patients: &[PatientInfo], out: &mu
             "booked"
         };
         if status != "cancelled" {
-            busy[p].push((slot.start, slot.end));
+            self.busy.entry(p).or_default().push((slot.start, slot.end));
         }
-        appt_n += 1;
-        let appt_id = nid("appt", appt_n);
+        self.appointments += 1;
+        let appt_id = nid("appt", self.appointments);
         let pid = nid("pat", p + 1);
         let latest = day.min(0) - 1;
 
@@ -1283,12 +1644,10 @@ fn book(ctx: &Ctx, seed: u64, slots: &[Slot], patients: &[PatientInfo], out: &mu
             _ => ("CHECKUP", "A routine check-up, such as an annual physical"),
         };
 
-        let start = fmt_instant(today, slot.start);
-        let end = fmt_instant(today, slot.end);
-        let practitioner = &ctx.practitioners[c.lead].id;
+        let practitioner = prac_id(c.lead);
         let mut a = Map::with_capacity(16);
         a.insert("resourceType".into(), Value::from("Appointment"));
-        a.insert("id".into(), Value::from(appt_id.as_str()));
+        a.insert("id".into(), Value::from(appt_id));
         if !extension.is_empty() {
             a.insert("extension".into(), Value::Array(extension));
         }
@@ -1337,8 +1696,8 @@ fn book(ctx: &Ctx, seed: u64, slots: &[Slot], patients: &[PatientInfo], out: &mu
                 codes::APPOINTMENT_CATEGORIES[category].1
             )),
         );
-        a.insert("start".into(), Value::from(start.as_str()));
-        a.insert("end".into(), Value::from(end.as_str()));
+        a.insert("start".into(), Value::from(fmt_instant(today, slot.start)));
+        a.insert("end".into(), Value::from(fmt_instant(today, slot.end)));
         a.insert("minutesDuration".into(), Value::from(slot.end - slot.start));
         a.insert("slot".into(), arr![reference("Slot", &nid("slot", si + 1))]);
         a.insert("created".into(), Value::from(fmt_instant(today, created)));
@@ -1347,35 +1706,46 @@ fn book(ctx: &Ctx, seed: u64, slots: &[Slot], patients: &[PatientInfo], out: &mu
             arr![
                 obj! { "actor": reference("Patient", &pid), "required": "required", "status": "accepted" },
                 obj! {
-                    "actor": reference("Practitioner", practitioner),
+                    "actor": reference("Practitioner", &practitioner),
                     "required": "required",
                     "status": "accepted",
                 },
                 obj! { "actor": reference("Location", &c.loc_id), "required": "required", "status": "accepted" },
             ],
         );
-        out.push(Value::Object(a));
 
         if status == "fulfilled" && rng.chance(0.4) {
-            let (class, class_display) = if category == data::INPATIENT {
-                ("IMP", "inpatient encounter")
-            } else {
-                ("AMB", "ambulatory")
-            };
-            encounters.push(obj! {
-                "resourceType": "Encounter",
-                "id": nid("enc", encounters.len() + 1),
-                "status": "finished",
-                "class": obj! { "system": ACT_CODE, "code": class, "display": class_display },
-                "serviceType": service_concept(c.svc),
-                "subject": reference("Patient", &pid),
-                "participant": arr![obj! { "individual": reference("Practitioner", practitioner) }],
-                "appointment": arr![reference("Appointment", &appt_id)],
-                "period": obj! { "start": &start, "end": &end },
-                "location": arr![obj! { "location": reference("Location", &c.loc_id), "status": "completed" }],
-                "serviceProvider": reference("Organization", &ctx.sites[c.site].organization_id),
+            encounters.push(EncounterPlan {
+                slot: si as u32,
+                patient: p as u32,
+                appointment: self.appointments as u32,
             });
         }
+        Some(Value::Object(a))
     }
-    encounters
+}
+
+/// Encounter `enc-<index + 1>`, for a fulfilled appointment.
+fn encounter_resource(plan: &Plan, index: usize, e: &EncounterPlan) -> Value {
+    let today = plan.today;
+    let slot = &plan.slots[e.slot as usize];
+    let c = &plan.clinics[slot.clinic];
+    let (class, class_display) = if c.svc.category == data::INPATIENT {
+        ("IMP", "inpatient encounter")
+    } else {
+        ("AMB", "ambulatory")
+    };
+    obj! {
+        "resourceType": "Encounter",
+        "id": nid("enc", index + 1),
+        "status": "finished",
+        "class": obj! { "system": ACT_CODE, "code": class, "display": class_display },
+        "serviceType": service_concept(c.svc),
+        "subject": reference("Patient", &nid("pat", e.patient as usize + 1)),
+        "participant": arr![obj! { "individual": reference("Practitioner", &prac_id(c.lead)) }],
+        "appointment": arr![reference("Appointment", &nid("appt", e.appointment as usize))],
+        "period": obj! { "start": fmt_instant(today, slot.start), "end": fmt_instant(today, slot.end) },
+        "location": arr![obj! { "location": reference("Location", &c.loc_id), "status": "completed" }],
+        "serviceProvider": reference("Organization", &plan.sites[c.site].organization_id),
+    }
 }

@@ -29,6 +29,10 @@ pub enum DemoError {
 }
 
 /// Load the board unless the store already holds resources. Returns the number loaded.
+///
+/// The board is streamed from the generator and written in batches of
+/// [`LOAD_BATCH_OPS`] resources, so only one batch is held in memory at a time
+/// whatever the number of patients.
 pub async fn load_if_empty(
     app: &App,
     patients: usize,
@@ -48,16 +52,11 @@ pub async fn load_if_empty(
     }
     app.ready.store(false, Ordering::Release);
     let started = std::time::Instant::now();
-    let board = hale_demo::generate(&hale_demo::DemoConfig { seed, patients, today });
-    tracing::info!(
-        resources = board.resources.len(),
-        patients,
-        "generated the demo health board; loading"
-    );
-    let total = board.resources.len();
+    let board = hale_demo::stream(&hale_demo::DemoConfig { seed, patients, today });
+    tracing::info!(patients, "generating and loading the demo health board");
     let mut ops = Vec::with_capacity(LOAD_BATCH_OPS);
     let mut loaded = 0;
-    for (index, r) in board.resources.into_iter().enumerate() {
+    for (index, r) in board.enumerate() {
         let rtype = r.get("resourceType").and_then(|v| v.as_str()).unwrap_or("").to_string();
         let id = r.get("id").and_then(|v| v.as_str()).unwrap_or("").to_string();
         if let Err(issues) = hale_fhir::validate::validate_resource(&r, None) {
@@ -74,12 +73,17 @@ pub async fn load_if_empty(
             resource: r,
             if_match: None,
         });
-        if ops.len() == LOAD_BATCH_OPS || index + 1 == total {
-            loaded += submit(app, std::mem::take(&mut ops)).await?;
+        if ops.len() == LOAD_BATCH_OPS {
+            let batch = std::mem::replace(&mut ops, Vec::with_capacity(LOAD_BATCH_OPS));
+            let resource_type = batch.last().map(|op| op.rtype().to_string()).unwrap_or_default();
+            loaded += submit(app, batch).await?;
             if loaded % 20_000 < LOAD_BATCH_OPS {
-                tracing::info!(loaded, total, "loading demo data");
+                tracing::info!(loaded, patients, resource_type, "loading demo data");
             }
         }
+    }
+    if !ops.is_empty() {
+        loaded += submit(app, ops).await?;
     }
     app.ready.store(true, Ordering::Release);
     tracing::info!(
@@ -90,19 +94,25 @@ pub async fn load_if_empty(
     Ok(loaded)
 }
 
+/// Apply one batch; on a refusal, name the resource refused.
 async fn submit(app: &App, ops: Vec<WriteOp>) -> Result<usize, DemoError> {
     let n = ops.len();
+    // The command takes the ops; keep only what an error message needs.
+    let keys: Vec<(String, String)> = ops
+        .iter()
+        .map(|op| (op.rtype().to_string(), op.id().to_string()))
+        .collect();
     let cmd = Command {
         time_ms: crate::now_ms(),
         actor: Actor {
             user: "demo-loader".into(),
             role: "service".into(),
         },
-        kind: CommandKind::Batch(ops.clone()),
+        kind: CommandKind::Batch(ops),
     };
     let (_, applied) = app.proposer.propose(cmd).await?;
     if let Applied::Ops(results) = applied {
-        for (op, r) in ops.iter().zip(results) {
+        for ((rtype, id), r) in keys.into_iter().zip(results) {
             if let Err(rej) = r {
                 let why = rej
                     .issues
@@ -110,11 +120,7 @@ async fn submit(app: &App, ops: Vec<WriteOp>) -> Result<usize, DemoError> {
                     .map(|i| i.diagnostics.clone())
                     .collect::<Vec<_>>()
                     .join("; ");
-                return Err(DemoError::Rejected {
-                    rtype: op.rtype().into(),
-                    id: op.id().into(),
-                    why,
-                });
+                return Err(DemoError::Rejected { rtype, id, why });
             }
         }
     }
