@@ -28,17 +28,29 @@ pub enum DemoError {
     Store(#[from] hale_store::StoreError),
 }
 
-/// Load the board unless the store already holds resources. Returns the number loaded.
+/// File in the data directory that says the whole board was loaded.
+pub const COMPLETE_MARKER: &str = "demo-complete";
+/// A resource every board starts with: its presence without the marker means
+/// an earlier load was interrupted.
+const FIRST_DEMO_RESOURCE: (&str, &str) = ("Organization", "org-board");
+
+/// Load the board into an empty store, or finish a load that was interrupted.
+/// Returns the number of resources written.
 ///
 /// The board is streamed from the generator and written in batches of
 /// [`LOAD_BATCH_OPS`] resources, so only one batch is held in memory at a time
-/// whatever the number of patients.
+/// whatever the number of patients. Loading stops early when the server shuts down.
 pub async fn load_if_empty(
     app: &App,
     patients: usize,
     seed: u64,
     today: chrono::NaiveDate,
 ) -> Result<usize, DemoError> {
+    let marker = app.cfg.data.join(COMPLETE_MARKER);
+    if marker.exists() {
+        tracing::info!("the demo health board is already loaded");
+        return Ok(0);
+    }
     let existing: u64 = app
         .reader
         .with(hale_store::query::counts)
@@ -46,9 +58,19 @@ pub async fn load_if_empty(
         .iter()
         .map(|(_, n)| n)
         .sum();
-    if existing > 0 {
-        tracing::info!(existing, "store is not empty; demo data not loaded");
-        return Ok(0);
+    let resuming = existing > 0;
+    if resuming {
+        let (t, id) = FIRST_DEMO_RESOURCE;
+        let partial = app
+            .reader
+            .with(|c| hale_store::query::read(c, t, id))
+            .map_err(hale_store::StoreError::from)?
+            .is_some();
+        if !partial {
+            tracing::info!(existing, "store holds other data; demo data not loaded");
+            return Ok(0);
+        }
+        tracing::warn!(existing, "an earlier demo load was interrupted; loading the rest");
     }
     app.ready.store(false, Ordering::Release);
     let started = std::time::Instant::now();
@@ -74,7 +96,14 @@ pub async fn load_if_empty(
             if_match: None,
         });
         if ops.len() == LOAD_BATCH_OPS {
-            let batch = std::mem::replace(&mut ops, Vec::with_capacity(LOAD_BATCH_OPS));
+            if app.stopping.load(Ordering::Acquire) {
+                tracing::warn!(loaded, "shutting down: demo load stopped; it resumes at the next start");
+                return Ok(loaded);
+            }
+            let mut batch = std::mem::replace(&mut ops, Vec::with_capacity(LOAD_BATCH_OPS));
+            if resuming {
+                batch = missing_only(app, batch)?;
+            }
             let resource_type = batch.last().map(|op| op.rtype().to_string()).unwrap_or_default();
             loaded += submit(app, batch).await?;
             if loaded % 20_000 < LOAD_BATCH_OPS {
@@ -82,9 +111,12 @@ pub async fn load_if_empty(
             }
         }
     }
-    if !ops.is_empty() {
-        loaded += submit(app, ops).await?;
+    if resuming {
+        ops = missing_only(app, ops)?;
     }
+    loaded += submit(app, ops).await?;
+    std::fs::write(&marker, format!("seed {seed}, {patients} patients, today {today}\n"))
+        .map_err(hale_store::StoreError::from)?;
     app.ready.store(true, Ordering::Release);
     tracing::info!(
         loaded,
@@ -94,9 +126,28 @@ pub async fn load_if_empty(
     Ok(loaded)
 }
 
+/// Drop the ops whose resources an interrupted load already wrote.
+fn missing_only(app: &App, ops: Vec<WriteOp>) -> Result<Vec<WriteOp>, DemoError> {
+    let mut out = Vec::with_capacity(ops.len());
+    for op in ops {
+        let exists = app
+            .reader
+            .with(|c| hale_store::query::read(c, op.rtype(), op.id()))
+            .map_err(hale_store::StoreError::from)?
+            .is_some();
+        if !exists {
+            out.push(op);
+        }
+    }
+    Ok(out)
+}
+
 /// Apply one batch; on a refusal, name the resource refused.
 async fn submit(app: &App, ops: Vec<WriteOp>) -> Result<usize, DemoError> {
     let n = ops.len();
+    if n == 0 {
+        return Ok(0);
+    }
     // The command takes the ops; keep only what an error message needs.
     let keys: Vec<(String, String)> = ops
         .iter()

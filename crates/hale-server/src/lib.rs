@@ -40,6 +40,8 @@ pub struct App {
     pub metrics: Metrics,
     /// False while the demo board is loading.
     pub ready: AtomicBool,
+    /// Set when shutdown starts, so background work (the demo loader) stops.
+    pub stopping: AtomicBool,
 }
 
 static LAST_MS: AtomicI64 = AtomicI64::new(0);
@@ -81,6 +83,7 @@ impl Node {
             audit,
             metrics: Metrics::default(),
             ready: AtomicBool::new(true),
+            stopping: AtomicBool::new(false),
         });
         Node { app, audit_task }
     }
@@ -182,6 +185,11 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let router = node.router();
+    let app = node.app.clone();
+    let shutdown = async move {
+        shutdown.await;
+        app.stopping.store(true, Ordering::Release);
+    };
     axum::serve(listener, router).with_graceful_shutdown(shutdown).await?;
     let Node { app, audit_task } = node;
     drop(app);
