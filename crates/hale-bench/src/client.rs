@@ -42,9 +42,7 @@ impl Target {
         let rest = if let Some(r) = trimmed.strip_prefix("http://") {
             r
         } else if trimmed.starts_with("https://") {
-            return Err(bad(
-                "https is not supported; bench a local server over plain http",
-            ));
+            return Err(bad("https is not supported; bench a local server over plain http"));
         } else {
             return Err(bad("it must start with http://"));
         };
@@ -86,16 +84,14 @@ impl Target {
         if host.is_empty() {
             return Err(bad("it has no host"));
         }
-        let host_header =
-            HeaderValue::from_str(authority).map_err(|_| bad("the host has invalid characters"))?;
+        let host_header = HeaderValue::from_str(authority).map_err(|_| bad("the host has invalid characters"))?;
         let auth = match token {
             Some(t) if !t.is_empty() => {
-                Some(HeaderValue::from_str(&format!("Bearer {t}")).map_err(|_| {
-                    BenchError::InvalidOption {
-                        message: "the token contains characters not allowed in an HTTP header"
-                            .to_string(),
-                    }
-                })?)
+                Some(
+                    HeaderValue::from_str(&format!("Bearer {t}")).map_err(|_| BenchError::InvalidOption {
+                        message: "the token contains characters not allowed in an HTTP header".to_string(),
+                    })?,
+                )
             }
             _ => None,
         };
@@ -160,22 +156,17 @@ impl Client {
     /// Open the TCP connection now (so setup cost is not in the first timing).
     pub(crate) async fn connect(&mut self, timeout: Duration) -> Result<(), Failure> {
         if self.conn.is_none() {
-            let stream = match tokio::time::timeout(
-                timeout,
-                TcpStream::connect((&*self.target.host, self.target.port)),
-            )
-            .await
-            {
-                Err(_) => return Err(Failure::Timeout),
-                Ok(Err(e)) => return Err(Failure::Connect(e)),
-                Ok(Ok(s)) => s,
-            };
-            let _ = stream.set_nodelay(true);
-            let (sender, connection) =
-                match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
-                    Ok(pair) => pair,
-                    Err(e) => return Err(Failure::Transport(e.to_string())),
+            let stream =
+                match tokio::time::timeout(timeout, TcpStream::connect((&*self.target.host, self.target.port))).await {
+                    Err(_) => return Err(Failure::Timeout),
+                    Ok(Err(e)) => return Err(Failure::Connect(e)),
+                    Ok(Ok(s)) => s,
                 };
+            let _ = stream.set_nodelay(true);
+            let (sender, connection) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+                Ok(pair) => pair,
+                Err(e) => return Err(Failure::Transport(e.to_string())),
+            };
             // Drives the socket; ends when `sender` is dropped or the peer closes.
             tokio::spawn(async move {
                 let _ = connection.await;
@@ -199,8 +190,7 @@ impl Client {
         body: Option<Bytes>,
         timeout: Duration,
     ) -> Result<Response, Failure> {
-        let result =
-            tokio::time::timeout(timeout, self.send_inner(method, path, body, timeout)).await;
+        let result = tokio::time::timeout(timeout, self.send_inner(method, path, body, timeout)).await;
         match result {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(f)) => {
@@ -275,21 +265,12 @@ impl Client {
             .await
             .map_err(|e| Failure::Transport(e.to_string()))?
             .to_bytes();
-        Ok(Response {
-            status,
-            body,
-            location,
-        })
+        Ok(Response { status, body, location })
     }
 }
 
 /// Turn a setup-phase failure into a `BenchError` naming what was attempted.
-pub(crate) fn failure_error(
-    target: &Target,
-    what: &str,
-    f: Failure,
-    timeout: Duration,
-) -> BenchError {
+pub(crate) fn failure_error(target: &Target, what: &str, f: Failure, timeout: Duration) -> BenchError {
     match f {
         Failure::Connect(source) => BenchError::Connect {
             url: target.base_url.clone(),
@@ -377,26 +358,13 @@ mod tests {
                     )
                 })
                 .map_err(|_| ());
-            let expected =
-                expected.map(|(h, p, hh, pre)| (h.to_string(), p, hh.to_string(), pre.to_string()));
+            let expected = expected.map(|(h, p, hh, pre)| (h.to_string(), p, hh.to_string(), pre.to_string()));
             assert_eq!(got, expected, "{url}");
         }
-        check(
-            "http://127.0.0.1:8080",
-            Ok(("127.0.0.1", 8080, "127.0.0.1:8080", "")),
-        );
-        check(
-            "http://127.0.0.1:8080/",
-            Ok(("127.0.0.1", 8080, "127.0.0.1:8080", "")),
-        );
-        check(
-            "http://localhost/fhir/",
-            Ok(("localhost", 80, "localhost", "/fhir")),
-        );
-        check(
-            "http://[::1]:9000/r4",
-            Ok(("::1", 9000, "[::1]:9000", "/r4")),
-        );
+        check("http://127.0.0.1:8080", Ok(("127.0.0.1", 8080, "127.0.0.1:8080", "")));
+        check("http://127.0.0.1:8080/", Ok(("127.0.0.1", 8080, "127.0.0.1:8080", "")));
+        check("http://localhost/fhir/", Ok(("localhost", 80, "localhost", "/fhir")));
+        check("http://[::1]:9000/r4", Ok(("::1", 9000, "[::1]:9000", "/r4")));
         check(" http://h:1 ", Ok(("h", 1, "h:1", "")));
         check("https://127.0.0.1:8080", Err(()));
         check("127.0.0.1:8080", Err(()));
@@ -414,17 +382,9 @@ mod tests {
                 body: Bytes::from(body.to_string()),
                 location: location.map(str::to_string),
             };
-            assert_eq!(
-                created_id("Patient", &resp).as_deref(),
-                expected,
-                "{body} {location:?}"
-            );
+            assert_eq!(created_id("Patient", &resp).as_deref(), expected, "{body} {location:?}");
         }
-        check(
-            r#"{"resourceType":"Patient","id":"abc"}"#,
-            None,
-            Some("abc"),
-        );
+        check(r#"{"resourceType":"Patient","id":"abc"}"#, None, Some("abc"));
         check("", Some("http://h/Patient/xyz/_history/1"), Some("xyz"));
         check("", Some("/Patient/xyz"), Some("xyz"));
         check(r#"{"id":""}"#, Some("/Patient/q/_history/2"), Some("q"));

@@ -247,7 +247,7 @@ pub(crate) const SURNAMES: [&str; 200] = [
     "Rahman",
 ];
 
-const GIVEN_FEMALE: [&str; 40] = [
+pub(crate) const GIVEN_FEMALE: [&str; 40] = [
     "Olivia",
     "Amelia",
     "Isla",
@@ -290,12 +290,11 @@ const GIVEN_FEMALE: [&str; 40] = [
     "Dorothy",
 ];
 
-const GIVEN_MALE: [&str; 40] = [
-    "Noah", "Oliver", "George", "Arthur", "Muhammad", "Leo", "Harry", "Oscar", "Archie", "Henry",
-    "Theodore", "Freddie", "Jack", "Charlie", "Thomas", "William", "Alfie", "James", "Jacob",
-    "Joshua", "David", "John", "Paul", "Andrew", "Mark", "Richard", "Peter", "Michael", "Stephen",
-    "Robert", "Ibrahim", "Arjun", "Kwame", "Rhys", "Dylan", "Callum", "Angus", "Ciaran", "Brian",
-    "Kenneth",
+pub(crate) const GIVEN_MALE: [&str; 40] = [
+    "Noah", "Oliver", "George", "Arthur", "Muhammad", "Leo", "Harry", "Oscar", "Archie", "Henry", "Theodore",
+    "Freddie", "Jack", "Charlie", "Thomas", "William", "Alfie", "James", "Jacob", "Joshua", "David", "John", "Paul",
+    "Andrew", "Mark", "Richard", "Peter", "Michael", "Stephen", "Robert", "Ibrahim", "Arjun", "Kwame", "Rhys", "Dylan",
+    "Callum", "Angus", "Ciaran", "Brian", "Kenneth",
 ];
 
 pub(crate) const NHS_NUMBER_SYSTEM: &str = "https://fhir.nhs.uk/Id/nhs-number";
@@ -349,8 +348,7 @@ pub(crate) fn slot_body(schedule_id: &str, start: &str, end: &str) -> Bytes {
     )
 }
 
-pub(crate) const APPOINTMENT_CATEGORY_SYSTEM: &str =
-    "https://hale.health/fhir/CodeSystem/appointment-category";
+pub(crate) const APPOINTMENT_CATEGORY_SYSTEM: &str = "https://hale.health/fhir/CodeSystem/appointment-category";
 
 pub(crate) fn appointment_body(slot_id: &str, start: &str, end: &str, patient_id: &str) -> Bytes {
     Bytes::from(

@@ -46,6 +46,21 @@ pub(crate) trait Job: Send + Sync + 'static {
     /// How the response to `req` counts. Called for warm-up requests too (so
     /// jobs can keep whole-run state such as bookings per slot).
     fn classify(&self, req: &Req, resp: &Response) -> Class;
+    /// The next request on connection `conn` (0-based), whose `turn`-th call
+    /// this is (0, 1, 2, …; warm-up included). The engine calls this; the
+    /// default ignores both and calls `next`. Jobs that cycle through a fixed
+    /// list per connection override it.
+    fn next_on(&self, conn: usize, turn: u64, rng: &mut Rng) -> Option<Req> {
+        let _ = (conn, turn);
+        self.next(rng)
+    }
+    /// Called once for every request counted in the timed phase, after
+    /// `classify`: `response` is the class and latency, or None when no
+    /// response came (timeout, broken connection, no connection). For jobs
+    /// that keep their own breakdown (e.g. per search kind); default: nothing.
+    fn observe(&self, req: &Req, response: Option<(Class, Duration)>) {
+        let _ = (req, response);
+    }
 }
 
 /// Timing and size of one load phase.
@@ -111,11 +126,7 @@ pub(crate) struct Outcome {
 /// Open `plan.connections` connections, then run `job` on all of them: an
 /// untimed warm-up, then the timed phase. Fails only if the connections
 /// cannot be opened at the start.
-pub(crate) async fn drive<J: Job>(
-    target: Arc<Target>,
-    job: Arc<J>,
-    plan: &Plan,
-) -> Result<Outcome, BenchError> {
+pub(crate) async fn drive<J: Job>(target: Arc<Target>, job: Arc<J>, plan: &Plan) -> Result<Outcome, BenchError> {
     // Connect everyone first so connection setup is not timed.
     let mut clients = Vec::with_capacity(plan.connections);
     let mut opening = JoinSet::new();
@@ -130,14 +141,7 @@ pub(crate) async fn drive<J: Job>(
     while let Some(joined) = opening.join_next().await {
         match joined {
             Ok(Ok(c)) => clients.push(c),
-            Ok(Err(f)) => {
-                return Err(failure_error(
-                    &target,
-                    "opening connections",
-                    f,
-                    plan.timeout,
-                ))
-            }
+            Ok(Err(f)) => return Err(failure_error(&target, "opening connections", f, plan.timeout)),
             Err(e) => return Err(join_error("opening connections", e)),
         }
     }
@@ -160,6 +164,7 @@ pub(crate) async fn drive<J: Job>(
         let mut rng = Rng::new(plan.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         tasks.spawn(async move {
             let mut tally = Tally::default();
+            let mut turn = 0u64;
             loop {
                 let now = Instant::now();
                 if now >= deadline {
@@ -174,7 +179,9 @@ pub(crate) async fn drive<J: Job>(
                         }
                     }
                 }
-                let Some(req) = job.next(&mut rng) else {
+                let next = job.next_on(i, turn, &mut rng);
+                turn += 1;
+                let Some(req) = next else {
                     let mut at = ran_dry.lock().unwrap_or_else(|p| p.into_inner());
                     at.get_or_insert(now);
                     break;
@@ -194,6 +201,7 @@ pub(crate) async fn drive<J: Job>(
                 }
                 tally.requests += 1;
                 tally.last_done = Some(done);
+                job.observe(&req, result.as_ref().ok().map(|&(_, class)| (class, done - t0)));
                 match result {
                     Ok((status, class)) => {
                         tally.hist.record(done - t0);
@@ -317,14 +325,10 @@ where
                             .await
                             .map_err(|f| failure_error(&target, &format!("{what}: POST {path}"), f, timeout))?;
                         if resp.status == 201 || resp.status == 200 {
-                            let id = created_id(resource_type, &resp).ok_or_else(|| {
-                                BenchError::UnexpectedStatus {
-                                    what: format!(
-                                        "{what}: POST {path} gave no id in the body or Location header"
-                                    ),
-                                    status: resp.status,
-                                    body: crate::client::snippet(&resp.body),
-                                }
+                            let id = created_id(resource_type, &resp).ok_or_else(|| BenchError::UnexpectedStatus {
+                                what: format!("{what}: POST {path} gave no id in the body or Location header"),
+                                status: resp.status,
+                                body: crate::client::snippet(&resp.body),
                             })?;
                             return Ok((id, extra));
                         }

@@ -11,9 +11,7 @@ pub enum BenchError {
     #[error("invalid bench option: {message}")]
     InvalidOption { message: String },
 
-    #[error(
-        "cannot use base URL `{url}`: {reason} — expected something like http://127.0.0.1:8080"
-    )]
+    #[error("cannot use base URL `{url}`: {reason} — expected something like http://127.0.0.1:8080")]
     BadUrl { url: String, reason: String },
 
     #[error("cannot connect to {url}: {source} — is `hale serve` running?")]
@@ -24,21 +22,13 @@ pub enum BenchError {
     },
 
     #[error("{what}: the server at {url} answered {status} — pass a valid bearer token (--token)")]
-    Unauthorized {
-        url: String,
-        what: String,
-        status: u16,
-    },
+    Unauthorized { url: String, what: String, status: u16 },
 
     #[error("{url}/metadata answered {status}, so this does not look like a FHIR server — is the base URL the FHIR base (e.g. http://127.0.0.1:8080)?")]
     NotFhir { url: String, status: u16 },
 
     #[error("{what}: the server answered {status}: {body} — check the server log")]
-    UnexpectedStatus {
-        what: String,
-        status: u16,
-        body: String,
-    },
+    UnexpectedStatus { what: String, status: u16, body: String },
 
     #[error("{what}: {message} — the server closed the connection; check it is still running")]
     Transport { what: String, message: String },

@@ -136,11 +136,7 @@ impl Histogram {
             seen += c;
             if seen >= rank {
                 // The last bucket also holds everything above MAX_US.
-                let high = if i == BUCKETS - 1 {
-                    u64::MAX
-                } else {
-                    bucket_range(i).1
-                };
+                let high = if i == BUCKETS - 1 { u64::MAX } else { bucket_range(i).1 };
                 return Some(high.clamp(self.min_us, self.max_us));
             }
         }
@@ -219,11 +215,7 @@ mod tests {
         ];
         for (values, q, expected) in cases {
             let h = hist(values);
-            assert_eq!(
-                h.value_at_quantile_us(*q),
-                Some(*expected),
-                "values {values:?}, q {q}"
-            );
+            assert_eq!(h.value_at_quantile_us(*q), Some(*expected), "values {values:?}, q {q}");
         }
     }
 

@@ -13,16 +13,27 @@
 //! - `SearchFamily`: `GET /Patient?family=<surname>&_count=10`.
 //! - `Book`: race to book free slots, `book_contenders_per_slot` attempts per
 //!   slot; counts 409 conflicts and any slot booked twice.
+//! - `SearchMix`: "any search" latency — every connection cycles through a
+//!   fixed list of clinical searches (Patient by NHS number / name / phone,
+//!   Appointments of a patient / a clinic day / a slot, free Slots,
+//!   Observations by LOINC code, DiagnosticReport, AllergyIntolerance,
+//!   DocumentReference, `Patient/{id}/$everything`) with parameters from a
+//!   seeded PRNG; any 200 counts. Meant for a server loaded with the demo
+//!   health board (`hale serve --demo`), whose patients, clinics, schedules
+//!   and slots it discovers at setup; without demo patients it searches the
+//!   seeded ones. Reports a latency breakdown per kind of search.
 //! - `All`: each of the above in turn with the same options.
 //!
 //! Read / Search / Book first create `seed_patients` patients (untimed, over
-//! `setup_connections` connections); `All` seeds once.
+//! `setup_connections` connections); `All` seeds once. `SearchMix` seeds only
+//! when the server has no demo patients.
 
 mod client;
 mod data;
 mod engine;
 mod error;
 mod hist;
+mod mix;
 mod nhs;
 mod report;
 mod workloads;
@@ -32,7 +43,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 pub use error::BenchError;
-pub use report::{BookingFigures, Latency, Report, WorkloadReport};
+pub use report::{BookingFigures, Latency, Report, SearchKindFigures, WorkloadReport};
 
 /// Options for a bench run. `BenchOpts::default()` gives sensible values for
 /// everything but `base_url`/`token` (which default to
@@ -50,7 +61,8 @@ pub struct BenchOpts {
     pub duration_s: u64,
     /// Untimed warm-up before the timed phase, seconds (0 for none).
     pub warmup_s: u64,
-    /// Patients to create (untimed) before Read / Search / Book.
+    /// Patients to create (untimed) before Read / Search / Book (and before
+    /// SearchMix when the server has no demo patients).
     pub seed_patients: usize,
     /// Connections for untimed setup (seeding patients, creating slots).
     pub setup_connections: usize,
@@ -100,16 +112,10 @@ impl BenchOpts {
             ));
         }
         if self.duration_s == 0 || self.duration_s > MAX_PHASE_S {
-            return bad(format!(
-                "duration_s must be 1..={MAX_PHASE_S}, got {}",
-                self.duration_s
-            ));
+            return bad(format!("duration_s must be 1..={MAX_PHASE_S}, got {}", self.duration_s));
         }
         if self.warmup_s > MAX_PHASE_S {
-            return bad(format!(
-                "warmup_s must be at most {MAX_PHASE_S}, got {}",
-                self.warmup_s
-            ));
+            return bad(format!("warmup_s must be at most {MAX_PHASE_S}, got {}", self.warmup_s));
         }
         if self.request_timeout_s == 0 || self.request_timeout_s > MAX_PHASE_S {
             return bad(format!(
@@ -151,17 +157,19 @@ pub enum Workload {
     SearchIdentifier,
     SearchFamily,
     Book,
+    SearchMix,
     All,
 }
 
 impl Workload {
     /// Every workload, `All` last.
-    pub const VARIANTS: [Workload; 6] = [
+    pub const VARIANTS: [Workload; 7] = [
         Workload::Create,
         Workload::Read,
         Workload::SearchIdentifier,
         Workload::SearchFamily,
         Workload::Book,
+        Workload::SearchMix,
         Workload::All,
     ];
 
@@ -173,6 +181,7 @@ impl Workload {
             Workload::SearchIdentifier => "search-identifier",
             Workload::SearchFamily => "search-family",
             Workload::Book => "book",
+            Workload::SearchMix => "search-mix",
             Workload::All => "all",
         }
     }
@@ -180,7 +189,7 @@ impl Workload {
     /// The single workloads this one runs, in order.
     fn steps(self) -> Vec<Workload> {
         match self {
-            Workload::All => Workload::VARIANTS[..5].to_vec(),
+            Workload::All => Workload::VARIANTS[..Workload::VARIANTS.len() - 1].to_vec(),
             w => vec![w],
         }
     }
@@ -189,8 +198,12 @@ impl Workload {
         self.steps().contains(&w)
     }
 
+    /// Does it need `seed_patients > 0`? (SearchMix seeds only against a
+    /// server without demo patients, and says so then.)
     fn needs_seed(self) -> bool {
-        self.steps().iter().any(|w| *w != Workload::Create)
+        self.steps()
+            .iter()
+            .any(|w| !matches!(w, Workload::Create | Workload::SearchMix))
     }
 }
 
@@ -228,10 +241,7 @@ impl FromStr for Workload {
 /// task per connection.
 pub async fn run(opts: &BenchOpts, workload: Workload) -> Result<Report, BenchError> {
     opts.validate(workload)?;
-    let target = Arc::new(client::Target::parse(
-        &opts.base_url,
-        opts.token.as_deref(),
-    )?);
+    let target = Arc::new(client::Target::parse(&opts.base_url, opts.token.as_deref())?);
     let seed = data::run_seed();
     let mut ctx = workloads::Ctx {
         target: target.clone(),
@@ -250,6 +260,7 @@ pub async fn run(opts: &BenchOpts, workload: Workload) -> Result<Report, BenchEr
             Workload::SearchIdentifier => ctx.search_identifier().await?,
             Workload::SearchFamily => ctx.search_family().await?,
             Workload::Book => ctx.book().await?,
+            Workload::SearchMix => ctx.search_mix().await?,
             Workload::All => unreachable!("All expands to the single workloads"),
         };
         reports.push(r);
@@ -277,8 +288,31 @@ mod tests {
         }
         check("Search_Identifier", Some(Workload::SearchIdentifier));
         check(" book ", Some(Workload::Book));
+        check("search-mix", Some(Workload::SearchMix));
+        check("SEARCH_MIX", Some(Workload::SearchMix));
+        check("searchmix", None);
         check("searchfamily", None);
         check("", None);
+    }
+
+    #[test]
+    fn all_runs_every_single_workload_once() {
+        fn check(w: Workload, expected: &[Workload]) {
+            assert_eq!(w.steps(), expected, "{w}");
+        }
+        check(
+            Workload::All,
+            &[
+                Workload::Create,
+                Workload::Read,
+                Workload::SearchIdentifier,
+                Workload::SearchFamily,
+                Workload::Book,
+                Workload::SearchMix,
+            ],
+        );
+        check(Workload::SearchMix, &[Workload::SearchMix]);
+        check(Workload::Create, &[Workload::Create]);
     }
 
     #[test]
@@ -288,22 +322,8 @@ mod tests {
         }
         let d = BenchOpts::default;
         check(d(), Workload::All, true);
-        check(
-            BenchOpts {
-                connections: 0,
-                ..d()
-            },
-            Workload::Create,
-            false,
-        );
-        check(
-            BenchOpts {
-                duration_s: 0,
-                ..d()
-            },
-            Workload::Create,
-            false,
-        );
+        check(BenchOpts { connections: 0, ..d() }, Workload::Create, false);
+        check(BenchOpts { duration_s: 0, ..d() }, Workload::Create, false);
         check(BenchOpts { warmup_s: 0, ..d() }, Workload::Create, true);
         check(
             BenchOpts {
@@ -337,22 +357,25 @@ mod tests {
             Workload::All,
             false,
         );
+        check(BenchOpts { book_slots: 0, ..d() }, Workload::Read, true);
         check(
             BenchOpts {
-                book_slots: 0,
+                seed_patients: 0,
                 ..d()
             },
-            Workload::Read,
+            Workload::SearchMix,
             true,
         );
+        check(BenchOpts { book_slots: 0, ..d() }, Workload::SearchMix, true);
         check(
             BenchOpts {
-                book_slots: 0,
+                requests_max: Some(0),
                 ..d()
             },
-            Workload::Book,
+            Workload::SearchMix,
             false,
         );
+        check(BenchOpts { book_slots: 0, ..d() }, Workload::Book, false);
         check(
             BenchOpts {
                 book_contenders_per_slot: 0,

@@ -29,13 +29,14 @@ pub struct Report {
 /// latency and are counted under `errors`.
 #[derive(Debug, Clone, Serialize)]
 pub struct WorkloadReport {
-    /// "create", "read", "search-identifier", "search-family", "book".
+    /// "create", "read", "search-identifier", "search-family", "book", "search-mix".
     pub name: String,
     /// TCP connections used (each one keep-alive, one request in flight).
     pub connections: usize,
     /// Requests counted (ok + errors + conflicts + misses).
     pub requests: u64,
-    /// Successful requests: 201 for create/book, 200 (with a match) for read/search.
+    /// Successful requests: 201 for create/book, 200 (with a match) for
+    /// read/search, any 200 for search-mix.
     pub ok: u64,
     /// Failed requests by HTTP status ("404", "500", …) or by "timeout",
     /// "transport" (connection broke), "connect" (could not reconnect).
@@ -56,6 +57,10 @@ pub struct WorkloadReport {
     /// Book workload only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub booking: Option<BookingFigures>,
+    /// Search-mix workload only: figures per kind of search, in the order of
+    /// the workload's cycle (the kinds it could run against this server).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub search_kinds: Option<Vec<SearchKindFigures>>,
     /// Why the workload stopped early, or other caveats.
     pub notes: Vec<String>,
 }
@@ -86,6 +91,24 @@ impl Latency {
             mean_ms: h.mean_us().map(|us| us / 1000.0),
         }
     }
+}
+
+/// One kind of search in the search-mix workload (timed phase only).
+#[derive(Debug, Clone, Serialize)]
+pub struct SearchKindFigures {
+    /// e.g. "patient-identifier", "appointment-clinic-day", "patient-everything".
+    pub kind: String,
+    /// The request, with its varying parameters in angle brackets, e.g.
+    /// "DiagnosticReport?patient=Patient/<id>".
+    pub request: String,
+    /// Requests of this kind counted (ok + errors).
+    pub requests: u64,
+    /// 200 responses.
+    pub ok: u64,
+    /// Anything else, timeouts and broken connections included.
+    pub errors: u64,
+    /// Latency of the responses of this kind (whatever their status).
+    pub latency: Latency,
 }
 
 /// Booking contention figures (whole workload, warm-up included, since every
@@ -149,17 +172,12 @@ impl Report {
         }
         for w in &self.workloads {
             if !w.errors.is_empty() {
-                let parts: Vec<String> =
-                    w.errors.iter().map(|(k, v)| format!("{k} ×{v}")).collect();
+                let parts: Vec<String> = w.errors.iter().map(|(k, v)| format!("{k} ×{v}")).collect();
                 let _ = writeln!(out, "{}: errors {}", w.name, parts.join(", "));
             }
             if let Some(m) = w.misses {
                 if m > 0 {
-                    let _ = writeln!(
-                        out,
-                        "{}: {m} searches returned 200 without the seeded patient",
-                        w.name
-                    );
+                    let _ = writeln!(out, "{}: {m} searches returned 200 without the seeded patient", w.name);
                 }
             }
             if let Some(b) = &w.booking {
@@ -172,8 +190,39 @@ impl Report {
                     b.slots_booked,
                     b.conflicts,
                     b.double_bookings,
-                    if b.double_bookings > 0 { "  ← SLOTS BOOKED TWICE" } else { "" },
+                    if b.double_bookings > 0 {
+                        "  ← SLOTS BOOKED TWICE"
+                    } else {
+                        ""
+                    },
                 );
+            }
+            if let Some(kinds) = &w.search_kinds {
+                let mut by_p99: Vec<&SearchKindFigures> = kinds.iter().collect();
+                // Slowest first; kinds with nothing measured last.
+                by_p99.sort_by(|a, b| {
+                    b.latency
+                        .p99_ms
+                        .partial_cmp(&a.latency.p99_ms)
+                        .unwrap_or(std::cmp::Ordering::Equal)
+                });
+                let _ = writeln!(
+                    out,
+                    "{}: by kind, slowest p99 first\n  {:<24} {:>8} {:>7} {:>8} {:>8} {:>9}",
+                    w.name, "kind", "ok", "errors", "p50_ms", "p99_ms", "max_ms"
+                );
+                for k in by_p99 {
+                    let _ = writeln!(
+                        out,
+                        "  {:<24} {:>8} {:>7} {:>8} {:>8} {:>9}",
+                        k.kind,
+                        k.ok,
+                        k.errors,
+                        fmt_ms(k.latency.p50_ms),
+                        fmt_ms(k.latency.p99_ms),
+                        fmt_ms(k.latency.max_ms),
+                    );
+                }
             }
             if w.reconnects > 0 {
                 let _ = writeln!(out, "{}: {} reconnects", w.name, w.reconnects);
@@ -188,9 +237,8 @@ impl Report {
     /// The whole report as JSON (field names as in the structs; times in the
     /// unit their name ends with).
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::to_value(self).unwrap_or_else(
-            |e| serde_json::json!({"error": format!("cannot serialise report: {e}")}),
-        )
+        serde_json::to_value(self)
+            .unwrap_or_else(|e| serde_json::json!({"error": format!("cannot serialise report: {e}")}))
     }
 }
 
@@ -233,6 +281,7 @@ mod tests {
                     reconnects: 0,
                     misses: None,
                     booking: None,
+                    search_kinds: None,
                     notes: vec![],
                 },
                 WorkloadReport {
@@ -256,6 +305,7 @@ mod tests {
                         double_bookings: 0,
                         slots_exhausted: true,
                     }),
+                    search_kinds: None,
                     notes: vec!["all slots raced for".into()],
                 },
             ],
@@ -271,6 +321,56 @@ mod tests {
         assert!(t.contains("1 reconnects"), "{t}");
         // p50 of {0.8, 1.199, 1.5, 40} ms: 1199 µs is the top of its bucket.
         assert!(t.contains("1.20"), "{t}");
+    }
+
+    fn mix_sample() -> Report {
+        let kind = |name: &str, us: &[u64]| {
+            let mut h = Histogram::new();
+            for &v in us {
+                h.record_us(v);
+            }
+            SearchKindFigures {
+                kind: name.into(),
+                request: format!("{name}?x=<y>"),
+                requests: us.len() as u64,
+                ok: us.len() as u64,
+                errors: 0,
+                latency: Latency::from_histogram(&h),
+            }
+        };
+        let mut r = sample();
+        r.workloads.truncate(1);
+        r.workloads[0].name = "search-mix".into();
+        r.workloads[0].search_kinds = Some(vec![
+            kind("quick", &[100, 120]),
+            kind("idle", &[]),
+            kind("slow", &[9_000, 30_000]),
+            kind("middling", &[2_000]),
+        ]);
+        r
+    }
+
+    #[test]
+    fn table_lists_search_kinds_slowest_first() {
+        let t = mix_sample().to_table();
+        let at = |needle: &str| t.find(needle).unwrap_or_else(|| panic!("{needle} missing\n{t}"));
+        assert!(t.contains("search-mix: by kind, slowest p99 first"), "{t}");
+        assert!(at("  slow ") < at("  middling "), "{t}");
+        assert!(at("  middling ") < at("  quick "), "{t}");
+        assert!(at("  quick ") < at("  idle "), "{t}");
+        assert!(t.contains("30.0"), "{t}");
+    }
+
+    #[test]
+    fn json_has_search_kinds_only_for_the_mix() {
+        let j = mix_sample().to_json();
+        let kinds = &j["workloads"][0]["search_kinds"];
+        assert_eq!(kinds[0]["kind"], "quick");
+        assert_eq!(kinds[2]["latency"]["p99_ms"], 30.0);
+        assert!(kinds[1]["latency"]["p99_ms"].is_null());
+        assert_eq!(kinds[3]["request"], "middling?x=<y>");
+        let j = sample().to_json();
+        assert!(j["workloads"][0].get("search_kinds").is_none());
     }
 
     #[test]

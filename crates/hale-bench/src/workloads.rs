@@ -1,4 +1,5 @@
-//! The five workloads: their jobs, their setup, and their reports.
+//! The single workloads: their jobs, their setup, and their reports
+//! (search-mix's job and discovery live in `mix`).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -7,9 +8,10 @@ use std::time::Duration;
 use hyper::Method;
 
 use crate::client::{created_id, failure_error, status_error, Client, Response, Target};
-use crate::data::{self, Rng, SURNAMES};
+use crate::data::{self, Rng, GIVEN_FEMALE, GIVEN_MALE, SURNAMES};
 use crate::engine::{self, Class, Job, Outcome, Plan, Req};
 use crate::error::BenchError;
+use crate::mix::{self, Ids, MixData, MixJob, MixKind};
 use crate::nhs::NhsGen;
 use crate::report::{BookingFigures, Latency, WorkloadReport};
 use crate::BenchOpts;
@@ -133,11 +135,8 @@ impl Ctx {
                 .map(|s| {
                     (
                         // '|' percent-encoded; the server decodes before splitting.
-                        self.target.path(&format!(
-                            "/Patient?identifier={}%7C{}",
-                            data::NHS_NUMBER_SYSTEM,
-                            s.nhs
-                        )),
+                        self.target
+                            .path(&format!("/Patient?identifier={}%7C{}", data::NHS_NUMBER_SYSTEM, s.nhs)),
                         s.nhs.clone().into_bytes(),
                     )
                 })
@@ -156,8 +155,7 @@ impl Ctx {
                 .iter()
                 .map(|s| {
                     (
-                        self.target
-                            .path(&format!("/Patient?family={}&_count=10", s.family)),
+                        self.target.path(&format!("/Patient?family={}&_count=10", s.family)),
                         s.family.as_bytes().to_vec(),
                     )
                 })
@@ -175,14 +173,7 @@ impl Ctx {
 
         // Location, then Schedule, on one connection.
         let mut client = Client::new(self.target.clone());
-        let location = create_one(
-            &mut client,
-            &self.target,
-            "Location",
-            data::location_body(),
-            timeout,
-        )
-        .await?;
+        let location = create_one(&mut client, &self.target, "Location", data::location_body(), timeout).await?;
         let schedule = create_one(
             &mut client,
             &self.target,
@@ -241,9 +232,7 @@ impl Ctx {
                 }
             }
         }
-        let dry = format!(
-            "every slot had its {contenders} booking attempts (raise book_slots for a longer race)"
-        );
+        let dry = format!("every slot had its {contenders} booking attempts (raise book_slots for a longer race)");
         let mut r = self.report("book", &out, &dry);
         r.booking = Some(BookingFigures {
             slots: job.slots.len(),
@@ -259,6 +248,93 @@ impl Ctx {
                 "CORRECTNESS: {double_bookings} slots were booked more than once (two 201s for one slot)"
             ));
         }
+        Ok(r)
+    }
+
+    /// Any search: a fixed cycle of clinical searches with random parameters
+    /// (see `mix`). Uses the server's demo patients if it has them, else the
+    /// seeded patients (seeding them if this run has not yet).
+    pub(crate) async fn search_mix(&mut self) -> Result<WorkloadReport, BenchError> {
+        let mut rng = Rng::new(self.seed ^ 0x5EED_0003);
+        let found = mix::discover(&self.target, self.timeout(), &mut rng).await?;
+        let mut notes = found.notes;
+        let mut nhs_numbers: Vec<String> = found.sample.iter().filter_map(|f| f.nhs.clone()).collect();
+        let mut families: Vec<String> = found.sample.iter().filter_map(|f| f.family.clone()).collect();
+        let mut givens: Vec<String> = found.sample.iter().filter_map(|f| f.given.clone()).collect();
+
+        let patients = if found.demo_patients > 0 {
+            notes.push(format!(
+                "searching {} demo patients (pat-000001 … {}); parameters from a sample of {}",
+                found.demo_patients,
+                mix::numbered_id("pat", found.demo_patients),
+                found.sample.len()
+            ));
+            Ids::Numbered {
+                prefix: "pat",
+                count: found.demo_patients,
+            }
+        } else {
+            if self.seeded.is_none() && self.opts.seed_patients == 0 {
+                return Err(BenchError::InvalidOption {
+                    message: "the server has no demo patients (Patient/pat-000001 not found) and seed_patients \
+                              is 0: start it with `hale serve --demo` or set seed_patients to at least 1"
+                        .to_string(),
+                });
+            }
+            let seeded = self.seeded().await?;
+            notes.push(format!(
+                "no demo patients on the server (Patient/pat-000001 not found): searching the {} seeded patients",
+                seeded.len()
+            ));
+            Ids::Listed(seeded.iter().map(|s| s.id.clone()).collect())
+        };
+        if let Some(seeded) = &self.seeded {
+            nhs_numbers.extend(seeded.iter().map(|s| s.nhs.clone()));
+            families.extend(seeded.iter().map(|s| s.family.to_string()));
+        }
+        if givens.is_empty() {
+            givens = GIVEN_FEMALE.iter().chain(&GIVEN_MALE).map(|s| s.to_string()).collect();
+        }
+        let now_s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let data = MixData {
+            patients,
+            nhs_numbers,
+            families,
+            givens,
+            locations: found.locations,
+            schedules: found.schedules,
+            slots: found.slots.unwrap_or(Ids::Listed(Vec::new())),
+            today: mix::utc_date(now_s),
+            tomorrow: mix::utc_date(now_s + 86_400),
+        };
+        let job = Arc::new(MixJob::new(&self.target, data));
+        let left_out: Vec<&str> = MixKind::ALL
+            .iter()
+            .filter(|k| !job.cycle().contains(k))
+            .map(|k| k.name())
+            .collect();
+        if !left_out.is_empty() {
+            notes.push(format!(
+                "not run, nothing on the server to search for (e.g. no Location, Schedule or Slot): {}",
+                left_out.join(", ")
+            ));
+        }
+
+        let out = engine::drive(self.target.clone(), job.clone(), &self.plan(6)).await?;
+        let mut r = self.report("search-mix", &out, "");
+        let figures = job.figures();
+        if let Some(s) = mix::slowest(&figures) {
+            r.notes.push(format!(
+                "slowest search kind by p99: {} ({:.2} ms): {}",
+                s.kind,
+                s.latency.p99_ms.unwrap_or(0.0),
+                s.request
+            ));
+        }
+        r.notes.extend(notes);
+        r.search_kinds = Some(figures);
         Ok(r)
     }
 
@@ -303,6 +379,7 @@ impl Ctx {
             reconnects: t.reconnects,
             misses: None,
             booking: None,
+            search_kinds: None,
             notes,
         }
     }

@@ -18,6 +18,10 @@ struct State {
     nhs_taken: HashMap<String, String>,
     /// slot id -> booked
     slots_booked: HashMap<String, bool>,
+    /// Created or demo Location / Schedule / Slot: type -> (id, json).
+    others: HashMap<String, Vec<(String, String)>>,
+    /// Request targets, when `Behaviour::log_targets`.
+    targets: Vec<String>,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -28,22 +32,56 @@ struct Behaviour {
     token: Option<&'static str>,
     /// Answer with `Connection: close` and close after every response.
     close_each: bool,
+    /// Hold a demo board: this many patients `pat-000001`…, two Locations
+    /// (a site and a clinic `loc-qeh-cardiology`), one Schedule and
+    /// `DEMO_SLOTS` slots `slot-000001`….
+    demo_patients: Option<u64>,
+    /// Keep every request target in `State::targets`.
+    log_targets: bool,
 }
+
+const DEMO_SLOTS: u64 = 40;
 
 struct Fake {
     base_url: String,
     connections: Arc<AtomicU64>,
     requests: Arc<AtomicU64>,
+    state: Arc<Mutex<State>>,
 }
 
 async fn start(behaviour: Behaviour) -> Fake {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let state = Arc::new(Mutex::new(State::default()));
+    if behaviour.demo_patients.is_some() {
+        let mut st = state.lock().unwrap();
+        let others = &mut st.others;
+        others.entry("Location".into()).or_default().extend([
+            (
+                "loc-qeh".to_string(),
+                r#"{"resourceType":"Location","id":"loc-qeh"}"#.to_string(),
+            ),
+            (
+                "loc-qeh-cardiology".to_string(),
+                r#"{"resourceType":"Location","id":"loc-qeh-cardiology","partOf":{"reference":"Location/loc-qeh"}}"#
+                    .to_string(),
+            ),
+        ]);
+        others.entry("Schedule".into()).or_default().push((
+            "sched-qeh-cardiology".to_string(),
+            r#"{"resourceType":"Schedule","id":"sched-qeh-cardiology"}"#.to_string(),
+        ));
+        for n in 1..=DEMO_SLOTS {
+            let id = format!("slot-{n:06}");
+            let json = format!(r#"{{"resourceType":"Slot","id":"{id}"}}"#);
+            others.entry("Slot".into()).or_default().push((id, json));
+        }
+    }
     let connections = Arc::new(AtomicU64::new(0));
     let requests = Arc::new(AtomicU64::new(0));
-    let (c, r) = (connections.clone(), requests.clone());
+    let (c, r, st) = (connections.clone(), requests.clone(), state.clone());
     tokio::spawn(async move {
+        let state = st;
         loop {
             let Ok((sock, _)) = listener.accept().await else {
                 return;
@@ -57,15 +95,11 @@ async fn start(behaviour: Behaviour) -> Fake {
         base_url: format!("http://{addr}"),
         connections,
         requests,
+        state,
     }
 }
 
-async fn serve_conn(
-    mut sock: TcpStream,
-    state: Arc<Mutex<State>>,
-    requests: Arc<AtomicU64>,
-    behaviour: Behaviour,
-) {
+async fn serve_conn(mut sock: TcpStream, state: Arc<Mutex<State>>, requests: Arc<AtomicU64>, behaviour: Behaviour) {
     let mut buf: Vec<u8> = Vec::new();
     loop {
         // Read the head.
@@ -147,24 +181,19 @@ fn find(h: &[u8], n: &[u8]) -> Option<usize> {
     h.windows(n.len()).position(|w| w == n)
 }
 
-fn handle(
-    state: &Mutex<State>,
-    behaviour: Behaviour,
-    method: &str,
-    target: &str,
-    body: &[u8],
-) -> (u16, String) {
+fn handle(state: &Mutex<State>, behaviour: Behaviour, method: &str, target: &str, body: &[u8]) -> (u16, String) {
     let mut st = state.lock().unwrap();
+    if behaviour.log_targets {
+        st.targets.push(target.to_string());
+    }
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let count_only = query.split('&').any(|p| p == "_count=0");
     let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (method, segments.as_slice()) {
         ("GET", ["metadata"]) => (200, r#"{"resourceType":"CapabilityStatement"}"#.into()),
         ("POST", ["Patient"]) => {
-            let nhs = json["identifier"][0]["value"]
-                .as_str()
-                .unwrap_or("")
-                .to_string();
+            let nhs = json["identifier"][0]["value"].as_str().unwrap_or("").to_string();
             let family = json["name"][0]["family"].as_str().unwrap_or("").to_string();
             if nhs.len() != 10 || st.nhs_taken.contains_key(&nhs) {
                 return (409, r#"{"resourceType":"OperationOutcome"}"#.into());
@@ -177,8 +206,25 @@ fn handle(
         }
         ("GET", ["Patient", id]) => match st.patients.get(*id) {
             Some((nhs, family)) => (200, patient_json(id, nhs, family)),
-            None => (404, "{}".into()),
+            None => match demo_number(behaviour, id) {
+                Some(n) => (200, patient_json(id, &demo_nhs(n), "Demo")),
+                None => (404, "{}".into()),
+            },
         },
+        ("GET", ["Patient", id, "$everything"]) => {
+            if st.patients.contains_key(*id) || demo_number(behaviour, id).is_some() {
+                (200, r#"{"resourceType":"Bundle","type":"searchset","entry":[]}"#.into())
+            } else {
+                (404, "{}".into())
+            }
+        }
+        ("GET", ["Patient"]) if count_only => {
+            let total = st.patients.len() as u64 + behaviour.demo_patients.unwrap_or(0);
+            (
+                200,
+                format!(r#"{{"resourceType":"Bundle","type":"searchset","total":{total}}}"#),
+            )
+        }
         ("GET", ["Patient"]) => {
             let mut entries = Vec::new();
             for pair in query.split('&') {
@@ -216,7 +262,43 @@ fn handle(
             if *rt == "Slot" {
                 st.slots_booked.insert(id.clone(), false);
             }
-            (201, format!(r#"{{"resourceType":"{rt}","id":"{id}"}}"#))
+            let json = format!(r#"{{"resourceType":"{rt}","id":"{id}"}}"#);
+            st.others.entry(rt.to_string()).or_default().push((id, json.clone()));
+            (201, json)
+        }
+        ("GET", [rt @ ("Location" | "Schedule" | "Slot"), id]) => {
+            match st.others.get(*rt).and_then(|v| v.iter().find(|(i, _)| i == id)) {
+                Some((_, json)) => (200, json.clone()),
+                None => (404, "{}".into()),
+            }
+        }
+        (
+            "GET",
+            [rt @ ("Location" | "Schedule" | "Slot" | "Appointment" | "Observation" | "DiagnosticReport"
+            | "AllergyIntolerance" | "DocumentReference")],
+        ) => {
+            let listed = st.others.get(*rt).map(Vec::as_slice).unwrap_or_default();
+            if count_only {
+                return (
+                    200,
+                    format!(
+                        r#"{{"resourceType":"Bundle","type":"searchset","total":{}}}"#,
+                        listed.len()
+                    ),
+                );
+            }
+            let entries: Vec<String> = listed
+                .iter()
+                .take(100)
+                .map(|(_, json)| format!(r#"{{"resource":{json},"search":{{"mode":"match"}}}}"#))
+                .collect();
+            (
+                200,
+                format!(
+                    r#"{{"resourceType":"Bundle","type":"searchset","entry":[{}]}}"#,
+                    entries.join(",")
+                ),
+            )
         }
         ("POST", ["Appointment"]) => {
             let slot = json["slot"][0]["reference"]
@@ -248,9 +330,19 @@ fn handle(
     }
 }
 
+/// `n` when `id` is `pat-<n>` and the fake holds demo patient `n`.
+fn demo_number(behaviour: Behaviour, id: &str) -> Option<u64> {
+    let n: u64 = id.strip_prefix("pat-")?.parse().ok()?;
+    (1..=behaviour.demo_patients?).contains(&n).then_some(n)
+}
+
+fn demo_nhs(n: u64) -> String {
+    format!("998{n:07}")
+}
+
 fn patient_json(id: &str, nhs: &str, family: &str) -> String {
     format!(
-        r#"{{"resourceType":"Patient","id":"{id}","identifier":[{{"system":"https://fhir.nhs.uk/Id/nhs-number","value":"{nhs}"}}],"name":[{{"family":"{family}"}}]}}"#
+        r#"{{"resourceType":"Patient","id":"{id}","identifier":[{{"system":"https://fhir.nhs.uk/Id/nhs-number","value":"{nhs}"}}],"name":[{{"family":"{family}","given":["Ann"]}}]}}"#
     )
 }
 
@@ -298,7 +390,8 @@ async fn all_workloads_run_and_report_no_double_bookings() {
             "read",
             "search-identifier",
             "search-family",
-            "book"
+            "book",
+            "search-mix"
         ]
     );
     let table = report.to_table();
@@ -310,7 +403,7 @@ async fn all_workloads_run_and_report_no_double_bookings() {
         let w = report.workloads.iter().find(|w| w.name == name).unwrap();
         assert_eq!(w.misses, Some(0), "{name}\n{table}");
     }
-    let book = report.workloads.last().unwrap();
+    let book = report.workloads.iter().find(|w| w.name == "book").unwrap();
     let b = book.booking.as_ref().unwrap();
     assert_eq!(b.slots, 50);
     assert_eq!(b.contenders_per_slot, 2);
@@ -318,8 +411,13 @@ async fn all_workloads_run_and_report_no_double_bookings() {
     assert!(b.slots_booked <= 50);
     // Every 201 is for a distinct slot.
     assert_eq!(book.ok, b.slots_booked, "{table}");
+    // After Book the server has a Location, Schedule and Slots: every kind ran.
+    let mix = report.workloads.iter().find(|w| w.name == "search-mix").unwrap();
+    let kinds = mix.search_kinds.as_ref().unwrap();
+    assert_eq!(kinds.len(), 13, "{table}");
     let json = report.to_json();
     assert_eq!(json["workloads"][4]["booking"]["double_bookings"], 0);
+    assert_eq!(json["workloads"][5]["search_kinds"].as_array().unwrap().len(), 13);
     assert!(fake.requests.load(Ordering::Relaxed) > 0);
 }
 
@@ -355,13 +453,8 @@ async fn token_is_sent_and_a_missing_one_is_explained() {
         ..Behaviour::default()
     })
     .await;
-    let err = run(&opts(&fake.base_url), Workload::Create)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, BenchError::Unauthorized { status: 401, .. }),
-        "{err}"
-    );
+    let err = run(&opts(&fake.base_url), Workload::Create).await.unwrap_err();
+    assert!(matches!(err, BenchError::Unauthorized { status: 401, .. }), "{err}");
     assert!(err.to_string().contains("--token"), "{err}");
 
     let o = BenchOpts {
@@ -446,4 +539,137 @@ async fn server_closing_idle_connections_is_not_an_error() {
     assert_eq!(w.ok, 50, "{}", report.to_table());
     assert_eq!(w.errors_total, 0, "{}", report.to_table());
     assert!(w.reconnects > 0);
+}
+
+/// Pulls the number out of "<marker>NNNNNN" occurrences in `target`.
+fn numbers_after(target: &str, marker: &str) -> Vec<u64> {
+    target
+        .match_indices(marker)
+        .filter_map(|(i, _)| {
+            let digits: String = target[i + marker.len()..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            digits.parse().ok()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_mix_against_a_demo_board_uses_its_ids() {
+    let fake = start(Behaviour {
+        demo_patients: Some(25),
+        log_targets: true,
+        ..Behaviour::default()
+    })
+    .await;
+    let o = BenchOpts {
+        seed_patients: 0,
+        requests_max: Some(260),
+        ..opts(&fake.base_url)
+    };
+    let report = run(&o, Workload::SearchMix).await.unwrap();
+    let table = report.to_table();
+    assert_eq!(report.seeded_patients, 0, "demo data: nothing seeded\n{table}");
+    let w = &report.workloads[0];
+    assert_eq!(w.name, "search-mix");
+    assert!(w.ok > 0, "{table}");
+    assert_eq!(w.errors_total, 0, "{table}");
+    assert!(w.requests <= 260);
+    let kinds = w.search_kinds.as_ref().unwrap();
+    assert_eq!(kinds.len(), 13, "{table}");
+    assert_eq!(kinds.iter().map(|k| k.requests).sum::<u64>(), w.requests);
+    assert_eq!(kinds.iter().map(|k| k.ok).sum::<u64>(), w.ok);
+    // 260 requests over a 13-kind cycle on 3 connections: every kind ran.
+    for k in kinds {
+        assert!(k.requests > 0, "{} never ran\n{table}", k.kind);
+    }
+    assert!(table.contains("by kind, slowest p99 first"), "{table}");
+    assert!(
+        w.notes.iter().any(|n| n.starts_with("slowest search kind by p99")),
+        "{:?}",
+        w.notes
+    );
+    assert!(w.notes.iter().any(|n| n.contains("25 demo patients")), "{:?}", w.notes);
+
+    let targets = fake.state.lock().unwrap().targets.clone();
+    let timed: Vec<&String> = targets
+        .iter()
+        .filter(|t| t.contains('?') || t.ends_with("$everything"))
+        .collect();
+    let all = targets.join("\n");
+    for n in numbers_after(&all, "Patient/pat-") {
+        assert!((1..=25).contains(&n), "patient {n} is not on the board");
+    }
+    for n in numbers_after(&all, "Slot/slot-") {
+        assert!((1..=40).contains(&n), "slot {n} is not on the board");
+    }
+    for n in numbers_after(&all, "nhs-number%7C") {
+        assert!(
+            (9_980_000_001..=9_980_000_025).contains(&n),
+            "NHS number {n} is not a demo patient's"
+        );
+    }
+    for needle in [
+        "/Appointment?date=ge",
+        "&location=Location/loc-qeh-cardiology&_count=50",
+        "/Slot?schedule=Schedule/sched-qeh-cardiology&status=free&start=ge",
+        "/Appointment?slot=Slot/slot-",
+        "&_include=Appointment:patient",
+        "/Observation?patient=Patient/pat-",
+        "code=http://loinc.org%7C",
+        "/Patient?family=Dem&_count=10",
+        "/Patient?name=Ann&birthdate=ge",
+        "/Patient?phone=07700900",
+        "/$everything",
+    ] {
+        assert!(
+            timed.iter().any(|t| t.contains(needle)),
+            "no request with {needle}:\n{all}"
+        );
+    }
+    assert!(!all.contains("loc-qeh&"), "the site Location is not a clinic");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_mix_without_demo_data_searches_seeded_patients() {
+    let fake = start(Behaviour::default()).await;
+    let report = run(&opts(&fake.base_url), Workload::SearchMix).await.unwrap();
+    let table = report.to_table();
+    assert_eq!(report.seeded_patients, 40, "{table}");
+    let w = &report.workloads[0];
+    assert!(w.ok > 0, "{table}");
+    assert_eq!(w.errors_total, 0, "{table}");
+    // No Location, Schedule or Slot on this server: those kinds are left out.
+    let kinds: Vec<&str> = w
+        .search_kinds
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|k| k.kind.as_str())
+        .collect();
+    assert_eq!(kinds.len(), 10, "{kinds:?}");
+    for missing in ["appointment-clinic-day", "slot-free", "appointment-slot"] {
+        assert!(!kinds.contains(&missing), "{kinds:?}");
+    }
+    assert!(w.notes.iter().any(|n| n.contains("seeded patients")), "{:?}", w.notes);
+    assert!(
+        w.notes
+            .iter()
+            .any(|n| n.starts_with("not run") && n.contains("slot-free")),
+        "{:?}",
+        w.notes
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_mix_with_no_patients_at_all_says_what_to_do() {
+    let fake = start(Behaviour::default()).await;
+    let o = BenchOpts {
+        seed_patients: 0,
+        ..opts(&fake.base_url)
+    };
+    let err = run(&o, Workload::SearchMix).await.unwrap_err();
+    assert!(matches!(err, BenchError::InvalidOption { .. }), "{err}");
+    assert!(err.to_string().contains("hale serve --demo"), "{err}");
 }

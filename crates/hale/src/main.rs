@@ -86,6 +86,7 @@ enum WorkloadArg {
     SearchIdentifier,
     SearchFamily,
     Book,
+    SearchMix,
     All,
 }
 
@@ -306,6 +307,7 @@ async fn bench(a: BenchArgs) -> Result<()> {
         WorkloadArg::SearchIdentifier => Workload::SearchIdentifier,
         WorkloadArg::SearchFamily => Workload::SearchFamily,
         WorkloadArg::Book => Workload::Book,
+        WorkloadArg::SearchMix => Workload::SearchMix,
         WorkloadArg::All => Workload::All,
     };
     let report = hale_bench::run(&opts, w).await?;
