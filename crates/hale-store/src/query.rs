@@ -192,7 +192,8 @@ fn predicate_sql(sql: &mut Sql, kind: ParamKind, p: &Predicate) -> String {
         }
         Predicate::Date { op, start_ms, end_ms } => {
             let (s, e) = (*start_ms, *end_ms);
-            match op {
+            // `lo IS NOT NULL` lets SQLite use the partial date index.
+            let range = match op {
                 DateOp::Eq => format!("lo >= {} AND hi <= {}", sql.arg(s), sql.arg(e)),
                 DateOp::Ne => format!("NOT (lo >= {} AND hi <= {})", sql.arg(s), sql.arg(e)),
                 DateOp::Gt => format!("hi > {}", sql.arg(e)),
@@ -201,7 +202,8 @@ fn predicate_sql(sql: &mut Sql, kind: ParamKind, p: &Predicate) -> String {
                 DateOp::Le => format!("lo <= {}", sql.arg(e)),
                 DateOp::Sa => format!("lo > {}", sql.arg(e)),
                 DateOp::Eb => format!("hi < {}", sql.arg(s)),
-            }
+            };
+            format!("lo IS NOT NULL AND {range}")
         }
         Predicate::Reference { rtype, id } => {
             let mut c = format!("v = {}", sql.arg(text(id)));
@@ -227,7 +229,11 @@ fn column_predicate(sql: &mut Sql, clause: &Clause, p: &Predicate) -> String {
     }
 }
 
-fn clause_sql(sql: &mut Sql, rtype: &str, clause: &Clause) -> String {
+/// One clause as SQL. The driving clause is `r.rid IN (...)` over the value
+/// index; the others are `EXISTS` probes by rid, so a clause that matches half
+/// the table (a status, a date range) is checked per candidate row instead of
+/// being materialised in full.
+fn clause_sql(sql: &mut Sql, rtype: &str, clause: &Clause, drive: bool) -> String {
     if matches!(clause.param, "_id" | "_lastUpdated") {
         if let Some(missing) = clause.missing {
             return if missing { "0".into() } else { "1".into() };
@@ -239,21 +245,28 @@ fn clause_sql(sql: &mut Sql, rtype: &str, clause: &Clause) -> String {
             .collect();
         return format!("({})", alts.join(" OR "));
     }
-    let t = sql.arg(text(rtype));
     let p = sql.arg(text(clause.param));
     if let Some(missing) = clause.missing {
         let neg = if missing { "NOT " } else { "" };
-        return format!("r.rid {neg}IN (SELECT rid FROM idx WHERE rtype = {t} AND param = {p})");
+        return format!("{neg}EXISTS (SELECT 1 FROM idx WHERE rid = r.rid AND param = {p})");
     }
     let alts: Vec<String> = clause
         .alternatives
         .iter()
         .map(|a| format!("({})", predicate_sql(sql, clause.kind, a)))
         .collect();
-    format!(
-        "r.rid IN (SELECT rid FROM idx WHERE rtype = {t} AND param = {p} AND ({}))",
-        alts.join(" OR ")
-    )
+    if drive {
+        let t = sql.arg(text(rtype));
+        format!(
+            "r.rid IN (SELECT rid FROM idx WHERE rtype = {t} AND param = {p} AND ({}))",
+            alts.join(" OR ")
+        )
+    } else {
+        format!(
+            "EXISTS (SELECT 1 FROM idx WHERE rid = r.rid AND param = {p} AND ({}))",
+            alts.join(" OR ")
+        )
+    }
 }
 
 /// How selective a clause usually is: lower drives the query.
@@ -280,14 +293,19 @@ fn where_sql(q: &SearchQuery) -> Sql {
     let mut clauses: Vec<&Clause> = q.clauses.iter().collect();
     clauses.sort_by_key(|c| selectivity_rank(c));
     let by_id = clauses.iter().any(|c| c.param == "_id");
-    let drives = clauses
-        .iter()
-        .any(|c| !matches!(c.param, "_id" | "_lastUpdated") && c.missing != Some(true));
-    let plus = if drives && !by_id { "+" } else { "" };
+    // The first index clause that can list its matches drives the query.
+    let driver = if by_id {
+        None
+    } else {
+        clauses
+            .iter()
+            .position(|c| !matches!(c.param, "_id" | "_lastUpdated") && c.missing.is_none())
+    };
+    let plus = if driver.is_some() { "+" } else { "" };
     let t = sql.arg(text(q.rtype.as_str()));
     sql.conds.push(format!("{plus}r.rtype = {t} AND {plus}r.deleted = 0"));
-    for c in clauses {
-        let cond = clause_sql(&mut sql, q.rtype.as_str(), c);
+    for (i, c) in clauses.into_iter().enumerate() {
+        let cond = clause_sql(&mut sql, q.rtype.as_str(), c, driver == Some(i));
         sql.conds.push(cond);
     }
     sql

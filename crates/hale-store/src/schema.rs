@@ -51,7 +51,8 @@ CREATE TABLE IF NOT EXISTS idx(
 );
 CREATE INDEX IF NOT EXISTS idx_v   ON idx(rtype, param, v, s, rid) WHERE v IS NOT NULL;
 CREATE INDEX IF NOT EXISTS idx_d   ON idx(rtype, param, lo, hi, rid) WHERE lo IS NOT NULL;
-CREATE INDEX IF NOT EXISTS idx_rid ON idx(rid);
+DROP INDEX IF EXISTS idx_rid;
+CREATE INDEX IF NOT EXISTS idx_rp  ON idx(rid, param);
 
 -- Every local reference held by a live resource: referential integrity and $everything.
 CREATE TABLE IF NOT EXISTS refs(
