@@ -267,8 +267,9 @@ fn join_error(what: &str, e: tokio::task::JoinError) -> BenchError {
 }
 
 /// How many times a setup create is retried with a fresh body after a 409 or
-/// 422 (e.g. an NHS number already taken by an earlier run).
-const SETUP_ATTEMPTS: usize = 3;
+/// 422 (e.g. an NHS number already taken by an earlier run or by the demo
+/// board, which can hold 100,000 of the million test-range numbers).
+const SETUP_ATTEMPTS: usize = 20;
 
 /// Create `n` resources of `resource_type` (untimed) over `connections`
 /// connections. `make(i, rng)` builds the body for item `i` plus whatever the

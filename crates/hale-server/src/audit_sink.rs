@@ -9,6 +9,8 @@ use tokio::sync::mpsc;
 
 /// Audit records per command.
 pub const FLUSH_RECORDS_MAX: usize = 4_096;
+/// How long the flusher gathers records before committing them.
+pub const FLUSH_GATHER_MS: u64 = 10;
 /// Retry delay after a failed flush.
 pub const RETRY_DELAY_MS: u64 = 200;
 
@@ -24,6 +26,17 @@ impl AuditSink {
         let handle = tokio::spawn(async move {
             let mut buf = Vec::with_capacity(FLUSH_RECORDS_MAX);
             while rx.recv_many(&mut buf, FLUSH_RECORDS_MAX).await > 0 {
+                // Gather for a moment so that a busy node commits audit records in a
+                // few large groups (one fsync each) rather than one small group per read.
+                if buf.len() < FLUSH_RECORDS_MAX {
+                    tokio::time::sleep(std::time::Duration::from_millis(FLUSH_GATHER_MS)).await;
+                    while buf.len() < FLUSH_RECORDS_MAX {
+                        match rx.try_recv() {
+                            Ok(r) => buf.push(r),
+                            Err(_) => break,
+                        }
+                    }
+                }
                 let records = std::mem::take(&mut buf);
                 loop {
                     let cmd = hale_store::command::Command {

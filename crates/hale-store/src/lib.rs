@@ -89,6 +89,11 @@ pub enum RejectKind {
 
 /// Connection settings shared by every connection.
 fn configure(conn: &Connection, cache_kib: i64) -> rusqlite::Result<()> {
+    // The bundled SQLite is built with STAT4, which re-prepares a statement
+    // whenever a newly bound value might change its plan: a full SQL compile
+    // per search. The query planner stability guarantee keeps one plan per
+    // statement; our plans are chosen by the SQL's shape anyway.
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     conn.pragma_update(None, "cache_size", -cache_kib)?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
