@@ -113,6 +113,12 @@ struct BenchArgs {
     /// Patients created before read and search workloads.
     #[arg(long, default_value_t = 1000)]
     seed_patients: usize,
+    /// Free slots created for the booking race (the race ends when each has had its contenders).
+    #[arg(long, default_value_t = 2000)]
+    book_slots: usize,
+    /// Booking attempts per slot in the booking race.
+    #[arg(long, default_value_t = 2)]
+    book_contenders: usize,
     /// Also print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -299,6 +305,8 @@ async fn bench(a: BenchArgs) -> Result<()> {
         duration_s: a.duration_s,
         warmup_s: a.warmup_s,
         seed_patients: a.seed_patients,
+        book_slots: a.book_slots,
+        book_contenders_per_slot: a.book_contenders,
         ..BenchOpts::default()
     };
     let w = match a.workload {
