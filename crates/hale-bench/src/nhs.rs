@@ -10,19 +10,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 const PREFIXES: u32 = 1_000_000;
 const RANGE_START: u32 = 999_000_000;
 
-/// Modulus-11 check digit for nine leading digits (each 0..=9): weights 10..2,
-/// check = 11 - sum % 11, where 11 becomes 0 and 10 means no valid number.
+/// Modulus-11 check digit for nine leading digits; None when no valid number has them.
 pub(crate) fn check_digit(first_nine: &[u8; 9]) -> Option<u8> {
-    let sum: u32 = first_nine
-        .iter()
-        .zip((2..=10u32).rev())
-        .map(|(&d, w)| u32::from(d) * w)
-        .sum();
-    match 11 - sum % 11 {
-        11 => Some(0),
-        10 => None,
-        c => Some(c as u8),
-    }
+    hale_fhir::nhs::check_digit(first_nine)
 }
 
 /// The ten-digit NHS number for a nine-digit prefix, or None when that prefix

@@ -105,19 +105,9 @@ pub(crate) fn base64(input: &[u8]) -> String {
     out
 }
 
-/// NHS number check digit (modulus 11, weights 10..=2) for nine leading digits;
-/// None when the remainder gives 10 (no valid number has that prefix).
+/// NHS number check digit for nine leading digits (see `hale_fhir::nhs`).
 pub(crate) fn nhs_check_digit(first_nine: &[u8; 9]) -> Option<u8> {
-    let sum: u32 = first_nine
-        .iter()
-        .zip((2..=10u32).rev())
-        .map(|(&d, w)| u32::from(d) * w)
-        .sum();
-    match 11 - sum % 11 {
-        11 => Some(0),
-        10 => None,
-        c => Some(c as u8),
-    }
+    hale_fhir::nhs::check_digit(first_nine)
 }
 
 /// The NHS number (ten digits, no spaces) with the given nine-digit prefix, if valid.

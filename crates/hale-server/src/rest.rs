@@ -248,6 +248,30 @@ fn patient_in(json: &str) -> Option<String> {
     Some(rest[..end].to_string())
 }
 
+/// The patients whose data a response shows: the one patient when there is
+/// exactly one, and up to 20 ids, comma-separated, for the audit detail.
+fn patients_shown<'f>(found: impl Iterator<Item = &'f Found>) -> (Option<String>, String) {
+    let mut patients: Vec<String> = found
+        .filter_map(|f| {
+            if f.rtype == "Patient" {
+                Some(f.id.clone())
+            } else {
+                f.json.as_deref().and_then(patient_in)
+            }
+        })
+        .collect();
+    patients.sort();
+    patients.dedup();
+    let one = (patients.len() == 1).then(|| patients[0].clone());
+    let shown = patients
+        .iter()
+        .take(20)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(",");
+    (one, shown)
+}
+
 pub struct Ctx<'a> {
     pub app: &'a App,
     pub headers: &'a HeaderMap,
@@ -567,26 +591,12 @@ impl Ctx<'_> {
         }
         let has_more = rows.len() > count;
         if rt.is_patient_data() {
-            let mut patients: Vec<String> = rows
-                .iter()
-                .take(count)
-                .filter_map(|f| {
-                    if rt == ResourceType::Patient {
-                        Some(f.id.clone())
-                    } else {
-                        f.json.as_deref().and_then(patient_in)
-                    }
-                })
-                .collect();
-            patients.sort();
-            patients.dedup();
-            let patient = (patients.len() == 1).then(|| patients[0].clone());
-            let shown: Vec<&str> = patients.iter().take(20).map(String::as_str).collect();
+            let (patient, shown) = patients_shown(rows.iter().take(count));
             let what = id.map(|i| format!("{rt}/{i}")).unwrap_or_else(|| rt.to_string());
             let detail = format!(
                 "GET {what}/_history -> {} version(s); patients: {}",
                 rows.len().min(count),
-                shown.join(",")
+                shown
             );
             self.audit(AuditAction::Read, rt, id, patient, 0, detail).await;
         }
@@ -622,27 +632,8 @@ impl Ctx<'_> {
         let page = self.app.reader.with(|c| query::search(c, &parsed))?;
         // Audit: one record per search, naming the patient when the results concern one.
         if rt.is_patient_data() {
-            let mut patients: Vec<String> = page
-                .matches
-                .iter()
-                .chain(&page.included)
-                .filter_map(|f| {
-                    if f.rtype == "Patient" {
-                        Some(f.id.clone())
-                    } else {
-                        f.json.as_deref().and_then(patient_in)
-                    }
-                })
-                .collect();
-            patients.sort();
-            patients.dedup();
-            let patient = (patients.len() == 1).then(|| patients[0].clone());
-            let shown: Vec<&str> = patients.iter().take(20).map(String::as_str).collect();
-            let detail = format!(
-                "GET {rt}?{q} -> {} match(es); patients: {}",
-                page.matches.len(),
-                shown.join(",")
-            );
+            let (patient, shown) = patients_shown(page.matches.iter().chain(&page.included));
+            let detail = format!("GET {rt}?{q} -> {} match(es); patients: {}", page.matches.len(), shown);
             self.audit(AuditAction::Execute, rt, None, patient, 0, detail).await;
         }
         let self_q = canonical_query(&pairs, parsed.offset, parsed.count);
