@@ -17,7 +17,8 @@ struct Summary {
     rejected: Vec<String>,
 }
 
-/// Resources of one file, each with where it came from (for messages).
+/// Resources of one file, each with where it came from (for messages). A
+/// transaction Bundle comes back whole, wrapped as `{"__transaction": bundle}`.
 fn read_file(path: &Path) -> Result<Vec<(String, Value)>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let name = path.display().to_string();
@@ -40,7 +41,12 @@ fn read_file(path: &Path) -> Result<Vec<(String, Value)>> {
         return Ok(out);
     }
     let v: Value = serde_json::from_str(&text).with_context(|| format!("{name} is not valid JSON"))?;
-    if v.get("resourceType").and_then(Value::as_str) == Some("Bundle") {
+    if v.get("resourceType").and_then(Value::as_str) == Some("Bundle")
+        && v.get("type").and_then(Value::as_str) == Some("transaction")
+    {
+        // All or nothing, with its own urn:uuid references: sent as it is.
+        out.push((name, json!({ "__transaction": v })));
+    } else if v.get("resourceType").and_then(Value::as_str) == Some("Bundle") {
         for (i, e) in v
             .get("entry")
             .and_then(Value::as_array)
@@ -56,6 +62,53 @@ fn read_file(path: &Path) -> Result<Vec<(String, Value)>> {
         out.push((name, v));
     }
     Ok(out)
+}
+
+/// Send a transaction Bundle as it is; every entry is loaded or none is.
+/// Returns the number of entries.
+async fn import_transaction(client: &mut Client, s: &mut Summary, origin: &str, bundle: &Value) -> Result<u64> {
+    let entries = bundle
+        .get("entry")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let types: Vec<String> = entries
+        .iter()
+        .map(|e| {
+            e.pointer("/resource/resourceType")
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+                .to_string()
+        })
+        .collect();
+    let reply = client.send("POST", "/", Some(serde_json::to_vec(bundle)?)).await?;
+    if reply.status == 200 {
+        for t in types {
+            *s.loaded.entry(t).or_default() += 1;
+        }
+    } else {
+        let resp: Value = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
+        let why: Vec<String> = resp
+            .get("issue")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|i| {
+                let d = i.get("diagnostics").and_then(Value::as_str).unwrap_or("");
+                match i.pointer("/expression/0").and_then(Value::as_str) {
+                    Some(x) => format!("{d} (at {x})"),
+                    None => d.to_string(),
+                }
+            })
+            .collect();
+        s.rejected.push(format!(
+            "{origin}: transaction of {} entries refused as a whole, HTTP {}: {}",
+            entries.len(),
+            reply.status,
+            why.join("; ")
+        ));
+    }
+    Ok(entries.len() as u64)
 }
 
 /// `Bundle.entry[7].resource.identifier[0]` -> `Patient.identifier[0]`.
@@ -84,7 +137,22 @@ pub async fn run(files: &[PathBuf], url: &str, token: Option<&str>, batch: usize
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let mut s = Summary::default();
-    for chunk in all.chunks(batch) {
+    let mut pending: Vec<(String, Value)> = Vec::new();
+    let mut units = all.into_iter().peekable();
+    while units.peek().is_some() {
+        // Gather up to `batch` plain resources, stopping before a transaction.
+        while pending.len() < batch && units.peek().is_some_and(|(_, v)| v.get("__transaction").is_none()) {
+            pending.extend(units.next());
+        }
+        if pending.is_empty() {
+            if let Some((origin, v)) = units.next() {
+                let n = import_transaction(&mut client, &mut s, &origin, &v["__transaction"]).await?;
+                bar.inc(n);
+            }
+            continue;
+        }
+        let chunk = std::mem::take(&mut pending);
+        let chunk = chunk.as_slice();
         let mut entries = Vec::new();
         let mut origins = Vec::new();
         for (origin, r) in chunk {

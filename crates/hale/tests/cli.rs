@@ -848,3 +848,69 @@ fn metrics_describe_each_family_once() {
         "families with more than one TYPE line: {repeated:?}\n{text}"
     );
 }
+
+/// A transaction Bundle file is sent whole: its urn:uuid references resolve,
+/// and a bad entry refuses every entry of that file.
+#[test]
+fn import_sends_a_transaction_file_whole() {
+    let dir = tempdir();
+    let s = configured_server(dir.path(), free_port(), "import-tx-server");
+    let nhs = nhs_numbers(999_700_000, 3);
+    let good = dir.path().join("good-tx.json");
+    let org = "urn:uuid:7f0c9c1e-0000-4000-8000-000000000001";
+    std::fs::write(
+        &good,
+        serde_json::to_vec(&serde_json::json!({
+            "resourceType": "Bundle", "type": "transaction",
+            "entry": [
+                {"fullUrl": org, "resource": {"resourceType": "Organization", "name": "Tx Hospital"},
+                 "request": {"method": "POST", "url": "Organization"}},
+                {"resource": {"resourceType": "Location", "name": "Tx Ward", "managingOrganization": {"reference": org}},
+                 "request": {"method": "POST", "url": "Location"}},
+                {"resource": patient(None, &nhs[0], "Transact"), "request": {"method": "POST", "url": "Patient"}}
+            ]
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    let bad = dir.path().join("bad-tx.json");
+    std::fs::write(
+        &bad,
+        serde_json::to_vec(&serde_json::json!({
+            "resourceType": "Bundle", "type": "transaction",
+            "entry": [
+                {"resource": patient(None, &nhs[1], "Fine"), "request": {"method": "POST", "url": "Patient"}},
+                {"resource": patient(None, &bad_nhs(&nhs[2]), "Broken"), "request": {"method": "POST", "url": "Patient"}}
+            ]
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    let mut cmd = hale_cmd(dir.path());
+    cmd.arg("import")
+        .arg(&good)
+        .arg(&bad)
+        .args(["--url", &s.base_url(), "--token", ADMIN_TOKEN]);
+    let out = run(cmd, dir.path(), "import");
+    out.assert_success("hale import");
+    let o = &out.stdout;
+    assert!(o.contains("Loaded 3 resource(s)"), "{o}");
+    let refused = line_with(o, &bad.display().to_string());
+    assert!(refused.contains("transaction of 2 entries refused"), "{refused}");
+    assert!(
+        refused.contains("Bundle.entry[1]"),
+        "the user's own entry is named: {refused}"
+    );
+
+    // The Location points at the Organization the transaction created.
+    let loc = s.get("/Location?name=Tx%20Ward", Some(ADMIN_TOKEN)).json();
+    let reference = loc["entry"][0]["resource"]["managingOrganization"]["reference"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(reference.starts_with("Organization/"), "{reference}");
+    assert_eq!(s.get(&format!("/{reference}"), Some(ADMIN_TOKEN)).status, 200);
+    // Nothing from the refused file is stored, not even its valid entry.
+    let fine = s.get(&by_nhs(&nhs[1]), Some(ADMIN_TOKEN)).json();
+    assert!(matches(&fine).is_empty(), "{fine}");
+}
