@@ -42,6 +42,9 @@ pub struct Limits {
     pub readers: usize,
     /// A request that takes longer than this is answered with 503.
     pub request_timeout_ms: u64,
+    /// FHIR requests being served at once; more are answered 503 at once
+    /// (with Retry-After) rather than queued without bound.
+    pub requests_inflight_max: usize,
 }
 
 impl Default for Limits {
@@ -52,6 +55,7 @@ impl Default for Limits {
             audit_queue_max: 65_536,
             readers: 4,
             request_timeout_ms: 30_000,
+            requests_inflight_max: 4_096,
         }
     }
 }

@@ -42,6 +42,8 @@ pub struct App {
     pub ready: AtomicBool,
     /// Set when shutdown starts, so background work (the demo loader) stops.
     pub stopping: AtomicBool,
+    /// Bounds the FHIR requests served at once (`limits.requests_inflight_max`).
+    pub inflight: tokio::sync::Semaphore,
 }
 
 static LAST_MS: AtomicI64 = AtomicI64::new(0);
@@ -75,6 +77,10 @@ impl Node {
     pub fn with_parts(cfg: Config, proposer: Arc<dyn Proposer>, reader: Arc<Reader>) -> Node {
         let (audit, audit_task) = AuditSink::start(proposer.clone(), cfg.limits.audit_queue_max);
         let auth = Authenticator::new(&cfg.auth);
+        let cfg_inflight = cfg
+            .limits
+            .requests_inflight_max
+            .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
         let app = Arc::new(App {
             cfg,
             proposer,
@@ -84,6 +90,7 @@ impl Node {
             metrics: Metrics::default(),
             ready: AtomicBool::new(true),
             stopping: AtomicBool::new(false),
+            inflight: tokio::sync::Semaphore::new(cfg_inflight),
         });
         Node { app, audit_task }
     }
@@ -151,6 +158,17 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
 
 /// Every FHIR request: time it, bound it, count it.
 async fn fhir(State(app): State<Arc<App>>, req: Request) -> Response {
+    let Ok(_permit) = app.inflight.try_acquire() else {
+        let mut resp = wire::FhirError::unavailable(format!(
+            "the server is serving its limit of {} requests at once; retry in a moment",
+            app.cfg.limits.requests_inflight_max
+        ))
+        .into_response();
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        app.metrics.observe("other", 503, 0);
+        return resp;
+    };
     let start = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
