@@ -245,9 +245,6 @@ fn clause_sql(sql: &mut Sql, rtype: &str, clause: &Clause, drive: bool) -> Strin
             .collect();
         return format!("({})", alts.join(" OR "));
     }
-    if drive {
-        return format!("r.rid IN ({})", driving_subquery(sql, rtype, clause));
-    }
     let p = sql.arg(text(clause.param));
     if let Some(missing) = clause.missing {
         let neg = if missing { "NOT " } else { "" };
@@ -258,10 +255,18 @@ fn clause_sql(sql: &mut Sql, rtype: &str, clause: &Clause, drive: bool) -> Strin
         .iter()
         .map(|a| format!("({})", predicate_sql(sql, clause.kind, a)))
         .collect();
-    format!(
-        "EXISTS (SELECT 1 FROM idx WHERE rid = r.rid AND param = {p} AND ({}))",
-        alts.join(" OR ")
-    )
+    if drive {
+        let t = sql.arg(text(rtype));
+        format!(
+            "r.rid IN (SELECT rid FROM idx WHERE rtype = {t} AND param = {p} AND ({}))",
+            alts.join(" OR ")
+        )
+    } else {
+        format!(
+            "EXISTS (SELECT 1 FROM idx WHERE rid = r.rid AND param = {p} AND ({}))",
+            alts.join(" OR ")
+        )
+    }
 }
 
 /// How selective a clause usually is: lower drives the query.
@@ -280,17 +285,21 @@ fn selectivity_rank(c: &Clause) -> u8 {
 /// The WHERE conditions of a search. When an index clause can drive the
 /// query, the `resources` columns are written `+r.rtype` so that SQLite looks
 /// rows up by rid from the most selective clause instead of scanning the type.
-fn where_sql(conn: &Connection, q: &SearchQuery) -> rusqlite::Result<Sql> {
+fn where_sql(q: &SearchQuery) -> Sql {
     let mut sql = Sql {
         conds: Vec::new(),
         args: Vec::new(),
     };
     let mut clauses: Vec<&Clause> = q.clauses.iter().collect();
     clauses.sort_by_key(|c| selectivity_rank(c));
-    let driver = if clauses.iter().any(|c| c.param == "_id") {
+    let by_id = clauses.iter().any(|c| c.param == "_id");
+    // The first index clause that can list its matches drives the query.
+    let driver = if by_id {
         None
     } else {
-        pick_driver(conn, q, &clauses)?
+        clauses
+            .iter()
+            .position(|c| !matches!(c.param, "_id" | "_lastUpdated") && c.missing.is_none())
     };
     let plus = if driver.is_some() { "+" } else { "" };
     let t = sql.arg(text(q.rtype.as_str()));
@@ -299,63 +308,7 @@ fn where_sql(conn: &Connection, q: &SearchQuery) -> rusqlite::Result<Sql> {
         let cond = clause_sql(&mut sql, q.rtype.as_str(), c, driver == Some(i));
         sql.conds.push(cond);
     }
-    Ok(sql)
-}
-
-/// Rows counted per candidate when choosing the driving clause.
-pub const DRIVER_PROBE_ROWS_MAX: usize = 512;
-
-/// Which clause should drive: with one candidate, that one; with several, the
-/// one whose index range holds the fewest rows, counted up to
-/// [`DRIVER_PROBE_ROWS_MAX`] each (ties go to the usually more selective kind).
-/// Data is skewed — `status=free` is rare on a full schedule and common on an
-/// empty one — so a fixed ranking alone picks badly, and a bounded count is
-/// cheap next to probing thousands of candidates.
-fn pick_driver(conn: &Connection, q: &SearchQuery, clauses: &[&Clause]) -> rusqlite::Result<Option<usize>> {
-    let eligible: Vec<usize> = clauses
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| !matches!(c.param, "_id" | "_lastUpdated") && c.missing.is_none())
-        .map(|(i, _)| i)
-        .collect();
-    if eligible.len() <= 1 {
-        return Ok(eligible.first().copied());
-    }
-    let mut best: Option<(usize, usize)> = None;
-    for i in eligible {
-        let mut sql = Sql {
-            conds: Vec::new(),
-            args: Vec::new(),
-        };
-        let inner = driving_subquery(&mut sql, q.rtype.as_str(), clauses[i]);
-        let text_sql = format!("SELECT COUNT(*) FROM ({inner} LIMIT {DRIVER_PROBE_ROWS_MAX})");
-        let n: i64 = conn
-            .prepare_cached(&text_sql)?
-            .query_row(params_from_iter(sql.args.iter()), |r| r.get(0))?;
-        let n = n as usize;
-        if best.is_none_or(|(_, b)| n < b) {
-            best = Some((i, n));
-        }
-        if n == 0 {
-            break;
-        }
-    }
-    Ok(best.map(|(i, _)| i))
-}
-
-/// `SELECT rid FROM idx WHERE ...` listing a clause's matches from the value index.
-fn driving_subquery(sql: &mut Sql, rtype: &str, clause: &Clause) -> String {
-    let p = sql.arg(text(clause.param));
-    let alts: Vec<String> = clause
-        .alternatives
-        .iter()
-        .map(|a| format!("({})", predicate_sql(sql, clause.kind, a)))
-        .collect();
-    let t = sql.arg(text(rtype));
-    format!(
-        "SELECT rid FROM idx WHERE rtype = {t} AND param = {p} AND ({})",
-        alts.join(" OR ")
-    )
+    sql
 }
 
 fn order_sql(sql: &mut Sql, q: &SearchQuery) -> String {
@@ -380,7 +333,7 @@ fn order_sql(sql: &mut Sql, q: &SearchQuery) -> String {
 
 /// Matching rids, in result order, at most `limit` of them (from offset 0).
 pub(crate) fn search_rids(conn: &Connection, q: &SearchQuery, limit: usize) -> rusqlite::Result<Vec<i64>> {
-    let mut sql = where_sql(conn, q)?;
+    let mut sql = where_sql(q);
     let order = order_sql(&mut sql, q);
     let text_sql = format!(
         "SELECT r.rid FROM resources r WHERE {} ORDER BY {order} LIMIT {limit}",
@@ -395,7 +348,7 @@ pub fn search(conn: &Connection, q: &SearchQuery) -> rusqlite::Result<SearchPage
     if q.rtype == ResourceType::AuditEvent {
         return audit::search(conn, q);
     }
-    let mut sql = where_sql(conn, q)?;
+    let mut sql = where_sql(q);
     if q.count == 0 {
         // `_count=0`: the number of matches only.
         let text_sql = format!("SELECT COUNT(*) FROM resources r WHERE {}", sql.conds.join(" AND "));
