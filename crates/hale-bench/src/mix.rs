@@ -632,6 +632,11 @@ pub(crate) async fn discover(target: &Arc<Target>, timeout: Duration, rng: &mut 
     }
     if let Some(b) = s.json(&format!("/Schedule?_count={LIST_COUNT}"), notes).await? {
         found.schedules = bundle_ids(&b);
+        // Prefer the demo board's clinics (`sched-…`) to the bench's own booking-race
+        // schedules, which hold thousands of back-to-back slots no clinic has.
+        if found.schedules.iter().any(|id| id.starts_with("sched-")) {
+            found.schedules.retain(|id| id.starts_with("sched-"));
+        }
     }
     let total = s.total("Slot", notes).await?;
     let demo_slots = s.numbered("Slot", "slot", total).await?;
