@@ -88,27 +88,33 @@ async fn import_transaction(client: &mut Client, s: &mut Summary, origin: &str, 
         }
     } else {
         let resp: Value = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
-        let why: Vec<String> = resp
-            .get("issue")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .map(|i| {
-                let d = i.get("diagnostics").and_then(Value::as_str).unwrap_or("");
-                match i.pointer("/expression/0").and_then(Value::as_str) {
-                    Some(x) => format!("{d} (at {x})"),
-                    None => d.to_string(),
-                }
-            })
-            .collect();
+        // The entries are numbered as in the user's own file: keep the expressions.
+        let why = describe_issues(resp.get("issue"), |x| x.to_string());
         s.rejected.push(format!(
             "{origin}: transaction of {} entries refused as a whole, HTTP {}: {}",
             entries.len(),
             reply.status,
-            why.join("; ")
+            why
         ));
     }
     Ok(entries.len() as u64)
+}
+
+/// "diagnostics (at expression); ..." for an OperationOutcome's issues.
+fn describe_issues(issues: Option<&Value>, path: impl Fn(&str) -> String) -> String {
+    issues
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|i| {
+            let d = i.get("diagnostics").and_then(Value::as_str).unwrap_or("");
+            match i.pointer("/expression/0").and_then(Value::as_str) {
+                Some(x) => format!("{d} (at {})", path(x)),
+                None => d.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// `Bundle.entry[7].resource.identifier[0]` -> `Patient.identifier[0]`.
@@ -194,23 +200,10 @@ pub async fn run(files: &[PathBuf], url: &str, token: Option<&str>, batch: usize
                 if status.starts_with('2') {
                     *s.loaded.entry(rt.clone()).or_default() += 1;
                 } else {
-                    let why: Vec<String> = e
-                        .pointer("/response/outcome/issue")
-                        .and_then(Value::as_array)
-                        .into_iter()
-                        .flatten()
-                        .map(|i| {
-                            let d = i.get("diagnostics").and_then(Value::as_str).unwrap_or("");
-                            match i.pointer("/expression/0").and_then(Value::as_str) {
-                                // The server numbers the entries of the batch this command built;
-                                // the user knows the resource by its place in their own file.
-                                Some(x) => format!("{d} (at {})", resource_path(rt, x)),
-                                None => d.to_string(),
-                            }
-                        })
-                        .collect();
-                    s.rejected
-                        .push(format!("{origin} ({rt}): HTTP {status}: {}", why.join("; ")));
+                    // The server numbers the entries of the batch this command built;
+                    // the user knows the resource by its place in their own file.
+                    let why = describe_issues(e.pointer("/response/outcome/issue"), |x| resource_path(rt, x));
+                    s.rejected.push(format!("{origin} ({rt}): HTTP {status}: {why}"));
                 }
             }
         }
