@@ -4,7 +4,7 @@ mod http;
 mod import;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use hale_server::config::{demo_tokens, Config};
 use std::path::{Path, PathBuf};
 
@@ -79,22 +79,11 @@ struct ExportArgs {
     data: PathBuf,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum WorkloadArg {
-    Create,
-    Read,
-    SearchIdentifier,
-    SearchFamily,
-    Book,
-    SearchMix,
-    All,
-}
-
 #[derive(Args)]
 struct BenchArgs {
     /// What to measure.
-    #[arg(value_enum, default_value = "all")]
-    workload: WorkloadArg,
+    #[arg(default_value = "all", value_parser = workload_parser())]
+    workload: hale_bench::Workload,
     /// Server base URL.
     #[arg(long, default_value = "http://127.0.0.1:8080", env = "HALE_URL")]
     url: String,
@@ -296,8 +285,17 @@ fn export(data: &Path, out: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The bench crate's own workload names, listed in `--help`.
+fn workload_parser() -> impl clap::builder::TypedValueParser<Value = hale_bench::Workload> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(hale_bench::Workload::VARIANTS.map(|w| w.name())).map(|name| {
+        name.parse::<hale_bench::Workload>()
+            .expect("a listed workload name parses")
+    })
+}
+
 async fn bench(a: BenchArgs) -> Result<()> {
-    use hale_bench::{BenchOpts, Workload};
+    use hale_bench::BenchOpts;
     let opts = BenchOpts {
         base_url: a.url,
         token: a.token,
@@ -309,16 +307,7 @@ async fn bench(a: BenchArgs) -> Result<()> {
         book_contenders_per_slot: a.book_contenders,
         ..BenchOpts::default()
     };
-    let w = match a.workload {
-        WorkloadArg::Create => Workload::Create,
-        WorkloadArg::Read => Workload::Read,
-        WorkloadArg::SearchIdentifier => Workload::SearchIdentifier,
-        WorkloadArg::SearchFamily => Workload::SearchFamily,
-        WorkloadArg::Book => Workload::Book,
-        WorkloadArg::SearchMix => Workload::SearchMix,
-        WorkloadArg::All => Workload::All,
-    };
-    let report = hale_bench::run(&opts, w).await?;
+    let report = hale_bench::run(&opts, a.workload).await?;
     println!("{}", report.to_table());
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report.to_json())?);
