@@ -1,8 +1,9 @@
 //! OperationOutcome: the one way Hale tells a client what went wrong and where.
 
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Severity {
     Fatal,
     Error,
@@ -22,7 +23,7 @@ impl Severity {
 }
 
 /// The subset of the FHIR `IssueType` value set Hale uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum IssueCode {
     Invalid,
     Structure,
@@ -77,7 +78,7 @@ impl IssueCode {
 
 /// One problem found in a request, with a FHIRPath-style location
 /// such as `Patient.identifier[0].value`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Issue {
     pub severity: Severity,
     pub code: IssueCode,

@@ -25,7 +25,7 @@ pub const OPS_PER_COMMAND_MAX: usize = 10_000;
 pub const AUDITS_PER_COMMAND_MAX: usize = 1 << 20;
 
 /// The result of applying one command.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum Applied {
     /// Write: one entry. Batch: one per op. Transaction: one per op, all Ok.
     Ops(Vec<Result<Written, Rejection>>),

@@ -46,7 +46,7 @@ pub enum StoreError {
 }
 
 /// What a successful op wrote.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Written {
     pub rtype: String,
     pub id: String,
@@ -57,7 +57,7 @@ pub struct Written {
     pub json: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum WriteStatus {
     Created,
     Updated,
@@ -69,7 +69,7 @@ pub enum WriteStatus {
 }
 
 /// Why an op was refused. `kind` maps to an HTTP status in the server.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Rejection {
     pub kind: RejectKind,
     pub issues: Vec<Issue>,
@@ -77,7 +77,7 @@ pub struct Rejection {
     pub op: Option<usize>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum RejectKind {
     Invalid,
     Forbidden,
@@ -115,14 +115,25 @@ pub struct StateMachine {
 }
 
 impl StateMachine {
-    /// Open (or create) the store in `dir`.
+    /// Open (or create) the store in `dir`; every commit is fsynced.
     pub fn open(dir: &Path) -> Result<StateMachine, StoreError> {
+        StateMachine::open_with(dir, Durability::Fsync)
+    }
+
+    /// Open (or create) the store in `dir` with the given commit durability.
+    pub fn open_with(dir: &Path, durability: Durability) -> Result<StateMachine, StoreError> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(DB_FILE);
         let conn = Connection::open(&path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        // FULL: the WAL is fsynced at every commit, so an acknowledged write survives power loss.
-        conn.pragma_update(None, "synchronous", "FULL")?;
+        let sync = match durability {
+            // FULL: the WAL is fsynced at every commit, so an acknowledged write survives power loss.
+            Durability::Fsync => "FULL",
+            // NORMAL: a commit survives a process crash; power loss may undo the last
+            // commits, which the caller's durable log re-applies.
+            Durability::LogIsDurable => "NORMAL",
+        };
+        conn.pragma_update(None, "synchronous", sync)?;
         configure(&conn, WRITER_CACHE_KIB)?;
         conn.execute_batch(schema::DDL)?;
         let found: Option<i64> = conn
@@ -202,6 +213,109 @@ impl StateMachine {
         self.apply_with(entries, |_| Ok(()))
     }
 
+    /// Apply log entries of a replicated log in one SQLite transaction.
+    /// Entries without a command (a raft leader's blank entry, a membership
+    /// change) advance the applied index and change no state. Indexes must
+    /// increase and come after `last_applied` (the raft log decides what is
+    /// consecutive; its storage test suite applies sparse indexes). A store
+    /// that has applied nothing accepts any first index (a raft log starts at 0).
+    pub fn apply_entries(
+        &mut self,
+        entries: &[(u64, Option<&Command>)],
+        before_commit: impl FnOnce(&Connection) -> rusqlite::Result<()>,
+    ) -> Result<Vec<Option<Applied>>, StoreError> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut prev = if self.applied_any() {
+            Some(self.last_applied)
+        } else {
+            None
+        };
+        for (index, _) in entries {
+            if prev.is_some_and(|p| *index <= p) {
+                return Err(StoreError::OutOfOrder {
+                    last: self.last_applied,
+                    got: *index,
+                });
+            }
+            prev = Some(*index);
+        }
+        let last = prev.expect("entries is not empty");
+        let tx = self.conn.unchecked_transaction()?;
+        let mut out = Vec::with_capacity(entries.len());
+        for (index, cmd) in entries {
+            out.push(match cmd {
+                Some(cmd) => Some(apply::apply_command(&tx, *index, cmd)?),
+                None => None,
+            });
+        }
+        tx.execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES ('last_applied', ?1)",
+            [last as i64],
+        )?;
+        before_commit(&tx)?;
+        tx.commit()?;
+        self.last_applied = last;
+        Ok(out)
+    }
+
+    /// Whether any log entry has been applied (a raft log's first index is 0,
+    /// so `last_applied() == 0` alone cannot tell).
+    pub fn applied_any(&self) -> bool {
+        meta_get(&self.conn, "last_applied").ok().flatten().is_some()
+    }
+
+    /// Copy a consistent image of the store into `dest` (a new file) with the
+    /// SQLite online backup API. Runs on its own read connection, in one read
+    /// transaction, so writers keep going while it copies.
+    pub fn backup_to(dir: &Path, dest: &Path) -> Result<(), StoreError> {
+        let src = Connection::open_with_flags(dir.join(DB_FILE), OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let mut dst = Connection::open(dest)?;
+        {
+            let backup = rusqlite::backup::Backup::new(&src, &mut dst)?;
+            // -1: every page in one step, which is one read transaction: a consistent image.
+            backup.step(-1)?;
+        }
+        dst.pragma_update(None, "journal_mode", "DELETE")?;
+        drop(dst);
+        std::fs::File::open(dest)?.sync_all()?;
+        Ok(())
+    }
+
+    /// Replace the whole state with the image in `src` (made by [`Self::backup_to`]).
+    /// Readers keep their connections: the copy is one write transaction, so they
+    /// see either the old state or the new one.
+    pub fn restore_from(&mut self, src: &Path) -> Result<(), StoreError> {
+        let src_conn = Connection::open_with_flags(src, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        {
+            let backup = rusqlite::backup::Backup::new(&src_conn, &mut self.conn)?;
+            backup.step(-1)?;
+        }
+        let found: Option<i64> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
+            .optional()?;
+        if found != Some(schema::SCHEMA_VERSION) {
+            return Err(StoreError::SchemaVersion {
+                path: src.to_path_buf(),
+                found: found.unwrap_or(0),
+                expected: schema::SCHEMA_VERSION,
+            });
+        }
+        self.last_applied = meta_get(&self.conn, "last_applied")?
+            .map(|v| v.as_i64().unwrap_or(0) as u64)
+            .unwrap_or(0);
+        Ok(())
+    }
+
+    /// Make everything committed so far durable in the main database file
+    /// (used before a snapshot lets the replicated log be compacted).
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        self.conn.query_row("PRAGMA wal_checkpoint(FULL)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
     /// Read through the write connection (tests, conditional logic).
     pub fn conn(&self) -> &Connection {
         &self.conn
@@ -211,6 +325,37 @@ impl StateMachine {
     pub fn content_hash(&self) -> Result<String, StoreError> {
         Ok(hash::content_hash(&self.conn)?)
     }
+}
+
+/// How a [`StateMachine`] commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync every commit: the store is the log (single-node `LocalLog`).
+    Fsync,
+    /// A durable log elsewhere (the raft log) can replay anything lost, so
+    /// commits skip the fsync; [`StateMachine::checkpoint`] makes them durable.
+    LogIsDurable,
+}
+
+/// Read a node-local metadata value (`None` when absent).
+pub fn meta_get(conn: &Connection, key: &str) -> rusqlite::Result<Option<serde_json::Value>> {
+    let v: Option<rusqlite::types::Value> = conn
+        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .optional()?;
+    Ok(v.map(|v| match v {
+        rusqlite::types::Value::Integer(i) => serde_json::Value::from(i),
+        rusqlite::types::Value::Text(t) => serde_json::from_str(&t).unwrap_or(serde_json::Value::String(t)),
+        rusqlite::types::Value::Real(f) => serde_json::Value::from(f),
+        rusqlite::types::Value::Blob(b) => serde_json::from_slice(&b).unwrap_or(serde_json::Value::Null),
+        rusqlite::types::Value::Null => serde_json::Value::Null,
+    }))
+}
+
+/// Store a node-local metadata value as JSON text (inside the caller's transaction).
+pub fn meta_put(conn: &Connection, key: &str, value: &serde_json::Value) -> rusqlite::Result<()> {
+    conn.prepare_cached("INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)")?
+        .execute(rusqlite::params![key, value.to_string()])?;
+    Ok(())
 }
 
 /// A bounded pool of read-only connections.

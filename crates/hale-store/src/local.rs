@@ -27,6 +27,10 @@ pub enum ProposeError {
     Stopped,
     #[error("storage failure while committing: {0}")]
     Storage(Arc<StoreError>),
+    /// The cluster cannot commit now (no leader, no quorum, leader unreachable).
+    /// The text says why and whether the write may still commit.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 struct Request {

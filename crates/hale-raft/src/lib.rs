@@ -1,0 +1,19 @@
+//! Hale's replication: openraft over the node's SQLite store.
+//!
+//! - [`log_store`]: the raft log in its own SQLite file, fsynced per batch.
+//! - [`state_machine`]: committed entries applied to `hale_store`; snapshots
+//!   are SQLite files.
+//! - [`network`]: raft RPC over HTTP with JSON bodies, fault injection.
+//! - [`node`]: a running node: write forwarding, read consistency, membership.
+//!
+//! This crate knows raft and the store's `Command`, not FHIR or HTTP routes
+//! other than its own RPC.
+
+pub mod log_store;
+pub mod network;
+pub mod node;
+pub mod state_machine;
+pub mod types;
+
+pub use node::{ClusterStatus, MemberStatus, NodeStatus, RaftNode, RaftProposer, RaftSettings, ReadInfo, ReadLevel};
+pub use types::{HaleNode, NodeId, TypeConfig};

@@ -1,0 +1,859 @@
+//! One raft node: openraft wired to the SQLite log and state machine, the
+//! raft RPC listener, write forwarding, read consistency and membership.
+
+use crate::log_store::LogStore;
+use crate::network::{Faults, NetClient, NetworkFactory, SendError, RPC_BODY_BYTES_MAX, SECRET_HEADER};
+use crate::state_machine::StateMachineStore;
+use crate::types::{HaleNode, NodeId, Raft, RaftMetrics, TypeConfig};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use hale_store::apply::Applied;
+use hale_store::command::Command;
+use hale_store::local::{ProposeError, ProposeFuture, Proposer};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Settings of one node's replication.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RaftSettings {
+    /// This node's id, unique in the cluster (1 for a single node).
+    pub node_id: NodeId,
+    /// Where the raft RPC listener binds; none on a single node that never grows.
+    pub listen: Option<String>,
+    /// The address other nodes use to reach `listen` (default: `listen`).
+    pub advertise: Option<String>,
+    /// Data centre (voters) or hospital site (learners).
+    pub site: String,
+    /// Initialise a one-voter cluster of this node on first start.
+    pub bootstrap_single: bool,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    pub heartbeat_interval_ms: u64,
+    /// Build a snapshot (and compact the log) after this many new entries.
+    pub snapshot_entries_since_last: u64,
+    /// Entries kept in the log behind a snapshot, so briefly lagging nodes catch up from the log.
+    pub entries_kept_after_snapshot: u64,
+    /// How long a write may wait to be committed before the client gets a 503.
+    pub write_timeout_ms: u64,
+    /// How long a write or read waits for a reachable leader.
+    pub leader_wait_ms: u64,
+    /// How long a linearizable read waits for the leader's confirmation and for this node to catch up.
+    pub read_timeout_ms: u64,
+    /// Accept `POST /raft/fault` (chaos testing only).
+    pub fault_injection: bool,
+    /// Shared secret required on every raft RPC (recommended across data centres).
+    pub cluster_secret: Option<String>,
+}
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        RaftSettings {
+            node_id: 1,
+            listen: None,
+            advertise: None,
+            site: "local".into(),
+            bootstrap_single: true,
+            election_timeout_min_ms: 200,
+            election_timeout_max_ms: 400,
+            heartbeat_interval_ms: 50,
+            snapshot_entries_since_last: 20_000,
+            entries_kept_after_snapshot: 2_000,
+            write_timeout_ms: 10_000,
+            leader_wait_ms: 3_000,
+            read_timeout_ms: 2_000,
+            fault_injection: false,
+            cluster_secret: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("raft storage: {0}")]
+    Storage(#[from] openraft::StorageError<NodeId>),
+    #[error("raft configuration: {0}")]
+    Config(String),
+    #[error("cannot listen for raft RPC on {addr}: {source}")]
+    Listen { addr: String, source: std::io::Error },
+    #[error("raft: {0}")]
+    Fatal(String),
+}
+
+/// Requested read consistency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadLevel {
+    /// Voters: linearizable, or local marked `stale` when the cluster cannot
+    /// confirm. Learners: local.
+    Default,
+    /// Linearizable or an error.
+    Linearizable,
+    /// This node's state as it is.
+    Local,
+}
+
+/// What a read reflects.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReadInfo {
+    /// `linearizable`, `local` or `stale`.
+    pub consistency: &'static str,
+    pub applied_index: u64,
+    /// Upper bound on how far behind the leader this node's data may be; `None` when unknown.
+    pub staleness_ms: Option<u64>,
+    /// Why a linearizable read was downgraded.
+    pub reason: Option<String>,
+}
+
+/// The answer to a forwarded write.
+#[derive(Debug, Serialize, Deserialize)]
+enum ForwardReply {
+    Done { index: u64, applied: Applied },
+    NotLeader,
+    Unavailable(String),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum ReadIndexReply {
+    Index(u64),
+    NotLeader,
+    Unavailable(String),
+}
+
+/// One node's own view, served on `/raft/status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub id: NodeId,
+    pub state: String,
+    pub term: u64,
+    pub leader: Option<NodeId>,
+    pub applied_index: u64,
+    pub last_log_index: Option<u64>,
+    pub snapshot_index: Option<u64>,
+    pub purged_index: Option<u64>,
+    pub millis_since_leader_contact: Option<u64>,
+    pub isolated: bool,
+    pub content_hash: Option<String>,
+}
+
+/// One member as the cluster status reports it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub id: NodeId,
+    pub role: String,
+    pub site: String,
+    pub api_url: String,
+    pub raft_addr: String,
+    pub reachable: bool,
+    pub state: Option<String>,
+    pub applied_index: Option<u64>,
+    /// Entries behind the answering node's last log entry.
+    pub lag_entries: Option<u64>,
+    pub last_heard_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub answered_by: NodeId,
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub members: Vec<MemberStatus>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("node {leader_id} leads the cluster; send membership changes to it ({leader_api})")]
+    NotLeader { leader_id: NodeId, leader_api: String },
+    #[error("the cluster has no leader now; retry in a moment")]
+    NoLeader,
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Commit indexes the leader told us, with when: how fresh local data is.
+const CONTACTS_MAX: usize = 256;
+
+pub struct RaftNode {
+    pub id: NodeId,
+    pub raft: Raft,
+    pub sm: StateMachineStore,
+    pub net: Arc<NetClient>,
+    pub settings: RaftSettings,
+    pub me: HaleNode,
+    contacts: Mutex<VecDeque<(u64, Instant)>>,
+    started: Instant,
+    server: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl RaftNode {
+    /// Open the log and store in `dir`, start openraft and (with `listen`) the RPC listener.
+    pub async fn start(dir: &Path, settings: RaftSettings, api_url: String) -> Result<Arc<RaftNode>, NodeError> {
+        let listener = match &settings.listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| NodeError::Listen {
+                        addr: addr.clone(),
+                        source: e,
+                    })?,
+            ),
+            None => None,
+        };
+        let advertise = match (&settings.advertise, &listener) {
+            (Some(a), _) => a.clone(),
+            (None, Some(l)) => l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            (None, None) => String::new(),
+        };
+        let me = HaleNode {
+            raft_addr: advertise,
+            api_url,
+            site: settings.site.clone(),
+        };
+        let config = openraft::Config {
+            cluster_name: "hale".into(),
+            election_timeout_min: settings.election_timeout_min_ms,
+            election_timeout_max: settings.election_timeout_max_ms,
+            heartbeat_interval: settings.heartbeat_interval_ms,
+            install_snapshot_timeout: 5_000,
+            max_payload_entries: 512,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_entries_since_last),
+            max_in_snapshot_log_to_keep: settings.entries_kept_after_snapshot,
+            snapshot_max_chunk_size: 1024 * 1024,
+            ..Default::default()
+        };
+        let config = Arc::new(config.validate().map_err(|e| NodeError::Config(e.to_string()))?);
+        let log = LogStore::open(dir)?;
+        let sm = StateMachineStore::open(dir)?;
+        let faults = Arc::new(Faults::default());
+        let net = Arc::new(NetClient::new(faults, settings.cluster_secret.clone()));
+        let raft = Raft::new(
+            settings.node_id,
+            config,
+            NetworkFactory { client: net.clone() },
+            log,
+            sm.clone(),
+        )
+        .await
+        .map_err(|e| NodeError::Fatal(e.to_string()))?;
+        let node = Arc::new(RaftNode {
+            id: settings.node_id,
+            raft,
+            sm,
+            net,
+            settings,
+            me,
+            contacts: Mutex::new(VecDeque::new()),
+            started: Instant::now(),
+            server: Mutex::new(None),
+        });
+        if let Some(listener) = listener {
+            let router = node.router();
+            let handle = tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, router).await {
+                    tracing::error!(error = %e, "raft RPC listener stopped");
+                }
+            });
+            *node.server.lock() = Some(handle);
+        }
+        let initialized = node
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| NodeError::Fatal(e.to_string()))?;
+        if !initialized && node.settings.bootstrap_single {
+            let members = BTreeMap::from([(node.id, node.me.clone())]);
+            node.raft
+                .initialize(members)
+                .await
+                .map_err(|e| NodeError::Fatal(e.to_string()))?;
+            tracing::info!(node = node.id, "initialised a cluster of one");
+        }
+        node.spawn_address_refresh();
+        Ok(node)
+    }
+
+    /// When this node leads and its addresses in the membership are not the
+    /// ones it runs with (a single node restarted with `--raft-listen`), update them.
+    fn spawn_address_refresh(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            for _ in 0..600 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let Some(node) = weak.upgrade() else { return };
+                let m = node.metrics();
+                if m.current_leader != Some(node.id) {
+                    continue;
+                }
+                let stored = m.membership_config.membership().get_node(&node.id).cloned();
+                if stored.as_ref() == Some(&node.me) || stored.is_none() {
+                    return;
+                }
+                let change = ChangeMembers::SetNodes(BTreeMap::from([(node.id, node.me.clone())]));
+                match node.raft.change_membership(change, true).await {
+                    Ok(_) => {
+                        tracing::info!(node = %node.me, "updated this node's addresses in the membership");
+                        return;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not update this node's addresses; retrying"),
+                }
+            }
+        });
+    }
+
+    pub fn metrics(&self) -> RaftMetrics {
+        self.raft.metrics().borrow().clone()
+    }
+
+    pub fn faults(&self) -> &Faults {
+        &self.net.faults
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        self.sm.applied_index()
+    }
+
+    fn is_voter(&self, m: &RaftMetrics) -> bool {
+        m.membership_config.membership().voter_ids().any(|v| v == self.id)
+    }
+
+    /// Stop raft and the RPC listener.
+    pub async fn shutdown(&self) {
+        if let Some(h) = self.server.lock().take() {
+            h.abort();
+        }
+        let _ = self.raft.shutdown().await;
+    }
+
+    // ---------------------------------------------------------------- writes
+
+    fn quorum_problem(&self, m: &RaftMetrics) -> Option<String> {
+        let voters = m.membership_config.membership().voter_ids().count();
+        if voters <= 1 {
+            return None;
+        }
+        match m.millis_since_quorum_ack {
+            Some(ms) if ms > self.settings.election_timeout_max_ms => Some(format!(
+                "no quorum: this node leads but has not heard from a majority of the {voters} voting nodes for {ms} ms, so the write cannot be committed. A majority of voters is down or cut off; reads are still served, marked stale"
+            )),
+            _ => None,
+        }
+    }
+
+    /// Commit `cmd` on a quorum (forwarding it to the leader if need be) and
+    /// return its log index and outcome.
+    pub async fn propose(&self, cmd: Command) -> Result<(u64, Applied), ProposeError> {
+        let start = Instant::now();
+        let leader_wait = Duration::from_millis(self.settings.leader_wait_ms);
+        let mut last_problem = String::from("no leader is known");
+        loop {
+            if start.elapsed() > leader_wait {
+                return Err(ProposeError::Unavailable(format!(
+                    "no reachable leader for {} ms ({last_problem}); the write was not committed. A majority of voting nodes may be down or cut off from this node",
+                    self.settings.leader_wait_ms
+                )));
+            }
+            let m = self.metrics();
+            match m.current_leader {
+                Some(l) if l == self.id => {
+                    if let Some(problem) = self.quorum_problem(&m) {
+                        return Err(ProposeError::Unavailable(problem));
+                    }
+                    let timeout = Duration::from_millis(self.settings.write_timeout_ms);
+                    match tokio::time::timeout(timeout, self.raft.client_write(cmd.clone())).await {
+                        Ok(Ok(resp)) => {
+                            let applied = resp.data.0.expect("a command entry always has an apply outcome");
+                            return Ok((resp.log_id.index, applied));
+                        }
+                        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                            last_problem = "leadership moved during the write".into();
+                        }
+                        Ok(Err(e)) => return Err(ProposeError::Unavailable(format!("the write was not committed: {e}"))),
+                        Err(_) => {
+                            return Err(ProposeError::Unavailable(format!(
+                                "the write was not committed on a quorum within {} ms. It may still commit: read it back before retrying",
+                                self.settings.write_timeout_ms
+                            )))
+                        }
+                    }
+                }
+                Some(l) => {
+                    let Some(leader) = m.membership_config.membership().get_node(&l).cloned() else {
+                        last_problem = format!("leader {l} is not in the membership");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    };
+                    let timeout = Duration::from_millis(self.settings.write_timeout_ms + 1_000);
+                    match self
+                        .net
+                        .post::<_, ForwardReply>(Some(l), &leader.raft_addr, "/raft/propose", &cmd, timeout)
+                        .await
+                    {
+                        Ok(ForwardReply::Done { index, applied }) => {
+                            // Read-your-writes on this node: wait (briefly) until it has applied the write too.
+                            let _ = self
+                                .raft
+                                .wait(Some(Duration::from_millis(self.settings.read_timeout_ms)))
+                                .applied_index_at_least(Some(index), "forwarded write")
+                                .await;
+                            return Ok((index, applied));
+                        }
+                        Ok(ForwardReply::NotLeader) => last_problem = format!("node {l} is no longer the leader"),
+                        Ok(ForwardReply::Unavailable(why)) => return Err(ProposeError::Unavailable(why)),
+                        Err(e) if e.not_delivered() => last_problem = format!("leader {l}: {e}"),
+                        Err(e) => {
+                            return Err(ProposeError::Unavailable(format!(
+                                "the leader (node {l}) did not confirm the write: {e}. It may still commit: read it back before retrying"
+                            )))
+                        }
+                    }
+                }
+                None => last_problem = "no leader is elected".into(),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    // ----------------------------------------------------------------- reads
+
+    /// On the leader: the index a linearizable read must have applied.
+    async fn leader_read_index(&self) -> ReadIndexReply {
+        let m = self.metrics();
+        if m.current_leader != Some(self.id) {
+            return ReadIndexReply::NotLeader;
+        }
+        let voters = m.membership_config.membership().voter_ids().count();
+        let lease_ok = voters <= 1
+            || matches!(m.millis_since_quorum_ack, Some(ms) if ms < self.settings.election_timeout_max_ms / 2);
+        if lease_ok {
+            // Waiting for everything in the leader's log (its blank entry of this term
+            // included) covers writes acknowledged by earlier leaders too.
+            return ReadIndexReply::Index(m.last_log_index.unwrap_or(0));
+        }
+        let timeout = Duration::from_millis(self.settings.read_timeout_ms);
+        match tokio::time::timeout(timeout, self.raft.get_read_log_id()).await {
+            Ok(Ok((read, _))) => ReadIndexReply::Index(read.map(|l| l.index).unwrap_or(0)),
+            Ok(Err(e)) => match e.forward_to_leader::<HaleNode>() {
+                Some(_) => ReadIndexReply::NotLeader,
+                None => ReadIndexReply::Unavailable(format!("the leader could not confirm its leadership: {e}")),
+            },
+            Err(_) => ReadIndexReply::Unavailable(format!(
+                "the leader could not reach a majority of voters within {} ms",
+                self.settings.read_timeout_ms
+            )),
+        }
+    }
+
+    fn record_contact(&self, leader_commit: Option<u64>) {
+        let mut c = self.contacts.lock();
+        c.push_back((leader_commit.unwrap_or(0), Instant::now()));
+        while c.len() > CONTACTS_MAX {
+            c.pop_front();
+        }
+    }
+
+    /// How long ago this node's data was known to be as fresh as the leader's.
+    fn staleness_ms(&self, m: &RaftMetrics) -> Option<u64> {
+        if m.current_leader == Some(self.id) {
+            let voters = m.membership_config.membership().voter_ids().count();
+            if voters <= 1 {
+                return Some(0);
+            }
+            return m.millis_since_quorum_ack;
+        }
+        let applied = self.applied_index();
+        let c = self.contacts.lock();
+        if let Some((_, t)) = c.iter().rev().find(|(commit, _)| *commit <= applied) {
+            return Some(t.elapsed().as_millis() as u64);
+        }
+        // Behind even the oldest contact we remember: at least that old.
+        c.front().map(|(_, t)| t.elapsed().as_millis() as u64)
+    }
+
+    fn local_info(&self, consistency: &'static str, reason: Option<String>) -> ReadInfo {
+        let m = self.metrics();
+        ReadInfo {
+            consistency,
+            applied_index: self.applied_index(),
+            staleness_ms: self.staleness_ms(&m),
+            reason,
+        }
+    }
+
+    /// Make a read safe at `level`, or say why it cannot be.
+    pub async fn read_barrier(&self, level: ReadLevel) -> Result<ReadInfo, String> {
+        let m = self.metrics();
+        let level = match level {
+            ReadLevel::Default if !self.is_voter(&m) => ReadLevel::Local,
+            l => l,
+        };
+        if level == ReadLevel::Local {
+            return Ok(self.local_info("local", None));
+        }
+        let reply = match m.current_leader {
+            Some(l) if l == self.id => self.leader_read_index().await,
+            Some(l) => match m.membership_config.membership().get_node(&l).cloned() {
+                Some(leader) => {
+                    let timeout = Duration::from_millis(self.settings.read_timeout_ms);
+                    match self
+                        .net
+                        .post::<_, ReadIndexReply>(Some(l), &leader.raft_addr, "/raft/read-index", &(), timeout)
+                        .await
+                    {
+                        Ok(r) => r,
+                        Err(e) => ReadIndexReply::Unavailable(format!("the leader (node {l}) could not be asked: {e}")),
+                    }
+                }
+                None => ReadIndexReply::Unavailable(format!("leader {l} is not in the membership")),
+            },
+            None => ReadIndexReply::Unavailable("no leader is elected".into()),
+        };
+        let problem = match reply {
+            ReadIndexReply::Index(index) => {
+                let waited = self
+                    .raft
+                    .wait(Some(Duration::from_millis(self.settings.read_timeout_ms)))
+                    .applied_index_at_least(Some(index), "linearizable read")
+                    .await;
+                match waited {
+                    Ok(_) => {
+                        return Ok(ReadInfo {
+                            consistency: "linearizable",
+                            applied_index: self.applied_index(),
+                            staleness_ms: Some(0),
+                            reason: None,
+                        })
+                    }
+                    Err(_) => format!(
+                        "this node did not catch up to the leader's index {index} within {} ms",
+                        self.settings.read_timeout_ms
+                    ),
+                }
+            }
+            ReadIndexReply::NotLeader => "leadership is changing".to_string(),
+            ReadIndexReply::Unavailable(why) => why,
+        };
+        if level == ReadLevel::Linearizable {
+            return Err(format!("a linearizable read is not possible now: {problem}"));
+        }
+        Ok(self.local_info("stale", Some(problem)))
+    }
+
+    // ---------------------------------------------------------------- status
+
+    pub fn node_status(&self, with_hash: bool) -> NodeStatus {
+        let m = self.metrics();
+        let millis_since_leader_contact = if m.current_leader == Some(self.id) {
+            Some(0)
+        } else {
+            self.contacts.lock().back().map(|(_, t)| t.elapsed().as_millis() as u64)
+        };
+        NodeStatus {
+            id: self.id,
+            state: state_name(m.state, self.is_voter(&m)).into(),
+            term: m.current_term,
+            leader: m.current_leader,
+            applied_index: self.applied_index(),
+            last_log_index: m.last_log_index,
+            snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
+            millis_since_leader_contact,
+            isolated: self.faults().isolated(),
+            content_hash: if with_hash { self.sm.content_hash().ok() } else { None },
+        }
+    }
+
+    /// Every member, asked in parallel for its own view.
+    pub async fn cluster_status(&self) -> ClusterStatus {
+        let m = self.metrics();
+        let membership = m.membership_config.membership().clone();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let my_last = m.last_log_index.unwrap_or(0);
+        let mut asks = Vec::new();
+        for (id, node) in membership.nodes() {
+            let id = *id;
+            let node = node.clone();
+            let role = if voters.contains(&id) { "voter" } else { "learner" };
+            asks.push(async move {
+                let own = if id == self.id {
+                    Ok(self.node_status(false))
+                } else {
+                    self.net
+                        .post::<_, NodeStatus>(
+                            Some(id),
+                            &node.raft_addr,
+                            "/raft/status",
+                            &false,
+                            Duration::from_millis(500),
+                        )
+                        .await
+                };
+                let last_heard_ms = if id == self.id {
+                    Some(0)
+                } else {
+                    self.net.last_heard(id).map(|t| t.elapsed().as_millis() as u64)
+                };
+                match own {
+                    Ok(s) => MemberStatus {
+                        id,
+                        role: role.into(),
+                        site: node.site.clone(),
+                        api_url: node.api_url.clone(),
+                        raft_addr: node.raft_addr.clone(),
+                        reachable: true,
+                        state: Some(s.state),
+                        applied_index: Some(s.applied_index),
+                        lag_entries: Some(my_last.saturating_sub(s.applied_index)),
+                        last_heard_ms,
+                    },
+                    Err(_) => MemberStatus {
+                        id,
+                        role: role.into(),
+                        site: node.site.clone(),
+                        api_url: node.api_url.clone(),
+                        raft_addr: node.raft_addr.clone(),
+                        reachable: false,
+                        state: None,
+                        applied_index: None,
+                        lag_entries: None,
+                        last_heard_ms,
+                    },
+                }
+            });
+        }
+        let mut members = Vec::new();
+        for a in asks {
+            members.push(a.await);
+        }
+        ClusterStatus {
+            answered_by: self.id,
+            leader: m.current_leader,
+            term: m.current_term,
+            members,
+        }
+    }
+
+    // ------------------------------------------------------------ membership
+
+    fn admin_error(&self, e: RaftError<NodeId, ClientWriteError<NodeId, HaleNode>>) -> AdminError {
+        match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => match (f.leader_id, f.leader_node) {
+                (Some(id), Some(n)) => AdminError::NotLeader {
+                    leader_id: id,
+                    leader_api: n.api_url,
+                },
+                _ => AdminError::NoLeader,
+            },
+            other => AdminError::Refused(other.to_string()),
+        }
+    }
+
+    /// Start a new cluster whose only voter is this node.
+    pub async fn init(&self) -> Result<(), AdminError> {
+        let members = BTreeMap::from([(self.id, self.me.clone())]);
+        self.raft
+            .initialize(members)
+            .await
+            .map_err(|e| AdminError::Refused(format!("cannot initialise: {e}")))
+    }
+
+    pub async fn add_learner(&self, id: NodeId, node: HaleNode) -> Result<(), AdminError> {
+        self.raft
+            .add_learner(id, node, false)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.admin_error(e))
+    }
+
+    pub async fn promote(&self, id: NodeId) -> Result<(), AdminError> {
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.admin_error(e))
+    }
+
+    pub async fn remove(&self, id: NodeId) -> Result<(), AdminError> {
+        let m = self.metrics();
+        let membership = m.membership_config.membership();
+        if membership.get_node(&id).is_none() {
+            return Err(AdminError::Refused(format!("node {id} is not a member")));
+        }
+        let change = if membership.voter_ids().any(|v| v == id) {
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        self.raft
+            .change_membership(change, false)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.admin_error(e))
+    }
+
+    // ------------------------------------------------------------------- RPC
+
+    /// The raft RPC routes, served on the raft listener.
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/raft/append", post(rpc_append))
+            .route("/raft/vote", post(rpc_vote))
+            .route("/raft/snapshot", post(rpc_snapshot))
+            .route("/raft/propose", post(rpc_propose))
+            .route("/raft/read-index", post(rpc_read_index))
+            .route("/raft/status", post(rpc_status))
+            .route("/raft/fault", post(rpc_fault))
+            .layer(DefaultBodyLimit::max(RPC_BODY_BYTES_MAX))
+            .with_state(self.clone())
+    }
+
+    fn admit(&self, headers: &HeaderMap) -> Result<(), Response> {
+        if let Some(secret) = &self.settings.cluster_secret {
+            let got = headers.get(SECRET_HEADER).and_then(|v| v.to_str().ok());
+            if got != Some(secret.as_str()) {
+                return Err((StatusCode::UNAUTHORIZED, "missing or wrong cluster secret\n").into_response());
+            }
+        }
+        if self.faults().isolated() {
+            return Err((StatusCode::SERVICE_UNAVAILABLE, "isolated by fault injection\n").into_response());
+        }
+        Ok(())
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+fn state_name(s: ServerState, voter: bool) -> &'static str {
+    match s {
+        ServerState::Leader => "leader",
+        ServerState::Candidate => "candidate",
+        ServerState::Follower if voter => "follower",
+        ServerState::Follower | ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+type Node = State<Arc<RaftNode>>;
+
+async fn rpc_append(State(n): Node, headers: HeaderMap, Json(req): Json<AppendEntriesRequest<TypeConfig>>) -> Response {
+    if let Err(r) = n.admit(&headers) {
+        return r;
+    }
+    let commit = req.leader_commit.map(|l| l.index);
+    let res = n.raft.append_entries(req).await;
+    if matches!(&res, Ok(openraft::raft::AppendEntriesResponse::Success)) {
+        n.record_contact(commit);
+    }
+    Json(res).into_response()
+}
+
+async fn rpc_vote(State(n): Node, headers: HeaderMap, Json(req): Json<VoteRequest<NodeId>>) -> Response {
+    if let Err(r) = n.admit(&headers) {
+        return r;
+    }
+    Json(n.raft.vote(req).await).into_response()
+}
+
+async fn rpc_snapshot(
+    State(n): Node,
+    headers: HeaderMap,
+    Json(req): Json<InstallSnapshotRequest<TypeConfig>>,
+) -> Response {
+    if let Err(r) = n.admit(&headers) {
+        return r;
+    }
+    n.record_contact(None);
+    Json(n.raft.install_snapshot(req).await).into_response()
+}
+
+async fn rpc_propose(State(n): Node, headers: HeaderMap, Json(cmd): Json<Command>) -> Response {
+    if let Err(r) = n.admit(&headers) {
+        return r;
+    }
+    let m = n.metrics();
+    if m.current_leader != Some(n.id) {
+        return Json(ForwardReply::NotLeader).into_response();
+    }
+    if let Some(problem) = n.quorum_problem(&m) {
+        return Json(ForwardReply::Unavailable(problem)).into_response();
+    }
+    let timeout = Duration::from_millis(n.settings.write_timeout_ms);
+    let reply = match tokio::time::timeout(timeout, n.raft.client_write(cmd)).await {
+        Ok(Ok(resp)) => ForwardReply::Done {
+            index: resp.log_id.index,
+            applied: resp.data.0.expect("a command entry always has an apply outcome"),
+        },
+        // Not appended: the forwarding node may safely send it elsewhere.
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => ForwardReply::NotLeader,
+        Ok(Err(e)) => ForwardReply::Unavailable(format!("the write was not committed: {e}")),
+        Err(_) => ForwardReply::Unavailable(format!(
+            "the write was not committed on a quorum within {} ms. It may still commit: read it back before retrying",
+            n.settings.write_timeout_ms
+        )),
+    };
+    Json(reply).into_response()
+}
+
+async fn rpc_read_index(State(n): Node, headers: HeaderMap) -> Response {
+    if let Err(r) = n.admit(&headers) {
+        return r;
+    }
+    Json(n.leader_read_index().await).into_response()
+}
+
+async fn rpc_status(State(n): Node, headers: HeaderMap, Json(with_hash): Json<bool>) -> Response {
+    if let Some(secret) = &n.settings.cluster_secret {
+        if headers.get(SECRET_HEADER).and_then(|v| v.to_str().ok()) != Some(secret.as_str()) {
+            return (StatusCode::UNAUTHORIZED, "missing or wrong cluster secret\n").into_response();
+        }
+    }
+    // Status answers even when isolated: the chaos harness reads it from outside.
+    Json(n.node_status(with_hash)).into_response()
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FaultRequest {
+    pub isolated: bool,
+}
+
+async fn rpc_fault(State(n): Node, Json(req): Json<FaultRequest>) -> Response {
+    if !n.settings.fault_injection {
+        return (
+            StatusCode::FORBIDDEN,
+            "fault injection is off on this node (start it with --fault-injection)\n",
+        )
+            .into_response();
+    }
+    n.faults().isolated.store(req.isolated, Ordering::Release);
+    tracing::warn!(isolated = req.isolated, "fault injection: isolation changed");
+    Json(req).into_response()
+}
+
+/// `Proposer` for the server: every write goes through raft.
+pub struct RaftProposer(pub Arc<RaftNode>);
+
+impl Proposer for RaftProposer {
+    fn propose(&self, cmd: Command) -> ProposeFuture<'_> {
+        Box::pin(self.0.propose(cmd))
+    }
+
+    fn last_applied(&self) -> u64 {
+        self.0.applied_index()
+    }
+}
+
+#[allow(unused)]
+fn _send_error_is_error(e: SendError) -> Box<dyn std::error::Error> {
+    Box::new(e)
+}

@@ -1,0 +1,399 @@
+//! The raft state machine: Hale's SQLite store, plus snapshots that are
+//! SQLite files.
+//!
+//! - `apply` hands committed entries to [`hale_store::StateMachine::apply_entries`]
+//!   in one SQLite transaction, which also records the raft log id and the
+//!   membership they reach, so state and "how far it got" commit together.
+//! - A snapshot is a consistent copy of `hale.db` made with SQLite's online
+//!   backup API on a separate read connection (writers keep applying). It is
+//!   a complete, openable database: installing it on a lagging or new node is
+//!   "copy these pages in", and an operator can open it with `sqlite3`.
+//! - The store commits without fsync ([`Durability::LogIsDurable`]): the raft
+//!   log is the durable record. After a power cut the store may be behind the
+//!   log; openraft re-applies committed entries, and if the store fell behind
+//!   the newest snapshot (whose log entries may be purged) the node restores
+//!   that snapshot first at open.
+
+use crate::types::{
+    Entry, LogId, NodeId, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
+use hale_store::command::Command;
+use hale_store::{meta_get, meta_put, Durability, StateMachine};
+use openraft::storage::RaftStateMachine;
+use openraft::{AnyError, EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageIOError};
+use parking_lot::Mutex;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+
+pub const SNAPSHOT_DIR: &str = "snapshots";
+/// Snapshots kept on disk (the newest is served; one older survives a crash mid-build).
+pub const SNAPSHOTS_KEPT_MAX: usize = 2;
+
+const KEY_APPLIED: &str = "raft_applied";
+const KEY_MEMBERSHIP: &str = "raft_membership";
+
+fn sm_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
+    StorageError::IO {
+        source: StorageIOError::new(ErrorSubject::StateMachine, verb, AnyError::error(e.to_string())),
+    }
+}
+
+fn snap_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
+    StorageError::IO {
+        source: StorageIOError::new(ErrorSubject::Snapshot(None), verb, AnyError::error(e.to_string())),
+    }
+}
+
+struct Inner {
+    dir: PathBuf,
+    snap_dir: PathBuf,
+    sm: Mutex<StateMachine>,
+    /// What the store has applied, cached (also in its meta table).
+    applied: Mutex<(Option<LogId>, StoredMembership)>,
+    current: Mutex<Option<SnapshotMeta>>,
+}
+
+/// openraft's view of the node's store. Cloning shares it.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    inner: Arc<Inner>,
+}
+
+fn read_applied(conn: &hale_store::rusqlite::Connection) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+    let applied = match meta_get(conn, KEY_APPLIED).map_err(|e| sm_err(ErrorVerb::Read, e))? {
+        Some(v) => serde_json::from_value(v).map_err(|e| sm_err(ErrorVerb::Read, e))?,
+        None => None,
+    };
+    let membership = match meta_get(conn, KEY_MEMBERSHIP).map_err(|e| sm_err(ErrorVerb::Read, e))? {
+        Some(v) => serde_json::from_value(v).map_err(|e| sm_err(ErrorVerb::Read, e))?,
+        None => StoredMembership::default(),
+    };
+    Ok((applied, membership))
+}
+
+/// Run blocking store work off the async threads. A panic there means an
+/// invariant of the store failed: stop the process rather than run on corrupt.
+async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "state machine task failed; aborting so the node restarts from its durable log");
+            std::process::abort();
+        }
+    }
+}
+
+impl StateMachineStore {
+    /// Open the store in `dir`. If it is behind the newest local snapshot
+    /// (possible only after a power cut), restore that snapshot first.
+    pub fn open(dir: &Path) -> Result<StateMachineStore, StorageError> {
+        let snap_dir = dir.join(SNAPSHOT_DIR);
+        std::fs::create_dir_all(&snap_dir).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        // Half-received or half-built snapshots from before a crash.
+        for f in std::fs::read_dir(&snap_dir)
+            .map_err(|e| snap_err(ErrorVerb::Read, e))?
+            .flatten()
+        {
+            let name = f.file_name().to_string_lossy().to_string();
+            if name.starts_with("incoming-") || name.starts_with("tmp-") {
+                let _ = std::fs::remove_file(f.path());
+            }
+        }
+        let mut sm = StateMachine::open_with(dir, Durability::LogIsDurable).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        let current = newest_snapshot(&snap_dir)?;
+        let mut applied = read_applied(sm.conn())?;
+        if let Some(meta) = &current {
+            if meta.last_log_id > applied.0 {
+                tracing::warn!(snapshot = %meta.snapshot_id, store_applied = ?applied.0, "the store is behind its newest snapshot (power cut?); restoring the snapshot");
+                sm.restore_from(&snapshot_path(&snap_dir, &meta.snapshot_id))
+                    .map_err(|e| snap_err(ErrorVerb::Read, e))?;
+                applied = read_applied(sm.conn())?;
+            }
+        }
+        Ok(StateMachineStore {
+            inner: Arc::new(Inner {
+                dir: dir.to_path_buf(),
+                snap_dir,
+                sm: Mutex::new(sm),
+                applied: Mutex::new(applied),
+                current: Mutex::new(current),
+            }),
+        })
+    }
+
+    /// The last log index applied to the store (0 before anything).
+    pub fn applied_index(&self) -> u64 {
+        self.inner.applied.lock().0.map(|l| l.index).unwrap_or(0)
+    }
+
+    pub fn content_hash(&self) -> Result<String, hale_store::StoreError> {
+        self.inner.sm.lock().content_hash()
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.dir
+    }
+}
+
+fn snapshot_path(snap_dir: &Path, id: &str) -> PathBuf {
+    snap_dir.join(format!("{id}.db"))
+}
+
+fn meta_path(snap_dir: &Path, id: &str) -> PathBuf {
+    snap_dir.join(format!("{id}.json"))
+}
+
+/// The newest complete snapshot: its `.json` is written last, so a snapshot
+/// with metadata is whole.
+fn newest_snapshot(snap_dir: &Path) -> Result<Option<SnapshotMeta>, StorageError> {
+    let mut metas = list_snapshots(snap_dir)?;
+    Ok(metas.pop())
+}
+
+fn list_snapshots(snap_dir: &Path) -> Result<Vec<SnapshotMeta>, StorageError> {
+    let mut metas = Vec::new();
+    for f in std::fs::read_dir(snap_dir)
+        .map_err(|e| snap_err(ErrorVerb::Read, e))?
+        .flatten()
+    {
+        let p = f.path();
+        if p.extension().and_then(|e| e.to_str()) != Some("json") {
+            continue;
+        }
+        let bytes = std::fs::read(&p).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        let meta: SnapshotMeta = serde_json::from_slice(&bytes).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        if snapshot_path(snap_dir, &meta.snapshot_id).exists() {
+            metas.push(meta);
+        }
+    }
+    metas.sort_by(|a, b| {
+        a.last_log_id
+            .cmp(&b.last_log_id)
+            .then(a.snapshot_id.cmp(&b.snapshot_id))
+    });
+    Ok(metas)
+}
+
+fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Record a finished snapshot file under its id, then drop old ones.
+fn publish_snapshot(snap_dir: &Path, tmp: &Path, meta: &SnapshotMeta) -> std::io::Result<()> {
+    std::fs::rename(tmp, snapshot_path(snap_dir, &meta.snapshot_id))?;
+    let json_tmp = snap_dir.join(format!("tmp-{}.json", meta.snapshot_id));
+    {
+        let mut f = std::fs::File::create(&json_tmp)?;
+        std::io::Write::write_all(&mut f, &serde_json::to_vec(meta).map_err(std::io::Error::other)?)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&json_tmp, meta_path(snap_dir, &meta.snapshot_id))?;
+    fsync_dir(snap_dir)?;
+    let all = list_snapshots(snap_dir).map_err(|e| std::io::Error::other(e.to_string()))?;
+    if all.len() > SNAPSHOTS_KEPT_MAX {
+        for old in &all[..all.len() - SNAPSHOTS_KEPT_MAX] {
+            let _ = std::fs::remove_file(meta_path(snap_dir, &old.snapshot_id));
+            let _ = std::fs::remove_file(snapshot_path(snap_dir, &old.snapshot_id));
+        }
+    }
+    Ok(())
+}
+
+/// Builds snapshots from a consistent copy of the store.
+pub struct SnapshotBuilder {
+    inner: Arc<Inner>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let inner = self.inner.clone();
+        let meta = blocking(move || -> Result<SnapshotMeta, StorageError> {
+            let tmp = inner.snap_dir.join(format!("tmp-{}.db", uuid::Uuid::new_v4().simple()));
+            StateMachine::backup_to(&inner.dir, &tmp).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            // The copy records how far it got: read it back from the copy itself.
+            let conn = hale_store::rusqlite::Connection::open(&tmp).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+            let (last_log_id, last_membership) = read_applied(&conn)?;
+            drop(conn);
+            let snapshot_id = match last_log_id {
+                Some(l) => format!(
+                    "{:020}-{:020}-{}",
+                    l.leader_id.term,
+                    l.index,
+                    &uuid::Uuid::new_v4().simple().to_string()[..8]
+                ),
+                None => format!("empty-{}", uuid::Uuid::new_v4().simple()),
+            };
+            let meta = SnapshotMeta {
+                last_log_id,
+                last_membership,
+                snapshot_id,
+            };
+            publish_snapshot(&inner.snap_dir, &tmp, &meta).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            *inner.current.lock() = Some(meta.clone());
+            Ok(meta)
+        })
+        .await?;
+        tracing::info!(snapshot = %meta.snapshot_id, last = ?meta.last_log_id, "built snapshot");
+        let file = tokio::fs::File::open(snapshot_path(&self.inner.snap_dir, &meta.snapshot_id))
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(file),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        Ok(self.inner.applied.lock().clone())
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let Some(last) = entries.last().map(|e| e.log_id) else {
+            return Ok(Vec::new());
+        };
+        let mut membership = None;
+        let mut cmds: Vec<(u64, Option<Command>)> = Vec::with_capacity(entries.len());
+        for e in entries {
+            match e.payload {
+                EntryPayload::Blank => cmds.push((e.log_id.index, None)),
+                EntryPayload::Normal(cmd) => cmds.push((e.log_id.index, Some(cmd))),
+                EntryPayload::Membership(m) => {
+                    membership = Some(StoredMembership::new(Some(e.log_id), m));
+                    cmds.push((e.log_id.index, None));
+                }
+            }
+        }
+        let inner = self.inner.clone();
+        let out = blocking(move || -> Result<Vec<Response>, StorageError> {
+            let refs: Vec<(u64, Option<&Command>)> = cmds.iter().map(|(i, c)| (*i, c.as_ref())).collect();
+            let applied_json = serde_json::to_value(Some(last)).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+            let membership_json = match &membership {
+                Some(m) => Some(serde_json::to_value(m).map_err(|e| sm_err(ErrorVerb::Write, e))?),
+                None => None,
+            };
+            let mut sm = inner.sm.lock();
+            let outcomes = sm
+                .apply_entries(&refs, |tx| {
+                    meta_put(tx, KEY_APPLIED, &applied_json)?;
+                    if let Some(m) = &membership_json {
+                        meta_put(tx, KEY_MEMBERSHIP, m)?;
+                    }
+                    Ok(())
+                })
+                .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+            let mut applied = inner.applied.lock();
+            assert!(
+                applied.0 < Some(last),
+                "applied index moves backwards: {:?} then {last}",
+                applied.0
+            );
+            applied.0 = Some(last);
+            if let Some(m) = membership {
+                applied.1 = m;
+            }
+            Ok(outcomes.into_iter().map(Response).collect())
+        })
+        .await?;
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        SnapshotBuilder {
+            inner: self.inner.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let path = self
+            .inner
+            .snap_dir
+            .join(format!("incoming-{}.db", uuid::Uuid::new_v4().simple()));
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        Ok(Box::new(file))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        mut snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
+        let snap_dir = self.inner.snap_dir.clone();
+        // Copy the received bytes into a file of our own: the handle may be any file.
+        let tmp = snap_dir.join(format!("tmp-{}.db", uuid::Uuid::new_v4().simple()));
+        {
+            snapshot.flush().await.map_err(|e| snap_err(ErrorVerb::Read, e))?;
+            snapshot
+                .seek(std::io::SeekFrom::Start(0))
+                .await
+                .map_err(|e| snap_err(ErrorVerb::Read, e))?;
+            let mut out = tokio::fs::File::create(&tmp)
+                .await
+                .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            tokio::io::copy(&mut *snapshot, &mut out)
+                .await
+                .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            out.sync_all().await.map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        }
+        drop(snapshot);
+        let inner = self.inner.clone();
+        let meta = meta.clone();
+        blocking(move || -> Result<(), StorageError> {
+            // The copy must describe itself as the metadata says.
+            {
+                let conn = hale_store::rusqlite::Connection::open(&tmp).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+                let (last, _) = read_applied(&conn)?;
+                assert_eq!(
+                    last, meta.last_log_id,
+                    "received snapshot {} does not match its metadata",
+                    meta.snapshot_id
+                );
+            }
+            publish_snapshot(&inner.snap_dir, &tmp, &meta).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            let mut sm = inner.sm.lock();
+            sm.restore_from(&snapshot_path(&inner.snap_dir, &meta.snapshot_id))
+                .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            *inner.applied.lock() = read_applied(sm.conn())?;
+            *inner.current.lock() = Some(meta.clone());
+            for f in std::fs::read_dir(&inner.snap_dir).into_iter().flatten().flatten() {
+                if f.file_name().to_string_lossy().starts_with("incoming-") {
+                    let _ = std::fs::remove_file(f.path());
+                }
+            }
+            tracing::info!(snapshot = %meta.snapshot_id, last = ?meta.last_log_id, "installed snapshot");
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let Some(meta) = self.inner.current.lock().clone() else {
+            return Ok(None);
+        };
+        let file = tokio::fs::File::open(snapshot_path(&self.inner.snap_dir, &meta.snapshot_id))
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(file),
+        }))
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_node_id(_: NodeId) {}
