@@ -14,6 +14,8 @@ pub struct Config {
     pub limits: Limits,
     pub auth: AuthConfig,
     pub demo: DemoSettings,
+    /// Replication: node id, raft listener, site, timeouts.
+    pub cluster: hale_raft::RaftSettings,
 }
 
 impl Default for Config {
@@ -25,6 +27,7 @@ impl Default for Config {
             limits: Limits::default(),
             auth: AuthConfig::default(),
             demo: DemoSettings::default(),
+            cluster: hale_raft::RaftSettings::default(),
         }
     }
 }

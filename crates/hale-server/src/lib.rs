@@ -8,7 +8,9 @@ pub mod audit_sink;
 pub mod auth;
 mod bundle;
 pub mod capability;
+pub mod cluster;
 pub mod config;
+pub mod consistency;
 pub mod demo;
 pub mod metrics;
 mod rest;
@@ -24,7 +26,8 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use hale_store::local::{LocalLog, Proposer};
+use hale_raft::{RaftNode, RaftProposer};
+use hale_store::local::Proposer;
 use hale_store::Reader;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
@@ -34,6 +37,8 @@ use std::time::Instant;
 pub struct App {
     pub cfg: Config,
     pub proposer: Arc<dyn Proposer>,
+    /// This node's replication: consistency checks, cluster status, membership.
+    pub raft: Arc<RaftNode>,
     pub reader: Arc<Reader>,
     pub auth: Authenticator,
     pub audit: AuditSink,
@@ -65,16 +70,27 @@ pub struct Node {
     pub audit_task: tokio::task::JoinHandle<()>,
 }
 
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] hale_store::StoreError),
+    #[error(transparent)]
+    Raft(#[from] hale_raft::node::NodeError),
+}
+
 impl Node {
-    /// Open the store in `cfg.data` and start the single-node write path.
-    pub fn open(cfg: Config) -> Result<Node, hale_store::StoreError> {
-        let log = LocalLog::start(&cfg.data)?;
+    /// Open the store in `cfg.data` and start replication (a single node is a
+    /// cluster of one). `api_url` is how other nodes and tools reach this
+    /// node's API; it is recorded in the cluster membership.
+    pub async fn start(cfg: Config, api_url: String) -> Result<Node, StartError> {
+        let raft = RaftNode::start(&cfg.data, cfg.cluster.clone(), api_url).await?;
         let reader = Arc::new(Reader::open(&cfg.data, cfg.limits.readers)?);
-        let proposer: Arc<dyn Proposer> = Arc::new(log);
-        Ok(Node::with_parts(cfg, proposer, reader))
+        Ok(Node::with_parts(cfg, raft, reader))
     }
 
-    pub fn with_parts(cfg: Config, proposer: Arc<dyn Proposer>, reader: Arc<Reader>) -> Node {
+    pub fn with_parts(cfg: Config, raft: Arc<RaftNode>, reader: Arc<Reader>) -> Node {
+        let proposer: Arc<dyn Proposer> = Arc::new(RaftProposer(raft.clone()));
         let (audit, audit_task) = AuditSink::start(proposer.clone(), cfg.limits.audit_queue_max);
         let auth = Authenticator::new(&cfg.auth);
         let cfg_inflight = cfg
@@ -84,6 +100,7 @@ impl Node {
         let app = Arc::new(App {
             cfg,
             proposer,
+            raft,
             reader,
             auth,
             audit,
@@ -105,6 +122,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .merge(cluster::routes())
         .fallback(fhir)
         .with_state(app)
 }
@@ -132,6 +150,29 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
             "hale_last_applied_index".into(),
             "Index of the last command applied to this node's store.",
             app.proposer.last_applied() as f64,
+        ),
+        (
+            "hale_raft_term".into(),
+            "Current raft term of this node.",
+            app.raft.metrics().current_term as f64,
+        ),
+        (
+            "hale_raft_is_leader".into(),
+            "1 when this node leads the cluster.",
+            if app.raft.metrics().current_leader == Some(app.raft.id) {
+                1.0
+            } else {
+                0.0
+            },
+        ),
+        (
+            "hale_raft_leader_contact_ms".into(),
+            "Milliseconds since this node's data was known to match the leader's (0 on the leader).",
+            app.raft
+                .node_status(false)
+                .millis_since_leader_contact
+                .map(|v| v as f64)
+                .unwrap_or(-1.0),
         ),
         (
             "hale_audit_queue_records".into(),
@@ -173,8 +214,28 @@ async fn fhir(State(app): State<Arc<App>>, req: Request) -> Response {
     let method = req.method().clone();
     // A cheap refcounted clone: the path is only formatted if the log line is on.
     let uri = req.uri().clone();
+    let level = match consistency::requested(req.headers()) {
+        Ok(l) => l,
+        Err(e) => return e.into_response(),
+    };
+    let is_read = consistency::is_read(&method, uri.path());
+    let read_info = if is_read {
+        match app.raft.read_barrier(level).await {
+            Ok(info) => Some(info),
+            Err(why) => {
+                let mut resp = wire::FhirError::unavailable(why).into_response();
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+                consistency::node_headers(&app, resp.headers_mut());
+                app.metrics.observe("other", 503, start.elapsed().as_micros() as u64);
+                return resp;
+            }
+        }
+    } else {
+        None
+    };
     let timeout = std::time::Duration::from_millis(app.cfg.limits.request_timeout_ms);
-    let (route, resp) = match tokio::time::timeout(timeout, rest::dispatch(&app, req)).await {
+    let (route, mut resp) = match tokio::time::timeout(timeout, rest::dispatch(&app, req)).await {
         Ok((route, Ok(r))) => (route, r),
         Ok((route, Err(e))) => (route, e.into_response()),
         Err(_) => (
@@ -186,6 +247,11 @@ async fn fhir(State(app): State<Arc<App>>, req: Request) -> Response {
             .into_response(),
         ),
     };
+    match &read_info {
+        Some(info) => consistency::read_headers(info, resp.headers_mut()),
+        None => consistency::write_headers(&app, resp.headers_mut()),
+    }
+    consistency::node_headers(&app, resp.headers_mut());
     let elapsed_us = start.elapsed().as_micros() as u64;
     let status = resp.status().as_u16();
     app.metrics.observe(route, status, elapsed_us);
@@ -211,7 +277,9 @@ pub async fn serve(
     };
     axum::serve(listener, router).with_graceful_shutdown(shutdown).await?;
     let Node { app, audit_task } = node;
+    let raft = app.raft.clone();
     drop(app);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), audit_task).await;
+    raft.shutdown().await;
     Ok(())
 }

@@ -13,6 +13,7 @@ use hale_fhir::validate::validate_resource;
 use hale_fhir::{Issue, IssueCode, ResourceType};
 use hale_store::apply::Applied;
 use hale_store::command::Command;
+use hale_store::local::ProposeError;
 use hale_store::query::{self, Current, Found};
 use hale_store::{AuditAction, AuditRecord, CommandKind, WriteOp, WriteStatus, Written};
 use serde_json::{json, Value};
@@ -334,6 +335,7 @@ impl Ctx<'_> {
         let cmd = self.command(kind);
         match self.app.proposer.propose(cmd).await {
             Ok((_, applied)) => Ok(applied),
+            Err(ProposeError::Unavailable(why)) => Err(FhirError::unavailable(why)),
             Err(e) => Err(FhirError::unavailable(format!(
                 "the write was not committed: {e}. It is safe to retry"
             ))),

@@ -51,6 +51,25 @@ struct ServeArgs {
     /// Patients in the demo board. Env: HALE_DEMO_PATIENTS.
     #[arg(long)]
     demo_patients: Option<usize>,
+    /// This node's id in a cluster (default 1: a cluster of one). Env: HALE_NODE_ID.
+    #[arg(long)]
+    node_id: Option<u64>,
+    /// Address for raft traffic from other nodes, e.g. 10.0.0.5:7080. Env: HALE_RAFT_LISTEN.
+    #[arg(long)]
+    raft_listen: Option<String>,
+    /// Address other nodes use to reach --raft-listen (default: the same). Env: HALE_RAFT_ADVERTISE.
+    #[arg(long)]
+    raft_advertise: Option<String>,
+    /// Data centre (voters) or hospital site (learners) of this node. Env: HALE_SITE.
+    #[arg(long)]
+    site: Option<String>,
+    /// Start a new one-voter cluster of this node if it has none (the default for node 1
+    /// without --raft-listen; use `hale cluster init` otherwise).
+    #[arg(long)]
+    bootstrap: bool,
+    /// Accept fault injection on the raft port (chaos testing only; never in production).
+    #[arg(long, hide = true)]
+    fault_injection: bool,
 }
 
 #[derive(Args)]
@@ -178,6 +197,38 @@ fn load_config(a: &ServeArgs) -> Result<Config> {
     if let Some(n) = a.demo_patients {
         cfg.demo.patients = n;
     }
+    if let Some(v) = env("HALE_NODE_ID") {
+        cfg.cluster.node_id = v.parse().context("HALE_NODE_ID must be a number")?;
+    }
+    if let Some(v) = env("HALE_RAFT_LISTEN") {
+        cfg.cluster.listen = Some(v);
+    }
+    if let Some(v) = env("HALE_RAFT_ADVERTISE") {
+        cfg.cluster.advertise = Some(v);
+    }
+    if let Some(v) = env("HALE_SITE") {
+        cfg.cluster.site = v;
+    }
+    if let Some(v) = env("HALE_CLUSTER_SECRET") {
+        cfg.cluster.cluster_secret = Some(v);
+    }
+    if let Some(v) = a.node_id {
+        cfg.cluster.node_id = v;
+    }
+    if let Some(v) = &a.raft_listen {
+        cfg.cluster.listen = Some(v.clone());
+    }
+    if let Some(v) = &a.raft_advertise {
+        cfg.cluster.advertise = Some(v.clone());
+    }
+    if let Some(v) = &a.site {
+        cfg.cluster.site = v.clone();
+    }
+    if a.fault_injection {
+        cfg.cluster.fault_injection = true;
+    }
+    // A lone node bootstraps itself; a node meant for a cluster waits for `hale cluster`.
+    cfg.cluster.bootstrap_single = a.bootstrap || (cfg.cluster.listen.is_none() && cfg.cluster.node_id == 1);
     if cfg.demo.enabled && cfg.auth.tokens.is_empty() {
         cfg.auth.tokens = demo_tokens();
     }
@@ -209,9 +260,14 @@ async fn serve(a: ServeArgs) -> Result<()> {
             cfg.listen
         )
     })?;
-    let node = hale_server::Node::open(cfg.clone())
-        .with_context(|| format!("cannot open the data directory {}", cfg.data.display()))?;
-    tracing::info!(listen = %cfg.listen, data = %cfg.data.display(), "hale is serving FHIR R4 at http://{}/", cfg.listen);
+    let api_url = match &cfg.base_url {
+        Some(u) => u.trim_end_matches('/').to_string(),
+        None => format!("http://{}", listener.local_addr()?),
+    };
+    let node = hale_server::Node::start(cfg.clone(), api_url.clone())
+        .await
+        .with_context(|| format!("cannot start the node on data directory {}", cfg.data.display()))?;
+    tracing::info!(listen = %cfg.listen, data = %cfg.data.display(), node_id = cfg.cluster.node_id, raft = ?cfg.cluster.listen, site = %cfg.cluster.site, "hale is serving FHIR R4 at {api_url}/");
     if cfg.demo.enabled {
         let app = node.app.clone();
         app.ready.store(false, std::sync::atomic::Ordering::Release);

@@ -99,11 +99,11 @@ impl TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut cfg = test_config(dir.path());
         mutate(&mut cfg);
-        let node = Node::open(cfg).expect("open node");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind loopback");
         let addr = listener.local_addr().expect("local addr");
+        let node = Node::start(cfg, format!("http://{addr}")).await.expect("start node");
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(hale_server::serve(node, listener, async move {
             let _ = rx.await;
