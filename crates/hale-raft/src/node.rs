@@ -2,7 +2,7 @@
 //! raft RPC listener, write forwarding, read consistency and membership.
 
 use crate::log_store::LogStore;
-use crate::network::{Faults, NetClient, NetworkFactory, SendError, RPC_BODY_BYTES_MAX, SECRET_HEADER};
+use crate::network::{Faults, NetClient, NetworkFactory, RPC_BODY_BYTES_MAX, SECRET_HEADER};
 use crate::state_machine::StateMachineStore;
 use crate::types::{HaleNode, NodeId, Raft, RaftMetrics, TypeConfig};
 use axum::extract::{DefaultBodyLimit, State};
@@ -851,9 +851,4 @@ impl Proposer for RaftProposer {
     fn last_applied(&self) -> u64 {
         self.0.applied_index()
     }
-}
-
-#[allow(unused)]
-fn _send_error_is_error(e: SendError) -> Box<dyn std::error::Error> {
-    Box::new(e)
 }

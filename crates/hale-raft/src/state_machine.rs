@@ -77,6 +77,8 @@ fn read_applied(conn: &hale_store::rusqlite::Connection) -> Result<(Option<LogId
 async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => r,
+        // The runtime is shutting down: nothing more will be applied or acknowledged.
+        Err(e) if e.is_cancelled() => std::future::pending().await,
         Err(e) => {
             tracing::error!(error = %e, "state machine task failed; aborting so the node restarts from its durable log");
             std::process::abort();
@@ -394,6 +396,3 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }))
     }
 }
-
-#[allow(dead_code)]
-fn _assert_node_id(_: NodeId) {}

@@ -53,6 +53,8 @@ pub const ALL_TYPES: &[&str] = &[
 pub struct TestServer {
     pub client: Client,
     pub dir: tempfile::TempDir,
+    /// This node's replication handle (status, applied index, content hash).
+    pub raft: Arc<hale_raft::RaftNode>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
@@ -104,6 +106,7 @@ impl TestServer {
             .expect("bind loopback");
         let addr = listener.local_addr().expect("local addr");
         let node = Node::start(cfg, format!("http://{addr}")).await.expect("start node");
+        let raft = node.app.raft.clone();
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(hale_server::serve(node, listener, async move {
             let _ = rx.await;
@@ -111,6 +114,7 @@ impl TestServer {
         TestServer {
             client: Client { addr },
             dir,
+            raft,
             shutdown: Some(tx),
             handle: Some(handle),
         }
@@ -480,6 +484,12 @@ impl ReqBuilder {
                 check_schema(&v, &format!("{} {} -> {status}", self.method, self.path));
                 Some(v)
             }
+        } else if ct.starts_with("application/json") && self.path.starts_with("/cluster/") {
+            // Cluster administration is not FHIR: plain JSON, not schema-checked.
+            Some(
+                serde_json::from_str(&text)
+                    .unwrap_or_else(|e| panic!("{} {}: not JSON ({e}): {text}", self.method, self.path)),
+            )
         } else {
             assert!(
                 !looks_json,

@@ -1,0 +1,318 @@
+//! Replicated clusters in one process: every node is a real server with its
+//! own store, raft log and raft RPC listener on loopback.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const WAIT_MS: u64 = 30_000;
+
+struct Cluster {
+    nodes: Vec<TestServer>,
+}
+
+async fn start_node(id: u64, site: &str, tweak: fn(&mut hale_raft::RaftSettings)) -> TestServer {
+    let site = site.to_string();
+    TestServer::start_with(move |cfg| {
+        cfg.cluster.node_id = id;
+        cfg.cluster.listen = Some("127.0.0.1:0".into());
+        cfg.cluster.bootstrap_single = false;
+        cfg.cluster.site = site;
+        cfg.cluster.write_timeout_ms = 3_000;
+        cfg.cluster.leader_wait_ms = 2_000;
+        cfg.cluster.read_timeout_ms = 1_000;
+        tweak(&mut cfg.cluster);
+    })
+    .await
+}
+
+async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_millis(WAIT_MS),
+            "gave up waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+impl Cluster {
+    /// `voters` data-centre nodes, then `learners` site replicas; node 1 leads.
+    async fn start(voters: usize, learners: usize, tweak: fn(&mut hale_raft::RaftSettings)) -> Cluster {
+        let mut nodes = Vec::new();
+        for i in 0..voters + learners {
+            let site = if i < voters {
+                format!("dc-{i}")
+            } else {
+                format!("site-{i}")
+            };
+            nodes.push(start_node(i as u64 + 1, &site, tweak).await);
+        }
+        nodes[0].post("/cluster/init", ADMIN, &json!({})).await.expect(200);
+        let leader = nodes[0].raft.clone();
+        wait_for("node 1 to lead", || leader.metrics().current_leader == Some(1)).await;
+        let c = Cluster { nodes };
+        for i in 1..voters + learners {
+            c.add(i).await;
+        }
+        for i in 1..voters {
+            c.nodes[0]
+                .post("/cluster/promote", ADMIN, &json!({"node_id": i as u64 + 1}))
+                .await
+                .expect(200);
+        }
+        c.converge().await;
+        c
+    }
+
+    async fn add(&self, i: usize) {
+        let n = &self.nodes[i];
+        let body = json!({
+            "node_id": n.raft.id,
+            "raft_addr": n.raft.me.raft_addr,
+            "api_url": n.base(),
+            "site": n.raft.me.site,
+        });
+        self.nodes[0].post("/cluster/learners", ADMIN, &body).await.expect(200);
+    }
+
+    /// Wait until every running node has applied everything the leader has.
+    async fn converge(&self) {
+        let leader = self.nodes[0].raft.clone();
+        let all: Vec<_> = self.nodes.iter().map(|n| n.raft.clone()).collect();
+        wait_for("replicas to converge", || {
+            let target = leader.metrics().last_log_index.unwrap_or(0);
+            all.iter().all(|r| r.applied_index() >= target)
+        })
+        .await;
+    }
+
+    fn hashes(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| n.raft.sm.content_hash().expect("hash"))
+            .collect()
+    }
+}
+
+fn header<'a>(r: &'a Resp, name: &str) -> &'a str {
+    r.header(name).unwrap_or_else(|| panic!("response lacks {name}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_any_node_reach_every_node() {
+    let c = Cluster::start(3, 1, |_| {}).await;
+    // Through a follower and through a learner: both are forwarded to the leader.
+    let via_follower = c.nodes[1].create_id(CLERK, &any_patient("Follower")).await;
+    let via_learner = c.nodes[3].create_id(CLERK, &any_patient("Learner")).await;
+    // Read-your-writes on the node that took the write, at once.
+    c.nodes[3]
+        .get(&format!("/Patient/{via_learner}"), CLIN)
+        .await
+        .expect(200);
+    c.converge().await;
+    for n in &c.nodes {
+        for id in [&via_follower, &via_learner] {
+            let r = n
+                .req("GET", &format!("/Patient/{id}"))
+                .token(CLIN)
+                .header("X-Hale-Consistency", "local")
+                .send()
+                .await;
+            r.expect(200);
+            assert_eq!(header(&r, "x-hale-node"), n.raft.id.to_string());
+            assert_eq!(header(&r, "x-hale-consistency"), "local");
+            assert!(header(&r, "x-hale-applied-index").parse::<u64>().unwrap() > 0);
+        }
+    }
+    // Defaults: voters read linearizably, learners locally with a staleness bound.
+    let r = c.nodes[2].get("/Patient?family=Follower", CLIN).await;
+    r.expect(200);
+    assert_eq!(header(&r, "x-hale-consistency"), "linearizable");
+    assert_eq!(header(&r, "x-hale-staleness-ms"), "0");
+    assert_eq!(r.match_ids(), vec![via_follower.clone()]);
+    let r = c.nodes[3].get("/Patient?family=Learner", CLIN).await;
+    assert_eq!(header(&r, "x-hale-consistency"), "local");
+    assert!(header(&r, "x-hale-staleness-ms").parse::<u64>().is_ok());
+    // A learner can be asked for a linearizable read: it asks the leader first.
+    let r = c.nodes[3]
+        .req("GET", "/Patient?family=Learner")
+        .token(CLIN)
+        .header("X-Hale-Consistency", "linearizable")
+        .send()
+        .await;
+    r.expect(200);
+    assert_eq!(header(&r, "x-hale-consistency"), "linearizable");
+    // A consistency level that does not exist is a 400 naming the header.
+    let r = c.nodes[1]
+        .req("GET", "/Patient")
+        .token(CLIN)
+        .header("X-Hale-Consistency", "eventually-maybe")
+        .send()
+        .await;
+    r.expect(400);
+    assert!(!r.outcome_at("X-Hale-Consistency").is_empty(), "{}", r.diagnostics());
+    c.converge().await;
+    let hashes = c.hashes();
+    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "replicas diverged: {hashes:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_bookings_through_different_nodes_book_a_slot_once() {
+    let c = Cluster::start(3, 1, |_| {}).await;
+    let sched = make_schedule(&c.nodes[0]).await;
+    let patients: Vec<String> = {
+        let mut v = Vec::new();
+        for i in 0..8 {
+            v.push(c.nodes[0].create_id(CLERK, &any_patient(&format!("Race{i}"))).await);
+        }
+        v
+    };
+    for round in 0..3u32 {
+        let (slot, s, e) = make_slot(&c.nodes[0], &sched, 3 + round, 9).await;
+        c.converge().await;
+        let mut tasks = Vec::new();
+        for (i, p) in patients.iter().enumerate() {
+            let client = c.nodes[i % c.nodes.len()].client.clone();
+            let body = appointment(p, &slot, &s, &e);
+            tasks.push(tokio::spawn(async move {
+                client.post("/Appointment", CLERK, &body).await.status
+            }));
+        }
+        let mut statuses = Vec::new();
+        for t in tasks {
+            statuses.push(t.await.unwrap());
+        }
+        let booked = statuses.iter().filter(|s| **s == 201).count();
+        assert_eq!(booked, 1, "round {round}: statuses {statuses:?}");
+        assert!(statuses.iter().all(|s| *s == 201 || *s == 409), "{statuses:?}");
+        c.converge().await;
+        for n in &c.nodes {
+            let r = n
+                .req("GET", &format!("/Appointment?slot=Slot/{slot}"))
+                .token(CLERK)
+                .header("X-Hale-Consistency", "local")
+                .send()
+                .await;
+            assert_eq!(r.match_ids().len(), 1, "node {} sees {:?}", n.raft.id, r.match_ids());
+            let slot_now = n.read(CLERK, &format!("/Slot/{slot}")).await;
+            assert_eq!(slot_now["status"], "busy");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_majority_refuses_writes_and_serves_stale_reads() {
+    let mut c = Cluster::start(3, 1, |_| {}).await;
+    let id = c.nodes[0].create_id(CLERK, &any_patient("Survivor")).await;
+    c.converge().await;
+    // Two of three voters go down; node 1 keeps running alone.
+    c.nodes[1].stop().await;
+    c.nodes[2].stop().await;
+    let r = c.nodes[0].post("/Patient", CLERK, &any_patient("Lost")).await;
+    r.expect(503);
+    let why = r.diagnostics();
+    assert!(
+        why.contains("majority") || why.contains("quorum"),
+        "the 503 must say why: {why}"
+    );
+    // Reads go on, marked stale.
+    let r = c.nodes[0].get(&format!("/Patient/{id}"), CLIN).await;
+    r.expect(200);
+    assert_eq!(header(&r, "x-hale-consistency"), "stale");
+    assert!(r.header("x-hale-stale-reason").is_some());
+    let r = c.nodes[0]
+        .req("GET", &format!("/Patient/{id}"))
+        .token(CLIN)
+        .header("X-Hale-Consistency", "linearizable")
+        .send()
+        .await;
+    r.expect(503);
+    // The learner still serves its local copy, and refuses writes with a reason.
+    let r = c.nodes[3].get(&format!("/Patient/{id}"), CLIN).await;
+    r.expect(200);
+    assert_eq!(header(&r, "x-hale-consistency"), "local");
+    let r = c.nodes[3].post("/Patient", CLERK, &any_patient("AlsoLost")).await;
+    r.expect(503);
+    // Nothing refused was written anywhere.
+    assert_eq!(c.nodes[0].live_count("Patient"), 1);
+    assert_eq!(c.nodes[3].live_count("Patient"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_learner_catches_up_from_a_snapshot() {
+    fn small_snapshots(s: &mut hale_raft::RaftSettings) {
+        s.snapshot_entries_since_last = 40;
+        s.entries_kept_after_snapshot = 5;
+    }
+    let mut c = Cluster::start(1, 0, small_snapshots).await;
+    let mut ids = Vec::new();
+    for i in 0..120 {
+        ids.push(c.nodes[0].create_id(CLERK, &any_patient(&format!("Snap{i}"))).await);
+    }
+    let leader = c.nodes[0].raft.clone();
+    wait_for("the leader to compact its log", || {
+        leader.metrics().purged.map(|p| p.index).unwrap_or(0) > 40
+    })
+    .await;
+    // The new node's first entries are gone from the leader's log: it must take a snapshot.
+    c.nodes.push(start_node(2, "site-new", small_snapshots).await);
+    c.add(1).await;
+    c.converge().await;
+    let learner = &c.nodes[1];
+    assert!(
+        learner.raft.metrics().snapshot.is_some(),
+        "the learner installed no snapshot"
+    );
+    for id in ids.iter().step_by(17) {
+        learner
+            .req("GET", &format!("/Patient/{id}"))
+            .token(CLIN)
+            .header("X-Hale-Consistency", "local")
+            .send()
+            .await
+            .expect(200);
+    }
+    // Writes after the snapshot flow through the log as usual.
+    let later = c.nodes[0].create_id(CLERK, &any_patient("AfterSnap")).await;
+    c.converge().await;
+    learner
+        .req("GET", &format!("/Patient/{later}"))
+        .token(CLIN)
+        .header("X-Hale-Consistency", "local")
+        .send()
+        .await
+        .expect(200);
+    let hashes = c.hashes();
+    assert_eq!(hashes[0], hashes[1], "the learner diverged after installing a snapshot");
+    c.nodes[1].stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_status_and_membership_need_an_admin() {
+    let c = Cluster::start(3, 1, |_| {}).await;
+    c.nodes[1].get("/cluster/status", CLIN).await.expect(403);
+    let r = c.nodes[1].get("/cluster/status", ADMIN).await;
+    r.expect(200);
+    let s: &Value = r.body();
+    assert_eq!(s["leader"], 1);
+    let members = s["members"].as_array().unwrap();
+    assert_eq!(members.len(), 4);
+    let roles: Vec<&str> = members.iter().map(|m| m["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["voter", "voter", "voter", "learner"]);
+    assert!(members.iter().all(|m| m["reachable"] == true));
+    assert_eq!(members[3]["site"], "site-3");
+    // A change sent to a follower names the leader.
+    let r = c.nodes[1].post("/cluster/remove", ADMIN, &json!({"node_id": 4})).await;
+    r.expect(421);
+    assert_eq!(r.header("x-hale-leader"), Some(c.nodes[0].base().as_str()));
+    c.nodes[0]
+        .post("/cluster/remove", ADMIN, &json!({"node_id": 4}))
+        .await
+        .expect(200);
+    let r = c.nodes[0].get("/cluster/status", ADMIN).await;
+    assert_eq!(r.body()["members"].as_array().unwrap().len(), 3);
+}
