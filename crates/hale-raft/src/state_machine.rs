@@ -14,9 +14,7 @@
 //!   the newest snapshot (whose log entries may be purged) the node restores
 //!   that snapshot first at open.
 
-use crate::types::{
-    Entry, LogId, NodeId, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
-};
+use crate::types::{Entry, LogId, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use hale_store::command::Command;
 use hale_store::{meta_get, meta_put, Durability, StateMachine};
 use openraft::storage::RaftStateMachine;

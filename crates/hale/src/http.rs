@@ -15,7 +15,24 @@ pub struct Client {
 
 pub struct Reply {
     pub status: u16,
+    pub headers: hyper::HeaderMap,
     pub body: Bytes,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn json(&self) -> Result<serde_json::Value> {
+        serde_json::from_slice(&self.body).with_context(|| {
+            format!(
+                "the server answered HTTP {} with a body that is not JSON: {}",
+                self.status,
+                String::from_utf8_lossy(&self.body[..self.body.len().min(300)])
+            )
+        })
+    }
 }
 
 impl Client {
@@ -51,6 +68,16 @@ impl Client {
     }
 
     pub async fn send(&mut self, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<Reply> {
+        self.send_with(method, path, body, &[]).await
+    }
+
+    pub async fn send_with(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        extra: &[(&str, &str)],
+    ) -> Result<Reply> {
         let uri = format!("{}{}", self.base_path, path);
         let mut b = hyper::Request::builder()
             .method(method)
@@ -63,12 +90,16 @@ impl Client {
         if body.is_some() {
             b = b.header("content-type", "application/fhir+json");
         }
+        for (k, v) in extra {
+            b = b.header(*k, *v);
+        }
         let req = b.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
         let sender = self.connect().await?;
         sender.ready().await?;
         let resp = sender.send_request(req).await?;
         let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
         let body = resp.into_body().collect().await?.to_bytes();
-        Ok(Reply { status, body })
+        Ok(Reply { status, headers, body })
     }
 }

@@ -1,7 +1,9 @@
 //! The `hale` command: CLI and glue. Business rules live in the crates.
 
+mod cluster_cli;
 mod http;
 mod import;
+mod local;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -32,6 +34,10 @@ enum Cmd {
     Export(ExportArgs),
     /// Load-test a running server and report throughput and latency.
     Bench(BenchArgs),
+    /// Manage a cluster's membership and see its state.
+    Cluster(cluster_cli::ClusterArgs),
+    /// Start a local cluster of separate processes on loopback (Ctrl-C stops it).
+    Up(cluster_cli::UpArgs),
 }
 
 #[derive(Args)]
@@ -141,6 +147,8 @@ fn main() -> Result<()> {
         Cmd::Import(a) => rt.block_on(import::run(&a.files, &a.url, a.token.as_deref(), a.batch)),
         Cmd::Export(a) => export(&a.data, &a.out),
         Cmd::Bench(a) => rt.block_on(bench(a)),
+        Cmd::Cluster(a) => rt.block_on(cluster_cli::run(a)),
+        Cmd::Up(a) => rt.block_on(cluster_cli::up(a)),
     }
 }
 
