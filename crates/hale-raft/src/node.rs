@@ -12,7 +12,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use hale_store::apply::Applied;
 use hale_store::command::Command;
-use hale_store::local::{ProposeError, ProposeFuture, Proposer};
+use hale_store::propose::{ProposeError, ProposeFuture, Proposer};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use openraft::{ChangeMembers, ServerState, SnapshotPolicy};

@@ -101,6 +101,19 @@ impl StateMachineStore {
             }
         }
         let mut sm = StateMachine::open_with(dir, Durability::LogIsDurable).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        if sm.applied_any()
+            && meta_get(sm.conn(), KEY_APPLIED)
+                .map_err(|e| sm_err(ErrorVerb::Read, e))?
+                .is_none()
+        {
+            return Err(sm_err(
+                ErrorVerb::Read,
+                format!(
+                    "{} holds a store written without a raft log (an older single-node Hale); export it with that version and import it into a new data directory",
+                    dir.display()
+                ),
+            ));
+        }
         let current = newest_snapshot(&snap_dir)?;
         let mut applied = read_applied(sm.conn())?;
         if let Some(meta) = &current {

@@ -2,7 +2,7 @@
 //! `Audit` command, so auditing every read costs a queue push per request.
 //! A full queue makes readers wait: reads are never served unaudited.
 
-use hale_store::local::Proposer;
+use hale_store::propose::Proposer;
 use hale_store::{AuditRecord, CommandKind};
 use std::sync::Arc;
 use tokio::sync::mpsc;

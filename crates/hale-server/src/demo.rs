@@ -23,7 +23,7 @@ pub enum DemoError {
     #[error("demo resource {rtype}/{id} was refused by the store: {why}")]
     Rejected { rtype: String, id: String, why: String },
     #[error("the write path failed while loading demo data: {0}")]
-    Propose(#[from] hale_store::local::ProposeError),
+    Propose(#[from] hale_store::propose::ProposeError),
     #[error("store error: {0}")]
     Store(#[from] hale_store::StoreError),
 }

@@ -27,7 +27,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use hale_raft::{RaftNode, RaftProposer};
-use hale_store::local::Proposer;
+use hale_store::propose::Proposer;
 use hale_store::Reader;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;

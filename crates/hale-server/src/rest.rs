@@ -13,7 +13,7 @@ use hale_fhir::validate::validate_resource;
 use hale_fhir::{Issue, IssueCode, ResourceType};
 use hale_store::apply::Applied;
 use hale_store::command::Command;
-use hale_store::local::ProposeError;
+use hale_store::propose::ProposeError;
 use hale_store::query::{self, Current, Found};
 use hale_store::{AuditAction, AuditRecord, CommandKind, WriteOp, WriteStatus, Written};
 use serde_json::{json, Value};

@@ -3,10 +3,8 @@
 //! - [`StateMachine`] owns the one write connection and applies commands.
 //! - [`Reader`] is a small pool of read-only connections (WAL lets them run
 //!   beside the writer).
-//! - [`local::LocalLog`] is the single-node log: group commit of the command
-//!   log and its application in one fsynced SQLite transaction. A replicated
-//!   cluster replaces it with the raft log and calls [`StateMachine::apply`]
-//!   for committed entries; nothing else changes.
+//! - [`propose::Proposer`] is how the server reaches the log (the raft log in
+//!   `hale-raft`, which calls [`StateMachine::apply_entries`] for committed entries).
 //!
 //! This crate knows FHIR resources as JSON documents and search indexes, but
 //! not HTTP, raft internals or the wall clock.
@@ -15,7 +13,7 @@ pub mod apply;
 pub mod audit;
 pub mod command;
 pub mod hash;
-pub mod local;
+pub mod propose;
 pub mod query;
 pub mod schema;
 
@@ -330,7 +328,7 @@ impl StateMachine {
 /// How a [`StateMachine`] commits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
-    /// fsync every commit: the store is the log (single-node `LocalLog`).
+    /// fsync every commit: the store is its own record (tools, tests).
     Fsync,
     /// A durable log elsewhere (the raft log) can replay anything lost, so
     /// commits skip the fsync; [`StateMachine::checkpoint`] makes them durable.

@@ -1,6 +1,7 @@
 //! The SQLite schema. One database file per node holds the state machine
-//! (resources, history, search index, references, audit) and, on a single
-//! node, the command log.
+//! (resources, history, search index, references, audit) and node-local
+//! metadata (`meta`: schema version, applied index, raft applied log id and
+//! membership). The raft log lives in its own file (`hale-raft`).
 
 /// Bumped when the schema changes incompatibly; checked on open.
 pub const SCHEMA_VERSION: i64 = 1;
@@ -80,15 +81,10 @@ CREATE INDEX IF NOT EXISTS audit_patient ON audit(patient, time_ms) WHERE patien
 CREATE INDEX IF NOT EXISTS audit_user    ON audit(user, time_ms);
 CREATE INDEX IF NOT EXISTS audit_time    ON audit(time_ms);
 
--- The single-node command log (a cluster keeps its log in the raft log store instead).
-CREATE TABLE IF NOT EXISTS command_log(
-    idx   INTEGER PRIMARY KEY,
-    bytes BLOB NOT NULL
-);
 "#;
 
 /// Tables that make up the replicated state, in content-hash order.
-/// The command log and node-local metadata are not state.
+/// Node-local metadata is not state.
 pub const STATE_TABLES: &[(&str, &str)] = &[
     ("resources", "rid"),
     ("history", "hid"),

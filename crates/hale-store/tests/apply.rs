@@ -311,7 +311,7 @@ fn replay_gives_identical_hash() {
         sm.apply(&[(*i, c)]).unwrap();
     }
     let replayed_dir = tempfile::tempdir().unwrap();
-    let replayed = hale_store::local::replay(replayed_dir.path(), &log).unwrap();
+    let replayed = hale_store::propose::replay(replayed_dir.path(), &log).unwrap();
     assert_eq!(sm.content_hash().unwrap(), replayed.content_hash().unwrap());
     assert_eq!(sm.last_applied(), replayed.last_applied());
 }
