@@ -1,9 +1,18 @@
 //! Read audit: records queue here and are committed in batches as one
 //! `Audit` command, so auditing every read costs a queue push per request.
-//! A full queue makes readers wait: reads are never served unaudited.
+//!
+//! When the cluster cannot commit (a site replica cut off from the data
+//! centres, a lost quorum), batches go to a durable spool on local disk
+//! (`<data>/audit-spool/`, fsynced) and are committed, oldest first, once the
+//! cluster is reachable again. So reads keep being served through an outage
+//! and no audit record is lost. Only when the spool is full
+//! (`SPOOL_BYTES_MAX`) and the queue is full do readers wait: reads are never
+//! served unaudited.
 
 use hale_store::propose::Proposer;
 use hale_store::{AuditRecord, CommandKind};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -11,24 +20,126 @@ use tokio::sync::mpsc;
 pub const FLUSH_RECORDS_MAX: usize = 4_096;
 /// How long the flusher gathers records before committing them.
 pub const FLUSH_GATHER_MS: u64 = 10;
-/// Retry delay after a failed flush.
-pub const RETRY_DELAY_MS: u64 = 200;
+/// Delay between attempts to commit spooled batches.
+pub const RETRY_DELAY_MS: u64 = 500;
+/// Largest spool on disk; past it the flusher retries in memory and readers wait.
+pub const SPOOL_BYTES_MAX: u64 = 1024 * 1024 * 1024;
+pub const SPOOL_DIR: &str = "audit-spool";
 
 #[derive(Clone)]
 pub struct AuditSink {
     tx: mpsc::Sender<AuditRecord>,
+    spooled: Arc<AtomicU64>,
+}
+
+struct Spool {
+    dir: PathBuf,
+    seq: u64,
+}
+
+impl Spool {
+    fn open(data: &Path) -> std::io::Result<Spool> {
+        let dir = data.join(SPOOL_DIR);
+        std::fs::create_dir_all(&dir)?;
+        let seq = Self::files(&dir)?.last().map(|(n, _)| n + 1).unwrap_or(0);
+        Ok(Spool { dir, seq })
+    }
+
+    /// Spool files, oldest first.
+    fn files(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+        let mut out = Vec::new();
+        for f in std::fs::read_dir(dir)?.flatten() {
+            let name = f.file_name().to_string_lossy().to_string();
+            if let Some(n) = name.strip_suffix(".json").and_then(|s| s.parse::<u64>().ok()) {
+                out.push((n, f.path()));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn bytes(&self) -> u64 {
+        std::fs::read_dir(&self.dir)
+            .map(|d| d.flatten().filter_map(|f| f.metadata().ok()).map(|m| m.len()).sum())
+            .unwrap_or(0)
+    }
+
+    fn write(&mut self, records: &[AuditRecord]) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec(records).map_err(std::io::Error::other)?;
+        let tmp = self.dir.join(format!("{:020}.tmp", self.seq));
+        let path = self.dir.join(format!("{:020}.json", self.seq));
+        {
+            let mut f = std::fs::File::create(&tmp)?;
+            std::io::Write::write_all(&mut f, &bytes)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(&self.dir)?.sync_all()?;
+        self.seq += 1;
+        Ok(())
+    }
+
+    fn oldest(&self) -> Option<(PathBuf, Vec<AuditRecord>)> {
+        let (_, path) = Self::files(&self.dir).ok()?.into_iter().next()?;
+        let bytes = std::fs::read(&path).ok()?;
+        match serde_json::from_slice(&bytes) {
+            Ok(records) => Some((path, records)),
+            Err(e) => {
+                // Keep the evidence; never delete audit data we cannot read.
+                tracing::error!(error = %e, file = %path.display(), "unreadable audit spool file; moving it aside");
+                let _ = std::fs::rename(&path, path.with_extension("corrupt"));
+                None
+            }
+        }
+    }
+}
+
+async fn commit(proposer: &dyn Proposer, records: Vec<AuditRecord>) -> Result<(), String> {
+    let cmd = hale_store::command::Command {
+        time_ms: crate::now_ms(),
+        actor: hale_store::Actor::system(),
+        kind: CommandKind::Audit(records),
+    };
+    match proposer.propose(cmd).await {
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 impl AuditSink {
     /// Start the flusher task. It exits when every sender is dropped and the queue is drained.
-    pub fn start(proposer: Arc<dyn Proposer>, queue_max: usize) -> (AuditSink, tokio::task::JoinHandle<()>) {
+    pub fn start(
+        proposer: Arc<dyn Proposer>,
+        queue_max: usize,
+        data: &Path,
+    ) -> std::io::Result<(AuditSink, tokio::task::JoinHandle<()>)> {
         let (tx, mut rx) = mpsc::channel::<AuditRecord>(queue_max.max(1));
+        let mut spool = Spool::open(data)?;
+        let spooled = Arc::new(AtomicU64::new(Spool::files(&spool.dir)?.len() as u64));
+        let spooled2 = spooled.clone();
         let handle = tokio::spawn(async move {
             let mut buf = Vec::with_capacity(FLUSH_RECORDS_MAX);
-            while rx.recv_many(&mut buf, FLUSH_RECORDS_MAX).await > 0 {
-                // Gather for a moment so that a busy node commits audit records in a
-                // few large groups (one fsync each) rather than one small group per read.
-                if buf.len() < FLUSH_RECORDS_MAX {
+            loop {
+                let pending_spool = spooled2.load(Ordering::Acquire) > 0;
+                let got = if pending_spool {
+                    match tokio::time::timeout(
+                        std::time::Duration::from_millis(RETRY_DELAY_MS),
+                        rx.recv_many(&mut buf, FLUSH_RECORDS_MAX),
+                    )
+                    .await
+                    {
+                        Ok(n) => n,
+                        Err(_) => usize::MAX, // timed out: retry the spool
+                    }
+                } else {
+                    rx.recv_many(&mut buf, FLUSH_RECORDS_MAX).await
+                };
+                if got == 0 {
+                    break; // every sender dropped and the queue is empty
+                }
+                if got != usize::MAX && buf.len() < FLUSH_RECORDS_MAX {
+                    // Gather for a moment so that a busy node commits audit records in a
+                    // few large groups rather than one small group per read.
                     tokio::time::sleep(std::time::Duration::from_millis(FLUSH_GATHER_MS)).await;
                     while buf.len() < FLUSH_RECORDS_MAX {
                         match rx.try_recv() {
@@ -37,24 +148,55 @@ impl AuditSink {
                         }
                     }
                 }
-                let records = std::mem::take(&mut buf);
-                loop {
-                    let cmd = hale_store::command::Command {
-                        time_ms: crate::now_ms(),
-                        actor: hale_store::Actor::system(),
-                        kind: CommandKind::Audit(records.clone()),
+                // Spooled batches first, oldest first, while the cluster takes them.
+                while spooled2.load(Ordering::Acquire) > 0 {
+                    let Some((path, records)) = spool.oldest() else {
+                        spooled2.store(
+                            Spool::files(&spool.dir).map(|f| f.len() as u64).unwrap_or(0),
+                            Ordering::Release,
+                        );
+                        break;
                     };
-                    match proposer.propose(cmd).await {
-                        Ok(_) => break,
-                        Err(e) => {
-                            tracing::error!(error = %e, records = records.len(), "could not commit read audit records; retrying");
-                            tokio::time::sleep(std::time::Duration::from_millis(RETRY_DELAY_MS)).await;
+                    let n = records.len();
+                    match commit(proposer.as_ref(), records).await {
+                        Ok(()) => {
+                            let _ = std::fs::remove_file(&path);
+                            spooled2.fetch_sub(1, Ordering::AcqRel);
+                            tracing::info!(records = n, "committed spooled read-audit records");
+                        }
+                        Err(_) => break,
+                    }
+                }
+                if buf.is_empty() {
+                    continue;
+                }
+                let records = std::mem::take(&mut buf);
+                if spooled2.load(Ordering::Acquire) == 0 {
+                    match commit(proposer.as_ref(), records.clone()).await {
+                        Ok(()) => continue,
+                        Err(why) => {
+                            tracing::warn!(records = records.len(), reason = %why, "cannot commit read audit records now; spooling them to disk");
                         }
                     }
                 }
+                // Keep order: once anything is spooled, new batches queue behind it.
+                loop {
+                    if spool.bytes() < SPOOL_BYTES_MAX {
+                        match spool.write(&records) {
+                            Ok(()) => {
+                                spooled2.fetch_add(1, Ordering::AcqRel);
+                                break;
+                            }
+                            Err(e) => tracing::error!(error = %e, "cannot write the audit spool; retrying"),
+                        }
+                    } else if commit(proposer.as_ref(), records.clone()).await.is_ok() {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(RETRY_DELAY_MS)).await;
+                }
             }
         });
-        (AuditSink { tx }, handle)
+        Ok((AuditSink { tx, spooled }, handle))
     }
 
     pub async fn record(&self, r: AuditRecord) {
@@ -65,5 +207,10 @@ impl AuditSink {
 
     pub fn queued(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// Batches waiting on disk for the cluster to take them.
+    pub fn spooled_batches(&self) -> u64 {
+        self.spooled.load(Ordering::Acquire)
     }
 }

@@ -77,6 +77,8 @@ pub enum StartError {
     Store(#[from] hale_store::StoreError),
     #[error(transparent)]
     Raft(#[from] hale_raft::node::NodeError),
+    #[error("cannot open the audit spool: {0}")]
+    Spool(#[from] std::io::Error),
 }
 
 impl Node {
@@ -86,12 +88,12 @@ impl Node {
     pub async fn start(cfg: Config, api_url: String) -> Result<Node, StartError> {
         let raft = RaftNode::start(&cfg.data, cfg.cluster.clone(), api_url).await?;
         let reader = Arc::new(Reader::open(&cfg.data, cfg.limits.readers)?);
-        Ok(Node::with_parts(cfg, raft, reader))
+        Node::with_parts(cfg, raft, reader)
     }
 
-    pub fn with_parts(cfg: Config, raft: Arc<RaftNode>, reader: Arc<Reader>) -> Node {
+    pub fn with_parts(cfg: Config, raft: Arc<RaftNode>, reader: Arc<Reader>) -> Result<Node, StartError> {
         let proposer: Arc<dyn Proposer> = Arc::new(RaftProposer(raft.clone()));
-        let (audit, audit_task) = AuditSink::start(proposer.clone(), cfg.limits.audit_queue_max);
+        let (audit, audit_task) = AuditSink::start(proposer.clone(), cfg.limits.audit_queue_max, &cfg.data)?;
         let auth = Authenticator::new(&cfg.auth);
         let cfg_inflight = cfg
             .limits
@@ -109,7 +111,7 @@ impl Node {
             stopping: AtomicBool::new(false),
             inflight: tokio::sync::Semaphore::new(cfg_inflight),
         });
-        Node { app, audit_task }
+        Ok(Node { app, audit_task })
     }
 
     pub fn router(&self) -> Router {
@@ -173,6 +175,11 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
                 .millis_since_leader_contact
                 .map(|v| v as f64)
                 .unwrap_or(-1.0),
+        ),
+        (
+            "hale_audit_spooled_batches".into(),
+            "Read-audit batches waiting on local disk for the cluster to commit them.",
+            app.audit.spooled_batches() as f64,
         ),
         (
             "hale_audit_queue_records".into(),

@@ -316,3 +316,50 @@ async fn cluster_status_and_membership_need_an_admin() {
     let r = c.nodes[0].get("/cluster/status", ADMIN).await;
     assert_eq!(r.body()["members"].as_array().unwrap().len(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_site_keeps_serving_reads_and_its_audit_trail_syncs_back() {
+    let c = Cluster::start(3, 1, |_| {}).await;
+    let id = c.nodes[0].create_id(CLERK, &any_patient("CutOff")).await;
+    c.converge().await;
+    let site = &c.nodes[3];
+    site.raft
+        .faults()
+        .isolated
+        .store(true, std::sync::atomic::Ordering::Release);
+    for _ in 0..5 {
+        let r = site.get(&format!("/Patient/{id}"), CLIN).await;
+        r.expect(200);
+        assert_eq!(header(&r, "x-hale-consistency"), "local");
+    }
+    // The reads' audit records wait on the site's disk.
+    let spool = site.data_dir().join("audit-spool");
+    wait_for("the audit batch to be spooled", || {
+        std::fs::read_dir(&spool).map(|d| d.count() > 0).unwrap_or(false)
+    })
+    .await;
+    site.raft
+        .faults()
+        .isolated
+        .store(false, std::sync::atomic::Ordering::Release);
+    wait_for("the spool to drain", || {
+        std::fs::read_dir(&spool).map(|d| d.count() == 0).unwrap_or(false)
+    })
+    .await;
+    c.converge().await;
+    let r = c.nodes[0]
+        .get(&format!("/AuditEvent?patient=Patient/{id}&_count=100"), ADMIN)
+        .await;
+    r.expect(200);
+    let site_reads = r
+        .entries()
+        .iter()
+        .filter(|e| {
+            e["resource"]["action"] == "R" && e["resource"]["agent"][0]["who"]["identifier"]["value"] == "dr.who"
+        })
+        .count();
+    assert!(
+        site_reads >= 5,
+        "only {site_reads} of the site's 5 reads reached the audit trail"
+    );
+}
