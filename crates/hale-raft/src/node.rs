@@ -68,8 +68,8 @@ impl Default for RaftSettings {
             election_timeout_min_ms: 200,
             election_timeout_max_ms: 400,
             heartbeat_interval_ms: 50,
-            snapshot_entries_since_last: 20_000,
-            entries_kept_after_snapshot: 2_000,
+            snapshot_entries_since_last: 50_000,
+            entries_kept_after_snapshot: 5_000,
             write_timeout_ms: 10_000,
             leader_wait_ms: 3_000,
             read_timeout_ms: 2_000,
@@ -341,8 +341,10 @@ impl RaftNode {
         if voters <= 1 {
             return None;
         }
+        // Three election timeouts without a quorum's acknowledgement: a majority is
+        // gone, not merely slow (a busy 2-core machine can delay one heartbeat round).
         match m.millis_since_quorum_ack {
-            Some(ms) if ms > self.settings.election_timeout_max_ms => Some(format!(
+            Some(ms) if ms > 3 * self.settings.election_timeout_max_ms => Some(format!(
                 "no quorum: this node leads but has not heard from a majority of the {voters} voting nodes for {ms} ms, so the write cannot be committed. A majority of voters is down or cut off; reads are still served, marked stale"
             )),
             _ => None,
@@ -435,9 +437,16 @@ impl RaftNode {
         let lease_ok = voters <= 1
             || matches!(m.millis_since_quorum_ack, Some(ms) if ms < self.settings.election_timeout_max_ms / 2);
         if lease_ok {
-            // Waiting for everything in the leader's log (its blank entry of this term
-            // included) covers writes acknowledged by earlier leaders too.
-            return ReadIndexReply::Index(m.last_log_index.unwrap_or(0));
+            // Every write this leader acknowledged is applied here (it acknowledges after
+            // applying). Writes acknowledged by earlier leaders come before this leader's
+            // blank entry in the log, so once an entry of this term is applied they are
+            // too: then the applied index is the read index. Until then, wait for the
+            // whole log.
+            let applied = m.last_applied;
+            return match applied {
+                Some(a) if a.leader_id.term == m.current_term => ReadIndexReply::Index(a.index),
+                _ => ReadIndexReply::Index(m.last_log_index.unwrap_or(0)),
+            };
         }
         let timeout = Duration::from_millis(self.settings.read_timeout_ms);
         match tokio::time::timeout(timeout, self.raft.get_read_log_id()).await {
