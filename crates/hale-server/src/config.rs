@@ -16,6 +16,8 @@ pub struct Config {
     pub demo: DemoSettings,
     /// Replication: node id, raft listener, site, timeouts.
     pub cluster: hale_raft::RaftSettings,
+    /// Downtime packs regenerated on a schedule.
+    pub downtime: crate::downtime::DowntimeSettings,
 }
 
 impl Default for Config {
@@ -28,6 +30,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             demo: DemoSettings::default(),
             cluster: hale_raft::RaftSettings::default(),
+            downtime: crate::downtime::DowntimeSettings::default(),
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod config;
 pub mod consistency;
 pub mod demo;
+pub mod downtime;
 pub mod metrics;
 mod rest;
 pub mod wire;
@@ -49,6 +50,8 @@ pub struct App {
     pub stopping: AtomicBool,
     /// Bounds the FHIR requests served at once (`limits.requests_inflight_max`).
     pub inflight: tokio::sync::Semaphore,
+    /// Scheduled downtime packs: each site's last outcome.
+    pub downtime: downtime::DowntimeState,
 }
 
 static LAST_MS: AtomicI64 = AtomicI64::new(0);
@@ -79,6 +82,8 @@ pub enum StartError {
     Raft(#[from] hale_raft::node::NodeError),
     #[error("cannot open the audit spool: {0}")]
     Spool(#[from] std::io::Error),
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 impl Node {
@@ -86,6 +91,7 @@ impl Node {
     /// cluster of one). `api_url` is how other nodes and tools reach this
     /// node's API; it is recorded in the cluster membership.
     pub async fn start(cfg: Config, api_url: String) -> Result<Node, StartError> {
+        downtime::validate(&cfg.downtime).map_err(StartError::Config)?;
         let raft = RaftNode::start(&cfg.data, cfg.cluster.clone(), api_url).await?;
         let reader = Arc::new(Reader::open(&cfg.data, cfg.limits.readers)?);
         Node::with_parts(cfg, raft, reader)
@@ -110,6 +116,7 @@ impl Node {
             ready: AtomicBool::new(true),
             stopping: AtomicBool::new(false),
             inflight: tokio::sync::Semaphore::new(cfg_inflight),
+            downtime: downtime::DowntimeState::default(),
         });
         Ok(Node { app, audit_task })
     }
@@ -125,6 +132,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .merge(cluster::routes())
+        .route("/downtime/status", get(downtime::status))
         .fallback(fhir)
         .with_state(app)
 }
@@ -187,6 +195,15 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
             app.audit.queued() as f64,
         ),
     ];
+    for s in app.downtime.snapshot(now_ms()) {
+        if let Some(age) = s.age_s {
+            gauges.push((
+                format!("hale_downtime_pack_age_seconds{{site=\"{}\"}}", s.site),
+                "Age of each site's current downtime pack.",
+                age as f64,
+            ));
+        }
+    }
     if let Ok(counts) = app.reader.with(hale_store::query::counts) {
         for (t, n) in counts {
             gauges.push((
@@ -278,6 +295,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let router = node.router();
     let app = node.app.clone();
+    downtime::spawn_scheduler(app.clone());
     let shutdown = async move {
         shutdown.await;
         app.stopping.store(true, Ordering::Release);
