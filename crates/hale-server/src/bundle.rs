@@ -56,7 +56,7 @@ fn entry_err(i: usize, e: FhirError) -> FhirError {
     }
 }
 
-async fn run(cx: &Ctx<'_>, bundle: Value, kind: &str) -> Result<axum::response::Response, FhirError> {
+pub(crate) async fn run(cx: &Ctx<'_>, bundle: Value, kind: &str) -> Result<axum::response::Response, FhirError> {
     if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
         return Err(
             FhirError::bad_request("POST to the base URL takes a Bundle of type batch or transaction")

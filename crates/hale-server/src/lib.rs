@@ -6,6 +6,7 @@
 
 pub mod audit_sink;
 pub mod auth;
+pub mod backfill;
 mod bundle;
 pub mod capability;
 pub mod cluster;

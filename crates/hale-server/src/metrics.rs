@@ -16,6 +16,7 @@ pub const ROUTES: &[&str] = &[
     "history-type",
     "everything",
     "batch",
+    "backfill",
     "transaction",
     "metadata",
     "ops",

@@ -57,6 +57,17 @@ pub async fn dispatch(app: &App, req: Request) -> Handled {
             };
             bundle::handle(&cx, body).await
         }
+        (Method::POST, ["$backfill"]) => {
+            let body = match read_body(app, body).await {
+                Ok(b) => b,
+                Err(e) => return ("backfill", Err(e)),
+            };
+            let bundle = match parse_json(&body) {
+                Ok(v) => v,
+                Err(e) => return ("backfill", Err(e)),
+            };
+            ("backfill", crate::backfill::handle(&cx, bundle, &query).await)
+        }
         (m, [t, rest @ ..]) => {
             let rt = match resource_type(t) {
                 Ok(rt) => rt,

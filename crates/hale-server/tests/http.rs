@@ -6,6 +6,7 @@ mod common;
 
 mod http {
     pub mod audit_auth;
+    pub mod backfill;
     pub mod bad_input;
     pub mod booking;
     pub mod crud;

@@ -998,7 +998,15 @@ pub fn allowed_next(from: &str) -> &'static [&'static str] {
         "checked-in" => &["checked-in", "arrived", "fulfilled", "cancelled", "entered-in-error"],
         "arrived" => &["arrived", "checked-in", "fulfilled", "cancelled", "entered-in-error"],
         "fulfilled" => &["fulfilled", "entered-in-error"],
-        "noshow" => &["noshow", "booked", "entered-in-error"],
+        // A non-attendance recorded in error (paper shows the patient came) is corrected directly.
+        "noshow" => &[
+            "noshow",
+            "booked",
+            "arrived",
+            "checked-in",
+            "fulfilled",
+            "entered-in-error",
+        ],
         "cancelled" => &["cancelled", "entered-in-error"],
         "entered-in-error" => &["entered-in-error"],
         _ => &[],
