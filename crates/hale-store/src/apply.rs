@@ -1034,6 +1034,8 @@ mod tests {
             ("fulfilled", "booked", false),
             ("cancelled", "booked", false),
             ("noshow", "booked", true),
+            ("noshow", "fulfilled", true),
+            ("noshow", "cancelled", false),
             ("entered-in-error", "booked", false),
             ("arrived", "fulfilled", true),
             ("proposed", "booked", true),
