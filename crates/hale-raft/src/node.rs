@@ -783,6 +783,20 @@ async fn rpc_snapshot(
         return r;
     }
     n.record_contact(None);
+    // openraft 0.9 sends a follower no heartbeat while a snapshot streams to it,
+    // and snapshot chunks bypass RaftCore, so nothing would reset this node's
+    // election timer during a transfer longer than the election timeout: it
+    // would campaign, depose the leader and abort the transfer, forever (found
+    // by the chaos harness: a wiped voter never re-synced). An empty
+    // AppendEntries with the sender's vote is a heartbeat: it matches any log,
+    // appends nothing and commits nothing.
+    let keepalive = AppendEntriesRequest {
+        vote: req.vote,
+        prev_log_id: None,
+        leader_commit: None,
+        entries: Vec::new(),
+    };
+    let _ = n.raft.append_entries(keepalive).await;
     Json(n.raft.install_snapshot(req).await).into_response()
 }
 
