@@ -21,7 +21,7 @@ mod gather;
 mod manifest;
 mod model;
 mod output;
-mod pdf;
+pub mod pdf;
 mod render;
 pub mod time;
 

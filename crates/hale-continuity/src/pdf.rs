@@ -6,6 +6,8 @@
 //! widths in [`crate::afm`] and extracted by `pdftotext` as ordinary text.
 //! Characters WinAnsi cannot show are folded to a close Latin letter (`ł` to
 //! `l`) or shown as `?`; the CSV files keep the original UTF-8.
+//!
+//! Public so that other Hale documents reuse it (hale-notify's patient letters).
 
 use crate::afm;
 use flate2::write::ZlibEncoder;
@@ -13,11 +15,11 @@ use flate2::Compression;
 use std::io::Write;
 
 /// A4 in points (1/72 inch): 210 mm x 297 mm.
-pub(crate) const A4_SHORT_PT: f32 = 595.28;
-pub(crate) const A4_LONG_PT: f32 = 841.89;
+pub const A4_SHORT_PT: f32 = 595.28;
+pub const A4_LONG_PT: f32 = 841.89;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Font {
+pub enum Font {
     Regular,
     Bold,
 }
@@ -39,7 +41,7 @@ impl Font {
 }
 
 /// Width in points of WinAnsi `bytes` set in `font` at `size_pt`.
-pub(crate) fn text_width_pt(bytes: &[u8], font: Font, size_pt: f32) -> f32 {
+pub fn text_width_pt(bytes: &[u8], font: Font, size_pt: f32) -> f32 {
     let w = font.widths();
     let units: u32 = bytes
         .iter()
@@ -116,7 +118,7 @@ fn win_ansi_byte(c: char) -> Option<u8> {
 
 /// Text as WinAnsi bytes: Latin-1 and the WinAnsi extras as themselves,
 /// other Latin letters as their base letter, anything else as `?`.
-pub(crate) fn win_ansi(s: &str) -> Vec<u8> {
+pub fn win_ansi(s: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -134,7 +136,7 @@ pub(crate) fn win_ansi(s: &str) -> Vec<u8> {
 
 /// Bytes inside a PDF literal string `( )`: backslash, parentheses and every
 /// byte outside printable ASCII escaped, so the file body stays 7-bit.
-pub(crate) fn escape_literal(bytes: &[u8]) -> String {
+pub fn escape_literal(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len() + 8);
     for &b in bytes {
         match b {
@@ -150,7 +152,7 @@ pub(crate) fn escape_literal(bytes: &[u8]) -> String {
 
 /// One drawing operation on a page. Coordinates in points from the bottom left.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Op {
+pub enum Op {
     Text {
         x: f32,
         y: f32,
@@ -170,19 +172,19 @@ pub(crate) enum Op {
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
-pub(crate) struct Page {
-    pub(crate) ops: Vec<Op>,
+pub struct Page {
+    pub ops: Vec<Op>,
 }
 
 /// Page orientation (both A4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Orientation {
+pub enum Orientation {
     Portrait,
     Landscape,
 }
 
 impl Orientation {
-    pub(crate) fn size_pt(self) -> (f32, f32) {
+    pub fn size_pt(self) -> (f32, f32) {
         match self {
             Orientation::Portrait => (A4_SHORT_PT, A4_LONG_PT),
             Orientation::Landscape => (A4_LONG_PT, A4_SHORT_PT),
@@ -262,15 +264,27 @@ fn info_string(s: &str) -> String {
 }
 
 /// Document metadata.
-pub(crate) struct DocInfo<'a> {
-    pub(crate) title: &'a str,
+pub struct DocInfo<'a> {
+    pub title: &'a str,
     /// `D:YYYYMMDDHHmmSSZ`.
-    pub(crate) creation_date: &'a str,
+    pub creation_date: &'a str,
 }
 
 /// Serialise `pages` as a complete PDF file. Content streams are
 /// zlib-compressed (`/FlateDecode`) when `compress` is set.
-pub(crate) fn write_pdf(info: &DocInfo<'_>, orientation: Orientation, pages: &[Page], compress: bool) -> Vec<u8> {
+pub fn write_pdf(info: &DocInfo<'_>, orientation: Orientation, pages: &[Page], compress: bool) -> Vec<u8> {
+    write_pdf_with_producer(info, "Hale downtime pack", orientation, pages, compress)
+}
+
+/// [`write_pdf`] with another `/Producer` in the document information
+/// (other Hale documents built with this writer, such as patient letters).
+pub fn write_pdf_with_producer(
+    info: &DocInfo<'_>,
+    producer: &str,
+    orientation: Orientation,
+    pages: &[Page],
+    compress: bool,
+) -> Vec<u8> {
     let (w, h) = orientation.size_pt();
     // Objects: 1 catalog, 2 page tree, 3 Helvetica, 4 Helvetica-Bold, 5 info,
     // then a page object and its content stream for each page.
@@ -312,8 +326,9 @@ pub(crate) fn write_pdf(info: &DocInfo<'_>, orientation: Orientation, pages: &[P
         &mut out,
         5,
         format!(
-            "<< /Title ({}) /Producer (Hale downtime pack) /CreationDate ({}) >>",
+            "<< /Title ({}) /Producer ({}) /CreationDate ({}) >>",
             info_string(info.title),
+            info_string(producer),
             info_string(info.creation_date)
         )
         .as_bytes(),
