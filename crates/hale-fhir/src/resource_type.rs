@@ -47,6 +47,8 @@ resource_types!(
     DocumentReference,
     AllergyIntolerance,
     AuditEvent,
+    Basic,
+    Communication,
 );
 
 impl ResourceType {
@@ -55,8 +57,13 @@ impl ResourceType {
         self != ResourceType::AuditEvent
     }
 
-    /// Whether reading or writing this type touches a patient's record
-    /// (and so must leave an AuditEvent).
+    /// Whether reading this type touches a patient's record, so that every read
+    /// and search must leave an AuditEvent.
+    ///
+    /// Writes are audited whatever the type: `apply` (hale-store) records an audit
+    /// row for every create, update and delete in the same commit, patient data or
+    /// not. So an outage incident (`Basic`) is audited when it is declared, changed
+    /// or closed, but reading the incident list is not.
     pub fn is_patient_data(self) -> bool {
         use ResourceType::*;
         matches!(
@@ -70,7 +77,14 @@ impl ResourceType {
                 | DocumentReference
                 | AllergyIntolerance
                 | AuditEvent
+                | Communication
         )
+    }
+
+    /// Types only administrators may create, update or delete. `Basic` holds Hale's
+    /// operational records (IT outage incidents), which decide what `$postpone` cancels.
+    pub fn admin_writes_only(self) -> bool {
+        self == ResourceType::Basic
     }
 }
 

@@ -37,6 +37,8 @@ pub(crate) const REQUIRED_SUPPLEMENT: &[(&str, &str)] = &[
     ("Bundle_Request", "method"),
     ("Bundle_Request", "url"),
     ("Bundle_Response", "status"),
+    ("Communication", "status"),
+    ("Communication_Payload", "content[x]"),
     ("Contributor", "name"),
     ("Contributor", "type"),
     ("DataRequirement", "type"),

@@ -35,6 +35,9 @@ enum As {
     StartEnd,
     /// A Reference with a local `Type/id` -> Reference; only to that type when given.
     Ref(Option<ResourceType>),
+    /// An `extension` element with this `url`: its `valueReference` -> Reference,
+    /// `valueCode` / `valueBoolean` -> Token, `valueDate` / `valueDateTime` / `valuePeriod` -> Date.
+    Extension(&'static str),
 }
 
 /// A dotted element path below the resource (arrays are walked through at
@@ -91,6 +94,12 @@ const fn reference(path: &'static str) -> Src {
     Src {
         path,
         read: As::Ref(None),
+    }
+}
+const fn extension(url: &'static str) -> Src {
+    Src {
+        path: "extension",
+        read: As::Extension(url),
     }
 }
 const fn reference_to(path: &'static str, target: ResourceType) -> Src {
@@ -190,6 +199,8 @@ params! { APPOINTMENT, APPOINTMENT_SRC;
     "service-category": Token, "Appointment.serviceCategory", [] => [cc("serviceCategory")];
     "appointment-type": Token, "Appointment.appointmentType", [] => [cc("appointmentType")];
     "slot": Reference, "Appointment.slot", [Slot] => [reference("slot")];
+    "incident": Reference, "Appointment.extension('https://hale.health/fhir/StructureDefinition/outage-incident')", [Basic] => [extension(crate::codes::EXT_OUTAGE_INCIDENT)];
+    "rebooked-from": Reference, "Appointment.extension('https://hale.health/fhir/StructureDefinition/rebooked-from')", [Appointment] => [extension(crate::codes::EXT_REBOOKED_FROM)];
 }
 
 params! { ENCOUNTER, ENCOUNTER_SRC;
@@ -252,9 +263,31 @@ params! { AUDIT_EVENT, AUDIT_EVENT_SRC;
     "action": Token, "AuditEvent.action", [] => [code("action")];
     "entity": Reference, "AuditEvent.entity.what", [
         Patient, Practitioner, PractitionerRole, Organization, Location, HealthcareService, Schedule, Slot,
-        Appointment, Encounter, Observation, DiagnosticReport, ImagingStudy, DocumentReference, AllergyIntolerance, AuditEvent
+        Appointment, Encounter, Observation, DiagnosticReport, ImagingStudy, DocumentReference, AllergyIntolerance, AuditEvent,
+        Basic, Communication
     ] => [reference("entity.what")];
     "outcome": Token, "AuditEvent.outcome", [] => [code("outcome")];
+}
+
+params! { BASIC, BASIC_SRC;
+    "identifier": Token, "Basic.identifier", [] => [ident("identifier")];
+    "code": Token, "Basic.code", [] => [cc("code")];
+    "created": Date, "Basic.created", [] => [date("created")];
+    "subject": Reference, "Basic.subject", [Patient, Organization, Location] => [reference("subject")];
+    "author": Reference, "Basic.author", [Practitioner, PractitionerRole, Organization, Patient] => [reference("author")];
+}
+
+params! { COMMUNICATION, COMMUNICATION_SRC;
+    "identifier": Token, "Communication.identifier", [] => [ident("identifier")];
+    "status": Token, "Communication.status", [] => [code("status")];
+    "category": Token, "Communication.category", [] => [cc("category")];
+    "medium": Token, "Communication.medium", [] => [cc("medium")];
+    "subject": Reference, "Communication.subject", [Patient] => [reference("subject")];
+    "patient": Reference, "Communication.subject.where(resolve() is Patient)", [Patient] => [reference_to("subject", PatientT)];
+    "recipient": Reference, "Communication.recipient", [Patient, Practitioner, PractitionerRole, Organization] => [reference("recipient")];
+    "about": Reference, "Communication.about", [Appointment, Encounter, Patient, Basic] => [reference("about")];
+    "sent": Date, "Communication.sent", [] => [date("sent")];
+    "received": Date, "Communication.received", [] => [date("received")];
 }
 
 fn table(rtype: ResourceType) -> (&'static [SearchParamDef], &'static [&'static [Src]]) {
@@ -276,6 +309,8 @@ fn table(rtype: ResourceType) -> (&'static [SearchParamDef], &'static [&'static 
         DocumentReference => (DOCUMENT_REFERENCE, DOCUMENT_REFERENCE_SRC),
         AllergyIntolerance => (ALLERGY_INTOLERANCE, ALLERGY_INTOLERANCE_SRC),
         AuditEvent => (AUDIT_EVENT, AUDIT_EVENT_SRC),
+        Basic => (BASIC, BASIC_SRC),
+        Communication => (COMMUNICATION, COMMUNICATION_SRC),
     }
 }
 
@@ -427,6 +462,23 @@ fn read(param: &'static str, how: As, v: &Value, out: &mut Vec<IndexEntry>) {
                         id: id.to_string(),
                     });
                 }
+            }
+        }
+        As::Extension(url) => {
+            if text("url") != Some(url) {
+                return;
+            }
+            if let Some(r) = v.get("valueReference") {
+                read(param, As::Ref(None), r, out);
+            } else if let Some(c) = v.get("valueCode") {
+                read(param, As::Code, c, out);
+            } else if let Some(b) = v.get("valueBoolean") {
+                read(param, As::Boolean, b, out);
+            } else if let Some(d) = ["valueDate", "valueDateTime", "valuePeriod"]
+                .iter()
+                .find_map(|k| v.get(*k))
+            {
+                read(param, As::Date, d, out);
             }
         }
     }

@@ -262,7 +262,7 @@ fn every_type_has_its_parameters() {
         (Slot, "schedule start status service-type"),
         (
             Appointment,
-            "identifier patient date status location practitioner actor service-type service-category appointment-type slot",
+            "identifier patient date status location practitioner actor service-type service-category appointment-type slot incident rebooked-from",
         ),
         (Encounter, "patient subject date status class location appointment"),
         (Observation, "patient subject code date category status encounter"),
@@ -271,6 +271,11 @@ fn every_type_has_its_parameters() {
         (DocumentReference, "patient subject date type status category"),
         (AllergyIntolerance, "patient code clinical-status"),
         (AuditEvent, "patient agent date action entity outcome"),
+        (Basic, "identifier code created subject author"),
+        (
+            Communication,
+            "identifier status category medium subject patient recipient about sent received",
+        ),
     ];
     assert_eq!(expect.len(), ResourceType::ALL.len());
     for (rtype, names) in expect {
@@ -767,4 +772,50 @@ fn query_limits() {
     let q = parse(Patient, &pairs, false).unwrap();
     assert_eq!(q.ignored.len(), 33);
     assert_eq!(q.ignored[32], "further ignored parameters are not listed");
+}
+
+#[test]
+fn extract_outage_extensions_and_communication() {
+    check_extract(
+        Appointment,
+        r#"{"status":"booked","extension":[
+            {"url":"https://hale.health/fhir/StructureDefinition/outage-incident","valueReference":{"reference":"Basic/inc1"}},
+            {"url":"https://hale.health/fhir/StructureDefinition/rebooked-from","valueReference":{"reference":"Appointment/a1"}},
+            {"url":"https://hale.health/fhir/StructureDefinition/rebooked-from","valueString":"not a reference"},
+            {"url":"https://example.org/other","valueReference":{"reference":"Basic/x"}}]}"#,
+        "
+        incident ref Basic/inc1
+        rebooked-from ref Appointment/a1
+        status token |booked
+        ",
+    );
+    check_extract(
+        Communication,
+        r#"{"status":"preparation","subject":{"reference":"Patient/p1"},"recipient":[{"reference":"Patient/p1"}],
+            "about":[{"reference":"Appointment/a2"},{"reference":"Basic/inc1"}],
+            "category":[{"coding":[{"system":"https://hale.health/fhir/CodeSystem/notification-category","code":"appointment-rebooked"}]}],
+            "medium":[{"coding":[{"system":"https://hale.health/fhir/CodeSystem/notification-channel","code":"sms"}]}],
+            "identifier":[{"system":"https://hale.health/fhir/Id/notification","value":"c1"}],
+            "sent":"2026-10-05T08:00:00Z"}"#,
+        "
+        about ref Appointment/a2
+        about ref Basic/inc1
+        category token https://hale.health/fhir/CodeSystem/notification-category|appointment-rebooked
+        identifier token https://hale.health/fhir/Id/notification|c1
+        medium token https://hale.health/fhir/CodeSystem/notification-channel|sms
+        patient ref Patient/p1
+        recipient ref Patient/p1
+        sent date 2026-10-05T08:00:00.000Z..2026-10-05T08:00:00.999Z
+        status token |preparation
+        subject ref Patient/p1
+        ",
+    );
+    check_extract(
+        Basic,
+        r#"{"code":{"coding":[{"system":"https://hale.health/fhir/CodeSystem/incident-type","code":"it-outage"}]},"created":"2026-10-01"}"#,
+        "
+        code token https://hale.health/fhir/CodeSystem/incident-type|it-outage
+        created date 2026-10-01T00:00:00.000Z..2026-10-01T23:59:59.999Z
+        ",
+    );
 }

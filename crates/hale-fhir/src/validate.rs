@@ -73,6 +73,9 @@ pub fn validate_resource(resource: &Value, expected: Option<ResourceType>) -> Re
     if rtype == ResourceType::Appointment {
         appointment_rules(obj, &mut w);
     }
+    if rtype == ResourceType::Basic && is_incident(obj) {
+        incident_rules(obj, &mut w);
+    }
     w.finish().map(|()| rtype)
 }
 
@@ -619,6 +622,132 @@ fn appointment_rules(obj: &Map<String, Value>, w: &mut Walker) {
                 .at("Appointment.participant"),
             );
         }
+    }
+}
+
+/// Whether a Basic resource is an IT outage incident (`Basic.code` has the Hale incident coding).
+pub fn is_incident(obj: &Map<String, Value>) -> bool {
+    obj.get("code")
+        .and_then(|c| c.get("coding"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|c| {
+            c.get("system").and_then(Value::as_str) == Some(codes::INCIDENT_TYPE_SYSTEM)
+                && c.get("code").and_then(Value::as_str) == Some(codes::INCIDENT_IT_OUTAGE)
+        })
+}
+
+/// The incident profile (see `codes::EXT_INCIDENT_*`): exactly one period with a start
+/// (and an end not before it), exactly one status (`closed` needs the end), and sites,
+/// services and the description as non-empty codes / text.
+fn incident_rules(obj: &Map<String, Value>, w: &mut Walker) {
+    let exts = obj
+        .get("extension")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    let mut periods = Vec::new();
+    let mut statuses = Vec::new();
+    for (i, e) in exts.iter().enumerate() {
+        let at = format!("Basic.extension[{i}]");
+        let text = |key: &str| e.get(key).and_then(Value::as_str).filter(|s| !s.trim().is_empty());
+        match e.get("url").and_then(Value::as_str) {
+            Some(codes::EXT_INCIDENT_PERIOD) => periods.push((i, e.get("valuePeriod"))),
+            Some(codes::EXT_INCIDENT_STATUS) => statuses.push((i, text("valueCode"))),
+            Some(codes::EXT_INCIDENT_SITE) | Some(codes::EXT_INCIDENT_SERVICE) if text("valueCode").is_none() => w
+                .push(
+                    Issue::error(IssueCode::Required, "an affected site or service needs a valueCode")
+                        .at(format!("{at}.valueCode")),
+                ),
+            Some(codes::EXT_INCIDENT_DESCRIPTION) if text("valueString").is_none() => w.push(
+                Issue::error(IssueCode::Required, "an incident description needs a valueString")
+                    .at(format!("{at}.valueString")),
+            ),
+            _ => {}
+        }
+    }
+    let mut end_ms = None;
+    match periods.as_slice() {
+        [(i, period)] => {
+            let at = format!("Basic.extension[{i}].valuePeriod");
+            let bound = |k: &str| {
+                period
+                    .and_then(|p| p.get(k))
+                    .and_then(Value::as_str)
+                    .and_then(crate::date::parse_range_ms)
+            };
+            end_ms = bound("end").map(|end| (*i, end));
+            match bound("start") {
+                None => w.push(
+                    Issue::error(
+                        IssueCode::Required,
+                        "an incident period needs a start (when the outage began)",
+                    )
+                    .at(format!("{at}.start")),
+                ),
+                Some(start) => {
+                    if end_ms.is_some_and(|(_, end)| end.1 < start.0) {
+                        w.push(
+                            Issue::error(IssueCode::Value, "the incident ends before it starts")
+                                .at(format!("{at}.end")),
+                        );
+                    }
+                }
+            }
+        }
+        [] => w.push(
+            Issue::error(
+                IssueCode::Required,
+                format!(
+                    "an incident needs one extension {} with a valuePeriod (start, and end once it is over)",
+                    codes::EXT_INCIDENT_PERIOD
+                ),
+            )
+            .at("Basic.extension"),
+        ),
+        [_, (i, _), ..] => w.push(
+            Issue::error(IssueCode::Value, "an incident has exactly one period").at(format!("Basic.extension[{i}]")),
+        ),
+    }
+    match statuses.as_slice() {
+        [(i, status)] => {
+            let at = format!("Basic.extension[{i}].valueCode");
+            match status {
+                Some(s) if codes::INCIDENT_STATUSES.contains(s) => {
+                    if let ("closed", None, [(p, _)]) = (*s, end_ms, periods.as_slice()) {
+                        w.push(
+                            Issue::error(IssueCode::Required, "a closed incident needs the end of its period")
+                                .at(format!("Basic.extension[{p}].valuePeriod.end")),
+                        );
+                    }
+                }
+                other => w.push(
+                    Issue::error(
+                        IssueCode::Value,
+                        format!(
+                            "incident status {} is not one of {}",
+                            other.map_or_else(|| "(none)".to_string(), quote),
+                            codes::INCIDENT_STATUSES.join(" | ")
+                        ),
+                    )
+                    .at(at),
+                ),
+            }
+        }
+        [] => w.push(
+            Issue::error(
+                IssueCode::Required,
+                format!(
+                    "an incident needs one extension {} with valueCode open or closed",
+                    codes::EXT_INCIDENT_STATUS
+                ),
+            )
+            .at("Basic.extension"),
+        ),
+        [_, (i, _), ..] => w.push(
+            Issue::error(IssueCode::Value, "an incident has exactly one status").at(format!("Basic.extension[{i}]")),
+        ),
     }
 }
 

@@ -751,3 +751,76 @@ fn validation_timing() {
     let per = t.elapsed() / n;
     println!("validate_resource(typical Patient): {per:?} per call");
 }
+
+/// An incident (Basic, `it-outage`) with these extensions.
+fn incident(exts: &str) -> String {
+    format!(
+        r#"{{"resourceType":"Basic","code":{{"coding":[{{"system":"https://hale.health/fhir/CodeSystem/incident-type","code":"it-outage"}}]}},"extension":[{exts}]}}"#
+    )
+}
+
+const PERIOD: &str = "https://hale.health/fhir/StructureDefinition/incident-period";
+const STATUS: &str = "https://hale.health/fhir/StructureDefinition/incident-status";
+const SITE: &str = "https://hale.health/fhir/StructureDefinition/incident-site";
+
+#[test]
+fn incident_profile() {
+    let period = |p: &str| format!(r#"{{"url":"{PERIOD}","valuePeriod":{p}}}"#);
+    let status = |s: &str| format!(r#"{{"url":"{STATUS}","valueCode":"{s}"}}"#);
+    let open = period(r#"{"start":"2026-10-01T07:00:00Z"}"#);
+    let closed = period(r#"{"start":"2026-10-01T07:00:00Z","end":"2026-10-02T18:00:00Z"}"#);
+    check(&incident(&format!("{open},{}", status("open"))), "ok");
+    check(&incident(&format!("{closed},{}", status("closed"))), "ok");
+    check(
+        &incident(&format!(
+            r#"{closed},{},{{"url":"{SITE}","valueCode":"QEH"}}"#,
+            status("closed")
+        )),
+        "ok",
+    );
+    check(&incident(&status("open")), "required Basic.extension");
+    check(&incident(&open), "required Basic.extension");
+    check(
+        &incident(&format!("{open},{}", status("closed"))),
+        "required Basic.extension[0].valuePeriod.end",
+    );
+    check(
+        &incident(&format!("{open},{}", status("ended"))),
+        "value Basic.extension[1].valueCode",
+    );
+    check(
+        &incident(&format!(
+            "{},{}",
+            period(r#"{"start":"2026-10-02T07:00:00Z","end":"2026-10-01T18:00:00Z"}"#),
+            status("closed")
+        )),
+        "value Basic.extension[0].valuePeriod.end",
+    );
+    check(
+        &incident(&format!(
+            "{},{}",
+            period(r#"{"end":"2026-10-01T18:00:00Z"}"#),
+            status("closed")
+        )),
+        "required Basic.extension[0].valuePeriod.start",
+    );
+    check(
+        &incident(&format!(
+            r#"{open},{},{{"url":"{SITE}","valueString":"QEH"}}"#,
+            status("open")
+        )),
+        "required Basic.extension[2].valueCode",
+    );
+    check(
+        &incident(&format!("{open},{open},{}", status("open"))),
+        "value Basic.extension[1]",
+    );
+    // Other Basic resources are not incidents.
+    check(r#"{"resourceType":"Basic","code":{"text":"a note"}}"#, "ok");
+    // Communication.status is required.
+    check(r#"{"resourceType":"Communication"}"#, "required Communication.status");
+    check(
+        r#"{"resourceType":"Communication","status":"preparation","payload":[{"id":"p1"}]}"#,
+        "required Communication.payload[0].content",
+    );
+}

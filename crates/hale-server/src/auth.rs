@@ -87,6 +87,17 @@ fn clinical(rt: ResourceType) -> bool {
 
 /// May `p` read (or, with `write`, change) resources of type `rt`?
 pub fn authorize(p: &Principal, rt: ResourceType, write: bool) -> Result<(), FhirError> {
+    if write && rt.admin_writes_only() && p.role != Role::Admin {
+        return Err(FhirError::new(
+            StatusCode::FORBIDDEN,
+            IssueCode::Forbidden,
+            format!(
+                "user '{}' with role '{}' may not change {rt} resources (outage incidents); that needs the admin role",
+                p.user,
+                p.role.as_str()
+            ),
+        ));
+    }
     let ok = match p.role {
         Role::Admin | Role::Service => true,
         Role::Clinician => rt != ResourceType::AuditEvent,
@@ -126,5 +137,24 @@ mod tests {
         check(Role::Clerk, ResourceType::Observation, false);
         check(Role::Admin, ResourceType::AuditEvent, true);
         check(Role::Service, ResourceType::AuditEvent, true);
+        check(Role::Clerk, ResourceType::Basic, true);
+        check(Role::Clerk, ResourceType::Communication, true);
+    }
+
+    #[test]
+    fn only_admins_change_incidents() {
+        for (role, ok) in [
+            (Role::Admin, true),
+            (Role::Service, false),
+            (Role::Clinician, false),
+            (Role::Clerk, false),
+        ] {
+            let p = Principal { user: "u".into(), role };
+            assert_eq!(authorize(&p, ResourceType::Basic, true).is_ok(), ok, "{role:?}");
+            assert!(
+                authorize(&p, ResourceType::Basic, false).is_ok(),
+                "{role:?} reads incidents"
+            );
+        }
     }
 }

@@ -56,6 +56,15 @@ pub fn capability_statement(base: &str, date: &str) -> Value {
             });
             if rt == ResourceType::Appointment {
                 r["searchInclude"] = json!(["Appointment:patient", "Appointment:slot"]);
+                r["operation"] = json!([
+                    {"name": "postpone", "definition": "https://hale.health/fhir/OperationDefinition/Appointment-postpone"},
+                    {"name": "rebook", "definition": "https://hale.health/fhir/OperationDefinition/Appointment-rebook"},
+                ]);
+            }
+            if rt == ResourceType::Basic {
+                r["operation"] = json!([
+                    {"name": "report", "definition": "https://hale.health/fhir/OperationDefinition/Basic-report"},
+                ]);
             }
             if rt == ResourceType::Patient {
                 r["operation"] = json!([{

@@ -18,6 +18,8 @@ pub struct Config {
     pub cluster: hale_raft::RaftSettings,
     /// Downtime packs regenerated on a schedule.
     pub downtime: crate::downtime::DowntimeSettings,
+    /// Outage recovery: reasonable notice, rebooking horizon, letter timing.
+    pub outage: crate::outage::OutageSettings,
 }
 
 impl Default for Config {
@@ -31,6 +33,7 @@ impl Default for Config {
             demo: DemoSettings::default(),
             cluster: hale_raft::RaftSettings::default(),
             downtime: crate::downtime::DowntimeSettings::default(),
+            outage: crate::outage::OutageSettings::default(),
         }
     }
 }

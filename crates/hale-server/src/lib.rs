@@ -15,6 +15,8 @@ pub mod consistency;
 pub mod demo;
 pub mod downtime;
 pub mod metrics;
+pub mod outage;
+pub mod rebook;
 mod rest;
 pub mod wire;
 

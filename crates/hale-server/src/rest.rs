@@ -68,6 +68,20 @@ pub async fn dispatch(app: &App, req: Request) -> Handled {
             };
             ("backfill", crate::backfill::handle(&cx, bundle, &query).await)
         }
+        (Method::POST, ["Appointment", op @ ("$postpone" | "$rebook")]) => {
+            let route = if *op == "$postpone" { "postpone" } else { "rebook" };
+            let body = match read_body(app, body).await {
+                Ok(b) => b,
+                Err(e) => return (route, Err(e)),
+            };
+            let r = if *op == "$postpone" {
+                crate::outage::postpone(&cx, &body, &query).await
+            } else {
+                crate::rebook::rebook(&cx, &body, &query).await
+            };
+            (route, r)
+        }
+        (Method::GET, ["Basic", id, "$report"]) => ("outage-report", crate::outage::report(&cx, id).await),
         (m, [t, rest @ ..]) => {
             let rt = match resource_type(t) {
                 Ok(rt) => rt,

@@ -27,7 +27,7 @@ pub const CATEGORY_SYSTEM: &str = "https://hale.health/fhir/CodeSystem/appointme
 pub const CANCELLED_BY_SYSTEM: &str = "https://hale.health/fhir/CodeSystem/cancelled-by";
 pub const SNOMED: &str = "http://snomed.info/sct";
 
-/// The 16 resource types Hale serves.
+/// The 18 resource types Hale serves.
 pub const ALL_TYPES: &[&str] = &[
     "Patient",
     "Practitioner",
@@ -45,6 +45,8 @@ pub const ALL_TYPES: &[&str] = &[
     "DocumentReference",
     "AllergyIntolerance",
     "AuditEvent",
+    "Basic",
+    "Communication",
 ];
 
 // ---------------------------------------------------------------------------
@@ -118,6 +120,40 @@ impl TestServer {
             shutdown: Some(tx),
             handle: Some(handle),
         }
+    }
+
+    /// A server with the synthetic health board loaded through the write path
+    /// (`hale_server::demo::load_if_empty`), and its `App` for calling library
+    /// functions in-process. Drop the `App` before [`TestServer::stop`].
+    pub async fn start_demo(
+        patients: usize,
+        seed: u64,
+        today: chrono::NaiveDate,
+    ) -> (TestServer, Arc<hale_server::App>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = test_config(dir.path());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        let node = Node::start(cfg, format!("http://{addr}")).await.expect("start node");
+        hale_server::demo::load_if_empty(&node.app, patients, seed, today)
+            .await
+            .expect("load the demo board");
+        let app = node.app.clone();
+        let raft = node.app.raft.clone();
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(hale_server::serve(node, listener, async move {
+            let _ = rx.await;
+        }));
+        let srv = TestServer {
+            client: Client { addr },
+            dir,
+            raft,
+            shutdown: Some(tx),
+            handle: Some(handle),
+        };
+        (srv, app)
     }
 
     pub fn data_dir(&self) -> &Path {
