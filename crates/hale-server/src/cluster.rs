@@ -26,16 +26,21 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/cluster/remove", post(remove))
 }
 
-fn admin(app: &App, headers: &HeaderMap) -> Result<(), Response> {
-    let p = app.auth.authenticate(headers).map_err(|e| e.into_response())?;
+fn admin(app: &App, headers: &HeaderMap) -> Result<(), Box<Response>> {
+    let p = app
+        .auth
+        .authenticate(headers)
+        .map_err(|e| Box::new(e.into_response()))?;
     match p.role {
         Role::Admin | Role::Service => Ok(()),
-        _ => Err(FhirError::new(
-            StatusCode::FORBIDDEN,
-            IssueCode::Forbidden,
-            "cluster administration needs an admin or service token",
-        )
-        .into_response()),
+        _ => Err(Box::new(
+            FhirError::new(
+                StatusCode::FORBIDDEN,
+                IssueCode::Forbidden,
+                "cluster administration needs an admin or service token",
+            )
+            .into_response(),
+        )),
     }
 }
 
@@ -56,14 +61,14 @@ fn admin_error(e: AdminError) -> Response {
 
 async fn status(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     if let Err(r) = admin(&app, &headers) {
-        return r;
+        return *r;
     }
     Json(app.raft.cluster_status().await).into_response()
 }
 
 async fn init(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     if let Err(r) = admin(&app, &headers) {
-        return r;
+        return *r;
     }
     match app.raft.init().await {
         Ok(()) => Json(serde_json::json!({"initialized": app.raft.id})).into_response(),
@@ -86,19 +91,21 @@ struct NodeReq {
     node_id: u64,
 }
 
-fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Response> {
+fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Box<Response>> {
     serde_json::from_slice(bytes).map_err(|e| {
-        FhirError::bad_request(format!("the request body is not what this endpoint takes: {e}")).into_response()
+        Box::new(
+            FhirError::bad_request(format!("the request body is not what this endpoint takes: {e}")).into_response(),
+        )
     })
 }
 
 async fn add_learner(State(app): State<Arc<App>>, headers: HeaderMap, bytes: axum::body::Bytes) -> Response {
     if let Err(r) = admin(&app, &headers) {
-        return r;
+        return *r;
     }
     let req: LearnerReq = match body(&bytes) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let node = HaleNode {
         raft_addr: req.raft_addr,
@@ -113,11 +120,11 @@ async fn add_learner(State(app): State<Arc<App>>, headers: HeaderMap, bytes: axu
 
 async fn promote(State(app): State<Arc<App>>, headers: HeaderMap, bytes: axum::body::Bytes) -> Response {
     if let Err(r) = admin(&app, &headers) {
-        return r;
+        return *r;
     }
     let req: NodeReq = match body(&bytes) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match app.raft.promote(req.node_id).await {
         Ok(()) => Json(serde_json::json!({"voter": req.node_id})).into_response(),
@@ -127,11 +134,11 @@ async fn promote(State(app): State<Arc<App>>, headers: HeaderMap, bytes: axum::b
 
 async fn remove(State(app): State<Arc<App>>, headers: HeaderMap, bytes: axum::body::Bytes) -> Response {
     if let Err(r) = admin(&app, &headers) {
-        return r;
+        return *r;
     }
     let req: NodeReq = match body(&bytes) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match app.raft.remove(req.node_id).await {
         Ok(()) => Json(serde_json::json!({"removed": req.node_id})).into_response(),

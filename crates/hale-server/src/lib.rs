@@ -82,7 +82,7 @@ pub enum StartError {
     #[error(transparent)]
     Store(#[from] hale_store::StoreError),
     #[error(transparent)]
-    Raft(#[from] hale_raft::node::NodeError),
+    Raft(#[from] Box<hale_raft::node::NodeError>),
     #[error("cannot open the audit spool: {0}")]
     Spool(#[from] std::io::Error),
     #[error("configuration: {0}")]
@@ -95,7 +95,9 @@ impl Node {
     /// node's API; it is recorded in the cluster membership.
     pub async fn start(cfg: Config, api_url: String) -> Result<Node, StartError> {
         downtime::validate(&cfg.downtime).map_err(StartError::Config)?;
-        let raft = RaftNode::start(&cfg.data, cfg.cluster.clone(), api_url).await?;
+        let raft = RaftNode::start(&cfg.data, cfg.cluster.clone(), api_url)
+            .await
+            .map_err(Box::new)?;
         let reader = Arc::new(Reader::open(&cfg.data, cfg.limits.readers)?);
         Node::with_parts(cfg, raft, reader)
     }

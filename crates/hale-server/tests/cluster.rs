@@ -176,7 +176,7 @@ async fn concurrent_bookings_through_different_nodes_book_a_slot_once() {
         c.converge().await;
         let mut tasks = Vec::new();
         for (i, p) in patients.iter().enumerate() {
-            let client = c.nodes[i % c.nodes.len()].client.clone();
+            let client = c.nodes[i % c.nodes.len()].client;
             let body = appointment(p, &slot, &s, &e);
             tasks.push(tokio::spawn(async move {
                 client.post("/Appointment", CLERK, &body).await.status
