@@ -20,6 +20,9 @@ pub struct Config {
     pub downtime: crate::downtime::DowntimeSettings,
     /// Outage recovery: reasonable notice, rebooking horizon, letter timing.
     pub outage: crate::outage::OutageSettings,
+    /// Patient contact: the delivery worker's adapters (SMTP, GOV.UK Notify, letters) and bounds.
+    /// Off unless an adapter is configured.
+    pub notify: crate::outbox::NotifySettings,
 }
 
 impl Default for Config {
@@ -34,6 +37,7 @@ impl Default for Config {
             cluster: hale_raft::RaftSettings::default(),
             downtime: crate::downtime::DowntimeSettings::default(),
             outage: crate::outage::OutageSettings::default(),
+            notify: crate::outbox::NotifySettings::default(),
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod demo;
 pub mod downtime;
 pub mod metrics;
 pub mod outage;
+pub mod outbox;
 pub mod rebook;
 mod rest;
 pub mod wire;
@@ -95,6 +96,7 @@ impl Node {
     /// node's API; it is recorded in the cluster membership.
     pub async fn start(cfg: Config, api_url: String) -> Result<Node, StartError> {
         downtime::validate(&cfg.downtime).map_err(StartError::Config)?;
+        outbox::validate(&cfg.notify, &cfg.outage).map_err(StartError::Config)?;
         let raft = RaftNode::start(&cfg.data, cfg.cluster.clone(), api_url)
             .await
             .map_err(Box::new)?;
@@ -138,6 +140,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics_text))
         .merge(cluster::routes())
         .route("/downtime/status", get(downtime::status))
+        .route("/Communication/$staff-lists", get(outbox::staff_lists))
         .fallback(fhir)
         .with_state(app)
 }
@@ -301,11 +304,22 @@ pub async fn serve(
     let router = node.router();
     let app = node.app.clone();
     downtime::spawn_scheduler(app.clone());
+    // Patient notifications: only when `[notify]` configures an adapter; delivers while leader.
+    let notify_worker = outbox::spawn_worker(app.clone());
+    let notify_stop = notify_worker.as_ref().map(|w| w.stopper());
     let shutdown = async move {
         shutdown.await;
         app.stopping.store(true, Ordering::Release);
+        if let Some(stop) = notify_stop {
+            stop.signal();
+        }
     };
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await?;
+    let served = axum::serve(listener, router).with_graceful_shutdown(shutdown).await;
+    // In-flight sends finish and are recorded before the write path stops.
+    if let Some(w) = notify_worker {
+        w.stop().await;
+    }
+    served?;
     let Node { app, audit_task } = node;
     let raft = app.raft.clone();
     drop(app);
