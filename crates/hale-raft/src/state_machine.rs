@@ -327,6 +327,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        // One snapshot is received at a time: a transfer that was abandoned (the
+        // leader changed mid-stream) leaves its file behind; do not let them pile up.
+        for f in std::fs::read_dir(&self.inner.snap_dir).into_iter().flatten().flatten() {
+            if f.file_name().to_string_lossy().starts_with("incoming-") {
+                let _ = std::fs::remove_file(f.path());
+            }
+        }
         let path = self
             .inner
             .snap_dir

@@ -1,6 +1,8 @@
 //! The `hale` command: CLI and glue. Business rules live in the crates.
 
+mod chaos;
 mod cluster_cli;
+mod failover;
 mod http;
 mod import;
 mod local;
@@ -38,6 +40,8 @@ enum Cmd {
     Cluster(cluster_cli::ClusterArgs),
     /// Start a local cluster of separate processes on loopback (Ctrl-C stops it).
     Up(cluster_cli::UpArgs),
+    /// Kill, cut off and wipe nodes of a local cluster under load, then check no acknowledged write was lost.
+    Chaos(chaos::ChaosArgs),
 }
 
 #[derive(Args)]
@@ -106,9 +110,9 @@ struct ExportArgs {
 
 #[derive(Args)]
 struct BenchArgs {
-    /// What to measure.
+    /// What to measure (`failover` starts its own 3-node cluster and ignores --url).
     #[arg(default_value = "all", value_parser = workload_parser())]
-    workload: hale_bench::Workload,
+    workload: BenchWhat,
     /// Server base URL.
     #[arg(long, default_value = "http://127.0.0.1:8080", env = "HALE_URL")]
     url: String,
@@ -133,9 +137,19 @@ struct BenchArgs {
     /// Booking attempts per slot in the booking race.
     #[arg(long, default_value_t = 2)]
     book_contenders: usize,
+    /// Leader kills measured by `failover`.
+    #[arg(long, default_value_t = 30)]
+    trials: usize,
     /// Also print the report as JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// A load workload against a running server, or the failover benchmark.
+#[derive(Clone, Copy)]
+enum BenchWhat {
+    Load(hale_bench::Workload),
+    Failover,
 }
 
 fn main() -> Result<()> {
@@ -149,6 +163,7 @@ fn main() -> Result<()> {
         Cmd::Bench(a) => rt.block_on(bench(a)),
         Cmd::Cluster(a) => rt.block_on(cluster_cli::run(a)),
         Cmd::Up(a) => rt.block_on(cluster_cli::up(a)),
+        Cmd::Chaos(a) => rt.block_on(chaos::run(a)),
     }
 }
 
@@ -349,17 +364,26 @@ fn export(data: &Path, out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The bench crate's own workload names, listed in `--help`.
-fn workload_parser() -> impl clap::builder::TypedValueParser<Value = hale_bench::Workload> {
+/// The bench crate's own workload names and `failover`, listed in `--help`.
+fn workload_parser() -> impl clap::builder::TypedValueParser<Value = BenchWhat> {
     use clap::builder::TypedValueParser;
-    clap::builder::PossibleValuesParser::new(hale_bench::Workload::VARIANTS.map(|w| w.name())).map(|name| {
-        name.parse::<hale_bench::Workload>()
-            .expect("a listed workload name parses")
+    let mut names = hale_bench::Workload::VARIANTS.map(|w| w.name()).to_vec();
+    names.push("failover");
+    clap::builder::PossibleValuesParser::new(names).map(|name| match name.as_str() {
+        "failover" => BenchWhat::Failover,
+        _ => BenchWhat::Load(
+            name.parse::<hale_bench::Workload>()
+                .expect("a listed workload name parses"),
+        ),
     })
 }
 
 async fn bench(a: BenchArgs) -> Result<()> {
     use hale_bench::BenchOpts;
+    let workload = match a.workload {
+        BenchWhat::Failover => return failover::run(a.trials, a.json).await,
+        BenchWhat::Load(w) => w,
+    };
     let opts = BenchOpts {
         base_url: a.url,
         token: a.token,
@@ -371,7 +395,7 @@ async fn bench(a: BenchArgs) -> Result<()> {
         book_contenders_per_slot: a.book_contenders,
         ..BenchOpts::default()
     };
-    let report = hale_bench::run(&opts, a.workload).await?;
+    let report = hale_bench::run(&opts, workload).await?;
     println!("{}", report.to_table());
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report.to_json())?);

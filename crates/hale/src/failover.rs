@@ -1,0 +1,224 @@
+//! `hale bench failover`: how long writes stop when the leader dies.
+//!
+//! Starts a 3-voter cluster on loopback. Each trial keeps one client writing
+//! small Patient creates through a follower, one at a time, SIGKILLs the
+//! leader, and measures from the kill to the first acknowledged (201) write
+//! that was sent after the kill. The killed node is then restarted and the
+//! next trial waits until all three nodes have applied the same index.
+
+use crate::chaos::CLERK_TOKEN;
+use crate::http::Client;
+use crate::local::{LocalCluster, Spec};
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Per-request timeout of the writing client.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause after a failed write before the next.
+const RETRY_PAUSE: Duration = Duration::from_millis(5);
+/// A trial that sees no acknowledged write this long after the kill fails.
+const TRIAL_TIMEOUT: Duration = Duration::from_secs(60);
+const VOTERS: usize = 3;
+
+fn patient(n: u64) -> Vec<u8> {
+    json!({
+        "resourceType": "Patient",
+        "identifier": [{"system": "https://hale.health/failover", "value": n.to_string()}],
+        "name": [{"family": format!("Failover{n}"), "given": ["Test"]}],
+        "birthDate": "1970-01-01",
+    })
+    .to_string()
+    .into_bytes()
+}
+
+async fn wait_leader(c: &LocalCluster) -> Result<u64> {
+    let start = Instant::now();
+    loop {
+        if let Some(l) = c.leader().await {
+            return Ok(l);
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            bail!("the cluster elected no leader within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Wait until every node answers with the same applied index.
+async fn wait_converged(c: &LocalCluster) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        let mut seen = Vec::new();
+        for p in &c.procs {
+            seen.push(
+                c.node_status(p.id, false)
+                    .await
+                    .ok()
+                    .and_then(|s| s["applied_index"].as_u64()),
+            );
+        }
+        if seen[0].is_some() && seen.iter().all(|s| *s == seen[0]) {
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            bail!("the nodes did not converge within 120 s: applied indexes {seen:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One trial: the time from the leader's SIGKILL to the first write acknowledged after it.
+async fn trial(c: &mut LocalCluster, seq: Arc<AtomicU64>) -> Result<(Duration, u64, u64)> {
+    let leader = wait_leader(c).await?;
+    let via = c
+        .procs
+        .iter()
+        .find(|p| p.voter && p.id != leader)
+        .map(|p| p.id)
+        .context("no follower")?;
+    let url = c.proc(via).api_url();
+    let killed_at: Arc<OnceLock<Instant>> = Arc::default();
+    let k = killed_at.clone();
+    let writer = tokio::spawn(async move {
+        let mut client = Client::new(&url, Some(CLERK_TOKEN))?;
+        loop {
+            let sent = Instant::now();
+            let n = seq.fetch_add(1, Ordering::Relaxed);
+            let r = tokio::time::timeout(REQUEST_TIMEOUT, client.send("POST", "/Patient", Some(patient(n)))).await;
+            let acked = matches!(&r, Ok(Ok(reply)) if reply.status == 201);
+            if acked {
+                if let Some(kill) = k.get() {
+                    if sent >= *kill {
+                        return Ok::<Duration, anyhow::Error>(Instant::now().duration_since(*kill));
+                    }
+                }
+                continue;
+            }
+            if !matches!(r, Ok(Ok(_))) {
+                // Timed out or the connection broke: start afresh.
+                client = Client::new(&url, Some(CLERK_TOKEN))?;
+            }
+            if let Some(kill) = k.get() {
+                if kill.elapsed() > TRIAL_TIMEOUT {
+                    bail!("no write was acknowledged within {TRIAL_TIMEOUT:?} of the leader's SIGKILL");
+                }
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    });
+    // Let the writer get going, then pull the plug on the leader.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = killed_at.set(Instant::now());
+    c.kill(leader).await?;
+    let took = writer.await.context("the writing client panicked")??;
+    c.restart(leader)
+        .await
+        .with_context(|| format!("node {leader} did not come back"))?;
+    wait_converged(c).await?;
+    Ok((took, leader, via))
+}
+
+/// Nearest-rank percentile of sorted samples.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted[rank.min(sorted.len()) - 1]
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 10_000.0).round() / 10.0
+}
+
+pub async fn run(trials: usize, json_out: bool) -> Result<()> {
+    if trials == 0 {
+        bail!("--trials must be at least 1");
+    }
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let data = std::env::temp_dir().join(format!("hale-failover-{}-{stamp}", std::process::id()));
+    let spec = Spec {
+        voters: VOTERS,
+        learners: 0,
+        data: data.clone(),
+        fault_injection: false,
+        extra_toml: String::new(),
+        demo_patients: 0,
+        log: "warn".into(),
+    };
+    eprintln!("failover: starting {VOTERS} voters under {} ...", data.display());
+    let mut cluster = LocalCluster::start(spec).await?;
+    let seq = Arc::new(AtomicU64::new(1));
+    let mut samples = Vec::new();
+    let mut result = Ok(());
+    for i in 0..trials {
+        match trial(&mut cluster, seq.clone()).await {
+            Ok((took, killed, via)) => {
+                eprintln!(
+                    "trial {:>3}/{trials}: killed leader {killed}, writing through node {via}: first acknowledged write {:.1} ms after the kill",
+                    i + 1,
+                    ms(took)
+                );
+                samples.push(ms(took));
+            }
+            Err(e) => {
+                result = Err(e.context(format!("trial {} failed", i + 1)));
+                break;
+            }
+        }
+    }
+    cluster.stop_all().await;
+    drop(cluster);
+    if let Err(e) = result {
+        eprintln!("node logs kept in {} (node-N.log)", data.display());
+        return Err(e);
+    }
+    let _ = std::fs::remove_dir_all(&data);
+    let mut sorted = samples.clone();
+    sorted.sort_by(f64::total_cmp);
+    let (p50, p99, max) = (
+        percentile(&sorted, 50.0),
+        percentile(&sorted, 99.0),
+        *sorted.last().expect("at least one trial"),
+    );
+    println!("failover: {trials} leader SIGKILLs, 3 voters on loopback, one client writing through a follower");
+    println!("  time from the kill to the first acknowledged write: p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms");
+    println!("  target: p50 <= 1000 ms, p99 <= 2000 ms");
+    println!(
+        "  samples (ms): {}",
+        samples.iter().map(|s| format!("{s:.1}")).collect::<Vec<_>>().join(", ")
+    );
+    if json_out {
+        let j = json!({
+            "workload": "failover",
+            "trials": trials,
+            "voters": VOTERS,
+            "p50_ms": p50,
+            "p99_ms": p99,
+            "max_ms": max,
+            "samples_ms": samples,
+        });
+        println!("{}", serde_json::to_string_pretty(&j)?);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let s: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&s, 50.0), 50.0);
+        assert_eq!(percentile(&s, 99.0), 99.0);
+        assert_eq!(percentile(&[3.0], 99.0), 3.0);
+        assert_eq!(percentile(&[1.0, 2.0], 50.0), 1.0);
+    }
+}
