@@ -15,6 +15,7 @@
 //! passes `now_ms`. See DESIGN.md for why it is built this way.
 
 mod afm;
+pub mod bench;
 mod crypt;
 mod csv;
 mod gather;

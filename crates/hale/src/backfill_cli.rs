@@ -38,10 +38,7 @@ fn clinical_time(r: &Value) -> String {
         &r["period"]["start"],
         &r["start"],
     ];
-    pick.iter()
-        .find_map(|v| v.as_str())
-        .unwrap_or("-")
-        .to_string()
+    pick.iter().find_map(|v| v.as_str()).unwrap_or("-").to_string()
 }
 
 fn patient_of(r: &Value) -> Option<String> {
@@ -102,7 +99,10 @@ pub async fn run(a: BackfillArgs) -> Result<()> {
             let user = ev["agent"][0]["who"]["identifier"]["value"].as_str().unwrap_or("?");
             for ent in ev["entity"].as_array().into_iter().flatten() {
                 if let Some(what) = ent["what"]["reference"].as_str() {
-                    who.insert(what.to_string(), format!("{user} at {}", ev["recorded"].as_str().unwrap_or("?")));
+                    who.insert(
+                        what.to_string(),
+                        format!("{user} at {}", ev["recorded"].as_str().unwrap_or("?")),
+                    );
                 }
             }
         }
@@ -118,7 +118,10 @@ pub async fn run(a: BackfillArgs) -> Result<()> {
     println!(
         "{} entries{}",
         rows.len(),
-        a.incident.as_deref().map(|i| format!(" for incident {i}")).unwrap_or_default()
+        a.incident
+            .as_deref()
+            .map(|i| format!(" for incident {i}"))
+            .unwrap_or_default()
     );
     Ok(())
 }

@@ -143,7 +143,10 @@ pub async fn status(url: &str, token: Option<&str>) -> Result<Value> {
 
 pub fn status_table(s: &Value) -> String {
     let mut out = String::new();
-    let leader = s["leader"].as_u64().map(|l| l.to_string()).unwrap_or_else(|| "none".into());
+    let leader = s["leader"]
+        .as_u64()
+        .map(|l| l.to_string())
+        .unwrap_or_else(|| "none".into());
     out.push_str(&format!(
         "leader: {leader}   term: {}   (answered by node {})\n",
         s["term"].as_u64().unwrap_or(0),
@@ -200,7 +203,12 @@ pub async fn up(a: UpArgs) -> Result<()> {
         demo_patients: a.demo_patients,
         log: "info".into(),
     };
-    eprintln!("starting {} voters and {} learners under {} ...", a.nodes, a.learners, a.data.display());
+    eprintln!(
+        "starting {} voters and {} learners under {} ...",
+        a.nodes,
+        a.learners,
+        a.data.display()
+    );
     let mut cluster = LocalCluster::start(spec).await?;
     println!("Hale cluster is up. Tokens: demo-clinician, demo-clerk, {ADMIN_TOKEN}.");
     for p in &cluster.procs {

@@ -145,7 +145,9 @@ impl LocalCluster {
             .stderr(log)
             .kill_on_drop(true);
         if p.id == 1 && self.spec.demo_patients > 0 {
-            cmd.arg("--demo").arg("--demo-patients").arg(self.spec.demo_patients.to_string());
+            cmd.arg("--demo")
+                .arg("--demo-patients")
+                .arg(self.spec.demo_patients.to_string());
         }
         let child = cmd.spawn().context("cannot start a hale node process")?;
         p.child = Some(child);
@@ -168,7 +170,11 @@ impl LocalCluster {
         let mut c = Client::new(&first.api_url(), Some(ADMIN_TOKEN))?;
         let r = c.send("POST", "/cluster/init", Some(b"{}".to_vec())).await?;
         if r.status != 200 {
-            bail!("node 1 refused to initialise the cluster: HTTP {} {}", r.status, String::from_utf8_lossy(&r.body));
+            bail!(
+                "node 1 refused to initialise the cluster: HTTP {} {}",
+                r.status,
+                String::from_utf8_lossy(&r.body)
+            );
         }
         wait_until(START_TIMEOUT_MS, "node 1 to become leader", || async {
             Ok(self.leader().await == Some(1))
@@ -176,16 +182,30 @@ impl LocalCluster {
         .await?;
         for p in &self.procs[1..] {
             let body = json!({"node_id": p.id, "raft_addr": p.raft_addr, "api_url": p.api_url(), "site": p.site});
-            let r = c.send("POST", "/cluster/learners", Some(body.to_string().into_bytes())).await?;
+            let r = c
+                .send("POST", "/cluster/learners", Some(body.to_string().into_bytes()))
+                .await?;
             if r.status != 200 {
-                bail!("adding node {} failed: HTTP {} {}", p.id, r.status, String::from_utf8_lossy(&r.body));
+                bail!(
+                    "adding node {} failed: HTTP {} {}",
+                    p.id,
+                    r.status,
+                    String::from_utf8_lossy(&r.body)
+                );
             }
         }
         for p in self.procs.iter().filter(|p| p.voter && p.id != 1) {
             let body = json!({"node_id": p.id});
-            let r = c.send("POST", "/cluster/promote", Some(body.to_string().into_bytes())).await?;
+            let r = c
+                .send("POST", "/cluster/promote", Some(body.to_string().into_bytes()))
+                .await?;
             if r.status != 200 {
-                bail!("promoting node {} failed: HTTP {} {}", p.id, r.status, String::from_utf8_lossy(&r.body));
+                bail!(
+                    "promoting node {} failed: HTTP {} {}",
+                    p.id,
+                    r.status,
+                    String::from_utf8_lossy(&r.body)
+                );
             }
         }
         Ok(())
@@ -239,9 +259,15 @@ impl LocalCluster {
         let i = self.index(id)?;
         if let Some(mut child) = self.procs[i].child.take() {
             if let Some(pid) = child.id() {
-                let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+                let _ = std::process::Command::new("kill")
+                    .arg("-TERM")
+                    .arg(pid.to_string())
+                    .status();
             }
-            if tokio::time::timeout(Duration::from_secs(15), child.wait()).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(15), child.wait())
+                .await
+                .is_err()
+            {
                 child.start_kill().ok();
                 let _ = child.wait().await;
             }
@@ -271,10 +297,18 @@ impl LocalCluster {
         let p = self.proc(id);
         let mut c = Client::new(&format!("http://{}", p.raft_addr), None)?;
         let r = c
-            .send("POST", "/raft/fault", Some(json!({ "isolated": isolated }).to_string().into_bytes()))
+            .send(
+                "POST",
+                "/raft/fault",
+                Some(json!({ "isolated": isolated }).to_string().into_bytes()),
+            )
             .await?;
         if r.status != 200 {
-            bail!("node {id} refused fault injection: HTTP {} {}", r.status, String::from_utf8_lossy(&r.body));
+            bail!(
+                "node {id} refused fault injection: HTTP {} {}",
+                r.status,
+                String::from_utf8_lossy(&r.body)
+            );
         }
         Ok(())
     }

@@ -1,11 +1,14 @@
 //! The `hale` command: CLI and glue. Business rules live in the crates.
 
+mod backfill_cli;
 mod chaos;
 mod cluster_cli;
+mod downtime;
 mod failover;
 mod http;
 mod import;
 mod local;
+mod outage;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -42,6 +45,12 @@ enum Cmd {
     Up(cluster_cli::UpArgs),
     /// Kill, cut off and wipe nodes of a local cluster under load, then check no acknowledged write was lost.
     Chaos(chaos::ChaosArgs),
+    /// IT outage incidents: declare, list, show, close, postpone, report, rebook.
+    Outage(outage::OutageArgs),
+    /// Write one site's downtime pack (clinic lists and patient summaries, PDF and CSV, age-encrypted).
+    DowntimePack(downtime::DowntimePackArgs),
+    /// List what was entered from paper after downtime (POST /$backfill), with who entered it and when.
+    Backfill(backfill_cli::BackfillArgs),
 }
 
 #[derive(Args)]
@@ -137,6 +146,15 @@ struct BenchArgs {
     /// Booking attempts per slot in the booking race.
     #[arg(long, default_value_t = 2)]
     book_contenders: usize,
+    /// `downtime-pack`: store directory for the demo board (loaded once, then reused).
+    #[arg(long, default_value = "target/bench-downtime-store")]
+    store: PathBuf,
+    /// `downtime-pack`: patients in the demo board.
+    #[arg(long, default_value_t = 10_000)]
+    board_patients: usize,
+    /// `downtime-pack`: the site whose pack is timed.
+    #[arg(long, default_value = "QEH")]
+    site: String,
     /// Leader kills measured by `failover`.
     #[arg(long, default_value_t = 30)]
     trials: usize,
@@ -145,11 +163,13 @@ struct BenchArgs {
     json: bool,
 }
 
-/// A load workload against a running server, or the failover benchmark.
+/// A load workload against a running server, or one of the self-contained benchmarks.
 #[derive(Clone, Copy)]
 enum BenchWhat {
     Load(hale_bench::Workload),
     Failover,
+    Rebook,
+    DowntimePack,
 }
 
 fn main() -> Result<()> {
@@ -164,6 +184,9 @@ fn main() -> Result<()> {
         Cmd::Cluster(a) => rt.block_on(cluster_cli::run(a)),
         Cmd::Up(a) => rt.block_on(cluster_cli::up(a)),
         Cmd::Chaos(a) => rt.block_on(chaos::run(a)),
+        Cmd::Outage(a) => rt.block_on(outage::run(a)),
+        Cmd::DowntimePack(a) => downtime::run(a),
+        Cmd::Backfill(a) => rt.block_on(backfill_cli::run(a)),
     }
 }
 
@@ -368,9 +391,11 @@ fn export(data: &Path, out: &Path) -> Result<()> {
 fn workload_parser() -> impl clap::builder::TypedValueParser<Value = BenchWhat> {
     use clap::builder::TypedValueParser;
     let mut names = hale_bench::Workload::VARIANTS.map(|w| w.name()).to_vec();
-    names.push("failover");
+    names.extend(["failover", "rebook", "downtime-pack"]);
     clap::builder::PossibleValuesParser::new(names).map(|name| match name.as_str() {
         "failover" => BenchWhat::Failover,
+        "rebook" => BenchWhat::Rebook,
+        "downtime-pack" => BenchWhat::DowntimePack,
         _ => BenchWhat::Load(
             name.parse::<hale_bench::Workload>()
                 .expect("a listed workload name parses"),
@@ -382,6 +407,8 @@ async fn bench(a: BenchArgs) -> Result<()> {
     use hale_bench::BenchOpts;
     let workload = match a.workload {
         BenchWhat::Failover => return failover::run(a.trials, a.json).await,
+        BenchWhat::Rebook => return tokio::task::spawn_blocking(move || outage::bench_rebook(a.json)).await?,
+        BenchWhat::DowntimePack => return bench_downtime(&a),
         BenchWhat::Load(w) => w,
     };
     let opts = BenchOpts {
@@ -399,6 +426,39 @@ async fn bench(a: BenchArgs) -> Result<()> {
     println!("{}", report.to_table());
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+    }
+    Ok(())
+}
+
+fn bench_downtime(a: &BenchArgs) -> Result<()> {
+    eprintln!(
+        "downtime-pack: {} patients' demo board in {} (loaded on first use) ...",
+        a.board_patients,
+        a.store.display()
+    );
+    let r = hale_continuity::bench::bench(&a.store, a.board_patients, &a.site, hale_continuity::DAYS_DEFAULT, 3)?;
+    if let Some(s) = r.load_s {
+        println!("loaded the board in {s:.1} s");
+    }
+    println!(
+        "site {}, today + {} days, {}-patient board (encrypted for one age recipient):",
+        r.site, r.days, r.board_patients
+    );
+    for (i, run) in r.runs.iter().enumerate() {
+        println!(
+            "  run {}: generate {:.0} ms, generate + write {:.0} ms; {} sessions, {} appointments, {} patients, {} pages, {:.2} MB",
+            i + 1,
+            run.generate_ms,
+            run.generate_and_write_ms,
+            run.sessions,
+            run.appointments,
+            run.patients,
+            run.pages,
+            run.bytes as f64 / 1e6
+        );
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
     }
     Ok(())
 }
