@@ -17,6 +17,7 @@ use hale_store::rusqlite::{self, params, Connection, OptionalExtension};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, ErrorSubject, ErrorVerb, RaftLogReader, StorageIOError};
 use parking_lot::Mutex;
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
@@ -63,21 +64,65 @@ fn decode(idx: i64, bytes: &[u8]) -> Result<Entry, StorageError> {
     serde_json::from_slice(bytes).map_err(|e| io_err(ErrorSubject::LogIndex(idx as u64), ErrorVerb::Read, e))
 }
 
-/// The raft log store. Cloning shares the one write connection.
+/// Appended entries that may not be on disk yet, so that they are readable
+/// the moment `append` returns (openraft requires it) while the fsync runs in
+/// the background. An entry leaves the cache once its batch is durable.
+type Cache = Arc<Mutex<BTreeMap<u64, Entry>>>;
+
+/// Work for the writer thread, done in order.
+enum Job {
+    Append {
+        rows: Vec<(u64, LogId, Vec<u8>)>,
+        callback: LogFlushed<TypeConfig>,
+    },
+    Exec {
+        work: Box<dyn FnOnce(&mut Connection) -> Result<(), StorageError> + Send>,
+        reply: tokio::sync::oneshot::Sender<Result<(), StorageError>>,
+    },
+}
+
+/// Append jobs gathered into one transaction (one fsync).
+pub const APPEND_JOBS_PER_COMMIT_MAX: usize = 256;
+/// Jobs waiting for the writer; a full queue makes `append` wait.
+pub const WRITER_QUEUE_JOBS_MAX: usize = 1_024;
+
+/// The raft log store. Cloning shares the writer thread and the cache.
 #[derive(Clone)]
 pub struct LogStore {
     path: PathBuf,
+    /// Read connection (the writer thread owns the write connection).
     conn: Arc<Mutex<Connection>>,
+    cache: Cache,
+    tx: std::sync::mpsc::SyncSender<Job>,
 }
 
 impl LogStore {
     pub fn open(dir: &Path) -> Result<LogStore, StorageError> {
         std::fs::create_dir_all(dir).map_err(write_err)?;
         let path = dir.join(LOG_FILE);
-        let conn = open_conn(&path, true).map_err(write_err)?;
+        let writer = open_conn(&path, true).map_err(write_err)?;
+        let conn = open_conn(&path, false).map_err(read_err)?;
+        let cache: Cache = Arc::new(Mutex::new(BTreeMap::new()));
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(WRITER_QUEUE_JOBS_MAX);
+        let cache2 = cache.clone();
+        std::thread::Builder::new()
+            .name("hale-raft-log".into())
+            .spawn(move || {
+                // A panic here means an invariant of the log failed: stop the process
+                // rather than acknowledge entries that are not on disk.
+                let outcome =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| writer_loop(writer, rx, cache2)));
+                if outcome.is_err() {
+                    tracing::error!("the raft log writer panicked; aborting so the node restarts from its durable log");
+                    std::process::abort();
+                }
+            })
+            .map_err(write_err)?;
         Ok(LogStore {
             path,
             conn: Arc::new(Mutex::new(conn)),
+            cache,
+            tx,
         })
     }
 
@@ -92,15 +137,30 @@ impl LogStore {
         }
     }
 
-    /// Run a write on the connection off the async threads (it fsyncs).
-    async fn blocking<R: Send + 'static>(
+    async fn send(&self, job: Job) -> Result<(), StorageError> {
+        let tx = self.tx.clone();
+        match tx.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(std::sync::mpsc::TrySendError::Full(job)) => tokio::task::spawn_blocking(move || tx.send(job))
+                .await
+                .map_err(write_err)?
+                .map_err(|_| write_err("the raft log writer has stopped")),
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => Err(write_err("the raft log writer has stopped")),
+        }
+    }
+
+    /// Run `work` on the write connection after every job queued before it.
+    async fn exec(
         &self,
-        f: impl FnOnce(&mut Connection) -> Result<R, StorageError> + Send + 'static,
-    ) -> Result<R, StorageError> {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || f(&mut conn.lock()))
-            .await
-            .map_err(|e| write_err(std::io::Error::other(e.to_string())))?
+        work: impl FnOnce(&mut Connection) -> Result<(), StorageError> + Send + 'static,
+    ) -> Result<(), StorageError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.send(Job::Exec {
+            work: Box::new(work),
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| write_err("the raft log writer has stopped"))?
     }
 
     /// Every entry in the log, for tools that replay it (tests, `hale` diagnostics).
@@ -121,6 +181,89 @@ impl LogStore {
     }
 }
 
+fn writer_loop(mut conn: Connection, rx: std::sync::mpsc::Receiver<Job>, cache: Cache) {
+    let mut pending: Option<Job> = None;
+    loop {
+        let job = match pending.take() {
+            Some(j) => j,
+            None => match rx.recv() {
+                Ok(j) => j,
+                Err(_) => return,
+            },
+        };
+        match job {
+            Job::Exec { work, reply } => {
+                let _ = reply.send(work(&mut conn));
+            }
+            Job::Append { rows, callback } => {
+                // Group commit: every append already queued joins this transaction.
+                let mut batch = vec![(rows, callback)];
+                while batch.len() < APPEND_JOBS_PER_COMMIT_MAX {
+                    match rx.try_recv() {
+                        Ok(Job::Append { rows, callback }) => batch.push((rows, callback)),
+                        Ok(other) => {
+                            pending = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let res = write_batch(&mut conn, &batch);
+                let flushed: Vec<(u64, LogId)> = batch
+                    .iter()
+                    .flat_map(|(rows, _)| rows.iter().map(|(i, l, _)| (*i, *l)))
+                    .collect();
+                match res {
+                    Ok(()) => {
+                        for (_, cb) in batch {
+                            cb.log_io_completed(Ok(()));
+                        }
+                        let mut c = cache.lock();
+                        for (i, l) in flushed {
+                            if c.get(&i).is_some_and(|e| e.log_id == l) {
+                                c.remove(&i);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "raft log append failed");
+                        for (_, cb) in batch {
+                            cb.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn write_batch(
+    conn: &mut Connection,
+    batch: &[(Vec<(u64, LogId, Vec<u8>)>, LogFlushed<TypeConfig>)],
+) -> Result<(), StorageError> {
+    let tx = conn.transaction().map_err(write_err)?;
+    {
+        let mut last: Option<i64> = tx
+            .query_row("SELECT MAX(idx) FROM log", [], |r| r.get(0))
+            .map_err(write_err)?;
+        let mut stmt = tx
+            .prepare_cached("INSERT OR REPLACE INTO log(idx, entry) VALUES (?1, ?2)")
+            .map_err(write_err)?;
+        for (rows, _) in batch {
+            for (idx, _, bytes) in rows {
+                let idx = *idx as i64;
+                // The log must stay gap-free: each new entry follows the last one.
+                if let Some(l) = last {
+                    assert_eq!(idx, l + 1, "raft log append would leave a hole after {l}");
+                }
+                stmt.execute(params![idx, bytes]).map_err(write_err)?;
+                last = Some(idx);
+            }
+        }
+    }
+    tx.commit().map_err(write_err)
+}
+
 fn range_to_sql<RB: RangeBounds<u64>>(range: &RB) -> (i64, i64) {
     let lo = match range.start_bound() {
         Bound::Included(x) => *x as i64,
@@ -135,25 +278,43 @@ fn range_to_sql<RB: RangeBounds<u64>>(range: &RB) -> (i64, i64) {
     (lo, hi)
 }
 
-fn read_range(conn: &Connection, lo: i64, hi: i64) -> Result<Vec<Entry>, StorageError> {
+fn read_range(conn: &Connection, cache: &Cache, lo: i64, hi: i64) -> Result<Vec<Entry>, StorageError> {
     let hi = hi.min(lo.saturating_add(READ_ENTRIES_MAX as i64 - 1));
-    let mut stmt = conn
-        .prepare_cached("SELECT idx, entry FROM log WHERE idx >= ?1 AND idx <= ?2 ORDER BY idx")
-        .map_err(read_err)?;
-    let rows = stmt
-        .query_map(params![lo, hi], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))
-        .map_err(read_err)?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (idx, bytes) = row.map_err(read_err)?;
-        let e = decode(idx, &bytes)?;
-        assert_eq!(
-            e.log_id.index, idx as u64,
-            "raft log row {idx} holds entry {}",
-            e.log_id
-        );
-        out.push(e);
+    if hi < lo {
+        return Ok(Vec::new());
     }
+    // Entries not yet flushed are in the cache; older ones only on disk.
+    let cached: Vec<Entry> = cache
+        .lock()
+        .range(lo.max(0) as u64..=hi as u64)
+        .map(|(_, e)| e.clone())
+        .collect();
+    let disk_hi = match cached.first() {
+        Some(e) => (e.log_id.index as i64 - 1).min(hi),
+        None => hi,
+    };
+    let mut out = Vec::new();
+    if disk_hi >= lo {
+        let mut stmt = conn
+            .prepare_cached("SELECT idx, entry FROM log WHERE idx >= ?1 AND idx <= ?2 ORDER BY idx")
+            .map_err(read_err)?;
+        let rows = stmt
+            .query_map(params![lo, disk_hi], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })
+            .map_err(read_err)?;
+        for row in rows {
+            let (idx, bytes) = row.map_err(read_err)?;
+            let e = decode(idx, &bytes)?;
+            assert_eq!(
+                e.log_id.index, idx as u64,
+                "raft log row {idx} holds entry {}",
+                e.log_id
+            );
+            out.push(e);
+        }
+    }
+    out.extend(cached);
     Ok(out)
 }
 
@@ -163,14 +324,15 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
         let (lo, hi) = range_to_sql(&range);
-        read_range(&self.conn.lock(), lo, hi)
+        read_range(&self.conn.lock(), &self.cache, lo, hi)
     }
 }
 
 /// A read handle for replication streams: its own connection, so reads run
-/// beside appends (WAL readers never block the writer).
+/// beside appends (WAL readers never block the writer), and the shared cache.
 pub struct LogReader {
     conn: Mutex<Connection>,
+    cache: Cache,
 }
 
 impl RaftLogReader<TypeConfig> for LogReader {
@@ -179,7 +341,7 @@ impl RaftLogReader<TypeConfig> for LogReader {
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
         let (lo, hi) = range_to_sql(&range);
-        read_range(&self.conn.lock(), lo, hi)
+        read_range(&self.conn.lock(), &self.cache, lo, hi)
     }
 }
 
@@ -187,15 +349,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogReader;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let cached_last = self.cache.lock().values().next_back().map(|e| e.log_id);
         let conn = self.conn.lock();
-        let last: Option<Vec<u8>> = conn
-            .query_row("SELECT entry FROM log ORDER BY idx DESC LIMIT 1", [], |r| r.get(0))
-            .optional()
-            .map_err(read_err)?;
         let purged: Option<LogId> = Self::kv_get(&conn, "purged")?;
-        let last_log_id = match last {
-            Some(b) => Some(decode(-1, &b)?.log_id),
-            None => purged,
+        let last_log_id = match cached_last {
+            Some(l) => Some(l),
+            None => {
+                let last: Option<Vec<u8>> = conn
+                    .query_row("SELECT entry FROM log ORDER BY idx DESC LIMIT 1", [], |r| r.get(0))
+                    .optional()
+                    .map_err(read_err)?;
+                match last {
+                    Some(b) => Some(decode(-1, &b)?.log_id),
+                    None => purged,
+                }
+            }
         };
         Ok(LogState {
             last_purged_log_id: purged,
@@ -208,12 +376,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Ok(c) => c,
             Err(e) => panic!("cannot open a read connection to {}: {e}", self.path.display()),
         };
-        LogReader { conn: Mutex::new(conn) }
+        LogReader {
+            conn: Mutex::new(conn),
+            cache: self.cache.clone(),
+        }
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         let bytes = serde_json::to_vec(vote).map_err(write_err)?;
-        self.blocking(move |c| {
+        self.exec(move |c| {
             c.execute("INSERT OR REPLACE INTO kv(key, value) VALUES ('vote', ?1)", [bytes])
                 .map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))?;
             Ok(())
@@ -231,51 +402,31 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let mut rows = Vec::new();
+        let mut fresh = Vec::new();
         for e in entries {
-            rows.push((e.log_id.index as i64, serde_json::to_vec(&e).map_err(write_err)?));
+            rows.push((e.log_id.index, e.log_id, serde_json::to_vec(&e).map_err(write_err)?));
+            fresh.push(e);
         }
         if rows.is_empty() {
             callback.log_io_completed(Ok(()));
             return Ok(());
         }
-        let res = self
-            .blocking(move |c| {
-                let tx = c.transaction().map_err(write_err)?;
-                {
-                    // The log must stay gap-free: the first new entry follows the last one.
-                    let last: Option<i64> = tx
-                        .query_row("SELECT MAX(idx) FROM log", [], |r| r.get(0))
-                        .map_err(write_err)?;
-                    if let Some(last) = last {
-                        assert_eq!(rows[0].0, last + 1, "raft log append would leave a hole after {last}");
-                    }
-                    let mut stmt = tx
-                        .prepare_cached("INSERT OR REPLACE INTO log(idx, entry) VALUES (?1, ?2)")
-                        .map_err(write_err)?;
-                    for (idx, bytes) in &rows {
-                        stmt.execute(params![idx, bytes]).map_err(write_err)?;
-                    }
-                }
-                tx.commit().map_err(write_err)?;
-                Ok(())
-            })
-            .await;
-        match res {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(e)
+        // Readable at once; durable when the writer calls back.
+        {
+            let mut c = self.cache.lock();
+            for e in fresh {
+                c.insert(e.log_id.index, e);
             }
         }
+        self.send(Job::Append { rows, callback }).await
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let idx = log_id.index as i64;
-        self.blocking(move |c| {
-            c.execute("DELETE FROM log WHERE idx >= ?1", [idx]).map_err(write_err)?;
+        let idx = log_id.index;
+        self.cache.lock().split_off(&idx);
+        self.exec(move |c| {
+            c.execute("DELETE FROM log WHERE idx >= ?1", [idx as i64])
+                .map_err(write_err)?;
             Ok(())
         })
         .await
@@ -283,19 +434,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let bytes = serde_json::to_vec(&log_id).map_err(write_err)?;
-        let idx = log_id.index as i64;
-        self.blocking(move |c| {
+        let idx = log_id.index;
+        self.exec(move |c| {
             let tx = c.transaction().map_err(write_err)?;
             if let Some(prev) = Self::kv_get::<LogId>(&tx, "purged")? {
                 assert!(prev <= log_id, "purge moves backwards: {prev} then {log_id}");
             }
             tx.execute("INSERT OR REPLACE INTO kv(key, value) VALUES ('purged', ?1)", [bytes])
                 .map_err(write_err)?;
-            tx.execute("DELETE FROM log WHERE idx <= ?1", [idx])
+            tx.execute("DELETE FROM log WHERE idx <= ?1", [idx as i64])
                 .map_err(write_err)?;
             tx.commit().map_err(write_err)?;
             Ok(())
         })
-        .await
+        .await?;
+        // Flushed by now (the writer ran every earlier append first).
+        let mut c = self.cache.lock();
+        let keep = c.split_off(&(idx + 1));
+        *c = keep;
+        Ok(())
     }
 }
