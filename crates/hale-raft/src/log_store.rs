@@ -4,9 +4,15 @@
 //! SQLite for its state, WAL mode gives crash-atomic appends with one fsync per
 //! batch (`synchronous=FULL`), truncation and purging are single statements
 //! that cannot leave a hole, and the file can be inspected with the `sqlite3`
-//! shell during an incident. openraft hands the log whole batches of entries,
-//! so one transaction (one fsync) covers every entry the leader gathered while
-//! the previous append was flushing: group commit comes for free.
+//! shell during an incident.
+//!
+//! `append` does not wait for the disk: it puts the entries in an in-memory
+//! cache (so they are readable at once, as openraft requires) and queues them
+//! for a writer thread, which commits every queued append in one transaction
+//! (one fsync) and then calls openraft back. So raft's core keeps replicating
+//! and committing while the disk syncs, and appends that arrive during a sync
+//! share the next one. Truncate, purge and vote go through the same queue, so
+//! they happen in order with the appends.
 //!
 //! A separate file from the state machine keeps the two writers from
 //! contending for one SQLite write lock, and lets the state machine commit
