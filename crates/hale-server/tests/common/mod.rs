@@ -130,8 +130,18 @@ impl TestServer {
         seed: u64,
         today: chrono::NaiveDate,
     ) -> (TestServer, Arc<hale_server::App>) {
+        TestServer::start_demo_with(patients, seed, today, |_| {}).await
+    }
+
+    pub async fn start_demo_with(
+        patients: usize,
+        seed: u64,
+        today: chrono::NaiveDate,
+        mutate: impl FnOnce(&mut Config),
+    ) -> (TestServer, Arc<hale_server::App>) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let cfg = test_config(dir.path());
+        let mut cfg = test_config(dir.path());
+        mutate(&mut cfg);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind loopback");
@@ -520,7 +530,9 @@ impl ReqBuilder {
                 check_schema(&v, &format!("{} {} -> {status}", self.method, self.path));
                 Some(v)
             }
-        } else if ct.starts_with("application/json") && self.path.starts_with("/cluster/") {
+        } else if ct.starts_with("application/json")
+            && (self.path.starts_with("/cluster/") || self.path.starts_with("/downtime/"))
+        {
             // Cluster administration is not FHIR: plain JSON, not schema-checked.
             Some(
                 serde_json::from_str(&text)
