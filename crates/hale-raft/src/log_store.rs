@@ -75,14 +75,19 @@ fn decode(idx: i64, bytes: &[u8]) -> Result<Entry, StorageError> {
 /// the background. An entry leaves the cache once its batch is durable.
 type Cache = Arc<Mutex<BTreeMap<u64, Entry>>>;
 
+/// Work run on the writer's connection (truncate, purge, vote).
+type Work = Box<dyn FnOnce(&mut Connection) -> Result<(), StorageError> + Send>;
+/// Rows of one append: index, log id, encoded entry.
+type AppendRows = Vec<(u64, LogId, Vec<u8>)>;
+
 /// Work for the writer thread, done in order.
 enum Job {
     Append {
-        rows: Vec<(u64, LogId, Vec<u8>)>,
+        rows: AppendRows,
         callback: LogFlushed<TypeConfig>,
     },
     Exec {
-        work: Box<dyn FnOnce(&mut Connection) -> Result<(), StorageError> + Send>,
+        work: Work,
         reply: tokio::sync::oneshot::Sender<Result<(), StorageError>>,
     },
 }
@@ -243,10 +248,7 @@ fn writer_loop(mut conn: Connection, rx: std::sync::mpsc::Receiver<Job>, cache: 
     }
 }
 
-fn write_batch(
-    conn: &mut Connection,
-    batch: &[(Vec<(u64, LogId, Vec<u8>)>, LogFlushed<TypeConfig>)],
-) -> Result<(), StorageError> {
+fn write_batch(conn: &mut Connection, batch: &[(AppendRows, LogFlushed<TypeConfig>)]) -> Result<(), StorageError> {
     let tx = conn.transaction().map_err(write_err)?;
     {
         let mut last: Option<i64> = tx
