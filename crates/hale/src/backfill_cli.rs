@@ -13,7 +13,8 @@ const PAGE_MAX: usize = 1_000;
 
 #[derive(Args)]
 pub struct BackfillArgs {
-    /// The incident the entries were tagged with (`POST /$backfill?incident=ID`); without it, every backfilled entry.
+    /// An incident (its Basic id): entries tagged with it (`POST /$backfill?incident=ID`) and every
+    /// backfilled entry whose clinical time falls in its period. Without it, every backfilled entry.
     #[arg(long)]
     incident: Option<String>,
     /// API URL of any node.
@@ -53,32 +54,84 @@ fn patient_of(r: &Value) -> Option<String> {
     })
 }
 
-pub async fn run(a: BackfillArgs) -> Result<()> {
-    let tag = match &a.incident {
-        Some(id) => format!("{TAG_SYSTEM}|incident-{id}"),
-        None => format!("{TAG_SYSTEM}|downtime-backfill"),
+/// The incident's period (`incident-period` extension on its Basic resource), as
+/// RFC 3339 strings; the end is open while the incident is.
+async fn incident_window(c: &mut Client, id: &str) -> Result<(String, Option<String>)> {
+    let r = c.send("GET", &format!("/Basic/{}", enc(id)), None).await?;
+    if r.status != 200 {
+        bail!("incident {id}: HTTP {}: {}", r.status, String::from_utf8_lossy(&r.body));
+    }
+    let v = r.json()?;
+    let period = v["extension"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["url"] == hale_fhir::codes::EXT_INCIDENT_PERIOD)
+        .map(|e| e["valuePeriod"].clone())
+        .unwrap_or_default();
+    let Some(start) = period["start"].as_str() else {
+        bail!("Basic/{id} is not an incident with a period");
     };
+    Ok((start.to_string(), period["end"].as_str().map(str::to_string)))
+}
+
+fn in_window(clinical: &str, window: &(String, Option<String>)) -> bool {
+    let ms = |s: &str| hale_fhir::date::parse_range_ms(s).map(|r| r.0);
+    let (Some(t), Some(start)) = (ms(clinical), ms(&window.0)) else {
+        return false;
+    };
+    let end = window
+        .1
+        .as_deref()
+        .and_then(|e| hale_fhir::date::parse_range_ms(e).map(|r| r.1));
+    t >= start && end.is_none_or(|e| t <= e)
+}
+
+pub async fn run(a: BackfillArgs) -> Result<()> {
     let mut c = Client::new(&a.url, a.token.as_deref())?;
+    // With an incident: entries tagged with it, and every backfilled entry whose
+    // clinical time falls in the incident's period.
+    let window = match &a.incident {
+        Some(id) => Some(incident_window(&mut c, id).await?),
+        None => None,
+    };
+    let mut tags = vec![format!("{TAG_SYSTEM}|downtime-backfill")];
+    if let Some(id) = &a.incident {
+        tags.push(format!("{TAG_SYSTEM}|incident-{id}"));
+    }
     let mut rows = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
     for t in TYPES {
-        let r = c
-            .send("GET", &format!("/{t}?_tag={}&_count={PAGE_MAX}", enc(&tag)), None)
-            .await?;
-        if r.status != 200 {
-            bail!("searching {t}: HTTP {}: {}", r.status, String::from_utf8_lossy(&r.body));
-        }
-        for e in r.json()?["entry"].as_array().into_iter().flatten() {
-            if e["search"]["mode"] != "match" {
-                continue;
+        for (k, tag) in tags.iter().enumerate() {
+            let r = c
+                .send("GET", &format!("/{t}?_tag={}&_count={PAGE_MAX}", enc(tag)), None)
+                .await?;
+            if r.status != 200 {
+                bail!("searching {t}: HTTP {}: {}", r.status, String::from_utf8_lossy(&r.body));
             }
-            let res = &e["resource"];
-            rows.push((
-                t.to_string(),
-                res["id"].as_str().unwrap_or("?").to_string(),
-                patient_of(res).unwrap_or_else(|| "-".into()),
-                clinical_time(res),
-                res["meta"]["lastUpdated"].as_str().unwrap_or("-").to_string(),
-            ));
+            for e in r.json()?["entry"].as_array().into_iter().flatten() {
+                if e["search"]["mode"] != "match" {
+                    continue;
+                }
+                let res = &e["resource"];
+                let id = res["id"].as_str().unwrap_or("?").to_string();
+                let clinical = clinical_time(res);
+                let tagged_with_incident = k == 1;
+                let wanted = match &window {
+                    None => true,
+                    Some(w) => tagged_with_incident || in_window(&clinical, w),
+                };
+                if !wanted || !seen.insert((t.to_string(), id.clone())) {
+                    continue;
+                }
+                rows.push((
+                    t.to_string(),
+                    id,
+                    patient_of(res).unwrap_or_else(|| "-".into()),
+                    clinical,
+                    res["meta"]["lastUpdated"].as_str().unwrap_or("-").to_string(),
+                ));
+            }
         }
     }
     // Who entered each entry: the audit trail (admins only; otherwise left blank).
