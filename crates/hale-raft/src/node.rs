@@ -488,12 +488,11 @@ impl RaftNode {
         c.front().map(|(_, t)| t.elapsed().as_millis() as u64)
     }
 
-    fn local_info(&self, consistency: &'static str, reason: Option<String>) -> ReadInfo {
-        let m = self.metrics();
+    fn local_info(&self, m: &RaftMetrics, consistency: &'static str, reason: Option<String>) -> ReadInfo {
         ReadInfo {
             consistency,
             applied_index: self.applied_index(),
-            staleness_ms: self.staleness_ms(&m),
+            staleness_ms: self.staleness_ms(m),
             reason,
         }
     }
@@ -506,7 +505,7 @@ impl RaftNode {
             l => l,
         };
         if level == ReadLevel::Local {
-            return Ok(self.local_info("local", None));
+            return Ok(self.local_info(&m, "local", None));
         }
         let reply = match m.current_leader {
             Some(l) if l == self.id => self.leader_read_index().await,
@@ -554,7 +553,8 @@ impl RaftNode {
         if level == ReadLevel::Linearizable {
             return Err(format!("a linearizable read is not possible now: {problem}"));
         }
-        Ok(self.local_info("stale", Some(problem)))
+        // Fresh metrics: the leader check above may have taken a while.
+        Ok(self.local_info(&self.metrics(), "stale", Some(problem)))
     }
 
     // ---------------------------------------------------------------- status

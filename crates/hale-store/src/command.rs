@@ -139,12 +139,3 @@ pub struct AuditRecord {
     /// What was asked: method and path, or the search query.
     pub detail: String,
 }
-
-/// The single-node log and the raft log both carry commands in this encoding.
-pub fn encode(cmd: &Command) -> Vec<u8> {
-    serde_json::to_vec(cmd).expect("a Command always serialises")
-}
-
-pub fn decode(bytes: &[u8]) -> Result<Command, serde_json::Error> {
-    serde_json::from_slice(bytes)
-}

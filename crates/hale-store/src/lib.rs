@@ -37,8 +37,6 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
     #[error("the data directory {path} was written by schema version {found}, this build reads version {expected}; use a matching Hale build or export and re-import")]
     SchemaVersion { path: PathBuf, found: i64, expected: i64 },
-    #[error("command log entry {index} is unreadable: {reason}")]
-    CorruptLog { index: u64, reason: String },
     #[error("log index {got} does not follow the last applied index {last}: entries must be applied in order")]
     OutOfOrder { last: u64, got: u64 },
 }
@@ -109,7 +107,9 @@ pub const DB_FILE: &str = "hale.db";
 pub struct StateMachine {
     conn: Connection,
     path: PathBuf,
-    last_applied: u64,
+    /// The last applied log index; `None` before anything was applied (a raft
+    /// log starts at index 0, so 0 cannot mean "nothing").
+    last_applied: Option<u64>,
 }
 
 impl StateMachine {
@@ -153,14 +153,13 @@ impl StateMachine {
             }
             Some(_) => {}
         }
-        let last_applied: i64 = conn
+        let last_applied: Option<i64> = conn
             .query_row("SELECT value FROM meta WHERE key = 'last_applied'", [], |r| r.get(0))
-            .optional()?
-            .unwrap_or(0);
+            .optional()?;
         Ok(StateMachine {
             conn,
             path,
-            last_applied: last_applied as u64,
+            last_applied: last_applied.map(|v| v as u64),
         })
     }
 
@@ -169,18 +168,14 @@ impl StateMachine {
     }
 
     pub fn last_applied(&self) -> u64 {
-        self.last_applied
+        self.last_applied.unwrap_or(0)
     }
 
-    /// Apply `entries` (consecutive log indexes after `last_applied`) in one
-    /// durable SQLite transaction. `before_commit` runs inside the same
-    /// transaction (the single-node log appends its entries there).
-    pub fn apply_with(
-        &mut self,
-        entries: &[(u64, &Command)],
-        before_commit: impl FnOnce(&Connection) -> rusqlite::Result<()>,
-    ) -> Result<Vec<Applied>, StoreError> {
-        let mut next = self.last_applied;
+    /// Apply commands at consecutive log indexes after `last_applied` (the
+    /// first is 1 on an empty store) in one SQLite transaction: replay, tools
+    /// and tests. The raft state machine uses [`Self::apply_entries`].
+    pub fn apply(&mut self, entries: &[(u64, &Command)]) -> Result<Vec<Applied>, StoreError> {
+        let mut next = self.last_applied();
         for (index, _) in entries {
             if *index != next + 1 {
                 return Err(StoreError::OutOfOrder {
@@ -190,25 +185,12 @@ impl StateMachine {
             }
             next = *index;
         }
-        let tx = self.conn.unchecked_transaction()?;
-        let mut out = Vec::with_capacity(entries.len());
-        for (index, cmd) in entries {
-            out.push(apply::apply_command(&tx, *index, cmd)?);
-        }
-        if next != self.last_applied {
-            tx.execute(
-                "INSERT OR REPLACE INTO meta(key, value) VALUES ('last_applied', ?1)",
-                [next as i64],
-            )?;
-        }
-        before_commit(&tx)?;
-        tx.commit()?;
-        self.last_applied = next;
-        Ok(out)
-    }
-
-    pub fn apply(&mut self, entries: &[(u64, &Command)]) -> Result<Vec<Applied>, StoreError> {
-        self.apply_with(entries, |_| Ok(()))
+        let entries: Vec<(u64, Option<&Command>)> = entries.iter().map(|(i, c)| (*i, Some(*c))).collect();
+        Ok(self
+            .apply_entries(&entries, |_| Ok(()))?
+            .into_iter()
+            .map(|o| o.expect("every entry carries a command"))
+            .collect())
     }
 
     /// Apply log entries of a replicated log in one SQLite transaction.
@@ -225,15 +207,11 @@ impl StateMachine {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
-        let mut prev = if self.applied_any() {
-            Some(self.last_applied)
-        } else {
-            None
-        };
+        let mut prev = self.last_applied;
         for (index, _) in entries {
             if prev.is_some_and(|p| *index <= p) {
                 return Err(StoreError::OutOfOrder {
-                    last: self.last_applied,
+                    last: self.last_applied(),
                     got: *index,
                 });
             }
@@ -254,14 +232,14 @@ impl StateMachine {
         )?;
         before_commit(&tx)?;
         tx.commit()?;
-        self.last_applied = last;
+        self.last_applied = Some(last);
         Ok(out)
     }
 
     /// Whether any log entry has been applied (a raft log's first index is 0,
     /// so `last_applied() == 0` alone cannot tell).
     pub fn applied_any(&self) -> bool {
-        meta_get(&self.conn, "last_applied").ok().flatten().is_some()
+        self.last_applied.is_some()
     }
 
     /// Copy a consistent image of the store into `dest` (a new file) with the
@@ -302,8 +280,8 @@ impl StateMachine {
             });
         }
         self.last_applied = meta_get(&self.conn, "last_applied")?
-            .map(|v| v.as_i64().unwrap_or(0) as u64)
-            .unwrap_or(0);
+            .and_then(|v| v.as_i64())
+            .map(|v| v as u64);
         Ok(())
     }
 

@@ -604,6 +604,22 @@ fn print_report(v: &Value, format: Format) -> Result<()> {
     Ok(())
 }
 
+/// The fields of one placement, in the order the CSV and the table print them.
+fn placement_row(g: &Value) -> [String; 9] {
+    [
+        "appointment",
+        "category",
+        "priority",
+        "start",
+        "site",
+        "latenessDays",
+        "shortNotice",
+        "channel",
+        "newAppointment",
+    ]
+    .map(|name| text(pv(g, name)))
+}
+
 fn print_rebook(v: &Value, format: Format, dry_run: bool) -> Result<()> {
     if format == Format::Json {
         println!("{}", serde_json::to_string_pretty(&parameters_to_json(v))?);
@@ -612,18 +628,7 @@ fn print_rebook(v: &Value, format: Format, dry_run: bool) -> Result<()> {
     if format == Format::Csv {
         println!("appointment,category,priority,new_start,site,lateness_days,short_notice,channel,new_appointment");
         for g in groups(v, "placement") {
-            println!(
-                "{},{},{},{},{},{},{},{},{}",
-                text(pv(g, "appointment")),
-                text(pv(g, "category")),
-                text(pv(g, "priority")),
-                text(pv(g, "start")),
-                text(pv(g, "site")),
-                text(pv(g, "latenessDays")),
-                text(pv(g, "shortNotice")),
-                text(pv(g, "channel")),
-                text(pv(g, "newAppointment")),
-            );
+            println!("{}", placement_row(g).join(","));
         }
         return Ok(());
     }
@@ -654,17 +659,9 @@ fn print_rebook(v: &Value, format: Format, dry_run: bool) -> Result<()> {
             "appointment", "category", "pri", "new start", "site", "late", "short", "channel"
         );
         for g in placements {
+            let [appt, cat, pri, start, site, late, short, channel, new_appt] = placement_row(g);
             println!(
-                "{:<30} {:<20} {:>3} {:<25} {:<5} {:>5} {:<6} {:<11} {}",
-                text(pv(g, "appointment")),
-                text(pv(g, "category")),
-                text(pv(g, "priority")),
-                text(pv(g, "start")),
-                text(pv(g, "site")),
-                text(pv(g, "latenessDays")),
-                text(pv(g, "shortNotice")),
-                text(pv(g, "channel")),
-                text(pv(g, "newAppointment")),
+                "{appt:<30} {cat:<20} {pri:>3} {start:<25} {site:<5} {late:>5} {short:<6} {channel:<11} {new_appt}"
             );
         }
     }
