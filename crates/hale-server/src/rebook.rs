@@ -708,7 +708,7 @@ pub async fn rebook(cx: &Ctx<'_>, body: &[u8], query: &str) -> Result<Response, 
                 ));
                 return Err(e);
             }
-            Applied::Audited(_) => return Err(FhirError::internal("unexpected apply result")),
+            Applied::Audited(_) | Applied::Staged { .. } => return Err(FhirError::internal("unexpected apply result")),
         }
     }
 

@@ -6,9 +6,13 @@
 //!
 //! Each op runs inside a SQLite savepoint, so a rejected op leaves nothing
 //! behind; a transaction wraps all its ops in one more savepoint.
+//!
+//! A command split into parts ([`crate::split`]) is staged part by part and
+//! applied whole when its last part applies, at that part's log index.
 
-use crate::command::{Actor, AuditAction, AuditRecord, Command, CommandKind, WriteOp};
+use crate::command::{Actor, AuditAction, AuditRecord, Command, CommandKind, CommandPart, WriteOp};
 use crate::query;
+use crate::split::{PARTS_PER_COMMAND_MAX, SPLIT_COMMAND_BYTES_MAX, STAGED_PART_TTL_MS};
 use crate::{RejectKind, Rejection, WriteStatus, Written};
 use hale_fhir::codes::{CANCELLED_BY_SYSTEM, NHS_NUMBER_SYSTEM};
 use hale_fhir::search::{extract_index, IndexValue};
@@ -33,6 +37,9 @@ pub enum Applied {
     TransactionFailed(Rejection),
     /// Audit records stored.
     Audited(usize),
+    /// A part of a split command was staged; nothing took effect yet. The
+    /// outcome of the whole command is the outcome of its last part.
+    Staged { group: String, seq: u32, count: u32 },
 }
 
 /// Apply one command at log position `index` on `conn`, inside the caller's transaction.
@@ -74,8 +81,153 @@ pub fn apply_command(conn: &Connection, index: u64, cmd: &Command) -> Result<App
             }
             Applied::Audited(records.len())
         }
+        CommandKind::Part(part) => apply_part(conn, index, cmd.time_ms, part)?,
     };
     Ok(applied)
+}
+
+/// Stage one part of a split command, or, for its last part, reassemble the
+/// command and apply it at `index`. Bad parts are refused, never a panic: the
+/// refusal drops every staged part of the group, so nothing of it applies.
+fn apply_part(conn: &Connection, index: u64, time_ms: i64, part: &CommandPart) -> rusqlite::Result<Applied> {
+    // Parts a dead proposer left behind. Only command data decides what goes.
+    conn.prepare_cached("DELETE FROM command_parts WHERE time_ms < ?1")?
+        .execute([time_ms.saturating_sub(STAGED_PART_TTL_MS)])?;
+
+    let CommandPart {
+        group,
+        seq,
+        count,
+        chunk,
+    } = part;
+    let (seq, count) = (*seq, *count);
+    if count == 0 || count > PARTS_PER_COMMAND_MAX || seq >= count {
+        return refuse_parts(
+            conn,
+            group,
+            format!("part {seq} of {count} is out of range (at most {PARTS_PER_COMMAND_MAX} parts)"),
+        );
+    }
+    let other_count: Option<i64> = conn
+        .prepare_cached(r#"SELECT count FROM command_parts WHERE "group" = ?1 AND count != ?2 LIMIT 1"#)?
+        .query_row(params![group, count], |r| r.get(0))
+        .optional()?;
+    if let Some(other) = other_count {
+        return refuse_parts(
+            conn,
+            group,
+            format!("part {seq} says the command has {count} parts, an earlier part said {other}"),
+        );
+    }
+
+    if seq + 1 < count {
+        let inserted = conn
+            .prepare_cached(
+                r#"INSERT OR IGNORE INTO command_parts("group", seq, count, time_ms, chunk) VALUES (?1, ?2, ?3, ?4, ?5)"#,
+            )?
+            .execute(params![group, seq, count, time_ms, chunk])?;
+        if inserted == 0 {
+            return refuse_parts(conn, group, format!("part {seq} of {count} arrived twice"));
+        }
+        return Ok(Applied::Staged {
+            group: group.clone(),
+            seq,
+            count,
+        });
+    }
+
+    // The last part: every earlier part must be staged, exactly once each.
+    let mut staged: Vec<(i64, String)> = Vec::new();
+    let mut bytes = chunk.len();
+    {
+        let mut stmt =
+            conn.prepare_cached(r#"SELECT seq, chunk FROM command_parts WHERE "group" = ?1 ORDER BY seq"#)?;
+        let mut rows = stmt.query([group])?;
+        while let Some(r) = rows.next()? {
+            let c: String = r.get(1)?;
+            bytes += c.len();
+            if bytes > SPLIT_COMMAND_BYTES_MAX {
+                drop(rows);
+                return refuse_parts(
+                    conn,
+                    group,
+                    format!("the parts hold more than {SPLIT_COMMAND_BYTES_MAX} bytes"),
+                );
+            }
+            staged.push((r.get(0)?, c));
+        }
+    }
+    let complete = staged.len() + 1 == count as usize && staged.iter().enumerate().all(|(i, (s, _))| *s == i as i64);
+    if !complete {
+        let have: std::collections::BTreeSet<i64> = staged.iter().map(|(s, _)| *s).collect();
+        let missing: Vec<String> = (0..i64::from(count) - 1)
+            .filter(|s| !have.contains(s))
+            .take(10)
+            .map(|s| s.to_string())
+            .collect();
+        let why = if missing.is_empty() {
+            "its staged parts do not match its count".to_string()
+        } else {
+            format!(
+                "part(s) {}{} of {count} never arrived or were purged after {} minutes",
+                missing.join(", "),
+                if missing.len() == 10 { ", ..." } else { "" },
+                STAGED_PART_TTL_MS / 60_000
+            )
+        };
+        return refuse_parts(conn, group, why);
+    }
+    let mut encoded = String::with_capacity(bytes);
+    for (_, c) in &staged {
+        encoded.push_str(c);
+    }
+    encoded.push_str(chunk);
+    drop(staged);
+    let whole: Command = match serde_json::from_str(&encoded) {
+        Ok(c) => c,
+        Err(e) => return refuse_parts(conn, group, format!("the reassembled command does not decode: {e}")),
+    };
+    if matches!(whole.kind, CommandKind::Part(_)) {
+        return refuse_parts(
+            conn,
+            group,
+            "the reassembled command is itself a part; parts do not nest".into(),
+        );
+    }
+    // apply_command asserts these limits; a command from parts is refused instead.
+    let (items, max) = match &whole.kind {
+        CommandKind::Batch(ops) | CommandKind::Transaction(ops) => (ops.len(), OPS_PER_COMMAND_MAX),
+        CommandKind::Audit(records) => (records.len(), AUDITS_PER_COMMAND_MAX - 1),
+        CommandKind::Write(_) | CommandKind::Part(_) => (0, 0),
+    };
+    if items > max {
+        return refuse_parts(
+            conn,
+            group,
+            format!("the reassembled command has {items} entries, more than {max}"),
+        );
+    }
+    delete_parts(conn, group)?;
+    apply_command(conn, index, &whole)
+}
+
+fn delete_parts(conn: &Connection, group: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(r#"DELETE FROM command_parts WHERE "group" = ?1"#)?
+        .execute([group])?;
+    Ok(())
+}
+
+/// Drop the group's staged parts and refuse the whole command.
+fn refuse_parts(conn: &Connection, group: &str, why: String) -> rusqlite::Result<Applied> {
+    delete_parts(conn, group)?;
+    Ok(Applied::TransactionFailed(Rejection {
+        kind: RejectKind::Invalid,
+        issues: vec![Issue::error(
+            IssueCode::Processing,
+            format!("split command {group} was refused and nothing of it applied: {why}"),
+        )],
+        op: None,
+    }))
 }
 
 struct Cx<'a> {

@@ -9,6 +9,12 @@ use hale_fhir::ResourceType;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// The default bound, in bytes, on one raft log entry's encoded command
+/// (`serde_json::to_vec(&command).len()`). A command whose encoding is larger is
+/// proposed as [`CommandKind::Part`]s made by [`crate::split::split_command`], so
+/// one AppendEntries never carries a multi-megabyte entry over a slow link.
+pub const COMMAND_BYTES_MAX: usize = 256 * 1024;
+
 /// Who asked for a change (or a read, for audit records).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Actor {
@@ -45,6 +51,27 @@ pub enum CommandKind {
     Batch(Vec<WriteOp>),
     /// Audit records for reads and for requests rejected before they became commands.
     Audit(Vec<AuditRecord>),
+    /// One slice of a larger command that was split to bound the size of a log
+    /// entry ([`crate::split`]). Nothing takes effect until the last part applies.
+    Part(CommandPart),
+}
+
+/// One slice of the serde_json encoding of a whole [`Command`].
+///
+/// Parts of one command share `group` and `count` and carry the whole
+/// command's `time_ms` and `actor`. Apply stages parts `0..count-1`; the part
+/// with `seq == count - 1` reassembles the chunks in `seq` order, decodes the
+/// command and applies it at its own log index. A part is never split again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandPart {
+    /// Chosen by the proposer before apply (a UUID), unique per split command.
+    pub group: String,
+    /// Position of this part, `0..count`.
+    pub seq: u32,
+    /// How many parts the command was split into.
+    pub count: u32,
+    /// A slice of the encoding, cut at UTF-8 char boundaries.
+    pub chunk: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

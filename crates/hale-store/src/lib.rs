@@ -16,6 +16,7 @@ pub mod hash;
 pub mod propose;
 pub mod query;
 pub mod schema;
+pub mod split;
 
 use crate::apply::Applied;
 use crate::command::Command;
@@ -27,7 +28,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub use rusqlite;
 
-pub use command::{Actor, AuditAction, AuditRecord, CommandKind, WriteOp};
+pub use command::{Actor, AuditAction, AuditRecord, CommandKind, CommandPart, WriteOp, COMMAND_BYTES_MAX};
+pub use split::{split_command, SplitError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -279,6 +281,10 @@ impl StateMachine {
                 expected: schema::SCHEMA_VERSION,
             });
         }
+        // A snapshot made by an older build of the same schema version may lack
+        // tables added since (`command_parts`); every statement of the DDL is
+        // idempotent, so this only adds what is missing.
+        self.conn.execute_batch(schema::DDL)?;
         self.last_applied = meta_get(&self.conn, "last_applied")?
             .and_then(|v| v.as_i64())
             .map(|v| v as u64);

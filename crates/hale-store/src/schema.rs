@@ -81,14 +81,34 @@ CREATE INDEX IF NOT EXISTS audit_patient ON audit(patient, time_ms) WHERE patien
 CREATE INDEX IF NOT EXISTS audit_user    ON audit(user, time_ms);
 CREATE INDEX IF NOT EXISTS audit_time    ON audit(time_ms);
 
+-- Parts of a split command (hale_store::split) waiting for their last part.
+-- "group" is quoted: GROUP is an SQL keyword. time_ms is the command time,
+-- for purging parts whose proposer died.
+CREATE TABLE IF NOT EXISTS command_parts(
+    "group" TEXT    NOT NULL,
+    seq     INTEGER NOT NULL,
+    count   INTEGER NOT NULL,
+    time_ms INTEGER NOT NULL,
+    chunk   TEXT    NOT NULL,
+    PRIMARY KEY("group", seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS command_parts_time ON command_parts(time_ms);
+
 "#;
 
 /// Tables that make up the replicated state, in content-hash order.
 /// Node-local metadata is not state.
+///
+/// `command_parts` is included: its rows are written by apply from the log
+/// alone, and they decide what a later final part applies, so two replicas
+/// that differ there will diverge in `resources` once that part arrives. The
+/// hash should show that before it happens. It is empty whenever no split
+/// command is in flight.
 pub const STATE_TABLES: &[(&str, &str)] = &[
     ("resources", "rid"),
     ("history", "hid"),
     ("idx", "rid, rtype, param, s, v, lo, hi"),
     ("refs", "rid, dst_type, dst_id"),
     ("audit", "seq"),
+    ("command_parts", "\"group\", seq"),
 ];
