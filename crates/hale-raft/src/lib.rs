@@ -13,6 +13,7 @@
 // boxing it locally would only add conversions at every trait boundary.
 #![allow(clippy::result_large_err)]
 
+pub mod election;
 pub mod log_store;
 pub mod network;
 pub mod node;

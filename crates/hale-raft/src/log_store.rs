@@ -174,6 +174,30 @@ impl LogStore {
         rx.await.map_err(|_| write_err("the raft log writer has stopped"))?
     }
 
+    /// The newest entry's id, flushed or not (purged entries aside): what a
+    /// pre-vote compares.
+    pub fn last_log_id(&self) -> Result<Option<LogId>, StorageError> {
+        let conn = self.conn.lock();
+        match self.last_appended(&conn)? {
+            Some(l) => Ok(Some(l)),
+            None => Self::kv_get(&conn, "purged"),
+        }
+    }
+
+    fn last_appended(&self, conn: &Connection) -> Result<Option<LogId>, StorageError> {
+        if let Some(l) = self.cache.lock().values().next_back().map(|e| e.log_id) {
+            return Ok(Some(l));
+        }
+        let last: Option<Vec<u8>> = conn
+            .query_row("SELECT entry FROM log ORDER BY idx DESC LIMIT 1", [], |r| r.get(0))
+            .optional()
+            .map_err(read_err)?;
+        match last {
+            Some(b) => Ok(Some(decode(-1, &b)?.log_id)),
+            None => Ok(None),
+        }
+    }
+
     /// Every entry in the log, for tools that replay it (tests, `hale` diagnostics).
     pub fn read_all(dir: &Path) -> Result<Vec<Entry>, StorageError> {
         let conn = open_conn(&dir.join(LOG_FILE), false).map_err(read_err)?;
@@ -357,21 +381,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogReader;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let cached_last = self.cache.lock().values().next_back().map(|e| e.log_id);
         let conn = self.conn.lock();
         let purged: Option<LogId> = Self::kv_get(&conn, "purged")?;
-        let last_log_id = match cached_last {
+        let last_log_id = match self.last_appended(&conn)? {
             Some(l) => Some(l),
-            None => {
-                let last: Option<Vec<u8>> = conn
-                    .query_row("SELECT entry FROM log ORDER BY idx DESC LIMIT 1", [], |r| r.get(0))
-                    .optional()
-                    .map_err(read_err)?;
-                match last {
-                    Some(b) => Some(decode(-1, &b)?.log_id),
-                    None => purged,
-                }
-            }
+            None => purged,
         };
         Ok(LogState {
             last_purged_log_id: purged,

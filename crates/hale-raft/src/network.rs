@@ -1,14 +1,21 @@
 //! Raft RPC over HTTP/1.1 with JSON bodies, and fault injection.
 //!
 //! Each peer gets keep-alive connections from one pooled hyper client. Every
-//! RPC carries a deadline (openraft's hard TTL). A connection refused or a
-//! deadline passed is `Unreachable`: openraft backs off and retries, which is
-//! what a dead or partitioned peer needs.
+//! RPC carries a deadline (openraft's hard TTL). Only a peer that certainly
+//! did not get a message is `Unreachable` (openraft backs off from it); a
+//! slow answer is an ordinary network error, retried without backing off.
+//!
+//! AppendEntries is sized to the link: openraft 0.9 gives it the heartbeat
+//! interval as its deadline, so the client measures each peer's round trip
+//! and throughput and sends only the prefix of entries that should arrive in
+//! half of that deadline, answering `PartialSuccess` for the rest.
 //!
 //! Fault injection (`Faults`) lets the chaos harness cut a node off without
 //! root or network namespaces: an isolated node drops every raft message it
 //! would send and refuses every one it receives, exactly as if its cables
-//! were pulled, while its HTTP API keeps serving (stale) reads.
+//! were pulled, while its HTTP API keeps serving (stale) reads. It also
+//! emulates slow links (round trip, jitter, a bandwidth cap), since these
+//! machines have no `netem`.
 
 use crate::types::{HaleNode, NodeId, TypeConfig};
 use bytes::Bytes;
@@ -23,7 +30,7 @@ use openraft::raft::{
 };
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -36,15 +43,105 @@ pub const RPC_BODY_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Idle keep-alive connections kept per peer.
 pub const IDLE_CONNECTIONS_PER_PEER_MAX: usize = 8;
 
+/// The shape of an emulated network link (fault injection only): what a
+/// WAN between data centres looks like, on one machine without `netem`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LinkShape {
+    /// Round-trip time added to every RPC: half on the request, half on the answer.
+    pub rtt_ms: u64,
+    /// Up to this much more, drawn per message from a seeded generator.
+    pub jitter_ms: u64,
+    /// Bandwidth cap in megabits per second per direction (0: no cap).
+    pub mbit: u64,
+}
+
+impl LinkShape {
+    pub fn is_none(&self) -> bool {
+        self.rtt_ms == 0 && self.jitter_ms == 0 && self.mbit == 0
+    }
+
+    /// How long `bytes` occupy the link.
+    fn transmit(&self, bytes: usize) -> Duration {
+        if self.mbit == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_nanos((bytes as u64).saturating_mul(8_000) / self.mbit)
+    }
+}
+
+/// Emulated links: a default shape for every peer, per-peer overrides, and
+/// each direction's queue (a message waits for the ones before it to finish
+/// transmitting, which is what a bandwidth cap means).
+#[derive(Default)]
+struct Links {
+    default: LinkShape,
+    per_node: BTreeMap<NodeId, LinkShape>,
+    /// When each (peer address, direction) lane is free again.
+    busy_until: BTreeMap<(String, bool), Instant>,
+    /// xorshift64 state for jitter; seeded so a run's draws repeat.
+    rng: u64,
+}
+
 /// Injected faults (only honoured when the node runs with fault injection on).
 #[derive(Default)]
 pub struct Faults {
     pub isolated: AtomicBool,
+    links: Mutex<Links>,
 }
 
 impl Faults {
     pub fn isolated(&self) -> bool {
         self.isolated.load(Ordering::Acquire)
+    }
+
+    /// Seed the jitter generator (a node uses its id, so runs repeat).
+    pub fn seed(&self, seed: u64) {
+        self.links.lock().rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    }
+
+    /// Emulate `shape` on every link, or only on the link to `node`.
+    pub fn set_link(&self, node: Option<NodeId>, shape: LinkShape) {
+        let mut l = self.links.lock();
+        match node {
+            None => l.default = shape,
+            Some(n) if shape.is_none() => {
+                l.per_node.remove(&n);
+            }
+            Some(n) => {
+                l.per_node.insert(n, shape);
+            }
+        }
+    }
+
+    pub fn link(&self, node: Option<NodeId>) -> LinkShape {
+        let l = self.links.lock();
+        node.and_then(|n| l.per_node.get(&n).copied()).unwrap_or(l.default)
+    }
+
+    /// When a message of `bytes` sent now to `addr` arrives on the emulated link
+    /// (`outbound`: request direction), or `None` when the link is not emulated.
+    fn arrival(&self, node: Option<NodeId>, addr: &str, outbound: bool, bytes: usize) -> Option<Instant> {
+        let mut l = self.links.lock();
+        let shape = node.and_then(|n| l.per_node.get(&n).copied()).unwrap_or(l.default);
+        if shape.is_none() {
+            return None;
+        }
+        let jitter_ms = if shape.jitter_ms > 0 {
+            let mut x = l.rng.max(1);
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            l.rng = x;
+            x % (shape.jitter_ms + 1)
+        } else {
+            0
+        };
+        let now = Instant::now();
+        let lane = l.busy_until.entry((addr.to_string(), outbound)).or_insert(now);
+        let start = (*lane).max(now);
+        *lane = start + shape.transmit(bytes);
+        Some(*lane + Duration::from_micros(shape.rtt_ms * 500) + Duration::from_millis(jitter_ms))
     }
 }
 
@@ -70,6 +167,62 @@ impl SendError {
     }
 }
 
+/// Requests at most this big measure a peer's fixed cost (round trip, fsync).
+const SMALL_REQUEST_BYTES: usize = 8 * 1024;
+/// Requests at least this big measure a peer's throughput.
+const RATE_SAMPLE_BYTES_MIN: usize = 32 * 1024;
+/// The smallest AppendEntries byte budget (one entry is always sent anyway).
+pub const APPEND_BYTES_MIN: usize = 16 * 1024;
+
+/// What this node has measured of one peer: the basis of AppendEntries sizing.
+#[derive(Debug, Clone, Copy)]
+struct PeerStats {
+    /// Smoothed time of small RPCs: round trip plus the peer's fixed costs.
+    base_ms: f64,
+    /// Smoothed throughput of large RPCs beyond `base_ms`, in bytes per ms.
+    rate_bytes_per_ms: f64,
+}
+
+impl Default for PeerStats {
+    fn default() -> Self {
+        // Cautious until measured: a 10 ms round trip and 10 MB/s.
+        PeerStats {
+            base_ms: 10.0,
+            rate_bytes_per_ms: 10_000.0,
+        }
+    }
+}
+
+impl PeerStats {
+    fn observe(&mut self, bytes: usize, elapsed_ms: f64) {
+        const ALPHA: f64 = 0.2;
+        if bytes <= SMALL_REQUEST_BYTES {
+            self.base_ms += ALPHA * (elapsed_ms - self.base_ms);
+        }
+        if bytes >= RATE_SAMPLE_BYTES_MIN {
+            let beyond = (elapsed_ms - self.base_ms).max(0.5);
+            let rate = bytes as f64 / beyond;
+            self.rate_bytes_per_ms += ALPHA * (rate - self.rate_bytes_per_ms);
+        }
+    }
+
+    /// A request of `bytes` did not finish in `ttl_ms`: the link or the peer
+    /// is slower than believed. Cut the estimate hard (multiplicative decrease).
+    fn timed_out(&mut self, bytes: usize, ttl_ms: f64) {
+        let ceiling = bytes as f64 / ttl_ms.max(1.0);
+        self.rate_bytes_per_ms = (self.rate_bytes_per_ms.min(ceiling) / 2.0).max(100.0);
+        if bytes <= SMALL_REQUEST_BYTES {
+            self.base_ms = self.base_ms.max(ttl_ms / 2.0);
+        }
+    }
+
+    /// Bytes of entries to send so the RPC should finish in half of `ttl_ms`.
+    fn append_budget(&self, ttl_ms: f64, bytes_max: usize) -> usize {
+        let room_ms = (ttl_ms / 2.0 - self.base_ms).max(0.0);
+        ((room_ms * self.rate_bytes_per_ms) as usize).clamp(APPEND_BYTES_MIN, bytes_max.max(APPEND_BYTES_MIN))
+    }
+}
+
 /// The shared HTTP client for raft traffic.
 pub struct NetClient {
     client: Client<HttpConnector, Full<Bytes>>,
@@ -77,10 +230,14 @@ pub struct NetClient {
     secret: Option<String>,
     /// When each peer last answered an RPC of ours.
     last_heard: Mutex<BTreeMap<NodeId, Instant>>,
+    /// Per peer address: measured round trip and throughput.
+    stats: Mutex<BTreeMap<String, PeerStats>>,
+    /// Upper bound on the entry bytes of one AppendEntries.
+    pub append_bytes_max: usize,
 }
 
 impl NetClient {
-    pub fn new(faults: Arc<Faults>, secret: Option<String>) -> NetClient {
+    pub fn new(faults: Arc<Faults>, secret: Option<String>, append_bytes_max: usize) -> NetClient {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_millis(500)));
@@ -93,11 +250,24 @@ impl NetClient {
             faults,
             secret,
             last_heard: Mutex::new(BTreeMap::new()),
+            stats: Mutex::new(BTreeMap::new()),
+            append_bytes_max,
         }
     }
 
     pub fn last_heard(&self, id: NodeId) -> Option<Instant> {
         self.last_heard.lock().get(&id).copied()
+    }
+
+    /// The entry bytes one AppendEntries to `addr` may carry to finish within `ttl`.
+    pub fn append_budget(&self, addr: &str, ttl: Duration) -> usize {
+        let s = self.stats.lock().get(addr).copied().unwrap_or_default();
+        s.append_budget(ttl.as_secs_f64() * 1e3, self.append_bytes_max)
+    }
+
+    /// Measured round trip (with the peer's fixed costs) to `addr`, in ms.
+    pub fn base_ms(&self, addr: &str) -> Option<f64> {
+        self.stats.lock().get(addr).map(|s| s.base_ms)
     }
 
     /// POST `body` as JSON to `http://{addr}{path}` and decode the JSON answer.
@@ -109,10 +279,24 @@ impl NetClient {
         body: &Req,
         timeout: Duration,
     ) -> Result<Resp, SendError> {
+        let bytes = serde_json::to_vec(body).map_err(|e| SendError::Decode(addr.into(), e.to_string()))?;
+        let body = self.post_raw(target, addr, path, bytes, timeout).await?;
+        serde_json::from_slice::<Resp>(&body).map_err(|e| SendError::Decode(addr.into(), e.to_string()))
+    }
+
+    /// POST already-encoded JSON and return the answer's body.
+    pub async fn post_raw(
+        &self,
+        target: Option<NodeId>,
+        addr: &str,
+        path: &str,
+        bytes: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Bytes, SendError> {
         if self.faults.isolated() {
             return Err(SendError::Isolated);
         }
-        let bytes = serde_json::to_vec(body).map_err(|e| SendError::Decode(addr.into(), e.to_string()))?;
+        let sent_bytes = bytes.len();
         let mut req = hyper::Request::post(format!("http://{addr}{path}"))
             .header(hyper::header::CONTENT_TYPE, "application/json");
         if let Some(s) = &self.secret {
@@ -122,7 +306,11 @@ impl NetClient {
             .body(Full::new(Bytes::from(bytes)))
             .map_err(|e| SendError::Decode(addr.into(), e.to_string()))?;
         let timeout_ms = timeout.as_millis() as u64;
+        let started = Instant::now();
         let fut = async {
+            if let Some(at) = self.faults.arrival(target, addr, true, sent_bytes) {
+                tokio::time::sleep_until(at.into()).await;
+            }
             let resp = self.client.request(req).await.map_err(|e| {
                 if e.is_connect() {
                     SendError::Unreachable(addr.into(), e.to_string())
@@ -137,6 +325,9 @@ impl NetClient {
                 .await
                 .map_err(|e| SendError::Status(addr.into(), status.as_u16(), e.to_string()))?
                 .to_bytes();
+            if let Some(at) = self.faults.arrival(target, addr, false, body.len()) {
+                tokio::time::sleep_until(at.into()).await;
+            }
             if !status.is_success() {
                 return Err(SendError::Status(
                     addr.into(),
@@ -144,16 +335,32 @@ impl NetClient {
                     String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned(),
                 ));
             }
-            serde_json::from_slice::<Resp>(&body).map_err(|e| SendError::Decode(addr.into(), e.to_string()))
+            Ok(body)
         };
         let out = match tokio::time::timeout(timeout, fut).await {
             Ok(r) => r,
             Err(_) => Err(SendError::Timeout(addr.into(), timeout_ms)),
         };
-        if out.is_ok() {
-            if let Some(t) = target {
-                self.last_heard.lock().insert(t, Instant::now());
+        match &out {
+            Ok(_) => {
+                let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+                self.stats
+                    .lock()
+                    .entry(addr.to_string())
+                    .or_default()
+                    .observe(sent_bytes, elapsed_ms);
+                if let Some(t) = target {
+                    self.last_heard.lock().insert(t, Instant::now());
+                }
             }
+            Err(SendError::Timeout(..)) => {
+                self.stats
+                    .lock()
+                    .entry(addr.to_string())
+                    .or_default()
+                    .timed_out(sent_bytes, timeout.as_secs_f64() * 1e3);
+            }
+            Err(_) => {}
         }
         out
     }
@@ -185,6 +392,17 @@ pub struct Network {
 
 type RpcResult<T, E = openraft::error::Infallible> = Result<T, RPCError<NodeId, HaleNode, RaftError<NodeId, E>>>;
 
+/// The openraft error for a failed send. Only a peer that certainly did not
+/// get the message is `Unreachable` (openraft then backs off); a slow peer is
+/// a plain network error, retried at the next heartbeat without backing off,
+/// so a busy follower is not starved of the very traffic it is behind on.
+fn rpc_error<E: std::error::Error>(e: SendError) -> RPCError<NodeId, HaleNode, RaftError<NodeId, E>> {
+    match e {
+        e @ (SendError::Unreachable(..) | SendError::Isolated) => RPCError::Unreachable(Unreachable::new(&e)),
+        e => RPCError::Network(NetworkError::new(&e)),
+    }
+}
+
 impl Network {
     async fn call<Req: Serialize, Resp: DeserializeOwned, E: std::error::Error + DeserializeOwned>(
         &self,
@@ -199,12 +417,42 @@ impl Network {
         match res {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
-            Err(e @ (SendError::Unreachable(..) | SendError::Isolated | SendError::Timeout(..))) => {
-                Err(RPCError::Unreachable(Unreachable::new(&e)))
-            }
-            Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
+            Err(e) => Err(rpc_error(e)),
         }
     }
+}
+
+/// Encode an AppendEntries request carrying only the prefix of `rpc.entries`
+/// that fits in `budget_bytes` (at least one entry). Each entry is encoded
+/// once. Returns the body and how many entries it carries.
+pub fn encode_append(
+    rpc: &AppendEntriesRequest<TypeConfig>,
+    budget_bytes: usize,
+) -> serde_json::Result<(Vec<u8>, usize)> {
+    let mut body = Vec::with_capacity(256);
+    body.extend_from_slice(b"{\"vote\":");
+    serde_json::to_writer(&mut body, &rpc.vote)?;
+    body.extend_from_slice(b",\"prev_log_id\":");
+    serde_json::to_writer(&mut body, &rpc.prev_log_id)?;
+    body.extend_from_slice(b",\"leader_commit\":");
+    serde_json::to_writer(&mut body, &rpc.leader_commit)?;
+    body.extend_from_slice(b",\"entries\":[");
+    let header = body.len();
+    let mut sent = 0;
+    for e in &rpc.entries {
+        let mark = body.len();
+        if sent > 0 {
+            body.push(b',');
+        }
+        serde_json::to_writer(&mut body, e)?;
+        if sent > 0 && body.len() - header > budget_bytes {
+            body.truncate(mark);
+            break;
+        }
+        sent += 1;
+    }
+    body.extend_from_slice(b"]}");
+    Ok((body, sent))
 }
 
 impl RaftNetwork<TypeConfig> for Network {
@@ -213,7 +461,30 @@ impl RaftNetwork<TypeConfig> for Network {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
-        self.call("/raft/append", &rpc, &option).await
+        // openraft 0.9 gives every AppendEntries the heartbeat interval as its
+        // deadline. So that a batch of large entries (a demo batch, a $postpone
+        // commit) on a slow link or a busy follower still finishes in time, send
+        // only the prefix that the measured link should carry in half of it, and
+        // report the rest as not yet sent (`PartialSuccess`): openraft sends the
+        // next range at once.
+        let budget = self.client.append_budget(&self.addr, option.hard_ttl());
+        let (body, sent) = encode_append(&rpc, budget).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let res = self
+            .client
+            .post_raw(Some(self.target), &self.addr, "/raft/append", body, option.hard_ttl())
+            .await
+            .map_err(rpc_error)?;
+        let decoded: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
+            serde_json::from_slice(&res).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        match decoded {
+            Ok(AppendEntriesResponse::Success) if sent < rpc.entries.len() => {
+                let last = rpc.entries[sent - 1].log_id;
+                debug_assert!(Some(last) > rpc.prev_log_id, "a partial append moves matching forward");
+                Ok(AppendEntriesResponse::PartialSuccess(Some(last)))
+            }
+            Ok(r) => Ok(r),
+            Err(e) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
+        }
     }
 
     async fn install_snapshot(
@@ -232,5 +503,128 @@ impl RaftNetwork<TypeConfig> for Network {
         // A dead peer is retried every 200 ms: quick to notice a restarted node,
         // cheap while it stays down.
         openraft::network::Backoff::new(std::iter::repeat(Duration::from_millis(200)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Entry;
+    use hale_store::command::{Actor, Command, CommandKind};
+    use openraft::{CommittedLeaderId, EntryPayload, LogId, Vote};
+
+    fn entry(index: u64, bytes: usize) -> Entry {
+        let cmd = Command {
+            time_ms: 0,
+            actor: Actor::system(),
+            kind: CommandKind::Audit(vec![hale_store::command::AuditRecord {
+                time_ms: 0,
+                actor: Actor::system(),
+                action: hale_store::command::AuditAction::Read,
+                rtype: "Patient".into(),
+                id: None,
+                patient: None,
+                outcome: 0,
+                detail: "x".repeat(bytes),
+            }]),
+        };
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(cmd),
+        }
+    }
+
+    fn request(sizes: &[usize]) -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: Some(LogId::new(CommittedLeaderId::new(1, 1), 9)),
+            leader_commit: None,
+            entries: sizes
+                .iter()
+                .enumerate()
+                .map(|(i, b)| entry(10 + i as u64, *b))
+                .collect(),
+        }
+    }
+
+    /// (entry sizes, budget) -> entries sent
+    fn check(sizes: &[usize], budget: usize, expect: usize) {
+        let rpc = request(sizes);
+        let (body, sent) = encode_append(&rpc, budget).unwrap();
+        assert_eq!(sent, expect, "sizes {sizes:?} budget {budget}");
+        let back: AppendEntriesRequest<TypeConfig> = serde_json::from_slice(&body).unwrap();
+        assert_eq!(back.entries.len(), sent);
+        assert_eq!(back.vote, rpc.vote);
+        assert_eq!(back.prev_log_id, rpc.prev_log_id);
+        for (a, b) in back.entries.iter().zip(&rpc.entries) {
+            assert_eq!(a.log_id, b.log_id);
+        }
+    }
+
+    #[test]
+    fn append_bodies_carry_the_prefix_that_fits() {
+        check(&[], 1_000, 0);
+        check(&[10], 1, 1); // one entry always goes, however big
+        check(&[100_000], 1_000, 1);
+        check(&[1_000, 1_000, 1_000], 1_000_000, 3);
+        check(&[1_000, 1_000, 1_000], 2_700, 2); // each entry encodes to about 1.2 kB
+        check(&[50_000, 10, 10], 20_000, 1);
+        check(&[10, 50_000, 10], 20_000, 1);
+    }
+
+    #[test]
+    fn the_budget_follows_measurements() {
+        let mut s = PeerStats::default();
+        // A fast local peer: 1 ms base, ~100 MB/s.
+        for _ in 0..50 {
+            s.observe(1_000, 1.0);
+            s.observe(1_000_000, 11.0);
+        }
+        assert_eq!(s.append_budget(100.0, 1 << 20), 1 << 20);
+        // A 10 ms WAN at 100 Mbit/s (12.5 bytes/µs): about (50 - 10) * 12.5k bytes.
+        let mut w = PeerStats::default();
+        for _ in 0..50 {
+            w.observe(1_000, 10.0);
+            w.observe(500_000, 50.0);
+        }
+        let b = w.append_budget(100.0, 4 << 20);
+        assert!((400_000..=600_000).contains(&b), "{b}");
+        // A timeout halves what is sent next, down to the floor.
+        w.timed_out(b, 100.0);
+        assert!(w.append_budget(100.0, 4 << 20) < b / 2 + 1);
+        for _ in 0..20 {
+            w.timed_out(APPEND_BYTES_MIN, 100.0);
+        }
+        assert_eq!(w.append_budget(100.0, 4 << 20), APPEND_BYTES_MIN);
+    }
+
+    #[tokio::test]
+    async fn emulated_links_delay_and_queue() {
+        let f = Faults::default();
+        f.seed(7);
+        assert!(f.arrival(Some(2), "a", true, 1_000).is_none());
+        f.set_link(
+            None,
+            LinkShape {
+                rtt_ms: 10,
+                jitter_ms: 0,
+                mbit: 8,
+            },
+        );
+        let now = Instant::now();
+        // 1 MB at 8 Mbit/s occupies the lane for 1 s, then 5 ms one way.
+        let a = f.arrival(Some(2), "a", true, 1_000_000).unwrap();
+        let b = f.arrival(Some(2), "a", true, 1_000).unwrap();
+        assert!(a >= now + Duration::from_millis(1_005));
+        assert!(b > a, "the second message waits for the first");
+        // The other direction and other peers have their own lanes.
+        let c = f.arrival(Some(2), "a", false, 1_000).unwrap();
+        assert!(c < a);
+        f.set_link(Some(3), LinkShape::default());
+        assert_eq!(
+            f.link(Some(3)).mbit,
+            8,
+            "clearing an override falls back to the default"
+        );
     }
 }

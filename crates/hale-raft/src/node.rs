@@ -1,8 +1,9 @@
 //! One raft node: openraft wired to the SQLite log and state machine, the
 //! raft RPC listener, write forwarding, read consistency and membership.
 
+use crate::election::{decide_prevote, ElectionCounts, ElectionStats, Jitter, PreVoteReply, PreVoteRequest, VoterView};
 use crate::log_store::LogStore;
-use crate::network::{Faults, NetClient, NetworkFactory, RPC_BODY_BYTES_MAX, SECRET_HEADER};
+use crate::network::{Faults, LinkShape, NetClient, NetworkFactory, RPC_BODY_BYTES_MAX, SECRET_HEADER};
 use crate::state_machine::StateMachineStore;
 use crate::types::{HaleNode, NodeId, Raft, RaftMetrics, TypeConfig};
 use axum::extract::{DefaultBodyLimit, State};
@@ -13,6 +14,7 @@ use axum::{Json, Router};
 use hale_store::apply::Applied;
 use hale_store::command::Command;
 use hale_store::propose::{ProposeError, ProposeFuture, Proposer};
+use hale_store::split::split_command;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
@@ -38,9 +40,20 @@ pub struct RaftSettings {
     pub site: String,
     /// Initialise a one-voter cluster of this node on first start.
     pub bootstrap_single: bool,
+    /// A follower campaigns after hearing nothing from a leader for a random
+    /// time in `[election_timeout_min_ms, election_timeout_max_ms]`, and only
+    /// after a majority of voters agrees in a pre-vote (see `election`).
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
+    /// How often the leader sends heartbeats. openraft 0.9 also uses it as the
+    /// deadline of every AppendEntries, so entries are sent in prefixes sized to
+    /// arrive within half of it (see `network`).
     pub heartbeat_interval_ms: u64,
+    /// Most entry bytes in one AppendEntries (one entry always goes, however big).
+    pub append_bytes_max: usize,
+    /// Most bytes of one log entry: a larger command is split into parts that
+    /// apply atomically when the last one commits.
+    pub command_bytes_max: usize,
     /// Build a snapshot (and compact the log) after this many new entries.
     pub snapshot_entries_since_last: u64,
     /// Entries kept in the log behind a snapshot, so briefly lagging nodes catch up from the log.
@@ -53,6 +66,8 @@ pub struct RaftSettings {
     pub read_timeout_ms: u64,
     /// Accept `POST /raft/fault` (chaos testing only).
     pub fault_injection: bool,
+    /// Emulate this link to every peer from the start (needs `fault_injection`).
+    pub emulate_link: Option<LinkShape>,
     /// Shared secret required on every raft RPC (recommended across data centres).
     pub cluster_secret: Option<String>,
 }
@@ -65,15 +80,18 @@ impl Default for RaftSettings {
             advertise: None,
             site: "local".into(),
             bootstrap_single: true,
-            election_timeout_min_ms: 200,
-            election_timeout_max_ms: 400,
-            heartbeat_interval_ms: 50,
+            election_timeout_min_ms: 400,
+            election_timeout_max_ms: 800,
+            heartbeat_interval_ms: 100,
+            append_bytes_max: 1024 * 1024,
+            command_bytes_max: 256 * 1024,
             snapshot_entries_since_last: 50_000,
             entries_kept_after_snapshot: 5_000,
             write_timeout_ms: 10_000,
             leader_wait_ms: 3_000,
             read_timeout_ms: 2_000,
             fault_injection: false,
+            emulate_link: None,
             cluster_secret: None,
         }
     }
@@ -144,6 +162,8 @@ pub struct NodeStatus {
     pub millis_since_leader_contact: Option<u64>,
     pub isolated: bool,
     pub content_hash: Option<String>,
+    #[serde(default)]
+    pub elections: ElectionCounts,
 }
 
 /// One member as the cluster status reports it.
@@ -160,6 +180,11 @@ pub struct MemberStatus {
     /// Entries behind the answering node's last log entry.
     pub lag_entries: Option<u64>,
     pub last_heard_ms: Option<u64>,
+    /// The member's own term and election counters, when it answered.
+    #[serde(default)]
+    pub term: Option<u64>,
+    #[serde(default)]
+    pub elections: Option<ElectionCounts>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -190,6 +215,11 @@ pub struct RaftNode {
     pub net: Arc<NetClient>,
     pub settings: RaftSettings,
     pub me: HaleNode,
+    /// A read handle on the raft log (its last log id answers pre-votes).
+    log: LogStore,
+    pub elections: ElectionStats,
+    /// When a leader of this node's term (or a later one) last reached it.
+    leader_contact: Mutex<Option<Instant>>,
     contacts: Mutex<VecDeque<(u64, Instant)>>,
     started: Instant,
     server: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -219,28 +249,48 @@ impl RaftNode {
             api_url,
             site: settings.site.clone(),
         };
+        check_timing(&settings)?;
+        if settings.emulate_link.is_some() && !settings.fault_injection {
+            return Err(NodeError::Config(
+                "emulate_link is fault injection: turn on fault_injection (--fault-injection) to use it".into(),
+            ));
+        }
         let config = openraft::Config {
             cluster_name: "hale".into(),
-            election_timeout_min: settings.election_timeout_min_ms,
-            election_timeout_max: settings.election_timeout_max_ms,
+            // openraft's own election timer is off (the `election` driver decides
+            // when to campaign). What remains of these is the leader lease: a voter
+            // refuses a real vote until it has not heard from its leader for
+            // `election_timeout_max`. It is kept below the pre-vote threshold so a
+            // candidate that won a pre-vote is not then refused by the lease.
+            election_timeout_min: settings.election_timeout_min_ms / 2,
+            election_timeout_max: settings.election_timeout_min_ms * 3 / 4,
+            enable_elect: false,
             heartbeat_interval: settings.heartbeat_interval_ms,
             install_snapshot_timeout: 5_000,
             max_payload_entries: 512,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_entries_since_last),
             max_in_snapshot_log_to_keep: settings.entries_kept_after_snapshot,
-            snapshot_max_chunk_size: 1024 * 1024,
+            snapshot_max_chunk_size: settings.append_bytes_max as u64,
             ..Default::default()
         };
         let config = Arc::new(config.validate().map_err(|e| NodeError::Config(e.to_string()))?);
         let log = LogStore::open(dir)?;
         let sm = StateMachineStore::open(dir)?;
         let faults = Arc::new(Faults::default());
-        let net = Arc::new(NetClient::new(faults, settings.cluster_secret.clone()));
+        faults.seed(settings.node_id);
+        if let Some(shape) = settings.emulate_link {
+            faults.set_link(None, shape);
+        }
+        let net = Arc::new(NetClient::new(
+            faults,
+            settings.cluster_secret.clone(),
+            settings.append_bytes_max,
+        ));
         let raft = Raft::new(
             settings.node_id,
             config,
             NetworkFactory { client: net.clone() },
-            log,
+            log.clone(),
             sm.clone(),
         )
         .await
@@ -252,6 +302,9 @@ impl RaftNode {
             net,
             settings,
             me,
+            log,
+            elections: ElectionStats::default(),
+            leader_contact: Mutex::new(None),
             contacts: Mutex::new(VecDeque::new()),
             started: Instant::now(),
             server: Mutex::new(None),
@@ -279,6 +332,7 @@ impl RaftNode {
             tracing::info!(node = node.id, "initialised a cluster of one");
         }
         node.spawn_address_refresh();
+        node.spawn_election_driver();
         Ok(node)
     }
 
@@ -308,6 +362,127 @@ impl RaftNode {
                 }
             }
         });
+    }
+
+    // ------------------------------------------------------------- elections
+
+    /// Campaign only when a leader has been silent for a random election
+    /// timeout and a majority of voters agrees in a pre-vote (see `election`).
+    fn spawn_election_driver(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let mut jitter = Jitter::new(self.id ^ 0x4841_4c45);
+        let (min_ms, max_ms) = (
+            self.settings.election_timeout_min_ms,
+            self.settings.election_timeout_max_ms,
+        );
+        tokio::spawn(async move {
+            let tick = Duration::from_millis((min_ms / 10).clamp(5, 50));
+            let mut timeout = Duration::from_millis(jitter.between(min_ms, max_ms));
+            let mut last_attempt = Instant::now();
+            let mut was_leader = false;
+            loop {
+                tokio::time::sleep(tick).await;
+                let Some(node) = weak.upgrade() else { return };
+                let m = node.metrics();
+                if m.running_state.is_err() || m.state == ServerState::Shutdown {
+                    return;
+                }
+                let leading = m.state == ServerState::Leader;
+                if was_leader && !leading {
+                    node.elections.leaderships_lost.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(term = m.current_term, "this node stopped leading while running");
+                }
+                was_leader = leading;
+                if leading || !node.is_voter(&m) {
+                    last_attempt = Instant::now();
+                    continue;
+                }
+                let quiet = node
+                    .leader_contact
+                    .lock()
+                    .map_or(node.started.elapsed(), |t| t.elapsed())
+                    .min(last_attempt.elapsed());
+                if quiet < timeout {
+                    continue;
+                }
+                last_attempt = Instant::now();
+                timeout = Duration::from_millis(jitter.between(min_ms, max_ms));
+                node.campaign(&m).await;
+            }
+        });
+    }
+
+    /// Run a pre-vote and, with a majority, start an election.
+    async fn campaign(&self, m: &RaftMetrics) {
+        let membership = m.membership_config.membership().clone();
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        self.elections.prevotes_started.fetch_add(1, Ordering::Relaxed);
+        let req = PreVoteRequest {
+            candidate: self.id,
+            term: m.current_term,
+            last_log_id: self.log.last_log_id().ok().flatten(),
+        };
+        let timeout = Duration::from_millis(self.settings.election_timeout_min_ms);
+        let asks = voters.iter().filter(|v| **v != self.id).filter_map(|v| {
+            let node = membership.get_node(v)?.clone();
+            let req = &req;
+            Some(async move {
+                let r = self
+                    .net
+                    .post::<_, PreVoteReply>(Some(*v), &node.raft_addr, "/raft/prevote", req, timeout)
+                    .await;
+                (*v, r)
+            })
+        });
+        let replies = futures::future::join_all(asks).await;
+        let mut granted = 1;
+        let mut refusals = Vec::new();
+        for (v, r) in replies {
+            match r {
+                Ok(r) if r.granted => granted += 1,
+                Ok(r) => refusals.push(format!("node {v}: {}", r.reason.unwrap_or_default())),
+                Err(e) => refusals.push(format!("node {v}: {e}")),
+            }
+        }
+        if granted * 2 > voters.len() {
+            self.elections.elections_started.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                term = m.current_term + 1,
+                granted,
+                voters = voters.len(),
+                "no leader heard; pre-vote won, starting an election"
+            );
+            if let Err(e) = self.raft.trigger().elect().await {
+                tracing::error!(error = %e, "could not start an election");
+            }
+        } else {
+            self.elections.prevotes_lost.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(granted, voters = voters.len(), refusals = ?refusals, "pre-vote lost; not campaigning");
+        }
+    }
+
+    fn voter_view(&self) -> VoterView {
+        let m = self.metrics();
+        VoterView {
+            is_voter: self.is_voter(&m),
+            is_leader: m.state == ServerState::Leader,
+            millis_since_quorum_ack: m.millis_since_quorum_ack,
+            millis_since_leader_contact: self.leader_contact.lock().map(|t| t.elapsed().as_millis() as u64),
+            last_log_id: self.log.last_log_id().ok().flatten(),
+        }
+    }
+
+    /// A leader's message at `vote` arrived: if it is at least this node's
+    /// vote, the leader is alive for this node.
+    fn leader_reached(&self, vote: &openraft::Vote<NodeId>) {
+        let m = self.metrics();
+        if vote.is_committed() && *vote >= m.vote {
+            *self.leader_contact.lock() = Some(Instant::now());
+        }
+    }
+
+    pub fn election_counts(&self) -> ElectionCounts {
+        self.elections.counts()
     }
 
     pub fn metrics(&self) -> RaftMetrics {
@@ -352,8 +527,46 @@ impl RaftNode {
     }
 
     /// Commit `cmd` on a quorum (forwarding it to the leader if need be) and
-    /// return its log index and outcome.
+    /// return its log index and outcome. A command whose encoding exceeds
+    /// `command_bytes_max` goes into the log as parts, proposed in order; it
+    /// takes effect, all or nothing, when its last part applies.
     pub async fn propose(&self, cmd: Command) -> Result<(u64, Applied), ProposeError> {
+        let group = uuid::Uuid::new_v4().to_string();
+        let mut parts = split_command(&cmd, self.settings.command_bytes_max, &group).map_err(|e| {
+            ProposeError::Unavailable(format!(
+                "the write was not committed: it cannot be put in the log ({e})"
+            ))
+        })?;
+        if parts.len() == 1 {
+            return self.propose_entry(parts.pop().expect("one part")).await;
+        }
+        let count = parts.len();
+        tracing::debug!(group, parts = count, "proposing a large command in parts");
+        let mut last = None;
+        for (i, part) in parts.into_iter().enumerate() {
+            // A part is never re-proposed: a duplicate would refuse the whole
+            // command. On failure the staged parts are purged by a later command.
+            match self.propose_entry(part).await {
+                Ok(done) => last = Some(done),
+                Err(ProposeError::Unavailable(why)) if i + 1 < count => {
+                    return Err(ProposeError::Unavailable(format!(
+                        "the write was not committed (part {} of {count} of a large write failed, so none of it takes effect): {why}",
+                        i + 1
+                    )))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let (index, applied) = last.expect("at least two parts");
+        debug_assert!(
+            !matches!(applied, Applied::Staged { .. }),
+            "the last part applies the whole command"
+        );
+        Ok((index, applied))
+    }
+
+    /// Commit one log entry's command.
+    async fn propose_entry(&self, cmd: Command) -> Result<(u64, Applied), ProposeError> {
         let start = Instant::now();
         let leader_wait = Duration::from_millis(self.settings.leader_wait_ms);
         let mut last_problem = String::from("no leader is known");
@@ -434,8 +647,11 @@ impl RaftNode {
             return ReadIndexReply::NotLeader;
         }
         let voters = m.membership_config.membership().voter_ids().count();
+        // No other leader can be elected until a majority has not heard from this
+        // one for the minimum election timeout (pre-vote), so a quorum
+        // acknowledgement younger than half of it proves leadership now.
         let lease_ok = voters <= 1
-            || matches!(m.millis_since_quorum_ack, Some(ms) if ms < self.settings.election_timeout_max_ms / 2);
+            || matches!(m.millis_since_quorum_ack, Some(ms) if ms < self.settings.election_timeout_min_ms / 2);
         if lease_ok {
             // Every write this leader acknowledged is applied here (it acknowledges after
             // applying). Writes acknowledged by earlier leaders come before this leader's
@@ -578,6 +794,7 @@ impl RaftNode {
             millis_since_leader_contact,
             isolated: self.faults().isolated(),
             content_hash: if with_hash { self.sm.content_hash().ok() } else { None },
+            elections: self.election_counts(),
         }
     }
 
@@ -623,6 +840,8 @@ impl RaftNode {
                         applied_index: Some(s.applied_index),
                         lag_entries: Some(my_last.saturating_sub(s.applied_index)),
                         last_heard_ms,
+                        term: Some(s.term),
+                        elections: Some(s.elections),
                     },
                     Err(_) => MemberStatus {
                         id,
@@ -635,6 +854,8 @@ impl RaftNode {
                         applied_index: None,
                         lag_entries: None,
                         last_heard_ms,
+                        term: None,
+                        elections: None,
                     },
                 }
             });
@@ -716,6 +937,7 @@ impl RaftNode {
         Router::new()
             .route("/raft/append", post(rpc_append))
             .route("/raft/vote", post(rpc_vote))
+            .route("/raft/prevote", post(rpc_prevote))
             .route("/raft/snapshot", post(rpc_snapshot))
             .route("/raft/propose", post(rpc_propose))
             .route("/raft/read-index", post(rpc_read_index))
@@ -743,6 +965,29 @@ impl RaftNode {
     }
 }
 
+/// The timing settings must leave room for the pre-vote and the leader lease.
+fn check_timing(s: &RaftSettings) -> Result<(), NodeError> {
+    if s.heartbeat_interval_ms == 0 || s.heartbeat_interval_ms * 3 > s.election_timeout_min_ms {
+        return Err(NodeError::Config(format!(
+            "heartbeat_interval_ms ({}) must be positive and at most a third of election_timeout_min_ms ({}), so that a follower hears several heartbeats before it suspects the leader",
+            s.heartbeat_interval_ms, s.election_timeout_min_ms
+        )));
+    }
+    if s.election_timeout_max_ms < s.election_timeout_min_ms {
+        return Err(NodeError::Config(format!(
+            "election_timeout_max_ms ({}) is below election_timeout_min_ms ({})",
+            s.election_timeout_max_ms, s.election_timeout_min_ms
+        )));
+    }
+    if s.command_bytes_max < 4 * 1024 || s.append_bytes_max < s.command_bytes_max {
+        return Err(NodeError::Config(format!(
+            "command_bytes_max ({}) must be at least 4096 and at most append_bytes_max ({})",
+            s.command_bytes_max, s.append_bytes_max
+        )));
+    }
+    Ok(())
+}
+
 fn state_name(s: ServerState, voter: bool) -> &'static str {
     match s {
         ServerState::Leader => "leader",
@@ -760,6 +1005,7 @@ async fn rpc_append(State(n): Node, headers: HeaderMap, Json(req): Json<AppendEn
         return r;
     }
     let commit = req.leader_commit.map(|l| l.index);
+    n.leader_reached(&req.vote);
     let res = n.raft.append_entries(req).await;
     if matches!(&res, Ok(openraft::raft::AppendEntriesResponse::Success)) {
         n.record_contact(commit);
@@ -774,6 +1020,23 @@ async fn rpc_vote(State(n): Node, headers: HeaderMap, Json(req): Json<VoteReques
     Json(n.raft.vote(req).await).into_response()
 }
 
+async fn rpc_prevote(State(n): Node, headers: HeaderMap, Json(req): Json<PreVoteRequest>) -> Response {
+    if let Err(r) = n.admit(&headers) {
+        return r;
+    }
+    let view = n.voter_view();
+    let decision = decide_prevote(&view, &req, n.settings.election_timeout_min_ms);
+    if let Err(why) = &decision {
+        tracing::debug!(candidate = req.candidate, reason = %why, "pre-vote refused");
+    }
+    Json(PreVoteReply {
+        granted: decision.is_ok(),
+        term: n.metrics().current_term,
+        reason: decision.err(),
+    })
+    .into_response()
+}
+
 async fn rpc_snapshot(
     State(n): Node,
     headers: HeaderMap,
@@ -783,6 +1046,7 @@ async fn rpc_snapshot(
         return r;
     }
     n.record_contact(None);
+    n.leader_reached(&req.vote);
     // openraft 0.9 sends a follower no heartbeat while a snapshot streams to it,
     // and snapshot chunks bypass RaftCore, so nothing would reset this node's
     // election timer during a transfer longer than the election timeout: it
@@ -845,9 +1109,15 @@ async fn rpc_status(State(n): Node, headers: HeaderMap, Json(with_hash): Json<bo
     Json(n.node_status(with_hash)).into_response()
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// A change of injected faults; absent fields stay as they are.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct FaultRequest {
-    pub isolated: bool,
+    pub isolated: Option<bool>,
+    /// Emulate this link to every peer (all zero: a plain link).
+    pub link: Option<LinkShape>,
+    /// Emulate links to particular peers, overriding `link`.
+    pub links_to: BTreeMap<NodeId, LinkShape>,
 }
 
 async fn rpc_fault(State(n): Node, Json(req): Json<FaultRequest>) -> Response {
@@ -858,8 +1128,18 @@ async fn rpc_fault(State(n): Node, Json(req): Json<FaultRequest>) -> Response {
         )
             .into_response();
     }
-    n.faults().isolated.store(req.isolated, Ordering::Release);
-    tracing::warn!(isolated = req.isolated, "fault injection: isolation changed");
+    if let Some(isolated) = req.isolated {
+        n.faults().isolated.store(isolated, Ordering::Release);
+        tracing::warn!(isolated, "fault injection: isolation changed");
+    }
+    if let Some(shape) = req.link {
+        n.faults().set_link(None, shape);
+        tracing::warn!(?shape, "fault injection: every link emulated");
+    }
+    for (peer, shape) in &req.links_to {
+        n.faults().set_link(Some(*peer), *shape);
+        tracing::warn!(peer, ?shape, "fault injection: link emulated");
+    }
     Json(req).into_response()
 }
 

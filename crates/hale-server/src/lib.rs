@@ -158,6 +158,7 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
 }
 
 async fn metrics_text(State(app): State<Arc<App>>) -> Response {
+    let elections = app.raft.election_counts();
     let mut gauges: Vec<(String, &str, f64)> = vec![
         (
             "hale_store_bytes".into(),
@@ -191,6 +192,26 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
                 .millis_since_leader_contact
                 .map(|v| v as f64)
                 .unwrap_or(-1.0),
+        ),
+        (
+            "hale_raft_prevotes_started".into(),
+            "Pre-votes this node ran since start because it heard no leader.",
+            elections.prevotes_started as f64,
+        ),
+        (
+            "hale_raft_prevotes_lost".into(),
+            "Pre-votes refused by a majority since start: elections that would have disrupted a live leader.",
+            elections.prevotes_lost as f64,
+        ),
+        (
+            "hale_raft_elections_started".into(),
+            "Elections (term increases) this node started since start, each after winning a pre-vote.",
+            elections.elections_started as f64,
+        ),
+        (
+            "hale_raft_leaderships_lost".into(),
+            "Times this node stopped leading while running (a leader change with no crash behind it).",
+            elections.leaderships_lost as f64,
         ),
         (
             "hale_audit_spooled_batches".into(),

@@ -363,3 +363,86 @@ async fn a_cut_off_site_keeps_serving_reads_and_its_audit_trail_syncs_back() {
         "only {site_reads} of the site's 5 reads reached the audit trail"
     );
 }
+
+fn small_entries(s: &mut hale_raft::RaftSettings) {
+    // Every entry at most 4 KiB: a transaction of 40 patients (~12 kB) takes several parts.
+    s.command_bytes_max = 4 * 1024;
+    s.append_bytes_max = 16 * 1024;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_transaction_goes_in_bounded_parts_and_stays_atomic() {
+    let c = Cluster::start(3, 1, small_entries).await;
+    let entries = |families: &[String], bad: bool| -> Value {
+        let mut e: Vec<Value> = families
+            .iter()
+            .map(|f| json!({"resource": any_patient(f), "request": {"method": "POST", "url": "Patient"}}))
+            .collect();
+        if bad {
+            // An NHS number failing modulus 11 refuses the whole transaction.
+            let mut p = any_patient("Broken");
+            p["identifier"][0]["value"] = json!("9434765918");
+            e.push(json!({"resource": p, "request": {"method": "POST", "url": "Patient"}}));
+        }
+        json!({"resourceType": "Bundle", "type": "transaction", "entry": e})
+    };
+    let families: Vec<String> = (0..40).map(|i| format!("Parted{i:02}")).collect();
+    let before = c.nodes[0].raft.metrics().last_log_index.unwrap_or(0);
+    // Through a follower: it splits, and forwards each part to the leader.
+    let r = c.nodes[1].post("/", CLERK, &entries(&families, false)).await;
+    r.expect(200);
+    assert_eq!(r.body()["entry"].as_array().map(Vec::len), Some(40));
+    c.converge().await;
+    let after = c.nodes[0].raft.metrics().last_log_index.unwrap_or(0);
+    assert!(
+        after - before >= 3,
+        "the transaction went into the log in parts ({before} -> {after})"
+    );
+    let entries_in_log =
+        hale_raft::log_store::LogStore::read_all(c.nodes[0].data_dir()).expect("read the leader's log");
+    for e in &entries_in_log {
+        let bytes = serde_json::to_vec(&e.payload).expect("encode");
+        assert!(
+            bytes.len() <= 4 * 1024 + 512,
+            "entry {} is {} bytes",
+            e.log_id,
+            bytes.len()
+        );
+    }
+    for n in &c.nodes {
+        let r = n
+            .req("GET", "/Patient?family=Parted39")
+            .token(CLIN)
+            .header("X-Hale-Consistency", "local")
+            .send()
+            .await;
+        r.expect(200);
+        assert_eq!(
+            r.body()["entry"].as_array().map(Vec::len),
+            Some(1),
+            "node {}",
+            n.raft.id
+        );
+    }
+    // A refused transaction in parts leaves nothing behind, on any node.
+    let more: Vec<String> = (0..40).map(|i| format!("Refused{i:02}")).collect();
+    let r = c.nodes[2].post("/", CLERK, &entries(&more, true)).await;
+    assert!(r.status >= 400, "refused: {}", r.text);
+    c.converge().await;
+    for n in &c.nodes {
+        let r = n
+            .req("GET", "/Patient?family=Refused00")
+            .token(CLIN)
+            .header("X-Hale-Consistency", "local")
+            .send()
+            .await;
+        assert_eq!(
+            r.body()["entry"].as_array().map_or(0, Vec::len),
+            0,
+            "node {}",
+            n.raft.id
+        );
+    }
+    let h = c.hashes();
+    assert!(h.iter().all(|x| x == &h[0]), "{h:?}");
+}

@@ -1,0 +1,227 @@
+//! Elections with a pre-vote and leader stickiness.
+//!
+//! openraft 0.9 has no pre-vote: a voter that misses heartbeats (a busy
+//! machine, a slow link, a follower stuck behind a large append) raises its
+//! term and campaigns. It cannot win if its log is behind, but its higher term
+//! deposes the healthy leader the moment the leader next writes to it, and
+//! the cluster stops committing. On a slow machine this becomes a storm that
+//! outlives the load that started it.
+//!
+//! So openraft's own election timer is off (`enable_elect = false`) and this
+//! driver decides when to campaign:
+//! - a voter that has heard nothing from a leader for a randomised timeout
+//!   first asks the other voters, without changing any term, whether they
+//!   would vote for it (`/raft/prevote`);
+//! - a voter grants that only if it has not itself heard from a leader within
+//!   the minimum election timeout (leader stickiness: a leader that is alive
+//!   for a majority stays), and the asker's log is at least as up to date as
+//!   its own (a lagging node can never win, so it must not campaign);
+//! - only with a majority of grants does the node call openraft's election,
+//!   which raises the term.
+//!
+//! A real vote still passes openraft's own checks (its leader lease and log
+//! comparison), so this only ever removes elections; safety stays openraft's.
+//!
+//! Architecture invariant: the grant rule is a pure function of what the
+//! voter knows ([`VoterView`]) and the request, tested with data tables.
+
+use crate::types::{LogId, NodeId};
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Asked of every other voter before a campaign.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PreVoteRequest {
+    pub candidate: NodeId,
+    /// The candidate's current term (it would campaign at the next one).
+    pub term: u64,
+    pub last_log_id: Option<LogId>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PreVoteReply {
+    pub granted: bool,
+    pub term: u64,
+    /// Why it was refused, for the log.
+    pub reason: Option<String>,
+}
+
+/// What a voter knows when it is asked for a pre-vote.
+#[derive(Debug, Clone)]
+pub struct VoterView {
+    pub is_voter: bool,
+    pub is_leader: bool,
+    /// On a leader: how long since a quorum acknowledged it.
+    pub millis_since_quorum_ack: Option<u64>,
+    /// On a follower: how long since a leader of the current (or a later) term
+    /// last reached it; `None` if never since start.
+    pub millis_since_leader_contact: Option<u64>,
+    pub last_log_id: Option<LogId>,
+}
+
+/// Grant (Ok) or refuse (Err, with the reason) a pre-vote.
+pub fn decide_prevote(view: &VoterView, req: &PreVoteRequest, election_min_ms: u64) -> Result<(), String> {
+    if !view.is_voter {
+        return Err("not a voter".into());
+    }
+    if view.is_leader {
+        match view.millis_since_quorum_ack {
+            Some(ms) if ms < election_min_ms => {
+                return Err(format!("I lead, and a quorum acknowledged me {ms} ms ago"));
+            }
+            _ => {}
+        }
+    } else if let Some(ms) = view.millis_since_leader_contact {
+        if ms < election_min_ms {
+            return Err(format!("I heard from the leader {ms} ms ago"));
+        }
+    }
+    if req.last_log_id < view.last_log_id {
+        return Err(format!(
+            "the candidate's log ends at {} but mine at {}",
+            show(&req.last_log_id),
+            show(&view.last_log_id)
+        ));
+    }
+    Ok(())
+}
+
+fn show(l: &Option<LogId>) -> String {
+    match l {
+        Some(l) => format!("{}-{}", l.leader_id.term, l.index),
+        None => "nothing".into(),
+    }
+}
+
+/// Counters of one node's elections (served on `/raft/status` and in metrics).
+#[derive(Debug, Default)]
+pub struct ElectionStats {
+    /// Pre-votes this node ran because it had not heard from a leader.
+    pub prevotes_started: AtomicU64,
+    /// Of those, refused by a majority: elections that would have disrupted the cluster.
+    pub prevotes_lost: AtomicU64,
+    /// Elections (term increases) this node started after winning a pre-vote.
+    pub elections_started: AtomicU64,
+    /// Times this node stopped leading while it kept running: a leader change
+    /// with no crash behind it (a cut-off or starved leader, or a needless election).
+    pub leaderships_lost: AtomicU64,
+}
+
+/// A snapshot of [`ElectionStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ElectionCounts {
+    pub prevotes_started: u64,
+    pub prevotes_lost: u64,
+    pub elections_started: u64,
+    pub leaderships_lost: u64,
+}
+
+impl ElectionStats {
+    pub fn counts(&self) -> ElectionCounts {
+        ElectionCounts {
+            prevotes_started: self.prevotes_started.load(Ordering::Relaxed),
+            prevotes_lost: self.prevotes_lost.load(Ordering::Relaxed),
+            elections_started: self.elections_started.load(Ordering::Relaxed),
+            leaderships_lost: self.leaderships_lost.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A small seeded generator for election timeouts (xorshift64*).
+#[derive(Debug, Clone)]
+pub struct Jitter(u64);
+
+impl Jitter {
+    pub fn new(seed: u64) -> Jitter {
+        Jitter(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1)
+    }
+
+    /// Uniform in `[min, max]`.
+    pub fn between(&mut self, min: u64, max: u64) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        let r = x.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        min + r % (max.saturating_sub(min) + 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::CommittedLeaderId;
+
+    fn log(term: u64, index: u64) -> Option<LogId> {
+        Some(LogId::new(CommittedLeaderId::new(term, 1), index))
+    }
+
+    fn follower(contact: Option<u64>, last: Option<LogId>) -> VoterView {
+        VoterView {
+            is_voter: true,
+            is_leader: false,
+            millis_since_quorum_ack: None,
+            millis_since_leader_contact: contact,
+            last_log_id: last,
+        }
+    }
+
+    fn ask(last: Option<LogId>) -> PreVoteRequest {
+        PreVoteRequest {
+            candidate: 3,
+            term: 7,
+            last_log_id: last,
+        }
+    }
+
+    /// (voter's view, candidate's last log) -> granted?
+    fn check(view: VoterView, candidate_last: Option<LogId>, expect: bool) {
+        let got = decide_prevote(&view, &ask(candidate_last), 400);
+        assert_eq!(got.is_ok(), expect, "{view:?} asked by {candidate_last:?}: {got:?}");
+    }
+
+    #[test]
+    fn prevote_rules() {
+        // A voter that hears the leader refuses, whatever the candidate's log.
+        check(follower(Some(50), log(2, 10)), log(2, 10), false);
+        check(follower(Some(399), log(2, 10)), log(9, 99), false);
+        // A voter that has not heard from a leader grants an up-to-date candidate.
+        check(follower(Some(400), log(2, 10)), log(2, 10), true);
+        check(follower(None, log(2, 10)), log(2, 11), true);
+        check(follower(None, None), None, true);
+        // ... but never a candidate whose log is behind (the stale disruptor).
+        check(follower(Some(5_000), log(2, 10)), log(2, 9), false);
+        check(follower(Some(5_000), log(3, 5)), log(2, 50), false);
+        check(follower(None, log(1, 1)), None, false);
+        // A later term beats a longer log.
+        check(follower(None, log(2, 50)), log(3, 5), true);
+        // A leader with a live quorum refuses; one cut off from it grants.
+        let leader = |ack| VoterView {
+            is_voter: true,
+            is_leader: true,
+            millis_since_quorum_ack: ack,
+            millis_since_leader_contact: None,
+            last_log_id: log(2, 10),
+        };
+        check(leader(Some(30)), log(2, 10), false);
+        check(leader(Some(2_000)), log(2, 10), true);
+        check(leader(None), log(2, 10), true);
+        // Learners do not vote.
+        let mut learner = follower(None, None);
+        learner.is_voter = false;
+        check(learner, log(2, 10), false);
+    }
+
+    #[test]
+    fn jitter_stays_in_range_and_repeats() {
+        let mut a = Jitter::new(1);
+        let mut b = Jitter::new(1);
+        for _ in 0..1_000 {
+            let x = a.between(400, 800);
+            assert!((400..=800).contains(&x));
+            assert_eq!(x, b.between(400, 800));
+        }
+        assert_eq!(Jitter::new(5).between(3, 3), 3);
+    }
+}
