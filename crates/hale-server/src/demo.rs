@@ -3,13 +3,27 @@
 //! that real data does: validation, references, booking.
 
 use crate::App;
+use hale_fhir::IssueCode;
 use hale_store::apply::Applied;
 use hale_store::command::Command;
-use hale_store::{Actor, CommandKind, WriteOp};
+use hale_store::propose::ProposeError;
+use hale_store::{Actor, CommandKind, RejectKind, WriteOp};
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
-/// Resources per batch command while loading.
+/// Resources per batch command while loading (at most).
 pub const LOAD_BATCH_OPS: usize = 500;
+/// Encoded JSON bytes of the ops of one batch command (at most, unless one op
+/// alone is larger): a batch stays one raft log entry of a size that
+/// replicates quickly, under the store's bound on an entry
+/// ([`hale_store::COMMAND_BYTES_MAX`]), leaving room for the command's envelope.
+pub const LOAD_BATCH_BYTES_MAX: usize = hale_store::COMMAND_BYTES_MAX - 4 * 1024;
+const _: () = assert!(LOAD_BATCH_BYTES_MAX > 64 * 1024, "room for a batch of demo resources");
+/// How long one batch may keep being retried while the cluster cannot commit
+/// (no leader, no quorum, leadership moving) before the load gives up.
+pub const LOAD_RETRY_DEADLINE: Duration = Duration::from_secs(300);
+const LOAD_RETRY_WAIT_FIRST: Duration = Duration::from_millis(500);
+const LOAD_RETRY_WAIT_MAX: Duration = Duration::from_secs(15);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -23,7 +37,9 @@ pub enum DemoError {
     #[error("demo resource {rtype}/{id} was refused by the store: {why}")]
     Rejected { rtype: String, id: String, why: String },
     #[error("the write path failed while loading demo data: {0}")]
-    Propose(#[from] hale_store::propose::ProposeError),
+    Propose(#[from] ProposeError),
+    #[error("the cluster could not commit a batch of demo data in {attempts} attempts over {secs} s (last: {why}); the load stopped and resumes when this node restarts")]
+    GaveUp { attempts: u32, secs: u64, why: String },
     #[error("store error: {0}")]
     Store(#[from] hale_store::StoreError),
 }
@@ -37,9 +53,11 @@ const FIRST_DEMO_RESOURCE: (&str, &str) = ("Organization", "org-board");
 /// Load the board into an empty store, or finish a load that was interrupted.
 /// Returns the number of resources written.
 ///
-/// The board is streamed from the generator and written in batches of
-/// [`LOAD_BATCH_OPS`] resources, so only one batch is held in memory at a time
-/// whatever the number of patients. Loading stops early when the server shuts down.
+/// The board is streamed from the generator and written in batches of at most
+/// [`LOAD_BATCH_OPS`] resources and [`LOAD_BATCH_BYTES_MAX`] bytes, so only one
+/// batch is held in memory at a time whatever the number of patients. A batch
+/// the cluster cannot commit now is retried (see `write_batch`); loading
+/// stops early when the server shuts down, and the next start carries on.
 pub async fn load_if_empty(
     app: &App,
     patients: usize,
@@ -73,11 +91,17 @@ pub async fn load_if_empty(
         tracing::warn!(existing, "an earlier demo load was interrupted; loading the rest");
     }
     app.ready.store(false, Ordering::Release);
+    if !wait_for_leader(app).await {
+        tracing::warn!("shutting down: demo load not started; it starts at the next start");
+        return Ok(0);
+    }
     let started = std::time::Instant::now();
     let board = hale_demo::stream(&hale_demo::DemoConfig { seed, patients, today });
     tracing::info!(patients, "generating and loading the demo health board");
-    let mut ops = Vec::with_capacity(LOAD_BATCH_OPS);
+    let mut ops: Vec<WriteOp> = Vec::with_capacity(LOAD_BATCH_OPS);
+    let mut bytes = 0;
     let mut loaded = 0;
+    let mut report_at = 20_000;
     for (index, r) in board.enumerate() {
         let rtype = r.get("resourceType").and_then(|v| v.as_str()).unwrap_or("").to_string();
         let id = r.get("id").and_then(|v| v.as_str()).unwrap_or("").to_string();
@@ -89,32 +113,39 @@ pub async fn load_if_empty(
                 .join("; ");
             return Err(DemoError::Invalid { index, rtype, id, why });
         }
-        ops.push(WriteOp::Update {
+        let op = WriteOp::Update {
             rtype,
             id,
             resource: r,
             if_match: None,
-        });
-        if ops.len() == LOAD_BATCH_OPS {
-            if app.stopping.load(Ordering::Acquire) {
-                tracing::warn!(loaded, "shutting down: demo load stopped; it resumes at the next start");
-                return Ok(loaded);
-            }
-            let mut batch = std::mem::replace(&mut ops, Vec::with_capacity(LOAD_BATCH_OPS));
-            if resuming {
-                batch = missing_only(app, batch)?;
-            }
+        };
+        let op_bytes = op_bytes(&op);
+        if !ops.is_empty() && (ops.len() >= LOAD_BATCH_OPS || bytes + op_bytes > LOAD_BATCH_BYTES_MAX) {
+            let batch = std::mem::replace(&mut ops, Vec::with_capacity(LOAD_BATCH_OPS));
+            bytes = 0;
             let resource_type = batch.last().map(|op| op.rtype().to_string()).unwrap_or_default();
-            loaded += submit(app, batch).await?;
-            if loaded % 20_000 < LOAD_BATCH_OPS {
+            match write_batch(app, batch, resuming).await? {
+                Some(n) => loaded += n,
+                None => {
+                    tracing::warn!(loaded, "shutting down: demo load stopped; it resumes at the next start");
+                    return Ok(loaded);
+                }
+            }
+            if loaded >= report_at {
                 tracing::info!(loaded, patients, resource_type, "loading demo data");
+                report_at = loaded + 20_000;
             }
         }
+        ops.push(op);
+        bytes += op_bytes;
     }
-    if resuming {
-        ops = missing_only(app, ops)?;
+    match write_batch(app, ops, resuming).await? {
+        Some(n) => loaded += n,
+        None => {
+            tracing::warn!(loaded, "shutting down: demo load stopped; it resumes at the next start");
+            return Ok(loaded);
+        }
     }
-    loaded += submit(app, ops).await?;
     std::fs::write(&marker, format!("seed {seed}, {patients} patients, today {today}\n"))
         .map_err(hale_store::StoreError::from)?;
     app.ready.store(true, Ordering::Release);
@@ -124,6 +155,101 @@ pub async fn load_if_empty(
         "demo health board loaded"
     );
     Ok(loaded)
+}
+
+/// Encoded size of one op, as it counts towards [`LOAD_BATCH_BYTES_MAX`].
+fn op_bytes(op: &WriteOp) -> usize {
+    serde_json::to_vec(op).map(|v| v.len()).unwrap_or(0) + 1
+}
+
+/// Wait until this node knows a leader (a node of a cluster not formed yet
+/// cannot write). False if the server shuts down first.
+async fn wait_for_leader(app: &App) -> bool {
+    let mut said = false;
+    loop {
+        if app.stopping.load(Ordering::Acquire) {
+            return false;
+        }
+        if app.raft.metrics().current_leader.is_some() {
+            return true;
+        }
+        if !said {
+            tracing::info!("the demo load waits for this node's cluster to elect a leader (`hale cluster init`)");
+            said = true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Write one batch, retrying with backoff while the cluster cannot commit it
+/// ([`ProposeError::Unavailable`]: no leader, no quorum, not committed in time)
+/// until [`LOAD_RETRY_DEADLINE`]. A failed attempt may still have committed,
+/// so a retry (like a resumed load) sends only what this node does not hold
+/// yet, as creates: a resource the earlier attempt did write after all is
+/// refused as already there, which counts as written, so nothing is written
+/// twice. Returns the number of resources written, or None if the server is
+/// shutting down.
+async fn write_batch(app: &App, ops: Vec<WriteOp>, resuming: bool) -> Result<Option<usize>, DemoError> {
+    let started = Instant::now();
+    let mut wait = LOAD_RETRY_WAIT_FIRST;
+    let mut attempts = 0;
+    let mut again = resuming;
+    loop {
+        if app.stopping.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        attempts += 1;
+        let batch = if again {
+            missing_only(app, ops.clone())?.into_iter().map(as_create).collect()
+        } else {
+            ops.clone()
+        };
+        let why = match submit(app, batch, again).await {
+            Ok(n) => return Ok(Some(n)),
+            Err(DemoError::Propose(ProposeError::Unavailable(why))) => why,
+            Err(DemoError::Propose(ProposeError::Stopped)) if app.stopping.load(Ordering::Acquire) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if started.elapsed() + wait > LOAD_RETRY_DEADLINE {
+            return Err(DemoError::GaveUp {
+                attempts,
+                secs: started.elapsed().as_secs(),
+                why,
+            });
+        }
+        tracing::warn!(
+            attempt = attempts,
+            resources = ops.len(),
+            retry_in_ms = wait.as_millis() as u64,
+            reason = %why,
+            "demo load: a batch was not committed; retrying it (what it did write is not written twice)"
+        );
+        let until = Instant::now() + wait;
+        while Instant::now() < until {
+            if app.stopping.load(Ordering::Acquire) {
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(100).min(until - Instant::now())).await;
+        }
+        wait = (wait * 2).min(LOAD_RETRY_WAIT_MAX);
+        again = true;
+    }
+}
+
+/// The op as a create of the same resource at the same id, which the store
+/// refuses if the resource exists (where an update would write a new version).
+fn as_create(op: WriteOp) -> WriteOp {
+    match op {
+        WriteOp::Update {
+            rtype, id, resource, ..
+        } => WriteOp::Create {
+            rtype,
+            id,
+            resource,
+            if_none_exist: None,
+        },
+        other => other,
+    }
 }
 
 /// Drop the ops whose resources an interrupted load already wrote.
@@ -142,9 +268,11 @@ fn missing_only(app: &App, ops: Vec<WriteOp>) -> Result<Vec<WriteOp>, DemoError>
     Ok(out)
 }
 
-/// Apply one batch; on a refusal, name the resource refused.
-async fn submit(app: &App, ops: Vec<WriteOp>) -> Result<usize, DemoError> {
-    let n = ops.len();
+/// Apply one batch and return how many resources it wrote; on a refusal,
+/// name the resource refused. With `existing_ok`, a create refused because
+/// its resource exists is not an error (an earlier attempt wrote it).
+async fn submit(app: &App, ops: Vec<WriteOp>, existing_ok: bool) -> Result<usize, DemoError> {
+    let mut n = ops.len();
     if n == 0 {
         return Ok(0);
     }
@@ -165,6 +293,10 @@ async fn submit(app: &App, ops: Vec<WriteOp>) -> Result<usize, DemoError> {
     if let Applied::Ops(results) = applied {
         for ((rtype, id), r) in keys.into_iter().zip(results) {
             if let Err(rej) = r {
+                if existing_ok && already_exists(&rej, &rtype, &id) {
+                    n -= 1;
+                    continue;
+                }
                 let why = rej
                     .issues
                     .iter()
@@ -176,4 +308,64 @@ async fn submit(app: &App, ops: Vec<WriteOp>) -> Result<usize, DemoError> {
         }
     }
     Ok(n)
+}
+
+/// The store's refusal of a create whose resource exists.
+fn already_exists(rej: &hale_store::Rejection, rtype: &str, id: &str) -> bool {
+    let text = format!("{rtype}/{id} already exists");
+    rej.kind == RejectKind::Conflict
+        && rej
+            .issues
+            .iter()
+            .any(|i| i.code == IssueCode::Duplicate && i.diagnostics == text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn command(ops: Vec<WriteOp>) -> Command {
+        Command {
+            time_ms: 1,
+            actor: Actor {
+                user: "demo-loader".into(),
+                role: "service".into(),
+            },
+            kind: CommandKind::Batch(ops),
+        }
+    }
+
+    fn org(id: &str) -> WriteOp {
+        WriteOp::Update {
+            rtype: "Organization".into(),
+            id: id.into(),
+            resource: serde_json::json!({"resourceType": "Organization", "id": id, "name": "Test Board"}),
+            if_match: None,
+        }
+    }
+
+    /// A retried batch (creates) of what an earlier attempt wrote is refused as
+    /// "already exists", which the loader recognises; anything else is not.
+    #[test]
+    fn a_retried_create_of_a_written_resource_is_recognised_as_already_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = hale_store::StateMachine::open(dir.path()).unwrap();
+        let first = command(vec![org("org-a")]);
+        sm.apply(&[(1, &first)]).unwrap();
+        let retry = command(vec![as_create(org("org-a")), as_create(org("org-b"))]);
+        let applied = sm.apply(&[(2, &retry)]).unwrap();
+        let Applied::Ops(results) = &applied[0] else {
+            panic!("a batch applies as ops: {applied:?}")
+        };
+        let rej = results[0].as_ref().expect_err("org-a exists");
+        assert!(already_exists(rej, "Organization", "org-a"), "{rej:?}");
+        assert!(!already_exists(rej, "Organization", "org-b"));
+        assert!(results[1].is_ok(), "org-b is new: {:?}", results[1]);
+    }
+
+    #[test]
+    fn an_op_counts_its_encoded_bytes_towards_the_batch_bound() {
+        let op = org("org-a");
+        assert_eq!(op_bytes(&op), serde_json::to_vec(&op).unwrap().len() + 1);
+    }
 }

@@ -61,6 +61,8 @@ pub struct ChaosArgs {
     /// Also print the summary as JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub link: crate::link_args::LinkArgs,
 }
 
 // ------------------------------------------------------------------ randomness
@@ -780,10 +782,11 @@ pub async fn run(a: ChaosArgs) -> Result<()> {
         bail!("{} is not empty; give chaos a new directory", data.display());
     }
     eprintln!(
-        "chaos: seed {seed}, {} voters + {} learners, {} faults, data and node logs in {}",
+        "chaos: seed {seed}, {} voters + {} learners, {} faults, {}, data and node logs in {}",
         a.voters,
         a.learners,
         plan.len(),
+        a.link.describe(),
         data.display()
     );
     let spec = Spec {
@@ -791,7 +794,7 @@ pub async fn run(a: ChaosArgs) -> Result<()> {
         learners: a.learners,
         data: data.clone(),
         fault_injection: true,
-        extra_toml: SNAPSHOT_TOML.into(),
+        extra_toml: format!("{SNAPSHOT_TOML}{}", a.link.cluster_toml()),
         demo_patients: 0,
         log: "warn".into(),
     };
@@ -929,9 +932,11 @@ async fn drive(
     eprintln!("faults done; waiting for the replicas to converge ...");
     let applied_index = settle(c).await?;
     let mut hashes = BTreeMap::new();
+    let mut elections = ElectionTotals::default();
     for p in &c.procs {
         let s = c.node_status(p.id, true).await?;
         hashes.insert(p.id, s["content_hash"].as_str().unwrap_or("").to_string());
+        elections.add(&s);
     }
     let hashes_equal = hashes
         .values()
@@ -987,6 +992,8 @@ async fn drive(
             "wipes_resynced_from_snapshot": log.wipes_resynced_from_snapshot,
         },
         "leader_kills": log.leader_kills,
+        "links": a.link.describe(),
+        "elections": elections.to_json(),
         "acknowledged_writes": {
             "total": tally.acked.len(),
             "creates": tally.creates_acked,
@@ -1071,6 +1078,15 @@ fn print_summary(s: &Value, json: bool) -> Result<()> {
         n(&b["acknowledged"]),
         n(&b["conflicts_409"])
     );
+    let e = &s["elections"];
+    println!("  links:                {}", s["links"].as_str().unwrap_or(""));
+    println!(
+        "  elections:            final term {}, {} started after a won pre-vote, {} pre-votes lost (campaigns avoided), {} leaderships lost by running nodes",
+        n(&e["term"]),
+        n(&e["elections_started"]),
+        n(&e["prevotes_lost"]),
+        n(&e["leaderships_lost_while_running"])
+    );
     println!("  writes lost:          {}", n(&s["writes_lost"]));
     println!("  double bookings:      {}", n(&s["double_bookings"]));
     println!(
@@ -1123,5 +1139,38 @@ mod tests {
             slot_times(1),
             ("2031-01-01T00:15:00Z".to_string(), "2031-01-01T00:30:00Z".to_string())
         );
+    }
+}
+
+/// Terms and election counters summed over the nodes' own reports. Counters
+/// restart with a node, so after kills they undercount; the term does not.
+#[derive(Default)]
+struct ElectionTotals {
+    term_max: u64,
+    prevotes_started: u64,
+    prevotes_lost: u64,
+    elections_started: u64,
+    leaderships_lost: u64,
+}
+
+impl ElectionTotals {
+    fn add(&mut self, status: &Value) {
+        let e = &status["elections"];
+        let n = |k: &str| e[k].as_u64().unwrap_or(0);
+        self.term_max = self.term_max.max(status["term"].as_u64().unwrap_or(0));
+        self.prevotes_started += n("prevotes_started");
+        self.prevotes_lost += n("prevotes_lost");
+        self.elections_started += n("elections_started");
+        self.leaderships_lost += n("leaderships_lost");
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "term": self.term_max,
+            "prevotes_started": self.prevotes_started,
+            "prevotes_lost": self.prevotes_lost,
+            "elections_started": self.elections_started,
+            "leaderships_lost_while_running": self.leaderships_lost,
+        })
     }
 }

@@ -134,7 +134,7 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 10_000.0).round() / 10.0
 }
 
-pub async fn run(trials: usize, json_out: bool) -> Result<()> {
+pub async fn run(trials: usize, link: &crate::link_args::LinkArgs, json_out: bool) -> Result<()> {
     if trials == 0 {
         bail!("--trials must be at least 1");
     }
@@ -147,8 +147,8 @@ pub async fn run(trials: usize, json_out: bool) -> Result<()> {
         voters: VOTERS,
         learners: 0,
         data: data.clone(),
-        fault_injection: false,
-        extra_toml: String::new(),
+        fault_injection: link.emulated(),
+        extra_toml: link.cluster_toml(),
         demo_patients: 0,
         log: "warn".into(),
     };
@@ -187,7 +187,10 @@ pub async fn run(trials: usize, json_out: bool) -> Result<()> {
         percentile(&sorted, 99.0),
         *sorted.last().expect("at least one trial"),
     );
-    println!("failover: {trials} leader SIGKILLs, 3 voters on loopback, one client writing through a follower");
+    println!(
+        "failover: {trials} leader SIGKILLs, 3 voters on loopback ({}), one client writing through a follower",
+        link.describe()
+    );
     println!("  time from the kill to the first acknowledged write: p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms");
     println!("  target: p50 <= 1000 ms, p99 <= 2000 ms");
     println!(
@@ -199,6 +202,7 @@ pub async fn run(trials: usize, json_out: bool) -> Result<()> {
             "workload": "failover",
             "trials": trials,
             "voters": VOTERS,
+            "links": link.describe(),
             "p50_ms": p50,
             "p99_ms": p99,
             "max_ms": max,

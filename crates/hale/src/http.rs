@@ -1,16 +1,21 @@
-//! A minimal HTTP/1.1 client for the CLI's talks with a running server.
+//! A minimal HTTP/1.1 client for the CLI's talks with a running server, and
+//! the pieces the CLI's retries share: which failures are transient, and a
+//! bounded exponential backoff.
 
 use anyhow::{anyhow, Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use std::time::{Duration, Instant};
 
 pub struct Client {
     authority: String,
     base_path: String,
     token: Option<String>,
     sender: Option<http1::SendRequest<Full<Bytes>>>,
+    /// Bound on one request, from connecting to the end of the reply body.
+    timeout: Option<Duration>,
 }
 
 pub struct Reply {
@@ -35,6 +40,43 @@ impl Reply {
     }
 }
 
+/// Whether a request that failed without an HTTP answer reached the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// It never left this process (no connection): nothing can have happened.
+    NotSent,
+    /// It may have been received and acted on (timeout, connection lost mid-request).
+    Unknown,
+}
+
+/// A request that got no HTTP answer. It sits in the error chain as context,
+/// above the I/O or hyper error that caused it (`anyhow::Error::downcast_ref`).
+#[derive(Debug)]
+pub struct TransportError {
+    pub delivery: Delivery,
+    pub what: String,
+}
+
+impl std::fmt::Display for TransportError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.what)
+    }
+}
+
+impl std::error::Error for TransportError {}
+
+/// The transport failure behind `e`, if `e` is one (always transient: the server
+/// may be restarting, electing a leader, or too busy to answer in time).
+pub fn transport_failure(e: &anyhow::Error) -> Option<&TransportError> {
+    e.downcast_ref::<TransportError>()
+}
+
+/// HTTP statuses that mean "not now" rather than "no": overload, no leader,
+/// no quorum, a proxy that could not reach the server.
+pub fn transient_status(status: u16) -> bool {
+    matches!(status, 429 | 502 | 503 | 504)
+}
+
 impl Client {
     pub fn new(base_url: &str, token: Option<&str>) -> Result<Client> {
         let rest = base_url
@@ -49,16 +91,33 @@ impl Client {
             base_path: path.trim_end_matches('/').to_string(),
             token: token.map(str::to_string),
             sender: None,
+            timeout: None,
         })
+    }
+
+    /// Bound every request of this client (a request that times out is a
+    /// [`TransportError`] with [`Delivery::Unknown`]).
+    pub fn with_timeout(mut self, timeout: Duration) -> Client {
+        self.timeout = Some(timeout);
+        self
     }
 
     async fn connect(&mut self) -> Result<&mut http1::SendRequest<Full<Bytes>>> {
         if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
-            let stream = tokio::net::TcpStream::connect(&self.authority)
-                .await
-                .with_context(|| format!("cannot connect to http://{}: is `hale serve` running?", self.authority))?;
+            let not_sent = |what: String| TransportError {
+                delivery: Delivery::NotSent,
+                what,
+            };
+            let stream = tokio::net::TcpStream::connect(&self.authority).await.map_err(|e| {
+                anyhow::Error::new(e).context(not_sent(format!(
+                    "cannot connect to http://{}: is `hale serve` running?",
+                    self.authority
+                )))
+            })?;
             stream.set_nodelay(true)?;
-            let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+            let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.map_err(|e| {
+                anyhow::Error::new(e).context(not_sent(format!("cannot start HTTP with http://{}", self.authority)))
+            })?;
             tokio::spawn(async move {
                 let _ = conn.await;
             });
@@ -72,6 +131,34 @@ impl Client {
     }
 
     pub async fn send_with(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        extra: &[(&str, &str)],
+    ) -> Result<Reply> {
+        let result = match self.timeout {
+            None => self.exchange(method, path, body, extra).await,
+            Some(t) => match tokio::time::timeout(t, self.exchange(method, path, body, extra)).await {
+                Ok(r) => r,
+                Err(_) => Err(anyhow::Error::new(TransportError {
+                    delivery: Delivery::Unknown,
+                    what: format!(
+                        "http://{} did not answer {method} {path} within {} s",
+                        self.authority,
+                        t.as_secs_f64()
+                    ),
+                })),
+            },
+        };
+        if result.is_err() {
+            // The connection is in an unknown state: start the next request afresh.
+            self.sender = None;
+        }
+        result
+    }
+
+    async fn exchange(
         &mut self,
         method: &str,
         path: &str,
@@ -94,12 +181,86 @@ impl Client {
             b = b.header(*k, *v);
         }
         let req = b.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+        let authority = self.authority.clone();
+        let lost = |e: hyper::Error| {
+            anyhow::Error::new(e).context(TransportError {
+                delivery: Delivery::Unknown,
+                what: format!("the connection to http://{authority} failed during {method} {path}"),
+            })
+        };
         let sender = self.connect().await?;
-        sender.ready().await?;
-        let resp = sender.send_request(req).await?;
+        sender.ready().await.map_err(lost)?;
+        let resp = sender.send_request(req).await.map_err(lost)?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
-        let body = resp.into_body().collect().await?.to_bytes();
+        let body = resp.into_body().collect().await.map_err(lost)?.to_bytes();
         Ok(Reply { status, headers, body })
+    }
+}
+
+/// Exponential backoff with a hard deadline: waits `first`, then doubling up
+/// to `max`, and none that would end past `deadline`.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+    deadline: Instant,
+    attempts: u32,
+}
+
+impl Backoff {
+    pub fn new(first: Duration, max: Duration, deadline: Instant) -> Backoff {
+        Backoff {
+            next: first,
+            max,
+            deadline,
+            attempts: 0,
+        }
+    }
+
+    /// The wait before the next attempt, or None when the deadline leaves no room for one.
+    pub fn next_wait(&mut self) -> Option<Duration> {
+        let wait = self.next;
+        if Instant::now() + wait > self.deadline {
+            return None;
+        }
+        self.next = (self.next * 2).min(self.max);
+        self.attempts += 1;
+        Some(wait)
+    }
+
+    /// Retries granted so far.
+    pub fn retries(&self) -> u32 {
+        self.attempts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_cap_and_stops_at_the_deadline() {
+        let far = Instant::now() + Duration::from_secs(3600);
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(350), far);
+        let waits: Vec<u128> = (0..4).map(|_| b.next_wait().unwrap().as_millis()).collect();
+        assert_eq!(waits, [100, 200, 350, 350]);
+        assert_eq!(b.retries(), 4);
+        let mut spent = Backoff::new(Duration::from_secs(1), Duration::from_secs(1), Instant::now());
+        assert!(spent.next_wait().is_none(), "no wait may end past the deadline");
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_transport_error_that_was_not_sent() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let mut c = Client::new(&format!("http://127.0.0.1:{port}"), None).unwrap();
+        let e = c.send("GET", "/healthz", None).await.err().expect("nothing listens");
+        let t = transport_failure(&e).expect("a transport error");
+        assert_eq!(t.delivery, Delivery::NotSent);
+        // The I/O error stays in the chain (the chaos harness looks for ConnectionRefused).
+        assert!(e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some()));
     }
 }

@@ -1,20 +1,77 @@
 //! `hale import`: read Bundles and NDJSON, send them to a running server as
 //! batch Bundles, and say what was loaded and what was refused, and why.
+//!
+//! A batch the server cannot take now (503, 429, no answer, connection lost)
+//! is sent again with backoff. Every entry is made safe to send twice where
+//! it can be: a resource with an id is PUT at that id, one with an
+//! identifier is a conditional create on it (`ifNoneExist`). A batch holding
+//! a resource with neither is sent again only when the server cannot have
+//! taken the first attempt. Progress is saved after each batch in a file in
+//! the current directory, so running the same command again after a failure
+//! carries on where it stopped.
 
-use crate::http::Client;
+use crate::cluster_cli::outcome_text;
+use crate::http::{transient_status, transport_failure, Backoff, Client, Delivery};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// Rejections printed in full; the rest are counted.
 const REJECTIONS_SHOWN_MAX: usize = 50;
 pub const BATCH_MAX: usize = 5_000;
+/// Bound on one batch request (the server answers 503 itself well before).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long one batch may keep being retried before the import stops.
+const BATCH_RETRY_DEADLINE: Duration = Duration::from_secs(300);
+/// The same, before the server has answered anything in this run: a server
+/// that cannot be reached at all is more likely a wrong --url than a restart.
+const FIRST_CONTACT_DEADLINE: Duration = Duration::from_secs(15);
+const RETRY_WAIT_FIRST: Duration = Duration::from_millis(500);
+const RETRY_WAIT_MAX: Duration = Duration::from_secs(15);
+/// Without a terminal, a progress line at most this often.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Default)]
 struct Summary {
     loaded: BTreeMap<String, u64>,
+    /// Conditional creates that found the resource already there.
+    existing: u64,
+    /// The first [`REJECTIONS_SHOWN_MAX`] rejections, in full.
     rejected: Vec<String>,
+    rejected_total: u64,
+}
+
+impl Summary {
+    fn to_json(&self) -> Value {
+        json!({"loaded": self.loaded, "existing": self.existing, "rejected": self.rejected, "rejected_total": self.rejected_total})
+    }
+
+    fn from_json(v: &Value) -> Option<Summary> {
+        Some(Summary {
+            loaded: v["loaded"]
+                .as_object()?
+                .iter()
+                .map(|(k, n)| Some((k.clone(), n.as_u64()?)))
+                .collect::<Option<_>>()?,
+            existing: v["existing"].as_u64()?,
+            rejected: v["rejected"]
+                .as_array()?
+                .iter()
+                .map(|r| r.as_str().map(str::to_string))
+                .collect::<Option<_>>()?,
+            rejected_total: v["rejected_total"].as_u64()?,
+        })
+    }
+
+    fn reject(&mut self, why: String) {
+        self.rejected_total += 1;
+        if self.rejected.len() < REJECTIONS_SHOWN_MAX {
+            self.rejected.push(why);
+        }
+    }
 }
 
 /// Resources of one file, each with where it came from (for messages). A
@@ -66,7 +123,13 @@ fn read_file(path: &Path) -> Result<Vec<(String, Value)>> {
 
 /// Send a transaction Bundle as it is; every entry is loaded or none is.
 /// Returns the number of entries.
-async fn import_transaction(client: &mut Client, s: &mut Summary, origin: &str, bundle: &Value) -> Result<u64> {
+async fn import_transaction(
+    client: &mut Client,
+    s: &mut Summary,
+    origin: &str,
+    bundle: &Value,
+    at: &Place,
+) -> Result<u64> {
     let entries = bundle
         .get("entry")
         .and_then(Value::as_array)
@@ -81,7 +144,12 @@ async fn import_transaction(client: &mut Client, s: &mut Summary, origin: &str, 
                 .to_string()
         })
         .collect();
-    let reply = client.send("POST", "/", Some(serde_json::to_vec(bundle)?)).await?;
+    // Safe to send twice only if every entry is: a PUT at an id, or a conditional create.
+    let idempotent = entries.iter().all(|e| {
+        let method = e.pointer("/request/method").and_then(Value::as_str).unwrap_or("");
+        method == "PUT" || (method == "POST" && e.pointer("/request/ifNoneExist").is_some())
+    });
+    let reply = send_retrying(client, serde_json::to_vec(bundle)?, idempotent, at).await?;
     if reply.status == 200 {
         for t in types {
             *s.loaded.entry(t).or_default() += 1;
@@ -90,7 +158,7 @@ async fn import_transaction(client: &mut Client, s: &mut Summary, origin: &str, 
         let resp: Value = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
         // The entries are numbered as in the user's own file: keep the expressions.
         let why = describe_issues(resp.get("issue"), |x| x.to_string());
-        s.rejected.push(format!(
+        s.reject(format!(
             "{origin}: transaction of {} entries refused as a whole, HTTP {}: {}",
             entries.len(),
             reply.status,
@@ -128,6 +196,167 @@ fn resource_path(rt: &str, expression: &str) -> String {
     }
 }
 
+/// How an entry for a resource without a transaction around it is sent, and
+/// whether sending it twice is harmless.
+fn entry_request(rt: &str, r: &Value) -> (Value, bool) {
+    if let Some(id) = r.get("id").and_then(Value::as_str) {
+        return (json!({"method": "PUT", "url": format!("{rt}/{id}")}), true);
+    }
+    if let Some(q) = identifier_query(rt, r) {
+        return (json!({"method": "POST", "url": rt, "ifNoneExist": q}), true);
+    }
+    (json!({"method": "POST", "url": rt}), false)
+}
+
+/// `identifier=<system>|<value>` of the first identifier with both, when the
+/// server can search the type by identifier.
+fn identifier_query(rt: &str, r: &Value) -> Option<String> {
+    let ident = r
+        .get("identifier")?
+        .as_array()?
+        .iter()
+        .find_map(|i| Some((i.get("system")?.as_str()?, i.get("value")?.as_str()?)))?;
+    let token = format!("{}|{}", ident.0, ident.1);
+    let rtype: hale_fhir::ResourceType = rt.parse().ok()?;
+    hale_fhir::search::parse_query(rtype, &[("identifier".to_string(), token.clone())], true).ok()?;
+    Some(
+        form_urlencoded::Serializer::new(String::new())
+            .append_pair("identifier", &token)
+            .finish(),
+    )
+}
+
+/// Where the import stands, for messages: resources `from..=to` of `total`
+/// are in flight; `resume` says how to carry on.
+struct Place {
+    from: u64,
+    to: u64,
+    total: u64,
+    url: String,
+    resume: String,
+    /// Messages are printed around it.
+    bar: indicatif::ProgressBar,
+    /// Whether the server has answered any request of this run.
+    answered: std::rc::Rc<std::cell::Cell<bool>>,
+}
+
+/// POST a batch or transaction Bundle; a transient failure is retried with
+/// backoff (if `idempotent`, or if the server cannot have taken the attempt)
+/// until [`BATCH_RETRY_DEADLINE`] ([`FIRST_CONTACT_DEADLINE`] until the server
+/// has answered once). An answer that is not transient is returned.
+async fn send_retrying(client: &mut Client, body: Vec<u8>, idempotent: bool, at: &Place) -> Result<crate::http::Reply> {
+    let started = Instant::now();
+    let limit = if at.answered.get() {
+        BATCH_RETRY_DEADLINE
+    } else {
+        FIRST_CONTACT_DEADLINE
+    };
+    let mut backoff = Backoff::new(RETRY_WAIT_FIRST, RETRY_WAIT_MAX, started + limit);
+    loop {
+        let sent = client.send("POST", "/", Some(body.clone())).await;
+        if sent.is_ok() {
+            at.answered.set(true);
+        }
+        let (why, no_effect) = match sent {
+            Ok(r) if !transient_status(r.status) => return Ok(r),
+            // 429, and 503 with Retry-After (too busy to start), were turned away unread.
+            Ok(r) => (
+                format!("HTTP {}: {}", r.status, outcome_text(&r.body)),
+                r.status == 429 || r.header("retry-after").is_some(),
+            ),
+            Err(e) => match transport_failure(&e) {
+                Some(t) => (format!("{e:#}"), t.delivery == Delivery::NotSent),
+                None => return Err(e),
+            },
+        };
+        let what = format!("resources {}-{} of {}", at.from, at.to, at.total);
+        if !idempotent && !no_effect {
+            bail!(
+                "{} did not confirm {what} ({why}). They may or may not have been loaded, and some of them have neither an id nor an identifier, so sending them again could load those twice: hale import stopped rather than guess. Running the same command again carries on from resource {} (the {} before it are done); first check whether those of {what} without an id or identifier are on the server already",
+                at.url,
+                at.from,
+                at.from - 1
+            );
+        }
+        let Some(wait) = backoff.next_wait() else {
+            bail!(
+                "{} could not take {what}: {why} (tried {} times over {:.0} s). {}",
+                at.url,
+                backoff.retries() + 1,
+                started.elapsed().as_secs_f64(),
+                at.resume
+            );
+        };
+        at.bar.suspend(|| {
+            eprintln!(
+                "{what}: {why}; sending them again in {:.1} s (retry {})",
+                wait.as_secs_f64(),
+                backoff.retries()
+            )
+        });
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Progress of an import, saved after each batch so that the same command run
+/// again carries on after what was sent.
+struct Saved {
+    /// What the import was: server, files (with size and modification time), batch size.
+    key: String,
+    /// Resources sent and answered for, counted as the progress line counts them.
+    done: u64,
+    summary: Summary,
+}
+
+impl Saved {
+    fn to_json(&self) -> Value {
+        json!({"key": self.key, "done": self.done, "summary": self.summary.to_json()})
+    }
+
+    fn from_json(v: &Value) -> Option<Saved> {
+        Some(Saved {
+            key: v["key"].as_str()?.to_string(),
+            done: v["done"].as_u64()?,
+            summary: Summary::from_json(&v["summary"])?,
+        })
+    }
+}
+
+/// The progress file for this import, in the current directory, and its key.
+fn progress_file(files: &[PathBuf], url: &str, batch: usize) -> Result<(PathBuf, String)> {
+    let mut key = format!("{url}\nbatch {batch}\n");
+    for f in files {
+        let m = std::fs::metadata(f).with_context(|| format!("cannot read {}", f.display()))?;
+        let mtime = m
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let path = std::fs::canonicalize(f).unwrap_or_else(|_| f.clone());
+        key.push_str(&format!("{} {} {mtime}\n", path.display(), m.len()));
+    }
+    // FNV-1a: stable across builds, enough to tell imports apart.
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    Ok((PathBuf::from(format!(".hale-import-{hash:016x}.progress")), key))
+}
+
+fn save_progress(path: &Path, saved: &Saved) -> std::io::Result<()> {
+    let tmp = path.with_extension("progress.tmp");
+    std::fs::write(&tmp, saved.to_json().to_string())?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Resources a unit counts for in the progress: a transaction its entries, anything else one.
+fn unit_size(v: &Value) -> u64 {
+    match v.get("__transaction") {
+        Some(t) => t.get("entry").and_then(Value::as_array).map_or(0, |e| e.len() as u64),
+        None => 1,
+    }
+}
+
 pub async fn run(files: &[PathBuf], url: &str, token: Option<&str>, batch: usize) -> Result<()> {
     if batch == 0 || batch > BATCH_MAX {
         bail!("--batch must be between 1 and {BATCH_MAX}");
@@ -136,15 +365,76 @@ pub async fn run(files: &[PathBuf], url: &str, token: Option<&str>, batch: usize
     for f in files {
         all.extend(read_file(f)?);
     }
-    let mut client = Client::new(url, token)?;
-    let bar = indicatif::ProgressBar::new(all.len() as u64);
+    let total: u64 = all.iter().map(|(_, v)| unit_size(v)).sum();
+    let (progress_path, key) = progress_file(files, url, batch)?;
+    let saved = std::fs::read(&progress_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|v| Saved::from_json(&v))
+        .filter(|s| s.key == key && s.done <= total);
+    let (mut done, mut s) = match saved {
+        Some(saved) => {
+            eprintln!(
+                "carrying on an import that stopped: {} of {total} resources were sent before (delete {} to start over)",
+                saved.done,
+                progress_path.display()
+            );
+            (saved.done, saved.summary)
+        }
+        None => (0, Summary::default()),
+    };
+    let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} resources {per_sec} {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let mut s = Summary::default();
+    let mut save_ok = true;
+    let save_bar = bar.clone();
+    let mut save = |done: u64, summary: Summary| -> Summary {
+        let saved = Saved {
+            key: key.clone(),
+            done,
+            summary,
+        };
+        if save_ok {
+            if let Err(e) = save_progress(&progress_path, &saved) {
+                save_bar.suspend(|| {
+                    eprintln!(
+                        "warning: cannot save progress in {} ({e}); if this import stops, it starts over when run again",
+                        progress_path.display()
+                    )
+                });
+                save_ok = false;
+            }
+        }
+        saved.summary
+    };
+    let resume_hint = |at: u64| {
+        if at == 0 {
+            "Fix what is wrong and run the same command again.".to_string()
+        } else {
+            format!("The first {at} resources are done: run the same command again to carry on after them.")
+        }
+    };
+    let mut client = Client::new(url, token)?.with_timeout(REQUEST_TIMEOUT);
+    let answered = std::rc::Rc::new(std::cell::Cell::new(false));
+    let tty = std::io::stderr().is_terminal();
+    let mut last_line = Instant::now();
     let mut pending: Vec<(String, Value)> = Vec::new();
-    let mut units = all.into_iter().peekable();
+    // Skip what an earlier run sent (it saved its progress between units).
+    let mut skip_units = 0;
+    let mut skipped = 0;
+    for (_, v) in &all {
+        let n = unit_size(v);
+        if skipped + n > done {
+            break;
+        }
+        skipped += n;
+        skip_units += 1;
+    }
+    done = skipped;
+    let mut units = all.into_iter().skip(skip_units).peekable();
+    bar.set_position(done);
     while units.peek().is_some() {
         // Gather up to `batch` plain resources, stopping before a transaction.
         while pending.len() < batch && units.peek().is_some_and(|(_, v)| v.get("__transaction").is_none()) {
@@ -152,7 +442,19 @@ pub async fn run(files: &[PathBuf], url: &str, token: Option<&str>, batch: usize
         }
         if pending.is_empty() {
             if let Some((origin, v)) = units.next() {
-                let n = import_transaction(&mut client, &mut s, &origin, &v["__transaction"]).await?;
+                let n = unit_size(&v);
+                let at = Place {
+                    from: done + 1,
+                    to: done + n,
+                    total,
+                    url: url.to_string(),
+                    resume: resume_hint(done),
+                    bar: bar.clone(),
+                    answered: answered.clone(),
+                };
+                let n = import_transaction(&mut client, &mut s, &origin, &v["__transaction"], &at).await?;
+                done += n;
+                s = save(done, s);
                 bar.inc(n);
             }
             continue;
@@ -161,10 +463,10 @@ pub async fn run(files: &[PathBuf], url: &str, token: Option<&str>, batch: usize
         let chunk = chunk.as_slice();
         let mut entries = Vec::new();
         let mut origins = Vec::new();
+        let mut idempotent = true;
         for (origin, r) in chunk {
             if let Some(e) = r.get("__invalid") {
-                s.rejected
-                    .push(format!("{origin}: not valid JSON: {}", e.as_str().unwrap_or("")));
+                s.reject(format!("{origin}: not valid JSON: {}", e.as_str().unwrap_or("")));
                 continue;
             }
             let Some(rt) = r.get("resourceType").and_then(Value::as_str) else {
@@ -173,54 +475,82 @@ pub async fn run(files: &[PathBuf], url: &str, token: Option<&str>, batch: usize
                 } else {
                     "not a JSON object"
                 };
-                s.rejected.push(format!("{origin}: not a FHIR resource: {what}"));
+                s.reject(format!("{origin}: not a FHIR resource: {what}"));
                 continue;
             };
-            let request = match r.get("id").and_then(Value::as_str) {
-                Some(id) => json!({"method": "PUT", "url": format!("{rt}/{id}")}),
-                None => json!({"method": "POST", "url": rt}),
-            };
+            let (request, safe) = entry_request(rt, r);
+            idempotent &= safe;
+            let conditional = request.get("ifNoneExist").is_some();
             entries.push(json!({"resource": r, "request": request}));
-            origins.push((origin.clone(), rt.to_string()));
+            origins.push((origin.clone(), rt.to_string(), conditional));
         }
         if !entries.is_empty() {
+            let at = Place {
+                from: done + 1,
+                to: done + chunk.len() as u64,
+                total,
+                url: url.to_string(),
+                resume: resume_hint(done),
+                bar: bar.clone(),
+                answered: answered.clone(),
+            };
             let bundle = json!({"resourceType": "Bundle", "type": "batch", "entry": entries});
-            let reply = client.send("POST", "/", Some(serde_json::to_vec(&bundle)?)).await?;
+            let reply = send_retrying(&mut client, serde_json::to_vec(&bundle)?, idempotent, &at).await?;
             if reply.status != 200 {
                 bail!(
-                    "the server refused a batch with HTTP {}: {}",
+                    "the server refused a batch (resources {}-{} of {total}) with HTTP {}: {}\n{}",
+                    at.from,
+                    at.to,
                     reply.status,
-                    String::from_utf8_lossy(&reply.body)
+                    String::from_utf8_lossy(&reply.body),
+                    at.resume
                 );
             }
             let resp: Value = serde_json::from_slice(&reply.body)?;
             let resp_entries = resp.get("entry").and_then(Value::as_array).cloned().unwrap_or_default();
-            for ((origin, rt), e) in origins.iter().zip(resp_entries) {
+            for ((origin, rt, conditional), e) in origins.iter().zip(resp_entries) {
                 let status = e.pointer("/response/status").and_then(Value::as_str).unwrap_or("");
                 if status.starts_with('2') {
                     *s.loaded.entry(rt.clone()).or_default() += 1;
+                    // A conditional create that found its resource answers 200, a create 201.
+                    if *conditional && status.starts_with("200") {
+                        s.existing += 1;
+                    }
                 } else {
                     // The server numbers the entries of the batch this command built;
                     // the user knows the resource by its place in their own file.
                     let why = describe_issues(e.pointer("/response/outcome/issue"), |x| resource_path(rt, x));
-                    s.rejected.push(format!("{origin} ({rt}): HTTP {status}: {why}"));
+                    s.reject(format!("{origin} ({rt}): HTTP {status}: {why}"));
                 }
             }
         }
+        done += chunk.len() as u64;
+        s = save(done, s);
         bar.inc(chunk.len() as u64);
+        if !tty && last_line.elapsed() >= PROGRESS_EVERY && done < total {
+            eprintln!("imported {done}/{total} resources");
+            last_line = Instant::now();
+        }
     }
     bar.finish_and_clear();
+    let _ = std::fs::remove_file(&progress_path);
     let loaded: u64 = s.loaded.values().sum();
     println!("Loaded {loaded} resource(s):");
     for (t, n) in &s.loaded {
         println!("  {n:>8}  {t}");
     }
-    println!("Rejected {} resource(s).", s.rejected.len());
-    for r in s.rejected.iter().take(REJECTIONS_SHOWN_MAX) {
+    if s.existing > 0 {
+        println!(
+            "  ({} of them were already on the server, found by identifier, and were not loaded twice)",
+            s.existing
+        );
+    }
+    println!("Rejected {} resource(s).", s.rejected_total);
+    for r in &s.rejected {
         println!("  {r}");
     }
-    if s.rejected.len() > REJECTIONS_SHOWN_MAX {
-        println!("  ... and {} more", s.rejected.len() - REJECTIONS_SHOWN_MAX);
+    if s.rejected_total > s.rejected.len() as u64 {
+        println!("  ... and {} more", s.rejected_total - s.rejected.len() as u64);
     }
     Ok(())
 }

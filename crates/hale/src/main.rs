@@ -7,6 +7,7 @@ mod downtime;
 mod failover;
 mod http;
 mod import;
+mod link_args;
 mod local;
 mod outage;
 
@@ -158,6 +159,9 @@ struct BenchArgs {
     /// Leader kills measured by `failover`.
     #[arg(long, default_value_t = 30)]
     trials: usize,
+    /// `failover`: emulate these links between the voters.
+    #[command(flatten)]
+    link: link_args::LinkArgs,
     /// Also print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -172,9 +176,23 @@ enum BenchWhat {
     DowntimePack,
 }
 
-fn main() -> Result<()> {
+/// Errors are printed as one line of causes (`Error: what: why`), never with
+/// a backtrace or `Debug` formatting (which is what returning `Result` from
+/// `main` does, with a backtrace when RUST_BACKTRACE or RUST_LIB_BACKTRACE is
+/// set): each is an expected condition with a message saying what to do.
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_json);
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.cmd {
         Cmd::Serve(a) => rt.block_on(serve(a)),
@@ -406,7 +424,7 @@ fn workload_parser() -> impl clap::builder::TypedValueParser<Value = BenchWhat> 
 async fn bench(a: BenchArgs) -> Result<()> {
     use hale_bench::BenchOpts;
     let workload = match a.workload {
-        BenchWhat::Failover => return failover::run(a.trials, a.json).await,
+        BenchWhat::Failover => return failover::run(a.trials, &a.link, a.json).await,
         BenchWhat::Rebook => return tokio::task::spawn_blocking(move || outage::bench_rebook(a.json)).await?,
         BenchWhat::DowntimePack => return bench_downtime(&a),
         BenchWhat::Load(w) => w,

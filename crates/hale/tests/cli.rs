@@ -780,7 +780,7 @@ fn interrupted_demo_load_is_completed_on_the_next_start() {
     };
     let mut s = Server::spawn(demo(), port, dir.path(), "demo-first");
     // Crash once some, but not all, of the board is committed.
-    let deadline = std::time::Instant::now() + READY_WAIT;
+    let deadline = std::time::Instant::now() + scaled(READY_WAIT);
     let interrupted = loop {
         assert!(
             std::time::Instant::now() < deadline,
@@ -913,4 +913,296 @@ fn import_sends_a_transaction_file_whole() {
     // Nothing from the refused file is stored, not even its valid entry.
     let fine = s.get(&by_nhs(&nhs[1]), Some(ADMIN_TOKEN)).json();
     assert!(matches(&fine).is_empty(), "{fine}");
+}
+
+// ---------------------------------------------------------------------------
+// `hale up`: a local cluster of separate processes
+
+/// `hale up` in its own process group; the whole group (it and every node it
+/// started) is SIGKILLed on drop, so no node outlives its test.
+struct Up {
+    child: std::process::Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Up {
+    fn spawn(dir: &Path, data: &Path, voters: usize, learners: usize) -> Up {
+        use std::os::unix::process::CommandExt;
+        let stdout = dir.join("up.stdout");
+        let stderr = dir.join("up.stderr");
+        let mut cmd = hale_cmd(dir);
+        cmd.args([
+            "up",
+            "--nodes",
+            &voters.to_string(),
+            "--learners",
+            &learners.to_string(),
+            "--data",
+        ])
+        .arg(data)
+        .stdout(std::fs::File::create(&stdout).expect("stdout file"))
+        .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+        .process_group(0);
+        Up {
+            child: cmd.spawn().expect("spawn hale up"),
+            stdout,
+            stderr,
+        }
+    }
+
+    fn output(&self) -> String {
+        format!(
+            "--- hale up stdout\n{}\n--- hale up stderr\n{}",
+            read_lossy(&self.stdout),
+            read_lossy(&self.stderr)
+        )
+    }
+
+    /// Wait for the banner; `(api url, role)` of every node it lists.
+    fn wait_up(&mut self) -> Vec<(String, String)> {
+        let limit = scaled(std::time::Duration::from_secs(300));
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "hale up exited with {status} before the cluster was up\n{}",
+                    self.output()
+                );
+            }
+            let text = read_lossy(&self.stdout);
+            if text.contains("Hale cluster is up") {
+                return text
+                    .lines()
+                    .filter(|l| l.trim_start().starts_with("node "))
+                    .filter_map(|l| {
+                        let url = l.split_whitespace().find(|w| w.starts_with("http://"))?;
+                        let role = l.split_whitespace().nth(2)?;
+                        Some((url.to_string(), role.to_string()))
+                    })
+                    .collect();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "hale up did not bring the cluster up within {limit:?} (HALE_TEST_TIMEOUT_SCALE scales it)\n{}",
+                self.output()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
+    /// Ctrl-C (SIGINT), then wait for hale up to stop its nodes and exit.
+    fn interrupt(&mut self) -> std::process::ExitStatus {
+        let st = std::process::Command::new("kill")
+            .arg("-INT")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(st.success());
+        let limit = scaled(std::time::Duration::from_secs(120));
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "hale up did not stop within {limit:?} of Ctrl-C\n{}",
+                self.output()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .arg("-KILL")
+            .arg(format!("-{}", self.child.id()))
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn port_of(url: &str) -> u16 {
+    url.rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a URL with a port")
+}
+
+/// `id -> role` of the members `hale cluster status --json` reports, and the leader.
+fn cluster_roles(dir: &Path, url: &str, label: &str) -> (std::collections::BTreeMap<u64, String>, u64) {
+    let mut cmd = hale_cmd(dir);
+    cmd.args(["cluster", "status", "--json", "--url", url, "--token", "demo-admin"]);
+    let out = run(cmd, dir, label);
+    out.assert_success("hale cluster status");
+    let s: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
+    let roles = s["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .map(|m| (m["id"].as_u64().unwrap(), m["role"].as_str().unwrap().to_string()))
+        .collect();
+    (roles, s["leader"].as_u64().expect("a leader"))
+}
+
+/// `hale up` forms the cluster as asked (voters, learners); adding a member
+/// again or promoting a voter again, through any node, is idempotent; a
+/// second `hale up` on the same directory fails with a one-line explanation
+/// and no backtrace, even with RUST_BACKTRACE set; Ctrl-C stops every node.
+#[test]
+fn hale_up_forms_the_cluster_and_membership_changes_are_idempotent() {
+    let dir = tempdir();
+    let data = dir.path().join("cluster");
+    let mut up = Up::spawn(dir.path(), &data, 3, 1);
+    let nodes = up.wait_up();
+    let ctx = up.output();
+    assert_eq!(
+        nodes.iter().map(|(_, r)| r.as_str()).collect::<Vec<_>>(),
+        ["voter", "voter", "voter", "learner"],
+        "{ctx}"
+    );
+    let expected: std::collections::BTreeMap<u64, String> = [(1, "voter"), (2, "voter"), (3, "voter"), (4, "learner")]
+        .into_iter()
+        .map(|(id, r)| (id, r.to_string()))
+        .collect();
+    let (roles, leader) = cluster_roles(dir.path(), &nodes[0].0, "status-1");
+    assert_eq!(roles, expected, "{ctx}");
+
+    // Through a node that does not lead: the change follows the 421 to the leader.
+    let follower = (1..=3u64).find(|id| *id != leader).unwrap();
+    let via = &nodes[follower as usize - 1].0;
+    let mut cmd = hale_cmd(dir.path());
+    cmd.args([
+        "cluster",
+        "promote",
+        "--node-id",
+        "2",
+        "--url",
+        via,
+        "--token",
+        "demo-admin",
+    ]);
+    run(cmd, dir.path(), "promote-again").assert_success("promoting a voter again");
+    let learner_raft = std::fs::read_to_string(data.join("node-4.toml"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("listen = "))
+        .nth(1)
+        .map(|l| l.trim_start_matches("listen = ").trim_matches('"').to_string())
+        .expect("node 4's raft address in its config");
+    let mut cmd = hale_cmd(dir.path());
+    cmd.args(["cluster", "add-learner", "--node-id", "4", "--raft-addr", &learner_raft])
+        .args([
+            "--api-url",
+            &nodes[3].0,
+            "--site",
+            "QEH",
+            "--url",
+            via,
+            "--token",
+            "demo-admin",
+        ]);
+    run(cmd, dir.path(), "add-learner-again").assert_success("adding a learner again");
+    let (roles, _) = cluster_roles(dir.path(), &nodes[2].0, "status-2");
+    assert_eq!(roles, expected, "the membership is unchanged\n{ctx}");
+
+    // A second `hale up` on the same directory: its nodes' ports are taken.
+    let mut cmd = hale_cmd(dir.path());
+    cmd.args(["up", "--nodes", "3", "--learners", "1", "--data"])
+        .arg(&data)
+        .env("RUST_BACKTRACE", "1")
+        .env("RUST_LIB_BACKTRACE", "1");
+    let second = run(cmd, dir.path(), "up-again");
+    assert!(!second.status.success(), "{second:?}");
+    let err = second.stderr.trim();
+    assert!(err.starts_with("Error: ") || err.contains("\nError: "), "{err}");
+    assert!(err.contains("is an earlier `hale up` still running?"), "{err}");
+    assert!(
+        !err.to_lowercase().contains("backtrace") && !err.contains("Caused by"),
+        "an expected condition is one paragraph, not a trace:\n{err}"
+    );
+
+    let status = up.interrupt();
+    assert!(status.success(), "hale up exits 0 on Ctrl-C: {status}\n{}", up.output());
+    for (url, _) in &nodes {
+        assert!(
+            nothing_listens(port_of(url)),
+            "{url} still answers after hale up stopped"
+        );
+    }
+}
+
+/// An import that stops part way (here: the server refuses a batch as too
+/// large) saves its progress; the same command run again carries on after
+/// what was loaded, so a resource without an id or identifier (a plain
+/// POST) is not loaded twice.
+#[test]
+fn an_import_that_stopped_carries_on_where_it_stopped_when_run_again() {
+    let dir = tempdir();
+    let port = free_port();
+    let data = dir.path().join("data");
+    let cfg = dir.path().join("hale.toml");
+    write_config(&cfg, &format!("127.0.0.1:{port}"), &data);
+    let serve = |body_max: Option<&str>| {
+        let mut cmd = hale_cmd(dir.path());
+        cmd.arg("serve").arg("--config").arg(&cfg);
+        if let Some(m) = body_max {
+            cmd.env("HALE_BODY_BYTES_MAX", m);
+        }
+        cmd
+    };
+    let file = dir.path().join("sites.ndjson");
+    let big = "x".repeat(6_000);
+    let lines = [
+        json!({"resourceType": "Location", "name": "Resume A", "status": "active"}),
+        json!({"resourceType": "Location", "name": "Resume B", "status": "active", "description": big}),
+        json!({"resourceType": "Location", "name": "Resume C", "status": "active"}),
+    ];
+    std::fs::write(&file, lines.map(|l| l.to_string()).join("\n") + "\n").unwrap();
+    let import = |label: &str| {
+        let mut cmd = hale_cmd(dir.path());
+        cmd.arg("import").arg(&file).args([
+            "--batch",
+            "1",
+            "--url",
+            &format!("http://127.0.0.1:{port}"),
+            "--token",
+            ADMIN_TOKEN,
+        ]);
+        run(cmd, dir.path(), label)
+    };
+    let progress_files = || {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".progress"))
+            .count()
+    };
+
+    let mut small = Server::start(serve(Some("4000")), port, dir.path(), "small-limit");
+    let first = import("import-first");
+    assert!(!first.status.success(), "the second batch is too large: {first:?}");
+    assert!(first.stderr.contains("413"), "{}", first.stderr);
+    assert!(first.stderr.contains("run the same command again"), "{}", first.stderr);
+    assert_eq!(progress_files(), 1, "progress is saved");
+    small.signal("TERM");
+    small.wait_exit().expect("the server stops on SIGTERM");
+
+    let s = Server::start(serve(None), port, dir.path(), "no-limit");
+    let second = import("import-second");
+    second.assert_success("the import run again");
+    assert!(
+        second.stderr.contains("1 of 3 resources were sent before"),
+        "{}",
+        second.stderr
+    );
+    assert!(second.stdout.contains("Loaded 3 resource(s)"), "{}", second.stdout);
+    assert_eq!(progress_files(), 0, "a finished import leaves no progress file");
+    for name in ["Resume%20A", "Resume%20B", "Resume%20C"] {
+        let r = s.get(&format!("/Location?name={name}"), Some(CLIN_TOKEN));
+        assert_eq!(matches(&r.json()).len(), 1, "Location {name} once: {}", r.text());
+    }
 }

@@ -13,9 +13,26 @@ use std::time::{Duration, Instant};
 
 pub const HALE: &str = env!("CARGO_BIN_EXE_hale");
 
+/// The factor every wait of these tests is multiplied by: the environment
+/// variable `HALE_TEST_TIMEOUT_SCALE` (a positive float; default 1). Raise it
+/// on a slow or busy machine. Waits are upper bounds, never timing assertions.
+pub fn timeout_scale() -> f64 {
+    std::env::var("HALE_TEST_TIMEOUT_SCALE")
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|k| k.is_finite() && *k > 0.0)
+        .unwrap_or(1.0)
+}
+
+/// `d` times [`timeout_scale`].
+pub fn scaled(d: Duration) -> Duration {
+    d.mul_f64(timeout_scale())
+}
+
 /// Upper bound for a server to become ready (generous: debug build, shared cores).
 pub const READY_WAIT: Duration = Duration::from_secs(60);
 /// Upper bound for a one-shot command (`--help`, import, export) to finish.
+/// These bounds are used scaled (see [`scaled`]).
 pub const COMMAND_WAIT: Duration = Duration::from_secs(120);
 /// Upper bound for a server to exit after a signal.
 pub const EXIT_WAIT: Duration = Duration::from_secs(30);
@@ -93,7 +110,8 @@ pub fn run(mut cmd: Command, dir: &Path, label: &str) -> Output {
     cmd.stdout(std::fs::File::create(&out_path).expect("create stdout file"));
     cmd.stderr(std::fs::File::create(&err_path).expect("create stderr file"));
     let mut child = cmd.spawn().expect("spawn hale");
-    let deadline = Instant::now() + COMMAND_WAIT;
+    let limit = scaled(COMMAND_WAIT);
+    let deadline = Instant::now() + limit;
     let status = loop {
         if let Some(s) = child.try_wait().expect("try_wait") {
             break s;
@@ -102,7 +120,7 @@ pub fn run(mut cmd: Command, dir: &Path, label: &str) -> Output {
             let _ = child.kill();
             let _ = child.wait();
             panic!(
-                "`{label}` did not finish within {COMMAND_WAIT:?}\n--- stdout\n{}\n--- stderr\n{}",
+                "`{label}` did not finish within {limit:?} (HALE_TEST_TIMEOUT_SCALE scales it)\n--- stdout\n{}\n--- stderr\n{}",
                 read_lossy(&out_path),
                 read_lossy(&err_path)
             );
@@ -181,7 +199,8 @@ impl Server {
     /// Poll GET /readyz until 200; fail (with the server's stderr) if the
     /// process exits or `READY_WAIT` passes.
     pub fn wait_ready(&mut self) {
-        let deadline = Instant::now() + READY_WAIT;
+        let limit = scaled(READY_WAIT);
+        let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self
                 .child
@@ -199,7 +218,7 @@ impl Server {
             };
             if Instant::now() > deadline {
                 panic!(
-                    "hale serve on port {} was not ready within {READY_WAIT:?} (last: {last})\n{}",
+                    "hale serve on port {} was not ready within {limit:?} (last: {last}; HALE_TEST_TIMEOUT_SCALE scales it)\n{}",
                     self.port,
                     self.logs()
                 );
@@ -220,7 +239,7 @@ impl Server {
 
     /// Wait for the process to exit, at most `EXIT_WAIT`; None if it did not.
     pub fn wait_exit(&mut self) -> Option<ExitStatus> {
-        let deadline = Instant::now() + EXIT_WAIT;
+        let deadline = Instant::now() + scaled(EXIT_WAIT);
         let child = self.child.as_mut().expect("server is running");
         loop {
             if let Some(s) = child.try_wait().expect("try_wait") {
@@ -314,8 +333,8 @@ pub fn try_request(
     body: Option<&[u8]>,
 ) -> std::io::Result<Reply> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(IO_TIMEOUT))?;
-    s.set_write_timeout(Some(IO_TIMEOUT))?;
+    s.set_read_timeout(Some(scaled(IO_TIMEOUT)))?;
+    s.set_write_timeout(Some(scaled(IO_TIMEOUT)))?;
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nAccept: application/fhir+json\r\n"
     );
