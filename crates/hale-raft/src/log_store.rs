@@ -73,7 +73,13 @@ fn decode(idx: i64, bytes: &[u8]) -> Result<Entry, StorageError> {
 /// Appended entries that may not be on disk yet, so that they are readable
 /// the moment `append` returns (openraft requires it) while the fsync runs in
 /// the background. An entry leaves the cache once its batch is durable.
-type Cache = Arc<Mutex<BTreeMap<u64, Entry>>>;
+/// Each entry is kept with its encoded size, so reads can stop at a byte bound.
+type Cache = Arc<Mutex<BTreeMap<u64, (Entry, usize)>>>;
+
+/// Most entry bytes one replication read returns (at least one entry): the
+/// network sends a link-sized prefix of them, so reading far more would only
+/// be decoded and dropped.
+pub const REPLICATION_READ_BYTES_MAX: usize = 2 * 1024 * 1024;
 
 /// Work run on the writer's connection (truncate, purge, vote).
 type Work = Box<dyn FnOnce(&mut Connection) -> Result<(), StorageError> + Send>;
@@ -185,7 +191,7 @@ impl LogStore {
     }
 
     fn last_appended(&self, conn: &Connection) -> Result<Option<LogId>, StorageError> {
-        if let Some(l) = self.cache.lock().values().next_back().map(|e| e.log_id) {
+        if let Some(l) = self.cache.lock().values().next_back().map(|(e, _)| e.log_id) {
             return Ok(Some(l));
         }
         let last: Option<Vec<u8>> = conn
@@ -255,7 +261,7 @@ fn writer_loop(mut conn: Connection, rx: std::sync::mpsc::Receiver<Job>, cache: 
                         }
                         let mut c = cache.lock();
                         for (i, l) in flushed {
-                            if c.get(&i).is_some_and(|e| e.log_id == l) {
+                            if c.get(&i).is_some_and(|(e, _)| e.log_id == l) {
                                 c.remove(&i);
                             }
                         }
@@ -310,22 +316,31 @@ fn range_to_sql<RB: RangeBounds<u64>>(range: &RB) -> (i64, i64) {
     (lo, hi)
 }
 
-fn read_range(conn: &Connection, cache: &Cache, lo: i64, hi: i64) -> Result<Vec<Entry>, StorageError> {
+/// Entries `lo..=hi` (at most `READ_ENTRIES_MAX`), stopping once `bytes_max`
+/// encoded bytes are read (always at least one entry).
+fn read_range(
+    conn: &Connection,
+    cache: &Cache,
+    lo: i64,
+    hi: i64,
+    bytes_max: usize,
+) -> Result<Vec<Entry>, StorageError> {
     let hi = hi.min(lo.saturating_add(READ_ENTRIES_MAX as i64 - 1));
     if hi < lo {
         return Ok(Vec::new());
     }
     // Entries not yet flushed are in the cache; older ones only on disk.
-    let cached: Vec<Entry> = cache
+    let cached: Vec<(Entry, usize)> = cache
         .lock()
         .range(lo.max(0) as u64..=hi as u64)
         .map(|(_, e)| e.clone())
         .collect();
     let disk_hi = match cached.first() {
-        Some(e) => (e.log_id.index as i64 - 1).min(hi),
+        Some((e, _)) => (e.log_id.index as i64 - 1).min(hi),
         None => hi,
     };
     let mut out = Vec::new();
+    let mut bytes = 0usize;
     if disk_hi >= lo {
         let mut stmt = conn
             .prepare_cached("SELECT idx, entry FROM log WHERE idx >= ?1 AND idx <= ?2 ORDER BY idx")
@@ -336,8 +351,12 @@ fn read_range(conn: &Connection, cache: &Cache, lo: i64, hi: i64) -> Result<Vec<
             })
             .map_err(read_err)?;
         for row in rows {
-            let (idx, bytes) = row.map_err(read_err)?;
-            let e = decode(idx, &bytes)?;
+            let (idx, raw) = row.map_err(read_err)?;
+            if !out.is_empty() && bytes + raw.len() > bytes_max {
+                return Ok(out);
+            }
+            bytes += raw.len();
+            let e = decode(idx, &raw)?;
             assert_eq!(
                 e.log_id.index, idx as u64,
                 "raft log row {idx} holds entry {}",
@@ -346,7 +365,13 @@ fn read_range(conn: &Connection, cache: &Cache, lo: i64, hi: i64) -> Result<Vec<
             out.push(e);
         }
     }
-    out.extend(cached);
+    for (e, size) in cached {
+        if !out.is_empty() && bytes + size > bytes_max {
+            break;
+        }
+        bytes += size;
+        out.push(e);
+    }
     Ok(out)
 }
 
@@ -356,7 +381,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
         let (lo, hi) = range_to_sql(&range);
-        read_range(&self.conn.lock(), &self.cache, lo, hi)
+        read_range(&self.conn.lock(), &self.cache, lo, hi, usize::MAX)
     }
 }
 
@@ -373,7 +398,21 @@ impl RaftLogReader<TypeConfig> for LogReader {
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
         let (lo, hi) = range_to_sql(&range);
-        read_range(&self.conn.lock(), &self.cache, lo, hi)
+        read_range(&self.conn.lock(), &self.cache, lo, hi, usize::MAX)
+    }
+
+    /// What replication reads: a byte-bounded prefix of `start..end`.
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, StorageError> {
+        if end <= start {
+            return Ok(Vec::new());
+        }
+        read_range(
+            &self.conn.lock(),
+            &self.cache,
+            start as i64,
+            end as i64 - 1,
+            REPLICATION_READ_BYTES_MAX,
+        )
     }
 }
 
@@ -426,8 +465,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut rows = Vec::new();
         let mut fresh = Vec::new();
         for e in entries {
-            rows.push((e.log_id.index, e.log_id, serde_json::to_vec(&e).map_err(write_err)?));
-            fresh.push(e);
+            let bytes = serde_json::to_vec(&e).map_err(write_err)?;
+            let size = bytes.len();
+            rows.push((e.log_id.index, e.log_id, bytes));
+            fresh.push((e, size));
         }
         if rows.is_empty() {
             callback.log_io_completed(Ok(()));
@@ -436,8 +477,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Readable at once; durable when the writer calls back.
         {
             let mut c = self.cache.lock();
-            for e in fresh {
-                c.insert(e.log_id.index, e);
+            for (e, size) in fresh {
+                c.insert(e.log_id.index, (e, size));
             }
         }
         self.send(Job::Append { rows, callback }).await

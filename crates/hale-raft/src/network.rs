@@ -120,8 +120,18 @@ impl Faults {
     }
 
     /// When a message of `bytes` sent now to `addr` arrives on the emulated link
-    /// (`outbound`: request direction), or `None` when the link is not emulated.
-    fn arrival(&self, node: Option<NodeId>, addr: &str, outbound: bool, bytes: usize) -> Option<Instant> {
+    /// (`outbound`: request direction): `None` when the link is not emulated,
+    /// `Some(None)` when it cannot arrive before `deadline` (it is dropped and
+    /// takes no room on the link, as a sender that gave up would not send it),
+    /// `Some(Some(t))` otherwise.
+    fn arrival(
+        &self,
+        node: Option<NodeId>,
+        addr: &str,
+        outbound: bool,
+        bytes: usize,
+        deadline: Instant,
+    ) -> Option<Option<Instant>> {
         let mut l = self.links.lock();
         let shape = node.and_then(|n| l.per_node.get(&n).copied()).unwrap_or(l.default);
         if shape.is_none() {
@@ -140,8 +150,13 @@ impl Faults {
         let now = Instant::now();
         let lane = l.busy_until.entry((addr.to_string(), outbound)).or_insert(now);
         let start = (*lane).max(now);
-        *lane = start + shape.transmit(bytes);
-        Some(*lane + Duration::from_micros(shape.rtt_ms * 500) + Duration::from_millis(jitter_ms))
+        let done = start + shape.transmit(bytes);
+        let at = done + Duration::from_micros(shape.rtt_ms * 500) + Duration::from_millis(jitter_ms);
+        if at > deadline {
+            return Some(None);
+        }
+        *lane = done;
+        Some(Some(at))
     }
 }
 
@@ -172,7 +187,9 @@ const SMALL_REQUEST_BYTES: usize = 8 * 1024;
 /// Requests at least this big measure a peer's throughput.
 const RATE_SAMPLE_BYTES_MIN: usize = 32 * 1024;
 /// The smallest AppendEntries byte budget (one entry is always sent anyway).
-pub const APPEND_BYTES_MIN: usize = 16 * 1024;
+/// Above `RATE_SAMPLE_BYTES_MIN`, so that even at the floor a full request
+/// is a throughput sample and the estimate can recover.
+pub const APPEND_BYTES_MIN: usize = 64 * 1024;
 
 /// What this node has measured of one peer: the basis of AppendEntries sizing.
 #[derive(Debug, Clone, Copy)]
@@ -209,10 +226,12 @@ impl PeerStats {
     /// A request of `bytes` did not finish in `ttl_ms`: the link or the peer
     /// is slower than believed. Cut the estimate hard (multiplicative decrease).
     fn timed_out(&mut self, bytes: usize, ttl_ms: f64) {
-        let ceiling = bytes as f64 / ttl_ms.max(1.0);
-        self.rate_bytes_per_ms = (self.rate_bytes_per_ms.min(ceiling) / 2.0).max(100.0);
-        if bytes <= SMALL_REQUEST_BYTES {
-            self.base_ms = self.base_ms.max(ttl_ms / 2.0);
+        if bytes >= RATE_SAMPLE_BYTES_MIN {
+            let ceiling = bytes as f64 / ttl_ms.max(1.0);
+            self.rate_bytes_per_ms = (self.rate_bytes_per_ms.min(ceiling) / 2.0).max(100.0);
+        } else {
+            // A small request timing out says the peer or the path is slow, not the bandwidth.
+            self.base_ms += 0.5 * (ttl_ms - self.base_ms).max(0.0);
         }
     }
 
@@ -230,8 +249,11 @@ pub struct NetClient {
     secret: Option<String>,
     /// When each peer last answered an RPC of ours.
     last_heard: Mutex<BTreeMap<NodeId, Instant>>,
-    /// Per peer address: measured round trip and throughput.
+    /// Per peer address: measured round trip and throughput (AppendEntries only).
     stats: Mutex<BTreeMap<String, PeerStats>>,
+    /// Per peer: the vote of the last AppendEntries it accepted, and when that
+    /// request was sent (the basis of the leader's read lease).
+    acks: Mutex<BTreeMap<NodeId, (openraft::Vote<NodeId>, Instant)>>,
     /// Upper bound on the entry bytes of one AppendEntries.
     pub append_bytes_max: usize,
 }
@@ -251,6 +273,7 @@ impl NetClient {
             secret,
             last_heard: Mutex::new(BTreeMap::new()),
             stats: Mutex::new(BTreeMap::new()),
+            acks: Mutex::new(BTreeMap::new()),
             append_bytes_max,
         }
     }
@@ -263,6 +286,11 @@ impl NetClient {
     pub fn append_budget(&self, addr: &str, ttl: Duration) -> usize {
         let s = self.stats.lock().get(addr).copied().unwrap_or_default();
         s.append_budget(ttl.as_secs_f64() * 1e3, self.append_bytes_max)
+    }
+
+    /// When `peer` last accepted an AppendEntries at `vote`, as the time it was sent.
+    pub fn acked_at(&self, peer: NodeId, vote: &openraft::Vote<NodeId>) -> Option<Instant> {
+        self.acks.lock().get(&peer).filter(|(v, _)| v == vote).map(|(_, t)| *t)
     }
 
     /// Measured round trip (with the peer's fixed costs) to `addr`, in ms.
@@ -280,11 +308,12 @@ impl NetClient {
         timeout: Duration,
     ) -> Result<Resp, SendError> {
         let bytes = serde_json::to_vec(body).map_err(|e| SendError::Decode(addr.into(), e.to_string()))?;
-        let body = self.post_raw(target, addr, path, bytes, timeout).await?;
+        let body = self.post_raw(target, addr, path, bytes, timeout, false).await?;
         serde_json::from_slice::<Resp>(&body).map_err(|e| SendError::Decode(addr.into(), e.to_string()))
     }
 
-    /// POST already-encoded JSON and return the answer's body.
+    /// POST already-encoded JSON and return the answer's body. With `measure`,
+    /// the round trip feeds the peer's AppendEntries sizing.
     pub async fn post_raw(
         &self,
         target: Option<NodeId>,
@@ -292,6 +321,7 @@ impl NetClient {
         path: &str,
         bytes: Vec<u8>,
         timeout: Duration,
+        measure: bool,
     ) -> Result<Bytes, SendError> {
         if self.faults.isolated() {
             return Err(SendError::Isolated);
@@ -307,9 +337,12 @@ impl NetClient {
             .map_err(|e| SendError::Decode(addr.into(), e.to_string()))?;
         let timeout_ms = timeout.as_millis() as u64;
         let started = Instant::now();
+        let deadline = started + timeout;
         let fut = async {
-            if let Some(at) = self.faults.arrival(target, addr, true, sent_bytes) {
-                tokio::time::sleep_until(at.into()).await;
+            match self.faults.arrival(target, addr, true, sent_bytes, deadline) {
+                None => {}
+                Some(Some(at)) => tokio::time::sleep_until(at.into()).await,
+                Some(None) => std::future::pending::<()>().await,
             }
             let resp = self.client.request(req).await.map_err(|e| {
                 if e.is_connect() {
@@ -325,8 +358,10 @@ impl NetClient {
                 .await
                 .map_err(|e| SendError::Status(addr.into(), status.as_u16(), e.to_string()))?
                 .to_bytes();
-            if let Some(at) = self.faults.arrival(target, addr, false, body.len()) {
-                tokio::time::sleep_until(at.into()).await;
+            match self.faults.arrival(target, addr, false, body.len(), deadline) {
+                None => {}
+                Some(Some(at)) => tokio::time::sleep_until(at.into()).await,
+                Some(None) => std::future::pending::<()>().await,
             }
             if !status.is_success() {
                 return Err(SendError::Status(
@@ -343,17 +378,19 @@ impl NetClient {
         };
         match &out {
             Ok(_) => {
-                let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
-                self.stats
-                    .lock()
-                    .entry(addr.to_string())
-                    .or_default()
-                    .observe(sent_bytes, elapsed_ms);
+                if measure {
+                    let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+                    self.stats
+                        .lock()
+                        .entry(addr.to_string())
+                        .or_default()
+                        .observe(sent_bytes, elapsed_ms);
+                }
                 if let Some(t) = target {
                     self.last_heard.lock().insert(t, Instant::now());
                 }
             }
-            Err(SendError::Timeout(..)) => {
+            Err(SendError::Timeout(..)) if measure => {
                 self.stats
                     .lock()
                     .entry(addr.to_string())
@@ -398,7 +435,11 @@ type RpcResult<T, E = openraft::error::Infallible> = Result<T, RPCError<NodeId, 
 /// so a busy follower is not starved of the very traffic it is behind on.
 fn rpc_error<E: std::error::Error>(e: SendError) -> RPCError<NodeId, HaleNode, RaftError<NodeId, E>> {
     match e {
-        e @ (SendError::Unreachable(..) | SendError::Isolated) => RPCError::Unreachable(Unreachable::new(&e)),
+        // 503: the peer is isolated; 401: it refuses our cluster secret. Neither
+        // processed the message, and retrying at once would only spin.
+        e @ (SendError::Unreachable(..) | SendError::Isolated | SendError::Status(_, 503 | 401, _)) => {
+            RPCError::Unreachable(Unreachable::new(&e))
+        }
         e => RPCError::Network(NetworkError::new(&e)),
     }
 }
@@ -467,15 +508,30 @@ impl RaftNetwork<TypeConfig> for Network {
         // only the prefix that the measured link should carry in half of it, and
         // report the rest as not yet sent (`PartialSuccess`): openraft sends the
         // next range at once.
-        let budget = self.client.append_budget(&self.addr, option.hard_ttl());
+        //
+        // Our own deadline is openraft's soft TTL, so that a slow request ends
+        // here (and cuts the estimate) before openraft drops the future.
+        let sent_at = Instant::now();
+        let ttl = option.soft_ttl();
+        let budget = self.client.append_budget(&self.addr, ttl);
         let (body, sent) = encode_append(&rpc, budget).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let res = self
             .client
-            .post_raw(Some(self.target), &self.addr, "/raft/append", body, option.hard_ttl())
+            .post_raw(Some(self.target), &self.addr, "/raft/append", body, ttl, true)
             .await
             .map_err(rpc_error)?;
         let decoded: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
             serde_json::from_slice(&res).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        if matches!(
+            decoded,
+            Ok(AppendEntriesResponse::Success
+                | AppendEntriesResponse::PartialSuccess(_)
+                | AppendEntriesResponse::Conflict)
+        ) {
+            // The peer accepted this leader's vote: it will not vote for another
+            // candidate until its lease, counted from after `sent_at`, runs out.
+            self.client.acks.lock().insert(self.target, (rpc.vote, sent_at));
+        }
         match decoded {
             Ok(AppendEntriesResponse::Success) if sent < rpc.entries.len() => {
                 let last = rpc.entries[sent - 1].log_id;
@@ -596,13 +652,26 @@ mod tests {
             w.timed_out(APPEND_BYTES_MIN, 100.0);
         }
         assert_eq!(w.append_budget(100.0, 4 << 20), APPEND_BYTES_MIN);
+        // ... and it recovers: requests at the floor are throughput samples.
+        for _ in 0..50 {
+            w.observe(1_000, 10.0);
+            w.observe(APPEND_BYTES_MIN, 15.0);
+        }
+        assert!(w.append_budget(100.0, 4 << 20) > 4 * APPEND_BYTES_MIN);
+        // A slow heartbeat raises the fixed cost, not the bandwidth estimate.
+        let mut h = PeerStats::default();
+        let before = h.rate_bytes_per_ms;
+        h.timed_out(300, 100.0);
+        assert_eq!(h.rate_bytes_per_ms, before);
+        assert!(h.base_ms > 10.0);
     }
 
     #[tokio::test]
     async fn emulated_links_delay_and_queue() {
         let f = Faults::default();
         f.seed(7);
-        assert!(f.arrival(Some(2), "a", true, 1_000).is_none());
+        let far = Instant::now() + Duration::from_secs(60);
+        assert!(f.arrival(Some(2), "a", true, 1_000, far).is_none());
         f.set_link(
             None,
             LinkShape {
@@ -613,12 +682,20 @@ mod tests {
         );
         let now = Instant::now();
         // 1 MB at 8 Mbit/s occupies the lane for 1 s, then 5 ms one way.
-        let a = f.arrival(Some(2), "a", true, 1_000_000).unwrap();
-        let b = f.arrival(Some(2), "a", true, 1_000).unwrap();
+        let a = f.arrival(Some(2), "a", true, 1_000_000, far).unwrap().unwrap();
+        let b = f.arrival(Some(2), "a", true, 1_000, far).unwrap().unwrap();
         assert!(a >= now + Duration::from_millis(1_005));
         assert!(b > a, "the second message waits for the first");
+        // A message that cannot arrive in time is dropped and takes no room.
+        let soon = Instant::now() + Duration::from_millis(50);
+        assert_eq!(f.arrival(Some(2), "a", true, 1_000_000, soon), Some(None));
+        let d = f.arrival(Some(2), "a", true, 1_000, far).unwrap().unwrap();
+        assert!(
+            d < b + Duration::from_millis(10),
+            "the dropped message left the lane as it was"
+        );
         // The other direction and other peers have their own lanes.
-        let c = f.arrival(Some(2), "a", false, 1_000).unwrap();
+        let c = f.arrival(Some(2), "a", false, 1_000, far).unwrap().unwrap();
         assert!(c < a);
         f.set_link(Some(3), LinkShape::default());
         assert_eq!(

@@ -260,10 +260,11 @@ impl RaftNode {
             // openraft's own election timer is off (the `election` driver decides
             // when to campaign). What remains of these is the leader lease: a voter
             // refuses a real vote until it has not heard from its leader for
-            // `election_timeout_max`. It is kept below the pre-vote threshold so a
-            // candidate that won a pre-vote is not then refused by the lease.
+            // `election_timeout_max`, the same time after which it grants a
+            // pre-vote. So a stale pre-vote win cannot depose a live leader, and
+            // the leader's read lease (half of it) has the other half as margin.
             election_timeout_min: settings.election_timeout_min_ms / 2,
-            election_timeout_max: settings.election_timeout_min_ms * 3 / 4,
+            election_timeout_max: settings.election_timeout_min_ms,
             enable_elect: false,
             heartbeat_interval: settings.heartbeat_interval_ms,
             install_snapshot_timeout: 5_000,
@@ -397,11 +398,7 @@ impl RaftNode {
                     last_attempt = Instant::now();
                     continue;
                 }
-                let quiet = node
-                    .leader_contact
-                    .lock()
-                    .map_or(node.started.elapsed(), |t| t.elapsed())
-                    .min(last_attempt.elapsed());
+                let quiet = node.leader_contact_age().min(last_attempt.elapsed());
                 if quiet < timeout {
                     continue;
                 }
@@ -417,12 +414,22 @@ impl RaftNode {
         let membership = m.membership_config.membership().clone();
         let voters: Vec<NodeId> = membership.voter_ids().collect();
         self.elections.prevotes_started.fetch_add(1, Ordering::Relaxed);
+        let last_log_id = match self.log.last_log_id() {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read this node's own log; not campaigning");
+                return;
+            }
+        };
         let req = PreVoteRequest {
             candidate: self.id,
             term: m.current_term,
-            last_log_id: self.log.last_log_id().ok().flatten(),
+            last_log_id,
         };
-        let timeout = Duration::from_millis(self.settings.election_timeout_min_ms);
+        // Short, so a grant is fresh when the election starts.
+        let timeout = Duration::from_millis(
+            (2 * self.settings.heartbeat_interval_ms).min(self.settings.election_timeout_min_ms / 2),
+        );
         let asks = voters.iter().filter(|v| **v != self.id).filter_map(|v| {
             let node = membership.get_node(v)?.clone();
             let req = &req;
@@ -444,7 +451,15 @@ impl RaftNode {
                 Err(e) => refusals.push(format!("node {v}: {e}")),
             }
         }
-        if granted * 2 > voters.len() {
+        // A leader may have reached this node while it asked: then stay.
+        let quiet_ms = self.leader_contact_age().as_millis() as u64;
+        if granted * 2 > voters.len() && quiet_ms < self.settings.election_timeout_min_ms {
+            self.elections.prevotes_lost.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                quiet_ms,
+                "pre-vote won, but a leader reached this node meanwhile; not campaigning"
+            );
+        } else if granted * 2 > voters.len() {
             self.elections.elections_started.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
                 term = m.current_term + 1,
@@ -461,15 +476,26 @@ impl RaftNode {
         }
     }
 
-    fn voter_view(&self) -> VoterView {
+    /// How long since a leader last reached this node (since start if never).
+    fn leader_contact_age(&self) -> Duration {
+        self.leader_contact
+            .lock()
+            .map_or(self.started.elapsed(), |t| t.elapsed())
+    }
+
+    fn voter_view(&self) -> Result<VoterView, String> {
         let m = self.metrics();
-        VoterView {
+        Ok(VoterView {
             is_voter: self.is_voter(&m),
             is_leader: m.state == ServerState::Leader,
             millis_since_quorum_ack: m.millis_since_quorum_ack,
-            millis_since_leader_contact: self.leader_contact.lock().map(|t| t.elapsed().as_millis() as u64),
-            last_log_id: self.log.last_log_id().ok().flatten(),
-        }
+            // A node that has not heard a leader since it started counts from its start.
+            millis_since_leader_contact: Some(self.leader_contact_age().as_millis() as u64),
+            last_log_id: self
+                .log
+                .last_log_id()
+                .map_err(|e| format!("cannot read my own log: {e}"))?,
+        })
     }
 
     /// A leader's message at `vote` arrived: if it is at least this node's
@@ -646,19 +672,20 @@ impl RaftNode {
         if m.current_leader != Some(self.id) {
             return ReadIndexReply::NotLeader;
         }
-        let voters = m.membership_config.membership().voter_ids().count();
-        // No other leader can be elected until a majority has not heard from this
-        // one for the minimum election timeout (pre-vote), so a quorum
-        // acknowledgement younger than half of it proves leadership now.
-        let lease_ok = voters <= 1
-            || matches!(m.millis_since_quorum_ack, Some(ms) if ms < self.settings.election_timeout_min_ms / 2);
+        // A voter that accepted this leader's AppendEntries refuses any other
+        // candidate for `election_timeout_min_ms` after it (openraft's lease and
+        // the pre-vote rule), counted from after the request was sent. So if a
+        // majority accepted one sent less than half of that ago, no other leader
+        // exists now. The ages are measured here, not taken from openraft's
+        // metrics, which lag whenever raft's core is busy.
+        let lease_ok = self.quorum_acked_within(&m, Duration::from_millis(self.settings.election_timeout_min_ms / 2));
         if lease_ok {
             // Every write this leader acknowledged is applied here (it acknowledges after
             // applying). Writes acknowledged by earlier leaders come before this leader's
             // blank entry in the log, so once an entry of this term is applied they are
             // too: then the applied index is the read index. Until then, wait for the
             // whole log.
-            let applied = m.last_applied;
+            let applied = self.sm.applied_log_id();
             return match applied {
                 Some(a) if a.leader_id.term == m.current_term => ReadIndexReply::Index(a.index),
                 _ => ReadIndexReply::Index(m.last_log_index.unwrap_or(0)),
@@ -676,6 +703,28 @@ impl RaftNode {
                 self.settings.read_timeout_ms
             )),
         }
+    }
+
+    /// True when every voter configuration has a majority (this node counted)
+    /// that accepted an AppendEntries of this leader's vote sent within `within`.
+    fn quorum_acked_within(&self, m: &RaftMetrics, within: Duration) -> bool {
+        m.membership_config
+            .membership()
+            .get_joint_config()
+            .iter()
+            .all(|config| {
+                let fresh = config
+                    .iter()
+                    .filter(|v| {
+                        **v == self.id
+                            || self
+                                .net
+                                .acked_at(**v, &m.vote)
+                                .is_some_and(|sent| sent.elapsed() < within)
+                    })
+                    .count();
+                fresh * 2 > config.len()
+            })
     }
 
     fn record_contact(&self, leader_commit: Option<u64>) {
@@ -1024,8 +1073,9 @@ async fn rpc_prevote(State(n): Node, headers: HeaderMap, Json(req): Json<PreVote
     if let Err(r) = n.admit(&headers) {
         return r;
     }
-    let view = n.voter_view();
-    let decision = decide_prevote(&view, &req, n.settings.election_timeout_min_ms);
+    let decision = n
+        .voter_view()
+        .and_then(|view| decide_prevote(&view, &req, n.settings.election_timeout_min_ms));
     if let Err(why) = &decision {
         tracing::debug!(candidate = req.candidate, reason = %why, "pre-vote refused");
     }

@@ -140,6 +140,13 @@ impl StateMachineStore {
         self.inner.applied.lock().0.map(|l| l.index).unwrap_or(0)
     }
 
+    /// The id of the last log entry applied to the store. Unlike openraft's
+    /// metrics, it is current the moment an apply returns (before any client
+    /// hears that its write is done).
+    pub fn applied_log_id(&self) -> Option<LogId> {
+        self.inner.applied.lock().0
+    }
+
     pub fn content_hash(&self) -> Result<String, hale_store::StoreError> {
         self.inner.sm.lock().content_hash()
     }
