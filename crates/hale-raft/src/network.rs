@@ -417,6 +417,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             client: self.client.clone(),
             target,
             addr: node.raft_addr.clone(),
+            in_flight: None,
         }
     }
 }
@@ -425,6 +426,24 @@ pub struct Network {
     client: Arc<NetClient>,
     target: NodeId,
     addr: String,
+    /// An AppendEntries still travelling after openraft stopped waiting for it.
+    in_flight: Option<InFlight>,
+}
+
+/// How long a detached AppendEntries may keep travelling: far beyond any
+/// heartbeat deadline, so a slow link or follower still gets the entries.
+pub const APPEND_DETACHED_TIMEOUT_MS: u64 = 10_000;
+
+/// An AppendEntries sent in its own task, so that openraft's deadline (the
+/// heartbeat interval) cancels only the wait, not the transfer. When openraft
+/// sends the same range again, the answer of this one is used.
+struct InFlight {
+    vote: openraft::Vote<NodeId>,
+    prev_log_id: Option<crate::types::LogId>,
+    /// The last entry it carries.
+    last: crate::types::LogId,
+    sent_at: Instant,
+    task: tokio::task::JoinHandle<Result<Bytes, SendError>>,
 }
 
 type RpcResult<T, E = openraft::error::Infallible> = Result<T, RPCError<NodeId, HaleNode, RaftError<NodeId, E>>>;
@@ -511,15 +530,106 @@ impl RaftNetwork<TypeConfig> for Network {
         //
         // Our own deadline is openraft's soft TTL, so that a slow request ends
         // here (and cuts the estimate) before openraft drops the future.
-        let sent_at = Instant::now();
+        //
+        // A request with entries travels in its own task: if it outlives the
+        // deadline, openraft sees a timeout, but the entries still arrive, and
+        // when openraft sends the same range again its answer is used. So a
+        // link or a follower that needs longer than a heartbeat interval for
+        // one entry is slow, not cut off.
         let ttl = option.soft_ttl();
-        let budget = self.client.append_budget(&self.addr, ttl);
-        let (body, sent) = encode_append(&rpc, budget).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let res = self
-            .client
-            .post_raw(Some(self.target), &self.addr, "/raft/append", body, ttl, true)
-            .await
+        if rpc.entries.is_empty() {
+            let sent_at = Instant::now();
+            let (body, _) = encode_append(&rpc, 0).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            let res = self
+                .client
+                .post_raw(Some(self.target), &self.addr, "/raft/append", body, ttl, true)
+                .await
+                .map_err(rpc_error)?;
+            return self.answer(&rpc, res, 0, sent_at);
+        }
+        let reusable = self.in_flight.as_ref().is_some_and(|f| {
+            f.vote == rpc.vote && f.prev_log_id == rpc.prev_log_id && rpc.entries.iter().any(|e| e.log_id == f.last)
+        });
+        if !reusable {
+            // A different range (or leader): the old transfer is of no use to
+            // openraft any more; let it finish on its own.
+            self.in_flight = None;
+            let budget = self.client.append_budget(&self.addr, ttl);
+            let (body, sent) = encode_append(&rpc, budget).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            let client = self.client.clone();
+            let (target, addr) = (self.target, self.addr.clone());
+            let task = tokio::spawn(async move {
+                client
+                    .post_raw(
+                        Some(target),
+                        &addr,
+                        "/raft/append",
+                        body,
+                        Duration::from_millis(APPEND_DETACHED_TIMEOUT_MS),
+                        true,
+                    )
+                    .await
+            });
+            self.in_flight = Some(InFlight {
+                vote: rpc.vote,
+                prev_log_id: rpc.prev_log_id,
+                last: rpc.entries[sent - 1].log_id,
+                sent_at: Instant::now(),
+                task,
+            });
+        }
+        let flight = self.in_flight.as_mut().expect("set above");
+        let joined = match tokio::time::timeout(ttl, &mut flight.task).await {
+            Ok(j) => j,
+            Err(_) => {
+                return Err(rpc_error(SendError::Timeout(
+                    format!("{} (still sending entries up to {})", self.addr, flight.last),
+                    ttl.as_millis() as u64,
+                )))
+            }
+        };
+        let flight = self.in_flight.take().expect("set above");
+        let res = joined
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?
             .map_err(rpc_error)?;
+        let sent = rpc
+            .entries
+            .iter()
+            .position(|e| e.log_id == flight.last)
+            .expect("a reused transfer's last entry is in the request")
+            + 1;
+        self.answer(&rpc, res, sent, flight.sent_at)
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        self.call("/raft/snapshot", &rpc, &option).await
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> RpcResult<VoteResponse<NodeId>> {
+        self.call("/raft/vote", &rpc, &option).await
+    }
+
+    fn backoff(&self) -> openraft::network::Backoff {
+        // A dead peer is retried every 200 ms: quick to notice a restarted node,
+        // cheap while it stays down.
+        openraft::network::Backoff::new(std::iter::repeat(Duration::from_millis(200)))
+    }
+}
+
+impl Network {
+    /// Turn the peer's answer to an AppendEntries that carried the first
+    /// `sent` entries of `rpc` into openraft's answer to `rpc`.
+    fn answer(
+        &self,
+        rpc: &AppendEntriesRequest<TypeConfig>,
+        res: Bytes,
+        sent: usize,
+        sent_at: Instant,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>> {
         let decoded: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
             serde_json::from_slice(&res).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         if matches!(
@@ -541,24 +651,6 @@ impl RaftNetwork<TypeConfig> for Network {
             Ok(r) => Ok(r),
             Err(e) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
         }
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        self.call("/raft/snapshot", &rpc, &option).await
-    }
-
-    async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> RpcResult<VoteResponse<NodeId>> {
-        self.call("/raft/vote", &rpc, &option).await
-    }
-
-    fn backoff(&self) -> openraft::network::Backoff {
-        // A dead peer is retried every 200 ms: quick to notice a restarted node,
-        // cheap while it stays down.
-        openraft::network::Backoff::new(std::iter::repeat(Duration::from_millis(200)))
     }
 }
 
