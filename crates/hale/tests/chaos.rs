@@ -37,9 +37,9 @@ fn run_bounded(dir: &Path, label: &str, args: &[&str]) -> Output {
             break s;
         }
         if Instant::now() > deadline {
+            // `--` so that the negative process-group id is not read as an option.
             let _ = Command::new("kill")
-                .arg("-KILL")
-                .arg(format!("-{}", child.id()))
+                .args(["-s", "KILL", "--", &format!("-{}", child.id())])
                 .status();
             let _ = child.wait();
             panic!(

@@ -73,10 +73,11 @@ struct Group(Child);
 
 impl Drop for Group {
     fn drop(&mut self) {
+        // `--` so that the negative process-group id is not read as an option.
         let _ = Command::new("kill")
-            .arg("-KILL")
-            .arg(format!("-{}", self.0.id()))
+            .args(["-s", "KILL", "--", &format!("-{}", self.0.id())])
             .status();
+        let _ = self.0.kill();
         let _ = self.0.wait();
     }
 }
