@@ -1,28 +1,13 @@
 //! Store-level tests of deterministic apply: each case is a list of commands
 //! and the outcome expected for the last one.
 
+mod common;
+
+use common::{actor, put};
 use hale_store::apply::Applied;
 use hale_store::command::Command;
-use hale_store::{Actor, CommandKind, RejectKind, StateMachine, WriteOp, WriteStatus};
+use hale_store::{CommandKind, RejectKind, StateMachine, WriteOp, WriteStatus};
 use serde_json::{json, Value};
-
-fn actor() -> Actor {
-    Actor {
-        user: "tester".into(),
-        role: "clinician".into(),
-    }
-}
-
-fn put(rtype: &str, id: &str, mut r: Value) -> WriteOp {
-    r["resourceType"] = json!(rtype);
-    r["id"] = json!(id);
-    WriteOp::Update {
-        rtype: rtype.into(),
-        id: id.into(),
-        resource: r,
-        if_match: None,
-    }
-}
 
 fn cmd(i: i64, kind: CommandKind) -> Command {
     Command {

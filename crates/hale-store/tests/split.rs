@@ -3,6 +3,9 @@
 //! the whole command at the last part's index; bad part sequences are refused
 //! with nothing applied.
 
+mod common;
+
+use common::{actor, put};
 use hale_store::apply::Applied;
 use hale_store::command::Command;
 use hale_store::split::{
@@ -13,29 +16,11 @@ use serde_json::{json, Value};
 
 const T0: i64 = 1_700_000_000_000;
 
-fn actor() -> Actor {
-    Actor {
-        user: "tester".into(),
-        role: "clinician".into(),
-    }
-}
-
 fn cmd_at(time_ms: i64, kind: CommandKind) -> Command {
     Command {
         time_ms,
         actor: actor(),
         kind,
-    }
-}
-
-fn put(rtype: &str, id: &str, mut r: Value) -> WriteOp {
-    r["resourceType"] = json!(rtype);
-    r["id"] = json!(id);
-    WriteOp::Update {
-        rtype: rtype.into(),
-        id: id.into(),
-        resource: r,
-        if_match: None,
     }
 }
 
