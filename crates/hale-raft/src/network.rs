@@ -418,6 +418,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             addr: node.raft_addr.clone(),
             in_flight: None,
+            keepalive: None,
         }
     }
 }
@@ -428,6 +429,8 @@ pub struct Network {
     addr: String,
     /// An AppendEntries still travelling after openraft stopped waiting for it.
     in_flight: Option<InFlight>,
+    /// A keepalive sent while `in_flight` travels (at most one at a time).
+    keepalive: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// How long a detached AppendEntries may keep travelling: far beyond any
@@ -578,6 +581,13 @@ impl RaftNetwork<TypeConfig> for Network {
                 task,
             });
         }
+        if reusable {
+            // openraft retries the same range, and sends no heartbeat while it
+            // has entries to send, so without this a follower slow to take a
+            // large append hears nothing for as long as the transfer lasts and
+            // campaigns against a healthy leader (seen under a CPU hog).
+            self.send_keepalive(&rpc, ttl);
+        }
         let flight = self.in_flight.as_mut().expect("set above");
         let joined = match tokio::time::timeout(ttl, &mut flight.task).await {
             Ok(j) => j,
@@ -621,6 +631,33 @@ impl RaftNetwork<TypeConfig> for Network {
 }
 
 impl Network {
+    /// Tell the peer this leader is alive while an append to it is still
+    /// travelling: an empty AppendEntries with no previous entry and no commit
+    /// index matches any log, appends nothing and commits nothing, so it is
+    /// safe whatever the transfer has done by the time it lands.
+    fn send_keepalive(&mut self, rpc: &AppendEntriesRequest<TypeConfig>, ttl: Duration) {
+        if self.keepalive.as_ref().is_some_and(|k| !k.is_finished()) {
+            return;
+        }
+        let ping = AppendEntriesRequest::<TypeConfig> {
+            vote: rpc.vote,
+            prev_log_id: None,
+            leader_commit: None,
+            entries: Vec::new(),
+        };
+        let Ok((body, _)) = encode_append(&ping, 0) else { return };
+        let client = self.client.clone();
+        let (target, addr) = (self.target, self.addr.clone());
+        self.keepalive = Some(tokio::spawn(async move {
+            if let Err(e) = client
+                .post_raw(Some(target), &addr, "/raft/append", body, ttl, false)
+                .await
+            {
+                tracing::debug!(target, error = %e, "keepalive during a long append failed");
+            }
+        }));
+    }
+
     /// Turn the peer's answer to an AppendEntries that carried the first
     /// `sent` entries of `rpc` into openraft's answer to `rpc`.
     fn answer(

@@ -161,6 +161,8 @@ pub struct NodeStatus {
     pub purged_index: Option<u64>,
     pub millis_since_leader_contact: Option<u64>,
     pub isolated: bool,
+    /// When asked for: the store's content hash, read off the apply lock; then
+    /// `applied_index` is the index that hash reflects.
     pub content_hash: Option<String>,
     #[serde(default)]
     pub elections: ElectionCounts,
@@ -382,8 +384,18 @@ impl RaftNode {
             let mut last_attempt = Instant::now();
             let mut was_leader = false;
             loop {
+                let slept = Instant::now();
                 tokio::time::sleep(tick).await;
                 let Some(node) = weak.upgrade() else { return };
+                // If this node itself was not scheduled for a good part of an
+                // election timeout (a starved machine), the silence it measured
+                // says nothing about the leader: the leader's messages may be
+                // waiting unread. Count afresh.
+                let stalled_ms = slept.elapsed().saturating_sub(tick).as_millis() as u64;
+                if stalled_ms > min_ms / 4 {
+                    tracing::info!(stalled_ms, "this node was not scheduled; restarting its election timer");
+                    last_attempt = Instant::now();
+                }
                 let m = node.metrics();
                 if m.running_state.is_err() || m.state == ServerState::Shutdown {
                     return;
@@ -824,7 +836,7 @@ impl RaftNode {
 
     // ---------------------------------------------------------------- status
 
-    pub fn node_status(&self, with_hash: bool) -> NodeStatus {
+    pub fn node_status(&self) -> NodeStatus {
         let m = self.metrics();
         let millis_since_leader_contact = if m.current_leader == Some(self.id) {
             Some(0)
@@ -842,7 +854,7 @@ impl RaftNode {
             purged_index: m.purged.map(|l| l.index),
             millis_since_leader_contact,
             isolated: self.faults().isolated(),
-            content_hash: if with_hash { self.sm.content_hash().ok() } else { None },
+            content_hash: None,
             elections: self.election_counts(),
         }
     }
@@ -860,7 +872,7 @@ impl RaftNode {
             let role = if voters.contains(&id) { "voter" } else { "learner" };
             asks.push(async move {
                 let own = if id == self.id {
-                    Ok(self.node_status(false))
+                    Ok(self.node_status())
                 } else {
                     self.net
                         .post::<_, NodeStatus>(
@@ -1054,10 +1066,16 @@ async fn rpc_append(State(n): Node, headers: HeaderMap, Json(req): Json<AppendEn
         return r;
     }
     let commit = req.leader_commit.map(|l| l.index);
-    n.leader_reached(&req.vote);
+    let vote = req.vote;
+    n.leader_reached(&vote);
     let res = n.raft.append_entries(req).await;
     if matches!(&res, Ok(openraft::raft::AppendEntriesResponse::Success)) {
         n.record_contact(commit);
+    }
+    // Taking a large append can outlast an election timeout on a busy machine:
+    // the leader was alive all along, so count from when it was taken.
+    if res.is_ok() {
+        n.leader_reached(&vote);
     }
     Json(res).into_response()
 }
@@ -1156,7 +1174,24 @@ async fn rpc_status(State(n): Node, headers: HeaderMap, Json(with_hash): Json<bo
         }
     }
     // Status answers even when isolated: the chaos harness reads it from outside.
-    Json(n.node_status(with_hash)).into_response()
+    let mut status = n.node_status();
+    if with_hash {
+        // Hashing reads the whole store: off the async threads and outside the
+        // apply lock, or a status poll starves this node's heartbeats and
+        // elections (seen under a CPU hog: a follower stalled for over a second
+        // and a needless election followed). The applied index is then the one
+        // the hash reflects.
+        let dir = n.sm.data_dir().to_path_buf();
+        match tokio::task::spawn_blocking(move || hale_store::content_hash_at(&dir)).await {
+            Ok(Ok((applied, hash))) => {
+                status.applied_index = applied;
+                status.content_hash = Some(hash);
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not hash the store for a status request"),
+            Err(e) => tracing::warn!(error = %e, "the store hash task failed"),
+        }
+    }
+    Json(status).into_response()
 }
 
 /// A change of injected faults; absent fields stay as they are.

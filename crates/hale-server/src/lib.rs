@@ -188,7 +188,7 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
             "hale_raft_leader_contact_ms".into(),
             "Milliseconds since this node's data was known to match the leader's (0 on the leader).",
             app.raft
-                .node_status(false)
+                .node_status()
                 .millis_since_leader_contact
                 .map(|v| v as f64)
                 .unwrap_or(-1.0),

@@ -396,6 +396,26 @@ impl Reader {
     }
 }
 
+/// The content hash of the store in `dir` and the log index it reflects,
+/// read in one read transaction on a connection of its own: it never takes
+/// the writer's lock, so hashing a large store does not hold up applies (the
+/// store is in WAL mode, so the writer goes on meanwhile). Blocking: run it off
+/// the async threads.
+pub fn content_hash_at(dir: &Path) -> Result<(u64, String), StoreError> {
+    let conn = Connection::open_with_flags(
+        dir.join(DB_FILE),
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+    )?;
+    configure(&conn, READER_CACHE_KIB)?;
+    conn.execute_batch("BEGIN")?;
+    let applied: Option<i64> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'last_applied'", [], |r| r.get(0))
+        .optional()?;
+    let hash = hash::content_hash(&conn)?;
+    conn.execute_batch("COMMIT")?;
+    Ok((applied.unwrap_or(0) as u64, hash))
+}
+
 /// Size of the database files in bytes (main file plus WAL).
 pub fn disk_bytes(dir: &Path) -> u64 {
     ["hale.db", "hale.db-wal"]

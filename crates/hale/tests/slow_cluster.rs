@@ -68,6 +68,32 @@ impl Drop for CpuHog {
     }
 }
 
+/// A test's directory, kept (and named on stderr) if the test fails, so the
+/// node logs of a failed run can be read.
+struct KeptOnFailure(Option<tempfile::TempDir>);
+
+impl KeptOnFailure {
+    fn new(prefix: &str) -> KeptOnFailure {
+        KeptOnFailure(Some(
+            tempfile::Builder::new().prefix(prefix).tempdir().expect("tempdir"),
+        ))
+    }
+
+    fn path(&self) -> &Path {
+        self.0.as_ref().expect("present until drop").path()
+    }
+}
+
+impl Drop for KeptOnFailure {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(d) = self.0.take() {
+                eprintln!("test failed: keeping {}", d.keep().display());
+            }
+        }
+    }
+}
+
 /// A child in its own process group; the whole group is killed on drop.
 struct Group(Child);
 
@@ -82,8 +108,9 @@ impl Drop for Group {
     }
 }
 
-fn raft_status(raft_port: u16) -> Option<Value> {
-    let r = try_request(raft_port, "POST", "/raft/status", None, Some(b"true")).ok()?;
+fn raft_status(raft_port: u16, with_hash: bool) -> Option<Value> {
+    let body: &[u8] = if with_hash { b"true" } else { b"false" };
+    let r = try_request(raft_port, "POST", "/raft/status", None, Some(body)).ok()?;
     (r.status == 200).then(|| r.json())
 }
 
@@ -127,13 +154,9 @@ fn patients_on(api_port: u16) -> Option<f64> {
 }
 
 #[test]
-#[ignore = "flaky in the debug build: one CI run in three saw a needless election (issue 17 stays open); run with --ignored"]
 fn hale_up_forms_and_loads_the_board_under_a_cpu_hog_and_a_wan() {
     let _one = ONE_CLUSTER_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = tempfile::Builder::new()
-        .prefix("hale-up-slow-")
-        .tempdir()
-        .expect("tempdir");
+    let dir = KeptOnFailure::new("hale-up-slow-");
     let data = dir.path().join("cluster");
     let _hog = CpuHog::start(2);
     let out_path = dir.path().join("up.stdout");
@@ -151,7 +174,7 @@ fn hale_up_forms_and_loads_the_board_under_a_cpu_hog_and_a_wan() {
     ])
     .arg(&data)
     .args(WAN)
-    .env("HALE_LOG", "warn")
+    .env("HALE_LOG", "warn,hale_raft=info")
     .stdout(std::fs::File::create(&out_path).expect("stdout file"))
     .stderr(std::fs::File::create(&err_path).expect("stderr file"))
     .stdin(Stdio::null())
@@ -172,7 +195,7 @@ fn hale_up_forms_and_loads_the_board_under_a_cpu_hog_and_a_wan() {
         text.contains("Hale cluster is up").then(|| nodes_from_banner(&text))
     });
     assert_eq!(nodes.len(), 5, "{}", read_lossy(&out_path));
-    let formed = raft_status(nodes[0].1).expect("node 1 answers");
+    let formed = raft_status(nodes[0].1, false).expect("node 1 answers");
     let formed_term = formed["term"].as_u64().expect("term");
     eprintln!(
         "formed in {:.1} s at term {formed_term}",
@@ -190,9 +213,19 @@ fn hale_up_forms_and_loads_the_board_under_a_cpu_hog_and_a_wan() {
         "every node holds the whole board",
         &data,
         || {
+            // Hash (which reads each whole store) only once the nodes agree on
+            // what they applied and hold the board.
+            let quick: Vec<Value> = nodes
+                .iter()
+                .map(|(_, raft)| raft_status(*raft, false))
+                .collect::<Option<_>>()?;
+            let applied = quick[0]["applied_index"].as_u64()?;
+            if quick.iter().any(|s| s["applied_index"].as_u64() != Some(applied)) {
+                return None;
+            }
             let all: Vec<Value> = nodes
                 .iter()
-                .map(|(_, raft)| raft_status(*raft))
+                .map(|(_, raft)| raft_status(*raft, true))
                 .collect::<Option<_>>()?;
             let hash = all[0]["content_hash"].as_str()?;
             let same = all.iter().all(|s| s["content_hash"].as_str() == Some(hash));
@@ -218,17 +251,14 @@ fn hale_up_forms_and_loads_the_board_under_a_cpu_hog_and_a_wan() {
 #[test]
 fn chaos_with_60_faults_under_a_cpu_hog_and_a_wan_loses_nothing() {
     let _one = ONE_CLUSTER_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = tempfile::Builder::new()
-        .prefix("hale-chaos-slow-")
-        .tempdir()
-        .expect("tempdir");
+    let dir = KeptOnFailure::new("hale-chaos-slow-");
     let _hog = CpuHog::start(2);
     let out_path = dir.path().join("chaos.stdout");
     let err_path = dir.path().join("chaos.stderr");
     let mut cmd = hale_cmd(dir.path());
     cmd.args(["chaos", "--faults", "60", "--seed", "17", "--json"])
         .args(WAN)
-        .env("HALE_LOG", "warn")
+        .env("HALE_LOG", "warn,hale_raft=info")
         .stdout(std::fs::File::create(&out_path).expect("stdout file"))
         .stderr(std::fs::File::create(&err_path).expect("stderr file"))
         .process_group(0);
