@@ -5,7 +5,7 @@ Reads the official FHIR R4 JSON Schema (draft-06, published by HL7) and writes
 crates/hale-fhir/schema/r4-subset.json containing only:
 
 - the definitions reachable (through "$ref") from the resource types Hale serves
-  (read from crates/hale-fhir/src/resource_type.rs, so the two cannot drift),
+  (read from crates/hale-fhir/src/generated/resource_types.rs, so the two cannot drift),
   plus Bundle and OperationOutcome;
 - with every "description" removed;
 - with "ResourceList" (used by `contained` and `Bundle.entry.resource`) narrowed
@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SCHEMA = ROOT.parent / "shared" / "fhir" / "fhir.schema.json"
 DEFAULT_OUT = ROOT / "crates" / "hale-fhir" / "schema" / "r4-subset.json"
-RESOURCE_TYPE_RS = ROOT / "crates" / "hale-fhir" / "src" / "resource_type.rs"
+RESOURCE_TYPE_RS = ROOT / "crates" / "hale-fhir" / "src" / "generated" / "resource_types.rs"
 EXTRA_ROOTS = ["Bundle", "OperationOutcome"]
 REF_PREFIX = "#/definitions/"
 

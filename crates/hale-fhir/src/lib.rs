@@ -8,6 +8,7 @@
 
 pub mod codes;
 pub mod date;
+pub mod fhirpath;
 pub mod nhs;
 pub mod outcome;
 pub mod resource_type;

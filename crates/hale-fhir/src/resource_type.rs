@@ -30,26 +30,7 @@ macro_rules! resource_types {
     };
 }
 
-resource_types!(
-    Patient,
-    Practitioner,
-    PractitionerRole,
-    Organization,
-    Location,
-    HealthcareService,
-    Schedule,
-    Slot,
-    Appointment,
-    Encounter,
-    Observation,
-    DiagnosticReport,
-    ImagingStudy,
-    DocumentReference,
-    AllergyIntolerance,
-    AuditEvent,
-    Basic,
-    Communication,
-);
+include!("generated/resource_types.rs");
 
 impl ResourceType {
     /// AuditEvent is written only by the server itself; clients may read and search it.
@@ -58,7 +39,9 @@ impl ResourceType {
     }
 
     /// Whether reading this type touches a patient's record, so that every read
-    /// and search must leave an AuditEvent.
+    /// and search must leave an AuditEvent: the Patient itself and every type in
+    /// the official patient compartment, except `Schedule` (a clinic's diary) and
+    /// `Basic`, which Hale keeps for operational records (outage incidents).
     ///
     /// Writes are audited whatever the type: `apply` (hale-store) records an audit
     /// row for every create, update and delete in the same commit, patient data or
@@ -66,19 +49,32 @@ impl ResourceType {
     /// or closed, but reading the incident list is not.
     pub fn is_patient_data(self) -> bool {
         use ResourceType::*;
-        matches!(
-            self,
-            Patient
-                | Appointment
-                | Encounter
-                | Observation
-                | DiagnosticReport
-                | ImagingStudy
-                | DocumentReference
-                | AllergyIntolerance
-                | AuditEvent
-                | Communication
-        )
+        match self {
+            Patient | AuditEvent => true,
+            Schedule | Basic => false,
+            t => !crate::search_defs::patient_compartment(t).is_empty(),
+        }
+    }
+
+    /// Patient data that is clinical (results, notes, medicines, problems...):
+    /// everything in the patient compartment except what front-desk work needs
+    /// (the patient, contacts, bookings, messages, cover and accounts).
+    pub fn is_clinical(self) -> bool {
+        use ResourceType::*;
+        self.is_patient_data()
+            && !matches!(
+                self,
+                Patient
+                    | RelatedPerson
+                    | Person
+                    | Appointment
+                    | AppointmentResponse
+                    | Communication
+                    | CommunicationRequest
+                    | Coverage
+                    | Account
+                    | AuditEvent
+            )
     }
 
     /// Types only administrators may create, update or delete. `Basic` holds Hale's

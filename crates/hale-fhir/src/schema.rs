@@ -196,6 +196,29 @@ impl Schema {
         self.by_name.get(name).copied()
     }
 
+    /// The R4 name of a type (`CodeableConcept`, `dateTime`, `Patient_Contact`).
+    pub(crate) fn type_name(&self, id: TypeId) -> &str {
+        match &self.types[usize::from(id)] {
+            TypeDef::Primitive(p) => &p.name,
+            TypeDef::Complex(c) => &c.name,
+            TypeDef::ResourceList => "Resource",
+        }
+    }
+
+    /// A `ResourceList` element (`contained`, `Bundle.entry.resource`) is the
+    /// type its `resourceType` names; any other type is itself.
+    pub(crate) fn resolve_resource(&self, id: TypeId, v: &Value) -> Option<TypeId> {
+        match &self.types[usize::from(id)] {
+            TypeDef::ResourceList => self.named(v.get("resourceType")?.as_str()?),
+            _ => Some(id),
+        }
+    }
+
+    /// The complex definition of `v` typed `id` (resolving resources by `resourceType`).
+    pub(crate) fn complex_or_resource(&self, id: TypeId, v: &Value) -> Option<&Complex> {
+        self.complex(self.resolve_resource(id, v)?)
+    }
+
     pub(crate) fn complex(&self, id: TypeId) -> Option<&Complex> {
         match &self.types[usize::from(id)] {
             TypeDef::Complex(c) => Some(c),

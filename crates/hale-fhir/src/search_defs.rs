@@ -1,345 +1,223 @@
 //! Search parameter tables, extraction and query parsing (implementation).
 //!
-//! Each parameter is declared once, in [`params!`], together with where its
-//! values come from ([`Src`]): the public [`SearchParamDef`] table and the
-//! extraction table are generated side by side from that one list.
+//! The parameters are the official R4 SearchParameters, generated into
+//! `generated/search_params.rs` by `tools/gen_fhir_defs.py`, plus Hale's own
+//! few ([`HALE_PARAMS`]). Each parameter's FHIRPath expression is parsed once
+//! ([`crate::fhirpath`]) and evaluated on every write to extract its index
+//! values; a parameter whose expression is outside the supported subset, or
+//! whose kind Hale does not index, is reported as not supported when searched,
+//! never silently dropped.
 
 use crate::date;
+use crate::fhirpath::{self, Expr, Item};
 use crate::outcome::{Issue, IssueCode};
 use crate::resource_type::ResourceType;
+use crate::schema::Schema;
 use crate::search::*;
 use serde_json::Value;
+use std::sync::OnceLock;
 
-/// How the JSON found at a [`Src`] path becomes index values.
-#[derive(Debug, Clone, Copy)]
-enum As {
-    /// Each `coding` -> Token(system, code).
-    CodeableConcept,
-    /// Token(system, code).
-    Coding,
-    /// Token(system, value).
-    Identifier,
-    /// A `code` primitive -> Token("", value).
-    Code,
-    /// A `boolean` primitive -> Token("", "true" | "false").
-    Boolean,
-    /// A ContactPoint whose `system` is the given one -> Token(use, normalised value).
-    Telecom(&'static str),
-    /// A string primitive -> Str(normalised).
-    Str,
-    /// Every part of a HumanName (family, given, prefix, suffix, text) -> Str.
-    HumanName,
-    /// date / dateTime / instant string, or a Period object -> Date.
-    Date,
-    /// The resource's own `start`..`end` (Appointment) -> Date.
-    StartEnd,
-    /// A Reference with a local `Type/id` -> Reference; only to that type when given.
-    Ref(Option<ResourceType>),
-    /// An `extension` element with this `url`: its `valueReference` -> Reference,
-    /// `valueCode` / `valueBoolean` -> Token, `valueDate` / `valueDateTime` / `valuePeriod` -> Date.
-    Extension(&'static str),
-}
+#[rustfmt::skip]
+#[path = "generated/search_params.rs"]
+mod generated;
 
-/// A dotted element path below the resource (arrays are walked through at
-/// every step) and how to read what is found there.
-#[derive(Debug, Clone, Copy)]
-struct Src {
-    path: &'static str,
-    read: As,
-}
+#[rustfmt::skip]
+#[path = "generated/compartment_patient.rs"]
+mod compartment;
 
-const fn cc(path: &'static str) -> Src {
-    Src {
-        path,
-        read: As::CodeableConcept,
-    }
-}
-const fn coding(path: &'static str) -> Src {
-    Src { path, read: As::Coding }
-}
-const fn ident(path: &'static str) -> Src {
-    Src {
-        path,
-        read: As::Identifier,
-    }
-}
-const fn code(path: &'static str) -> Src {
-    Src { path, read: As::Code }
-}
-const fn boolean(path: &'static str) -> Src {
-    Src {
-        path,
-        read: As::Boolean,
-    }
-}
-const fn telecom(path: &'static str, system: &'static str) -> Src {
-    Src {
-        path,
-        read: As::Telecom(system),
-    }
-}
-const fn string(path: &'static str) -> Src {
-    Src { path, read: As::Str }
-}
-const fn human_name(path: &'static str) -> Src {
-    Src {
-        path,
-        read: As::HumanName,
-    }
-}
-const fn date(path: &'static str) -> Src {
-    Src { path, read: As::Date }
-}
-const fn reference(path: &'static str) -> Src {
-    Src {
-        path,
-        read: As::Ref(None),
-    }
-}
-const fn extension(url: &'static str) -> Src {
-    Src {
-        path: "extension",
-        read: As::Extension(url),
-    }
-}
-const fn reference_to(path: &'static str, target: ResourceType) -> Src {
-    Src {
-        path,
-        read: As::Ref(Some(target)),
-    }
+/// Hale's own search parameters, on the extensions of its profiles (see
+/// ARCHITECTURE.md, "Hale code systems"), and `Communication.about`, which R4
+/// does not index but the outbox is found by.
+static HALE_PARAMS: &[(ResourceType, SearchParamDef)] = &[
+    (
+        ResourceType::Appointment,
+        SearchParamDef {
+            name: "incident",
+            kind: ParamKind::Reference,
+            path: "Appointment.extension('https://hale.health/fhir/StructureDefinition/outage-incident').value",
+            targets: &[ResourceType::Basic],
+            components: &[],
+            url: "https://hale.health/fhir/SearchParameter/Appointment-incident",
+        },
+    ),
+    (
+        ResourceType::Appointment,
+        SearchParamDef {
+            name: "rebooked-from",
+            kind: ParamKind::Reference,
+            path: "Appointment.extension('https://hale.health/fhir/StructureDefinition/rebooked-from').value",
+            targets: &[ResourceType::Appointment],
+            components: &[],
+            url: "https://hale.health/fhir/SearchParameter/Appointment-rebooked-from",
+        },
+    ),
+    (
+        ResourceType::Communication,
+        SearchParamDef {
+            name: "about",
+            kind: ParamKind::Reference,
+            path: "Communication.about",
+            targets: &[],
+            components: &[],
+            url: "https://hale.health/fhir/SearchParameter/Communication-about",
+        },
+    ),
+];
+
+/// AuditEvents are audit rows, not stored resources, and are searched by these only.
+const AUDIT_EVENT_PARAMS: &[&str] = &["_id", "_lastUpdated", "patient", "agent", "date", "action", "outcome"];
+
+/// One parameter ready to extract: its definition and parsed expressions.
+struct Compiled {
+    def: SearchParamDef,
+    /// None when the parameter cannot be indexed (with the reason).
+    expr: Result<Expr, String>,
+    components: Vec<Expr>,
 }
 
-macro_rules! params {
-    ($defs:ident, $srcs:ident; $( $name:literal : $kind:ident, $path:literal, [$($t:ident),*] => [$($src:expr),* $(,)?] ;)+) => {
-        static $defs: &[SearchParamDef] = &[$(
-            SearchParamDef { name: $name, kind: ParamKind::$kind, path: $path, targets: &[$(ResourceType::$t),*] }
-        ),+];
-        static $srcs: &[&[Src]] = &[$(&[$($src),*]),+];
+struct Tables {
+    /// Per type (in `ResourceType::ALL` order): its own parameters, then Hale's.
+    defs: Vec<Vec<SearchParamDef>>,
+    compiled: Vec<Vec<Compiled>>,
+    common: Vec<Compiled>,
+}
+
+fn tables() -> &'static Tables {
+    static T: OnceLock<Tables> = OnceLock::new();
+    T.get_or_init(|| {
+        assert_eq!(
+            generated::BY_TYPE.len(),
+            ResourceType::ALL.len(),
+            "generated tables match the types"
+        );
+        let mut defs = Vec::new();
+        let mut compiled = Vec::new();
+        for (i, rt) in ResourceType::ALL.iter().enumerate() {
+            let mut d: Vec<SearchParamDef> = generated::BY_TYPE[i].to_vec();
+            d.extend(HALE_PARAMS.iter().filter(|(t, _)| t == rt).map(|(_, p)| *p));
+            compiled.push(d.iter().map(|p| compile(*p, rt.as_str())).collect());
+            defs.push(d);
+        }
+        let common = generated::COMMON.iter().map(|p| compile(*p, "Resource")).collect();
+        Tables { defs, compiled, common }
+    })
+}
+
+fn compile(def: SearchParamDef, root: &str) -> Compiled {
+    let roots = [root, "Resource", "DomainResource"];
+    let expr = match def.kind {
+        ParamKind::Special => Err("special parameters (such as Location near) are not supported".to_string()),
+        _ if def.path.is_empty() => Err(format!("'{}' has no FHIRPath expression to index", def.name)),
+        ParamKind::Composite if def.components.len() != 2 => Err(format!(
+            "composite parameters of {} components are not supported",
+            def.components.len()
+        )),
+        _ => fhirpath::parse(def.path, &roots),
     };
+    let mut components = Vec::new();
+    let expr = expr.and_then(|e| {
+        for c in def.components {
+            components.push(fhirpath::parse(c.path, &roots).map_err(|err| format!("component {}: {err}", c.name))?);
+        }
+        Ok(e)
+    });
+    Compiled { def, expr, components }
 }
 
-use ResourceType::{Location as LocationT, Patient as PatientT, Practitioner as PractitionerT};
-
-params! { COMMON, COMMON_SRC;
-    "_id": Token, "Resource.id", [] => [];
-    "_lastUpdated": Date, "Resource.meta.lastUpdated", [] => [date("meta.lastUpdated")];
-    "_tag": Token, "Resource.meta.tag", [] => [coding("meta.tag")];
-}
-
-params! { PATIENT, PATIENT_SRC;
-    "identifier": Token, "Patient.identifier", [] => [ident("identifier")];
-    "name": String, "Patient.name (family, given, prefix, suffix, text)", [] => [human_name("name")];
-    "family": String, "Patient.name.family", [] => [string("name.family")];
-    "given": String, "Patient.name.given", [] => [string("name.given")];
-    "birthdate": Date, "Patient.birthDate", [] => [date("birthDate")];
-    "phone": Token, "Patient.telecom.where(system='phone')", [] => [telecom("telecom", "phone")];
-    "email": Token, "Patient.telecom.where(system='email')", [] => [telecom("telecom", "email")];
-    "gender": Token, "Patient.gender", [] => [code("gender")];
-    "address-postalcode": String, "Patient.address.postalCode", [] => [string("address.postalCode")];
-}
-
-params! { PRACTITIONER, PRACTITIONER_SRC;
-    "identifier": Token, "Practitioner.identifier", [] => [ident("identifier")];
-    "name": String, "Practitioner.name (family, given, prefix, suffix, text)", [] => [human_name("name")];
-    "family": String, "Practitioner.name.family", [] => [string("name.family")];
-    "given": String, "Practitioner.name.given", [] => [string("name.given")];
-}
-
-params! { PRACTITIONER_ROLE, PRACTITIONER_ROLE_SRC;
-    "practitioner": Reference, "PractitionerRole.practitioner", [Practitioner] => [reference("practitioner")];
-    "organization": Reference, "PractitionerRole.organization", [Organization] => [reference("organization")];
-    "location": Reference, "PractitionerRole.location", [Location] => [reference("location")];
-    "service": Reference, "PractitionerRole.healthcareService", [HealthcareService] => [reference("healthcareService")];
-    "specialty": Token, "PractitionerRole.specialty", [] => [cc("specialty")];
-}
-
-params! { ORGANIZATION, ORGANIZATION_SRC;
-    "identifier": Token, "Organization.identifier", [] => [ident("identifier")];
-    "name": String, "Organization.name | Organization.alias", [] => [string("name"), string("alias")];
-}
-
-params! { LOCATION, LOCATION_SRC;
-    "identifier": Token, "Location.identifier", [] => [ident("identifier")];
-    "name": String, "Location.name | Location.alias", [] => [string("name"), string("alias")];
-    "organization": Reference, "Location.managingOrganization", [Organization] => [reference("managingOrganization")];
-    "type": Token, "Location.type", [] => [cc("type")];
-}
-
-params! { HEALTHCARE_SERVICE, HEALTHCARE_SERVICE_SRC;
-    "identifier": Token, "HealthcareService.identifier", [] => [ident("identifier")];
-    "name": String, "HealthcareService.name", [] => [string("name")];
-    "organization": Reference, "HealthcareService.providedBy", [Organization] => [reference("providedBy")];
-    "location": Reference, "HealthcareService.location", [Location] => [reference("location")];
-    "service-type": Token, "HealthcareService.type", [] => [cc("type")];
-    "service-category": Token, "HealthcareService.category", [] => [cc("category")];
-}
-
-params! { SCHEDULE, SCHEDULE_SRC;
-    "actor": Reference, "Schedule.actor", [Patient, Practitioner, PractitionerRole, Location, HealthcareService] => [reference("actor")];
-    "active": Token, "Schedule.active", [] => [boolean("active")];
-    "date": Date, "Schedule.planningHorizon", [] => [date("planningHorizon")];
-}
-
-params! { SLOT, SLOT_SRC;
-    "schedule": Reference, "Slot.schedule", [Schedule] => [reference("schedule")];
-    "start": Date, "Slot.start", [] => [date("start")];
-    "status": Token, "Slot.status", [] => [code("status")];
-    "service-type": Token, "Slot.serviceType", [] => [cc("serviceType")];
-}
-
-params! { APPOINTMENT, APPOINTMENT_SRC;
-    "identifier": Token, "Appointment.identifier", [] => [ident("identifier")];
-    "patient": Reference, "Appointment.participant.actor.where(resolve() is Patient)", [Patient] => [reference_to("participant.actor", PatientT)];
-    "date": Date, "Appointment.start .. Appointment.end", [] => [Src { path: "", read: As::StartEnd }];
-    "status": Token, "Appointment.status", [] => [code("status")];
-    "location": Reference, "Appointment.participant.actor.where(resolve() is Location)", [Location] => [reference_to("participant.actor", LocationT)];
-    "practitioner": Reference, "Appointment.participant.actor.where(resolve() is Practitioner)", [Practitioner] => [reference_to("participant.actor", PractitionerT)];
-    "actor": Reference, "Appointment.participant.actor", [Patient, Practitioner, PractitionerRole, Location, HealthcareService] => [reference("participant.actor")];
-    "service-type": Token, "Appointment.serviceType", [] => [cc("serviceType")];
-    "service-category": Token, "Appointment.serviceCategory", [] => [cc("serviceCategory")];
-    "appointment-type": Token, "Appointment.appointmentType", [] => [cc("appointmentType")];
-    "slot": Reference, "Appointment.slot", [Slot] => [reference("slot")];
-    "incident": Reference, "Appointment.extension('https://hale.health/fhir/StructureDefinition/outage-incident')", [Basic] => [extension(crate::codes::EXT_OUTAGE_INCIDENT)];
-    "rebooked-from": Reference, "Appointment.extension('https://hale.health/fhir/StructureDefinition/rebooked-from')", [Appointment] => [extension(crate::codes::EXT_REBOOKED_FROM)];
-}
-
-params! { ENCOUNTER, ENCOUNTER_SRC;
-    "patient": Reference, "Encounter.subject.where(resolve() is Patient)", [Patient] => [reference_to("subject", PatientT)];
-    "subject": Reference, "Encounter.subject", [Patient] => [reference("subject")];
-    "date": Date, "Encounter.period", [] => [date("period")];
-    "status": Token, "Encounter.status", [] => [code("status")];
-    "class": Token, "Encounter.class", [] => [coding("class")];
-    "location": Reference, "Encounter.location.location", [Location] => [reference("location.location")];
-    "appointment": Reference, "Encounter.appointment", [Appointment] => [reference("appointment")];
-}
-
-params! { OBSERVATION, OBSERVATION_SRC;
-    "patient": Reference, "Observation.subject.where(resolve() is Patient)", [Patient] => [reference_to("subject", PatientT)];
-    "subject": Reference, "Observation.subject", [Patient, Location] => [reference("subject")];
-    "code": Token, "Observation.code", [] => [cc("code")];
-    "date": Date, "Observation.effective[x] (dateTime, Period, instant)", [] => [date("effectiveDateTime"), date("effectivePeriod"), date("effectiveInstant")];
-    "category": Token, "Observation.category", [] => [cc("category")];
-    "status": Token, "Observation.status", [] => [code("status")];
-    "encounter": Reference, "Observation.encounter", [Encounter] => [reference("encounter")];
-}
-
-params! { DIAGNOSTIC_REPORT, DIAGNOSTIC_REPORT_SRC;
-    "patient": Reference, "DiagnosticReport.subject.where(resolve() is Patient)", [Patient] => [reference_to("subject", PatientT)];
-    "subject": Reference, "DiagnosticReport.subject", [Patient, Location] => [reference("subject")];
-    "code": Token, "DiagnosticReport.code", [] => [cc("code")];
-    "date": Date, "DiagnosticReport.effective[x] (dateTime, Period)", [] => [date("effectiveDateTime"), date("effectivePeriod")];
-    "status": Token, "DiagnosticReport.status", [] => [code("status")];
-    "category": Token, "DiagnosticReport.category", [] => [cc("category")];
-    "result": Reference, "DiagnosticReport.result", [Observation] => [reference("result")];
-}
-
-params! { IMAGING_STUDY, IMAGING_STUDY_SRC;
-    "patient": Reference, "ImagingStudy.subject.where(resolve() is Patient)", [Patient] => [reference_to("subject", PatientT)];
-    "subject": Reference, "ImagingStudy.subject", [Patient] => [reference("subject")];
-    "started": Date, "ImagingStudy.started", [] => [date("started")];
-    "status": Token, "ImagingStudy.status", [] => [code("status")];
-    "modality": Token, "ImagingStudy.series.modality", [] => [coding("series.modality")];
-}
-
-params! { DOCUMENT_REFERENCE, DOCUMENT_REFERENCE_SRC;
-    "patient": Reference, "DocumentReference.subject.where(resolve() is Patient)", [Patient] => [reference_to("subject", PatientT)];
-    "subject": Reference, "DocumentReference.subject", [Patient, Practitioner] => [reference("subject")];
-    "date": Date, "DocumentReference.date", [] => [date("date")];
-    "type": Token, "DocumentReference.type", [] => [cc("type")];
-    "status": Token, "DocumentReference.status", [] => [code("status")];
-    "category": Token, "DocumentReference.category", [] => [cc("category")];
-}
-
-params! { ALLERGY_INTOLERANCE, ALLERGY_INTOLERANCE_SRC;
-    "patient": Reference, "AllergyIntolerance.patient", [Patient] => [reference("patient")];
-    "code": Token, "AllergyIntolerance.code", [] => [cc("code")];
-    "clinical-status": Token, "AllergyIntolerance.clinicalStatus", [] => [cc("clinicalStatus")];
-}
-
-params! { AUDIT_EVENT, AUDIT_EVENT_SRC;
-    "patient": Reference, "AuditEvent.entity.what.where(resolve() is Patient)", [Patient] => [reference_to("entity.what", PatientT)];
-    "agent": Reference, "AuditEvent.agent.who", [Practitioner, PractitionerRole, Organization, Patient] => [reference("agent.who")];
-    "date": Date, "AuditEvent.recorded", [] => [date("recorded")];
-    "action": Token, "AuditEvent.action", [] => [code("action")];
-    "entity": Reference, "AuditEvent.entity.what", [
-        Patient, Practitioner, PractitionerRole, Organization, Location, HealthcareService, Schedule, Slot,
-        Appointment, Encounter, Observation, DiagnosticReport, ImagingStudy, DocumentReference, AllergyIntolerance, AuditEvent,
-        Basic, Communication
-    ] => [reference("entity.what")];
-    "outcome": Token, "AuditEvent.outcome", [] => [code("outcome")];
-}
-
-params! { BASIC, BASIC_SRC;
-    "identifier": Token, "Basic.identifier", [] => [ident("identifier")];
-    "code": Token, "Basic.code", [] => [cc("code")];
-    "created": Date, "Basic.created", [] => [date("created")];
-    "subject": Reference, "Basic.subject", [Patient, Organization, Location] => [reference("subject")];
-    "author": Reference, "Basic.author", [Practitioner, PractitionerRole, Organization, Patient] => [reference("author")];
-}
-
-params! { COMMUNICATION, COMMUNICATION_SRC;
-    "identifier": Token, "Communication.identifier", [] => [ident("identifier")];
-    "status": Token, "Communication.status", [] => [code("status")];
-    "category": Token, "Communication.category", [] => [cc("category")];
-    "medium": Token, "Communication.medium", [] => [cc("medium")];
-    "subject": Reference, "Communication.subject", [Patient] => [reference("subject")];
-    "patient": Reference, "Communication.subject.where(resolve() is Patient)", [Patient] => [reference_to("subject", PatientT)];
-    "recipient": Reference, "Communication.recipient", [Patient, Practitioner, PractitionerRole, Organization] => [reference("recipient")];
-    "about": Reference, "Communication.about", [Appointment, Encounter, Patient, Basic] => [reference("about")];
-    "sent": Date, "Communication.sent", [] => [date("sent")];
-    "received": Date, "Communication.received", [] => [date("received")];
-}
-
-fn table(rtype: ResourceType) -> (&'static [SearchParamDef], &'static [&'static [Src]]) {
-    use ResourceType::*;
-    match rtype {
-        Patient => (PATIENT, PATIENT_SRC),
-        Practitioner => (PRACTITIONER, PRACTITIONER_SRC),
-        PractitionerRole => (PRACTITIONER_ROLE, PRACTITIONER_ROLE_SRC),
-        Organization => (ORGANIZATION, ORGANIZATION_SRC),
-        Location => (LOCATION, LOCATION_SRC),
-        HealthcareService => (HEALTHCARE_SERVICE, HEALTHCARE_SERVICE_SRC),
-        Schedule => (SCHEDULE, SCHEDULE_SRC),
-        Slot => (SLOT, SLOT_SRC),
-        Appointment => (APPOINTMENT, APPOINTMENT_SRC),
-        Encounter => (ENCOUNTER, ENCOUNTER_SRC),
-        Observation => (OBSERVATION, OBSERVATION_SRC),
-        DiagnosticReport => (DIAGNOSTIC_REPORT, DIAGNOSTIC_REPORT_SRC),
-        ImagingStudy => (IMAGING_STUDY, IMAGING_STUDY_SRC),
-        DocumentReference => (DOCUMENT_REFERENCE, DOCUMENT_REFERENCE_SRC),
-        AllergyIntolerance => (ALLERGY_INTOLERANCE, ALLERGY_INTOLERANCE_SRC),
-        AuditEvent => (AUDIT_EVENT, AUDIT_EVENT_SRC),
-        Basic => (BASIC, BASIC_SRC),
-        Communication => (COMMUNICATION, COMMUNICATION_SRC),
-    }
+fn index_of(rtype: ResourceType) -> usize {
+    ResourceType::ALL
+        .binary_search(&rtype)
+        .expect("every type is in ResourceType::ALL")
 }
 
 pub(crate) fn params_for(rtype: ResourceType) -> &'static [SearchParamDef] {
-    table(rtype).0
+    &tables().defs[index_of(rtype)]
 }
 
-/// The definition and value sources of `name` on `rtype` (its own or a common one).
-fn lookup(rtype: ResourceType, name: &str) -> Option<(&'static SearchParamDef, &'static [Src])> {
-    let (defs, srcs) = table(rtype);
-    [(defs, srcs), (COMMON, COMMON_SRC)]
-        .into_iter()
-        .find_map(|(d, s)| d.iter().position(|p| p.name == name).map(|i| (&d[i], s[i])))
+pub(crate) fn common() -> &'static [SearchParamDef] {
+    generated::COMMON
+}
+
+fn lookup(rtype: ResourceType, name: &str) -> Option<&'static Compiled> {
+    let t = tables();
+    t.compiled[index_of(rtype)]
+        .iter()
+        .chain(t.common.iter())
+        .find(|c| c.def.name == name)
 }
 
 pub(crate) fn find(rtype: ResourceType, name: &str) -> Option<&'static SearchParamDef> {
-    lookup(rtype, name).map(|(d, _)| d)
+    lookup(rtype, name).map(|c| &c.def)
+}
+
+pub(crate) fn supported(rtype: ResourceType, name: &str) -> bool {
+    if rtype == ResourceType::AuditEvent {
+        return AUDIT_EVENT_PARAMS.contains(&name);
+    }
+    matches!(name, "_id" | "_lastUpdated") || lookup(rtype, name).is_some_and(|c| c.expr.is_ok())
+}
+
+/// The patient compartment's parameters for `rtype` (empty: not in it).
+pub(crate) fn patient_compartment(rtype: ResourceType) -> &'static [&'static str] {
+    compartment::PATIENT_COMPARTMENT[index_of(rtype)]
 }
 
 // ---------------------------------------------------------------------------
 // Extraction
 
 pub(crate) fn extract(rtype: ResourceType, resource: &Value) -> Vec<IndexEntry> {
-    let (defs, srcs) = table(rtype);
+    let t = tables();
+    let schema = Schema::get();
+    let root = Item {
+        value: resource,
+        ty: schema.named(rtype.as_str()),
+    };
     let mut out = Vec::new();
-    for (d, s) in [(defs, srcs), (COMMON, COMMON_SRC)] {
-        for (def, sources) in d.iter().zip(s.iter()) {
-            for src in *sources {
-                walk(resource, src.path, &mut |v| read(def.name, src.read, v, &mut out));
+    for c in t.compiled[index_of(rtype)].iter().chain(t.common.iter()) {
+        // `_id` and `_lastUpdated` are columns of the resource row.
+        if matches!(c.def.name, "_id" | "_lastUpdated") {
+            continue;
+        }
+        let Ok(expr) = &c.expr else { continue };
+        let items = fhirpath::eval(expr, root, root);
+        let mut push = |facet, value| {
+            out.push(IndexEntry {
+                param: c.def.name,
+                facet,
+                value,
+            })
+        };
+        if c.def.kind == ParamKind::Composite {
+            let (a, b) = (&c.def.components[0], &c.def.components[1]);
+            for it in items {
+                let mut first = Vec::new();
+                let mut second = Vec::new();
+                for x in fhirpath::eval(&c.components[0], root, it) {
+                    values(a.kind, x, &mut |f, v| {
+                        if f == Facet::Value {
+                            first.push(v)
+                        }
+                    });
+                }
+                for x in fhirpath::eval(&c.components[1], root, it) {
+                    values(b.kind, x, &mut |f, v| {
+                        if f == Facet::Value {
+                            second.push(v)
+                        }
+                    });
+                }
+                for x in &first {
+                    for y in &second {
+                        push(
+                            Facet::Value,
+                            IndexValue::Composite(Box::new(x.clone()), Box::new(y.clone())),
+                        );
+                    }
+                }
+            }
+        } else {
+            for it in items {
+                values(c.def.kind, it, &mut push);
             }
         }
     }
@@ -348,138 +226,260 @@ pub(crate) fn extract(rtype: ResourceType, resource: &Value) -> Vec<IndexEntry> 
     out
 }
 
-/// Call `f` on every value at the dotted `path` below `v`, flattening arrays.
-fn walk<'a>(v: &'a Value, path: &str, f: &mut impl FnMut(&'a Value)) {
-    match v {
-        Value::Array(items) => items.iter().for_each(|item| walk(item, path, f)),
-        _ if path.is_empty() => f(v),
-        Value::Object(obj) => {
-            let (head, rest) = path.split_once('.').unwrap_or((path, ""));
-            if let Some(child) = obj.get(head) {
-                walk(child, rest, f);
-            }
-        }
-        _ => {}
+/// The index values one item gives a parameter of `kind`.
+fn values(kind: ParamKind, it: Item<'_>, push: &mut impl FnMut(Facet, IndexValue)) {
+    let v = it.value;
+    let ty = it.type_name().unwrap_or("");
+    // A value of the wrong JSON shape for its type (validation refuses it on
+    // write; stored data from before a rule may still hold one) is not indexed.
+    let complex = ty.starts_with(|c: char| c.is_ascii_uppercase());
+    if !ty.is_empty() && complex != v.is_object() {
+        return;
     }
-}
-
-fn read(param: &'static str, how: As, v: &Value, out: &mut Vec<IndexEntry>) {
-    let mut push = |value| out.push(IndexEntry { param, value });
     let text = |key: &str| v.get(key).and_then(Value::as_str).filter(|s| !s.is_empty());
     let token = |system: Option<&str>, code: &str| IndexValue::Token {
         system: system.unwrap_or("").to_string(),
         code: code.to_string(),
     };
-    match how {
-        As::CodeableConcept => {
-            for c in v.get("coding").and_then(Value::as_array).into_iter().flatten() {
-                if let Some(code) = c.get("code").and_then(Value::as_str).filter(|s| !s.is_empty()) {
-                    push(token(c.get("system").and_then(Value::as_str), code));
+    let str_value = |s: &str| {
+        let norm = normalise_string(s);
+        (!norm.is_empty()).then(|| IndexValue::Str {
+            norm,
+            exact: s.trim().to_string(),
+        })
+    };
+    match kind {
+        ParamKind::Token => match (ty, v) {
+            (_, Value::Bool(b)) => push(Facet::Value, token(None, if *b { "true" } else { "false" })),
+            (_, Value::String(s)) if !s.is_empty() => push(Facet::Value, token(None, s)),
+            ("CodeableConcept", _) => {
+                for c in v.get("coding").and_then(Value::as_array).into_iter().flatten() {
+                    coding(c, push);
+                }
+                if let Some(t) = text("text").and_then(str_value) {
+                    push(Facet::Text, t);
                 }
             }
-        }
-        As::Coding => {
-            if let Some(code) = text("code") {
-                push(token(text("system"), code));
-            }
-        }
-        As::Identifier => {
-            if let Some(value) = text("value") {
-                // NHS numbers are indexed without the spaces of the "943 476 5919" layout.
-                if text("system") == Some(crate::codes::NHS_NUMBER_SYSTEM) {
-                    push(token(text("system"), &crate::nhs::normalise(value)));
-                } else {
-                    push(token(text("system"), value));
-                }
-            }
-        }
-        As::Code => {
-            if let Some(s) = v.as_str().filter(|s| !s.is_empty()) {
-                push(token(None, s));
-            }
-        }
-        As::Boolean => {
-            if let Some(b) = v.as_bool() {
-                push(token(None, if b { "true" } else { "false" }));
-            }
-        }
-        As::Telecom(system) => {
-            if text("system") == Some(system) {
-                if let Some(code) = text("value")
-                    .map(|s| normalise_token(system, s))
-                    .filter(|s| !s.is_empty())
-                {
-                    push(IndexValue::Token {
-                        system: text("use").unwrap_or("").to_string(),
-                        code,
-                    });
-                }
-            }
-        }
-        As::Str => {
-            if let Some(s) = v.as_str().map(normalise_string).filter(|s| !s.is_empty()) {
-                push(IndexValue::Str(s));
-            }
-        }
-        As::HumanName => {
-            for key in ["family", "given", "prefix", "suffix", "text"] {
-                walk(v, key, &mut |part| {
-                    if let Some(s) = part.as_str().map(normalise_string).filter(|s| !s.is_empty()) {
-                        push(IndexValue::Str(s));
+            ("Coding", _) => coding(v, push),
+            ("Identifier", _) => {
+                if let Some(value) = text("value") {
+                    let system = text("system");
+                    let value = if system == Some(crate::codes::NHS_NUMBER_SYSTEM) {
+                        crate::nhs::normalise(value)
+                    } else {
+                        value.to_string()
+                    };
+                    push(Facet::Value, token(system, &value));
+                    for c in v
+                        .get("type")
+                        .and_then(|t| t.get("coding"))
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                    {
+                        let (s, code) = (
+                            c.get("system").and_then(Value::as_str),
+                            c.get("code").and_then(Value::as_str),
+                        );
+                        if let Some(code) = code {
+                            push(
+                                Facet::OfType,
+                                IndexValue::Token {
+                                    system: format!("{}|{code}", s.unwrap_or("")),
+                                    code: value.clone(),
+                                },
+                            );
+                        }
                     }
-                });
-            }
-        }
-        As::Date => {
-            let range = match v {
-                Value::String(s) => date::parse_range_ms(s),
-                Value::Object(_) => period_range(v),
-                _ => None,
-            };
-            if let Some((start_ms, end_ms)) = range {
-                push(IndexValue::Date { start_ms, end_ms });
-            }
-        }
-        As::StartEnd => {
-            let start = text("start").and_then(date::parse_range_ms);
-            let end = text("end").and_then(date::parse_range_ms);
-            // An appointment with only a start is indexed as that instant's own range;
-            // one with only an end breaks R4 invariant app-2 and is not indexed.
-            let range = match (start, end) {
-                (Some(s), Some(e)) => Some((s.0, e.1)),
-                (Some(s), None) => Some(s),
-                _ => None,
-            };
-            if let Some((start_ms, end_ms)) = range {
-                push(IndexValue::Date { start_ms, end_ms });
-            }
-        }
-        As::Ref(target) => {
-            if let Some((rtype, id)) = text("reference").and_then(local_reference) {
-                if target.is_none_or(|t| t.as_str() == rtype) {
-                    push(IndexValue::Reference {
-                        rtype: rtype.to_string(),
-                        id: id.to_string(),
-                    });
+                }
+                if let Some(t) = v
+                    .get("type")
+                    .and_then(|t| t.get("text"))
+                    .and_then(Value::as_str)
+                    .and_then(str_value)
+                {
+                    push(Facet::Text, t);
                 }
             }
+            ("ContactPoint", _) => {
+                if let Some(value) = text("value") {
+                    let code = normalise_token(text("system").unwrap_or(""), value);
+                    if !code.is_empty() {
+                        push(Facet::Value, token(Some(text("use").unwrap_or("")), &code));
+                    }
+                }
+            }
+            (_, Value::Object(_)) => {
+                // Quantity and other coded structures: system and code.
+                if let Some(code) = text("code") {
+                    push(Facet::Value, token(text("system"), code));
+                } else if let Some(value) = text("value") {
+                    push(Facet::Value, token(text("system"), value));
+                }
+            }
+            _ => {}
+        },
+        ParamKind::String => match (ty, v) {
+            (_, Value::String(s)) => {
+                if let Some(x) = str_value(s) {
+                    push(Facet::Value, x);
+                }
+            }
+            ("HumanName", _) | ("Address", _) => {
+                let parts: &[&str] = if ty == "HumanName" {
+                    &["family", "given", "prefix", "suffix", "text"]
+                } else {
+                    &["line", "city", "district", "state", "postalCode", "country", "text"]
+                };
+                for key in parts {
+                    match v.get(*key) {
+                        Some(Value::String(s)) => str_value(s).into_iter().for_each(|x| push(Facet::Value, x)),
+                        Some(Value::Array(a)) => a
+                            .iter()
+                            .filter_map(Value::as_str)
+                            .filter_map(str_value)
+                            .for_each(|x| push(Facet::Value, x)),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        },
+        ParamKind::Date => {
+            let mut range = |r: Option<(i64, i64)>| {
+                if let Some((start_ms, end_ms)) = r {
+                    push(Facet::Value, IndexValue::Date { start_ms, end_ms });
+                }
+            };
+            match (ty, v) {
+                ("string", _) => {}
+                (_, Value::String(s)) => range(date::parse_range_ms(s)),
+                ("Timing", _) => {
+                    for e in v.get("event").and_then(Value::as_array).into_iter().flatten() {
+                        range(e.as_str().and_then(date::parse_range_ms));
+                    }
+                    if let Some(b) = v.get("repeat").and_then(|r| r.get("boundsPeriod")) {
+                        range(period_range(b));
+                    }
+                }
+                (_, Value::Object(_)) => range(period_range(v)),
+                _ => {}
+            }
         }
-        As::Extension(url) => {
-            if text("url") != Some(url) {
-                return;
+        ParamKind::Reference => match v {
+            // A canonical or uri element (a reference by URL); not free text.
+            Value::String(s) if !matches!(ty, "string" | "markdown" | "code" | "id") => {
+                push(Facet::Value, IndexValue::Uri(s.clone()))
             }
-            if let Some(r) = v.get("valueReference") {
-                read(param, As::Ref(None), r, out);
-            } else if let Some(c) = v.get("valueCode") {
-                read(param, As::Code, c, out);
-            } else if let Some(b) = v.get("valueBoolean") {
-                read(param, As::Boolean, b, out);
-            } else if let Some(d) = ["valueDate", "valueDateTime", "valuePeriod"]
-                .iter()
-                .find_map(|k| v.get(*k))
-            {
-                read(param, As::Date, d, out);
+            Value::Object(_) => {
+                if let Some(r) = text("reference") {
+                    if let Some((rtype, id)) = local_reference(r) {
+                        push(
+                            Facet::Value,
+                            IndexValue::Reference {
+                                rtype: rtype.to_string(),
+                                id: id.to_string(),
+                            },
+                        );
+                    } else if r.contains(':') {
+                        push(Facet::Value, IndexValue::Uri(r.to_string()));
+                    }
+                }
+                if let Some(i) = v.get("identifier") {
+                    if let Some(value) = i.get("value").and_then(Value::as_str) {
+                        push(Facet::Identifier, token(i.get("system").and_then(Value::as_str), value));
+                    }
+                }
             }
+            _ => {}
+        },
+        ParamKind::Uri => {
+            if let Some(s) = v.as_str().filter(|s| !s.is_empty()) {
+                push(Facet::Value, IndexValue::Uri(s.to_string()));
+            }
+        }
+        ParamKind::Number => {
+            if let Some(n) = v.as_f64() {
+                push(Facet::Value, IndexValue::Number { lo: Num(n), hi: Num(n) });
+            } else if let Some(n) = v.get("value").and_then(Value::as_f64) {
+                push(Facet::Value, IndexValue::Number { lo: Num(n), hi: Num(n) });
+            }
+        }
+        ParamKind::Quantity => {
+            let unit = |q: &Value| -> (String, String) {
+                let s = |k: &str| q.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+                let code = q.get("code").or_else(|| q.get("unit")).or_else(|| q.get("currency"));
+                let system = if q.get("currency").is_some() && q.get("system").is_none() {
+                    "urn:iso:std:iso:4217".to_string()
+                } else {
+                    s("system")
+                };
+                (system, code.and_then(Value::as_str).unwrap_or("").to_string())
+            };
+            if ty == "Range" {
+                let low = v.get("low");
+                let high = v.get("high");
+                let n = |q: Option<&Value>| q.and_then(|q| q.get("value")).and_then(Value::as_f64);
+                if n(low).is_some() || n(high).is_some() {
+                    let (system, code) = unit(low.or(high).expect("one bound"));
+                    push(
+                        Facet::Value,
+                        IndexValue::Quantity {
+                            lo: Num(n(low).unwrap_or(f64::NEG_INFINITY)),
+                            hi: Num(n(high).unwrap_or(f64::INFINITY)),
+                            system,
+                            code,
+                        },
+                    );
+                }
+            } else if let Some(n) = v.get("value").and_then(Value::as_f64) {
+                let (system, code) = unit(v);
+                push(
+                    Facet::Value,
+                    IndexValue::Quantity {
+                        lo: Num(n),
+                        hi: Num(n),
+                        system,
+                        code,
+                    },
+                );
+            } else if let Some(n) = v.as_f64() {
+                push(
+                    Facet::Value,
+                    IndexValue::Quantity {
+                        lo: Num(n),
+                        hi: Num(n),
+                        system: String::new(),
+                        code: String::new(),
+                    },
+                );
+            }
+        }
+        ParamKind::Composite | ParamKind::Special => {}
+    }
+}
+
+fn coding(c: &Value, push: &mut impl FnMut(Facet, IndexValue)) {
+    let text = |key: &str| c.get(key).and_then(Value::as_str).filter(|s| !s.is_empty());
+    if let Some(code) = text("code") {
+        push(
+            Facet::Value,
+            IndexValue::Token {
+                system: text("system").unwrap_or("").to_string(),
+                code: code.to_string(),
+            },
+        );
+    }
+    if let Some(d) = text("display") {
+        let norm = normalise_string(d);
+        if !norm.is_empty() {
+            push(
+                Facet::Text,
+                IndexValue::Str {
+                    norm,
+                    exact: d.to_string(),
+                },
+            );
         }
     }
 }
@@ -619,6 +619,9 @@ pub(crate) fn parse(rtype: ResourceType, pairs: &[(String, String)], strict: boo
         sort: Vec::new(),
         includes: Vec::new(),
         ignored: Vec::new(),
+        summary: Summary::False,
+        elements: Vec::new(),
+        total: Total::Default,
     };
     let mut p = Parser {
         rtype,
@@ -635,6 +638,48 @@ pub(crate) fn parse(rtype: ResourceType, pairs: &[(String, String)], strict: boo
             ("_count", None) => q.count = parse_number(key, value)?.min(COUNT_MAX),
             ("_offset", None) => q.offset = parse_number(key, value)?.min(OFFSET_MAX),
             ("_sort", None) => p.sort(key, value, &mut q.sort)?,
+            ("_summary", None) => {
+                q.summary = match value.as_str() {
+                    "true" => Summary::True,
+                    "false" => Summary::False,
+                    "count" => Summary::Count,
+                    "data" => Summary::Data,
+                    "text" => Summary::Text,
+                    _ => {
+                        return Err(value_error(
+                            key,
+                            format!("_summary must be true, false, count, data or text, found '{value}'"),
+                        ))
+                    }
+                }
+            }
+            ("_total", None) => {
+                q.total = match value.as_str() {
+                    "none" => Total::None,
+                    "estimate" => Total::Estimate,
+                    "accurate" => Total::Accurate,
+                    _ => {
+                        return Err(value_error(
+                            key,
+                            format!("_total must be none, estimate or accurate, found '{value}'"),
+                        ))
+                    }
+                }
+            }
+            ("_elements", None) => {
+                for e in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+                    let e = e.strip_prefix(&format!("{rtype}.")).unwrap_or(e);
+                    if !e.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                        return Err(value_error(
+                            key,
+                            format!("_elements lists element names, such as name,birthDate; '{e}' is not one"),
+                        ));
+                    }
+                    if !q.elements.iter().any(|x| x == e) {
+                        q.elements.push(e.to_string());
+                    }
+                }
+            }
             ("_include", None) => {
                 if let Some(inc) = p.include(key, value)? {
                     if !q.includes.contains(&inc) {
@@ -682,6 +727,20 @@ fn parse_number(key: &str, value: &str) -> Result<usize, Issue> {
     Ok(v.parse::<usize>().unwrap_or(usize::MAX))
 }
 
+/// A modifier Hale does not support on a parameter: always an error, under any
+/// handling, because ignoring it would widen the search.
+fn bad_modifier(key: &str, modifier: &str, def: &SearchParamDef) -> Issue {
+    Issue::error(
+        IssueCode::NotSupported,
+        format!(
+            "modifier ':{modifier}' is not supported on {} parameter '{}'",
+            def.kind.as_str(),
+            def.name
+        ),
+    )
+    .at(key)
+}
+
 impl Parser {
     /// Something we do not support: an error under strict handling, else a note.
     fn unsupported(&mut self, key: &str, note: String) -> Result<(), Issue> {
@@ -709,22 +768,31 @@ impl Parser {
                 Some(n) => (n, true),
                 None => (item, false),
             };
-            match find(self.rtype, name).filter(|d| d.kind == ParamKind::Date || d.name == "_id") {
+            let sortable = |d: &&SearchParamDef| {
+                !matches!(d.kind, ParamKind::Composite | ParamKind::Special)
+                    && supported(self.rtype, d.name)
+                    && (self.rtype != ResourceType::AuditEvent || matches!(d.name, "_id" | "_lastUpdated"))
+            };
+            match find(self.rtype, name).filter(sortable) {
                 Some(def) => {
                     if !out.iter().any(|k| k.param == def.name) {
                         out.push(SortKey {
                             param: def.name,
+                            kind: def.kind,
                             descending,
                         });
                     }
                 }
-                None => self.unsupported(
-                    key,
-                    format!(
-                        "sorting {} by '{name}' is not supported (only date parameters, _lastUpdated and _id)",
-                        self.rtype
-                    ),
-                )?,
+                None => {
+                    return Err(Issue::error(
+                        IssueCode::NotSupported,
+                        format!(
+                            "{} cannot be sorted by '{name}': it is not a searchable parameter of the type",
+                            self.rtype
+                        ),
+                    )
+                    .at(key))
+                }
             }
         }
         Ok(())
@@ -767,7 +835,11 @@ impl Parser {
         };
         let target = match target {
             None => None,
-            Some(t) => match t.parse::<ResourceType>().ok().filter(|t| def.targets.contains(t)) {
+            Some(t) => match t
+                .parse::<ResourceType>()
+                .ok()
+                .filter(|t| def.targets.is_empty() || def.targets.contains(t))
+            {
                 Some(t) => Some(t),
                 None => {
                     self.unsupported(key, format!("_include={value}: '{param}' does not refer to '{t}'"))?;
@@ -783,7 +855,7 @@ impl Parser {
     }
 
     fn clause(&mut self, key: &str, name: &str, modifier: Option<&str>, value: &str) -> Result<Option<Clause>, Issue> {
-        let Some((def, srcs)) = lookup(self.rtype, name) else {
+        let Some(def) = find(self.rtype, name) else {
             let note = if name.contains('.') {
                 format!("chained parameter '{key}' is not supported")
             } else if name.starts_with('_') {
@@ -794,14 +866,31 @@ impl Parser {
             self.unsupported(key, note)?;
             return Ok(None);
         };
+        if !supported(self.rtype, def.name) {
+            // A real parameter that cannot be applied: never ignore it, or the
+            // search would silently widen.
+            let why = lookup(self.rtype, def.name)
+                .and_then(|c| c.expr.as_ref().err().cloned())
+                .unwrap_or_else(|| format!("{} are searched by {} only", self.rtype, AUDIT_EVENT_PARAMS.join(", ")));
+            return Err(Issue::error(
+                IssueCode::NotSupported,
+                format!(
+                    "search parameter '{}' is not supported on {}: {why}",
+                    def.name, self.rtype
+                ),
+            )
+            .at(key));
+        }
         let mut clause = Clause {
             param: def.name,
             kind: def.kind,
+            facet: Facet::Value,
             missing: None,
+            not: false,
             alternatives: Vec::new(),
         };
         if modifier == Some("missing") {
-            clause.missing = Some(match value {
+            clause.missing = Some(match value.trim() {
                 "true" => true,
                 "false" => false,
                 _ => {
@@ -813,12 +902,27 @@ impl Parser {
             });
             return Ok(Some(clause));
         }
-        // What the modifier means for this kind of parameter.
+        let special_column = matches!(def.name, "_id" | "_lastUpdated");
+        // What the modifier means for this kind of parameter; anything else is a 400.
+        let mut mode = Mode::Default;
         let mut type_modifier = None;
-        let string_mode = match (def.kind, modifier) {
-            (_, None) => StrMode::Prefix,
-            (ParamKind::String, Some("exact")) => StrMode::Exact,
-            (ParamKind::String, Some("contains")) => StrMode::Contains,
+        match (def.kind, modifier) {
+            (_, None) => {}
+            (ParamKind::String, Some("exact")) => mode = Mode::Exact,
+            (ParamKind::String, Some("contains")) => mode = Mode::Contains,
+            (ParamKind::Token, Some("not")) if !special_column => clause.not = true,
+            (ParamKind::Token, Some("text")) if !special_column => {
+                clause.facet = Facet::Text;
+                mode = Mode::Text;
+            }
+            (ParamKind::Token, Some("of-type")) if !special_column => {
+                clause.facet = Facet::OfType;
+                mode = Mode::OfType;
+            }
+            (ParamKind::Reference, Some("identifier")) => {
+                clause.facet = Facet::Identifier;
+                clause.kind = ParamKind::Token;
+            }
             (ParamKind::Reference, Some(m)) if is_type_name(m) => {
                 match m
                     .parse::<ResourceType>()
@@ -828,18 +932,11 @@ impl Parser {
                     Some(t) => type_modifier = Some(t),
                     None => return Err(value_error(key, format!("'{}' does not refer to {m}", def.name))),
                 }
-                StrMode::Prefix
             }
-            (_, Some(m)) => {
-                let note = format!(
-                    "modifier ':{m}' is not supported on {} parameter '{}'",
-                    def.kind.as_str(),
-                    def.name
-                );
-                self.unsupported(key, note)?;
-                return Ok(None);
-            }
-        };
+            (ParamKind::Uri, Some("below")) => mode = Mode::Below,
+            (ParamKind::Uri, Some("above")) => mode = Mode::Above,
+            (_, Some(m)) => return Err(bad_modifier(key, m, def)),
+        }
         let pieces = split_unescaped(value, ',');
         if pieces.len() > ALTERNATIVES_MAX {
             return Err(Issue::error(
@@ -849,25 +946,49 @@ impl Parser {
             .at(key));
         }
         for piece in pieces.into_iter().filter(|p| !p.is_empty()) {
-            let pred = match def.kind {
-                ParamKind::Token if def.name == "_id" => Predicate::Token {
+            let pred = match (clause.kind, mode) {
+                (ParamKind::Token, _) if def.name == "_id" => Predicate::Token {
                     system: None,
                     code: Some(unescape(piece)),
                 },
-                ParamKind::Token => token_predicate(key, piece, telecom_system(srcs))?,
-                ParamKind::String => {
+                (ParamKind::Token, Mode::Text) => {
                     let s = normalise_string(&unescape(piece));
                     if s.is_empty() {
                         continue;
                     }
-                    match string_mode {
-                        StrMode::Prefix => Predicate::StrPrefix(s),
-                        StrMode::Exact => Predicate::StrExact(s),
-                        StrMode::Contains => Predicate::StrContains(s),
+                    Predicate::StrPrefix(s)
+                }
+                (ParamKind::Token, Mode::OfType) => of_type_predicate(key, piece)?,
+                (ParamKind::Token, _) => token_predicate(key, piece, telecom_system(def.path))?,
+                (ParamKind::String, _) => {
+                    let raw = unescape(piece);
+                    let s = normalise_string(&raw);
+                    if s.is_empty() {
+                        continue;
+                    }
+                    match mode {
+                        Mode::Exact => Predicate::StrExact(raw),
+                        Mode::Contains => Predicate::StrContains(s),
+                        _ => Predicate::StrPrefix(s),
                     }
                 }
-                ParamKind::Date => date_predicate(key, &unescape(piece))?,
-                ParamKind::Reference => reference_predicate(key, &unescape(piece), type_modifier)?,
+                (ParamKind::Date, _) => date_predicate(key, &unescape(piece))?,
+                (ParamKind::Reference, _) => {
+                    let mut preds = reference_predicates(key, &unescape(piece), type_modifier)?;
+                    let last = preds.pop().expect("at least one predicate");
+                    clause.alternatives.extend(preds);
+                    last
+                }
+                (ParamKind::Uri, Mode::Below) => Predicate::UriBelow(unescape(piece)),
+                (ParamKind::Uri, Mode::Above) => Predicate::UriAbove(uri_prefixes(&unescape(piece))),
+                (ParamKind::Uri, _) => Predicate::Uri(unescape(piece)),
+                (ParamKind::Number, _) => {
+                    let (op, value, lo, hi) = number_value(key, &unescape(piece))?;
+                    Predicate::Number { op, value, lo, hi }
+                }
+                (ParamKind::Quantity, _) => quantity_predicate(key, piece)?,
+                (ParamKind::Composite, _) => composite_predicate(key, piece, def)?,
+                (ParamKind::Special, _) => unreachable!("special parameters are not supported"),
             };
             clause.alternatives.push(pred);
         }
@@ -879,19 +1000,26 @@ impl Parser {
     }
 }
 
-#[derive(Clone, Copy)]
-enum StrMode {
-    Prefix,
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Default,
     Exact,
     Contains,
+    Text,
+    OfType,
+    Below,
+    Above,
 }
 
 /// The ContactPoint system a token parameter reads, if any (`phone`, `email`).
-fn telecom_system(srcs: &[Src]) -> Option<&'static str> {
-    srcs.iter().find_map(|s| match s.read {
-        As::Telecom(system) => Some(system),
-        _ => None,
-    })
+fn telecom_system(path: &str) -> Option<&'static str> {
+    if path.contains("system='phone'") {
+        Some("phone")
+    } else if path.contains("system='email'") {
+        Some("email")
+    } else {
+        None
+    }
 }
 
 fn token_predicate(key: &str, piece: &str, telecom: Option<&str>) -> Result<Predicate, Issue> {
@@ -923,6 +1051,150 @@ fn token_predicate(key: &str, piece: &str, telecom: Option<&str>) -> Result<Pred
             format!("'{piece}' is not a token: use system|code, |code, system| or code"),
         )),
     }
+}
+
+/// `:of-type=system|code|value`: an identifier of that type with that value.
+fn of_type_predicate(key: &str, piece: &str) -> Result<Predicate, Issue> {
+    let parts = split_unescaped(piece, '|');
+    match parts.as_slice() {
+        [system, code, value] if !code.is_empty() && !value.is_empty() => Ok(Predicate::Token {
+            system: Some(format!("{}|{}", unescape(system), unescape(code))),
+            code: Some(unescape(value)),
+        }),
+        _ => Err(value_error(
+            key,
+            format!("'{piece}' is not an :of-type value: use type-system|type-code|identifier-value"),
+        )),
+    }
+}
+
+/// A number search value with its prefix, and the range its precision implies.
+fn number_value(key: &str, piece: &str) -> Result<(DateOp, Num, Num, Num), Issue> {
+    let bad = || {
+        value_error(
+            key,
+            format!("'{piece}' is not a number: use [prefix]number, such as 100, ge4.5 or 1e3"),
+        )
+    };
+    let (op, rest) = match piece.get(..2) {
+        Some(p) if piece.as_bytes()[0].is_ascii_alphabetic() => {
+            let op = match p {
+                "eq" => DateOp::Eq,
+                "ne" => DateOp::Ne,
+                "gt" => DateOp::Gt,
+                "lt" => DateOp::Lt,
+                "ge" => DateOp::Ge,
+                "le" => DateOp::Le,
+                "sa" => DateOp::Sa,
+                "eb" => DateOp::Eb,
+                "ap" => DateOp::Ap,
+                _ => return Err(bad()),
+            };
+            (op, &piece[2..])
+        }
+        _ => (DateOp::Eq, piece),
+    };
+    let value: f64 = rest.parse().map_err(|_| bad())?;
+    if !value.is_finite() || rest.starts_with('+') || rest.contains(['i', 'I', 'n', 'N']) {
+        return Err(bad());
+    }
+    // Precision: half a unit of the last digit given (`100` -> 0.5, `1.50` -> 0.005,
+    // `1e2` -> 50).
+    let (mantissa, exp) = match rest.find(['e', 'E']) {
+        Some(i) => (&rest[..i], rest[i + 1..].parse::<i32>().map_err(|_| bad())?),
+        None => (rest, 0),
+    };
+    let decimals = mantissa.split_once('.').map_or(0, |(_, f)| f.len() as i32);
+    let half = 0.5 * 10f64.powi(exp - decimals);
+    let (lo, hi) = if op == DateOp::Ap {
+        // "Approximately": within 10% of the value (at least the precision).
+        let d = (value.abs() * 0.1).max(half);
+        (value - d, value + d)
+    } else {
+        (value - half, value + half)
+    };
+    Ok((op, Num(value), Num(lo), Num(hi)))
+}
+
+/// `[prefix]number|system|code`, `[prefix]number||code` or `[prefix]number`.
+fn quantity_predicate(key: &str, piece: &str) -> Result<Predicate, Issue> {
+    let parts = split_unescaped(piece, '|');
+    let (number, system, code) = match parts.as_slice() {
+        [n] => (*n, None, None),
+        [n, s, c] => (
+            *n,
+            (!s.is_empty()).then(|| unescape(s)),
+            (!c.is_empty()).then(|| unescape(c)),
+        ),
+        _ => {
+            return Err(value_error(
+                key,
+                format!("'{piece}' is not a quantity: use [prefix]number|system|code, such as lt5.4|http://unitsofmeasure.org|mg"),
+            ))
+        }
+    };
+    let (op, value, lo, hi) = number_value(key, &unescape(number))?;
+    Ok(Predicate::Quantity {
+        op,
+        value,
+        lo,
+        hi,
+        system,
+        code,
+    })
+}
+
+/// `a$b` for a two-part composite: each part parsed as its component's kind.
+fn composite_predicate(key: &str, piece: &str, def: &SearchParamDef) -> Result<Predicate, Issue> {
+    let parts = split_unescaped(piece, '$');
+    let [a, b] = parts.as_slice() else {
+        return Err(value_error(
+            key,
+            format!(
+                "'{piece}' is not a value of the composite '{}': use first$second",
+                def.name
+            ),
+        ));
+    };
+    let part = |c: &Component, v: &str| -> Result<Predicate, Issue> {
+        Ok(match c.kind {
+            ParamKind::Token => token_predicate(key, v, None)?,
+            ParamKind::String => Predicate::StrPrefix(normalise_string(&unescape(v))),
+            ParamKind::Date => date_predicate(key, &unescape(v))?,
+            ParamKind::Quantity => quantity_predicate(key, v)?,
+            ParamKind::Number => {
+                let (op, value, lo, hi) = number_value(key, &unescape(v))?;
+                Predicate::Number { op, value, lo, hi }
+            }
+            ParamKind::Uri => Predicate::Uri(unescape(v)),
+            ParamKind::Reference => reference_predicate(key, &unescape(v), None)?,
+            ParamKind::Composite | ParamKind::Special => {
+                return Err(Issue::error(
+                    IssueCode::NotSupported,
+                    format!("component '{}' of '{}' cannot be searched", c.name, def.name),
+                )
+                .at(key))
+            }
+        })
+    };
+    Ok(Predicate::Composite(
+        Box::new(part(&def.components[0], a)?),
+        Box::new(part(&def.components[1], b)?),
+    ))
+}
+
+/// Every URI that `uri` starts with at a `/` boundary, itself included, for `:above`.
+fn uri_prefixes(uri: &str) -> Vec<String> {
+    let mut out = vec![uri.to_string()];
+    let mut s = uri;
+    while let Some(i) = s.rfind('/') {
+        s = &s[..i];
+        if s.ends_with('/') || s.is_empty() {
+            break;
+        }
+        out.push(s.to_string());
+    }
+    out
 }
 
 fn date_predicate(key: &str, piece: &str) -> Result<Predicate, Issue> {
@@ -960,7 +1232,22 @@ fn date_predicate(key: &str, piece: &str) -> Result<Predicate, Issue> {
 }
 
 /// `Type/id`, a bare `id`, or an absolute URL ending in `Type/id` (a version
-/// suffix `/_history/n` is dropped).
+/// suffix `/_history/n` is dropped); an absolute or canonical URL also matches
+/// references and canonicals stored by that URL.
+fn reference_predicates(key: &str, piece: &str, type_modifier: Option<ResourceType>) -> Result<Vec<Predicate>, Issue> {
+    let is_url = piece.contains("://") || piece.starts_with("urn:");
+    let mut out = Vec::new();
+    if is_url {
+        out.push(Predicate::Uri(piece.to_string()));
+    }
+    match reference_predicate(key, piece, type_modifier) {
+        Ok(p) => out.push(p),
+        Err(e) if !is_url => return Err(e),
+        Err(_) => {}
+    }
+    Ok(out)
+}
+
 fn reference_predicate(key: &str, piece: &str, type_modifier: Option<ResourceType>) -> Result<Predicate, Issue> {
     let bad = || {
         value_error(

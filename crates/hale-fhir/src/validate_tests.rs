@@ -133,11 +133,18 @@ fn resource_type_checks() {
         "not-supported resourceType",
         "resource type 'Goat' is not supported by this server",
     );
+    // Every R4 type is stored, Bundle included.
+    check(r#"{"resourceType":"Bundle","type":"collection"}"#, "ok");
     check(
-        r#"{"resourceType":"Bundle","type":"transaction"}"#,
-        "not-supported resourceType",
+        r#"{"resourceType":"CarePlan","status":"active","intent":"plan","subject":{"reference":"Patient/p"}}"#,
+        "ok",
     );
-    check(r#"{"resourceType":"CarePlan"}"#, "not-supported resourceType");
+    check(r#"{"resourceType":"CarePlan"}"#, "required CarePlan.subject");
+    check_msg(
+        r#"{"resourceType":"Parameters"}"#,
+        "not-supported resourceType",
+        "resource type 'Parameters' is not supported by this server",
+    );
     check(r#"{"resourceType":"AuditEvent"}"#, "not-supported resourceType");
     let v = json!({"resourceType": "Patient"});
     assert_eq!(
@@ -583,6 +590,10 @@ fn contained_resources() {
     );
     check(
         r#"{"resourceType":"Observation","status":"final","code":{"text":"x"},"contained":[{"resourceType":"Medication","id":"m"}]}"#,
+        "ok",
+    );
+    check(
+        r#"{"resourceType":"Observation","status":"final","code":{"text":"x"},"contained":[{"resourceType":"Goat","id":"m"}]}"#,
         "not-supported Observation.contained[0].resourceType",
     );
     check(

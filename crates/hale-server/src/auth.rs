@@ -76,13 +76,9 @@ fn unauthorized(msg: &str) -> FhirError {
     FhirError::new(StatusCode::UNAUTHORIZED, IssueCode::Login, msg)
 }
 
-/// Clinical types a clerk may not see.
+/// Clinical types a clerk may not see (see [`ResourceType::is_clinical`]).
 fn clinical(rt: ResourceType) -> bool {
-    use ResourceType::*;
-    matches!(
-        rt,
-        Encounter | Observation | DiagnosticReport | ImagingStudy | DocumentReference | AllergyIntolerance
-    )
+    rt.is_clinical()
 }
 
 /// May `p` read (or, with `write`, change) resources of type `rt`?

@@ -1,7 +1,7 @@
 //! The CapabilityStatement, generated from the same tables that drive routing
 //! and search, so it lists exactly what the server does.
 
-use hale_fhir::search::search_params;
+use hale_fhir::search::{common_params, is_supported, search_params, ParamKind};
 use hale_fhir::ResourceType;
 use serde_json::{json, Value};
 
@@ -35,13 +35,25 @@ pub fn capability_statement(base: &str, date: &str) -> Value {
             } else {
                 READ_INTERACTIONS
             };
-            let mut params: Vec<Value> = COMMON_PARAMS
-                .iter()
-                .filter(|(n, _, _)| rt != ResourceType::AuditEvent || *n == "_id" || *n == "_lastUpdated")
-                .map(|(n, t, d)| json!({"name": n, "type": t, "documentation": d}))
-                .collect();
-            for p in search_params(rt) {
-                params.push(json!({"name": p.name, "type": p.kind.as_str(), "documentation": p.path}));
+            let mut params: Vec<Value> = Vec::new();
+            let mut includes: Vec<String> = Vec::new();
+            for p in common_params().iter().chain(search_params(rt)) {
+                if !is_supported(rt, p.name) {
+                    continue;
+                }
+                let documentation = COMMON_PARAMS
+                    .iter()
+                    .find(|(n, _, _)| *n == p.name)
+                    .map_or(p.path, |(_, _, d)| d);
+                params.push(json!({
+                    "name": p.name,
+                    "definition": p.url,
+                    "type": p.kind.as_str(),
+                    "documentation": documentation,
+                }));
+                if p.kind == ParamKind::Reference && rt != ResourceType::AuditEvent {
+                    includes.push(format!("{rt}:{}", p.name));
+                }
             }
             let mut r = json!({
                 "type": rt.as_str(),
@@ -54,8 +66,10 @@ pub fn capability_statement(base: &str, date: &str) -> Value {
                 "conditionalDelete": "not-supported",
                 "searchParam": params,
             });
+            if !includes.is_empty() {
+                r["searchInclude"] = json!(includes);
+            }
             if rt == ResourceType::Appointment {
-                r["searchInclude"] = json!(["Appointment:patient", "Appointment:slot"]);
                 r["operation"] = json!([
                     {"name": "postpone", "definition": "https://hale.health/fhir/OperationDefinition/Appointment-postpone"},
                     {"name": "rebook", "definition": "https://hale.health/fhir/OperationDefinition/Appointment-rebook"},

@@ -15,7 +15,7 @@ use crate::query;
 use crate::split::{PARTS_PER_COMMAND_MAX, SPLIT_COMMAND_BYTES_MAX, STAGED_PART_TTL_MS};
 use crate::{RejectKind, Rejection, WriteStatus, Written};
 use hale_fhir::codes::{CANCELLED_BY_SYSTEM, NHS_NUMBER_SYSTEM};
-use hale_fhir::search::{extract_index, IndexValue};
+use hale_fhir::search::extract_index;
 use hale_fhir::{Issue, IssueCode, ResourceType};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{json, Map, Value};
@@ -631,13 +631,9 @@ impl<'a> Cx<'a> {
             .conn
             .prepare_cached("INSERT INTO idx(rid, rtype, param, s, v, lo, hi) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?;
         for e in extract_index(rt, resource) {
-            let (s, v, lo, hi): (Option<&str>, Option<&str>, Option<i64>, Option<i64>) = match &e.value {
-                IndexValue::Token { system, code } => (Some(system), Some(code), None, None),
-                IndexValue::Str(t) => (None, Some(t), None, None),
-                IndexValue::Date { start_ms, end_ms } => (None, None, Some(*start_ms), Some(*end_ms)),
-                IndexValue::Reference { rtype, id } => (Some(rtype), Some(id), None, None),
-            };
-            ins.execute(params![rid, rt.as_str(), e.param, s, v, lo, hi])?;
+            let row = crate::query::index_row(&e.value);
+            let param = format!("{}{}", e.param, e.facet.suffix());
+            ins.execute(params![rid, rt.as_str(), param, row.s, row.v, row.lo, row.hi])?;
         }
         let mut ins = self
             .conn

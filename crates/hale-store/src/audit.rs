@@ -133,7 +133,9 @@ pub(crate) fn search(conn: &Connection, q: &SearchQuery) -> rusqlite::Result<Sea
                 Predicate::Date { op, start_ms, end_ms } => {
                     let (s, e) = (SqlValue::Integer(*start_ms), SqlValue::Integer(*end_ms));
                     match op {
-                        DateOp::Eq => format!("{col} BETWEEN {} AND {}", arg(&mut args, s), arg(&mut args, e)),
+                        DateOp::Eq | DateOp::Ap => {
+                            format!("{col} BETWEEN {} AND {}", arg(&mut args, s), arg(&mut args, e))
+                        }
                         DateOp::Ne => format!("{col} NOT BETWEEN {} AND {}", arg(&mut args, s), arg(&mut args, e)),
                         DateOp::Gt | DateOp::Sa => format!("{col} > {}", arg(&mut args, e)),
                         DateOp::Lt | DateOp::Eb => format!("{col} < {}", arg(&mut args, s)),

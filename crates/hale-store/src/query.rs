@@ -5,7 +5,7 @@
 //! transaction).
 
 use crate::audit;
-use hale_fhir::search::{Clause, DateOp, ParamKind, Predicate, SearchQuery};
+use hale_fhir::search::{Clause, DateOp, IndexValue, ParamKind, Predicate, SearchQuery, Total};
 use hale_fhir::ResourceType;
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
@@ -166,6 +166,93 @@ fn prefix_end(p: &str) -> String {
     format!("{p}\u{10FFFF}")
 }
 
+/// How an index value is stored in an `idx` row.
+///
+/// | value | s | v | lo, hi |
+/// |---|---|---|---|
+/// | token | system | code | |
+/// | string | as written | normalised | |
+/// | date | | | ms range (INTEGER) |
+/// | reference | target type | target id | |
+/// | uri (and references by URL) | NULL | the URI | |
+/// | number | | | range (REAL) |
+/// | quantity | unit system | unit code | range (REAL) |
+/// | composite a$b | b's key | a's key | b's range |
+///
+/// A composite's key of a token is `code \u{1} system`, so that a search with or
+/// without the system is an index range; of a string its normalised text; of a
+/// reference `Type/id`; of a quantity its unit key.
+pub(crate) struct IndexRow {
+    pub s: Option<String>,
+    pub v: Option<String>,
+    pub lo: Option<SqlValue>,
+    pub hi: Option<SqlValue>,
+}
+
+pub(crate) fn index_row(value: &IndexValue) -> IndexRow {
+    let row = |s: Option<&str>, v: Option<&str>, lo: Option<SqlValue>, hi: Option<SqlValue>| IndexRow {
+        s: s.map(str::to_string),
+        v: v.map(str::to_string),
+        lo,
+        hi,
+    };
+    match value {
+        IndexValue::Token { system, code } => row(Some(system), Some(code), None, None),
+        IndexValue::Str { norm, exact } => row(Some(exact), Some(norm), None, None),
+        IndexValue::Date { start_ms, end_ms } => row(
+            None,
+            None,
+            Some(SqlValue::Integer(*start_ms)),
+            Some(SqlValue::Integer(*end_ms)),
+        ),
+        IndexValue::Reference { rtype, id } => row(Some(rtype), Some(id), None, None),
+        IndexValue::Uri(u) => row(None, Some(u), None, None),
+        IndexValue::Number { lo, hi } => row(None, None, Some(SqlValue::Real(lo.0)), Some(SqlValue::Real(hi.0))),
+        IndexValue::Quantity { lo, hi, system, code } => row(
+            Some(system),
+            Some(code),
+            Some(SqlValue::Real(lo.0)),
+            Some(SqlValue::Real(hi.0)),
+        ),
+        IndexValue::Composite(a, b) => {
+            let b_row = index_row(b);
+            IndexRow {
+                s: Some(composite_key(b)),
+                v: Some(composite_key(a)),
+                lo: b_row.lo,
+                hi: b_row.hi,
+            }
+        }
+    }
+}
+
+fn composite_key(v: &IndexValue) -> String {
+    match v {
+        IndexValue::Token { system, code } | IndexValue::Quantity { system, code, .. } => {
+            format!("{code}\u{1}{system}")
+        }
+        IndexValue::Str { norm, .. } => norm.clone(),
+        IndexValue::Reference { rtype, id } => format!("{rtype}/{id}"),
+        IndexValue::Uri(u) => u.clone(),
+        IndexValue::Date { .. } | IndexValue::Number { .. } | IndexValue::Composite(..) => String::new(),
+    }
+}
+
+/// Interval comparison of a stored range `lo..hi` with a search range `s..e`
+/// (FHIR's date semantics, also used for numbers' precision ranges).
+fn range_sql(sql: &mut Sql, op: DateOp, s: SqlValue, e: SqlValue, exact: SqlValue) -> String {
+    match op {
+        DateOp::Eq | DateOp::Ap => format!("lo >= {} AND hi <= {}", sql.arg(s), sql.arg(e)),
+        DateOp::Ne => format!("NOT (lo >= {} AND hi <= {})", sql.arg(s), sql.arg(e)),
+        DateOp::Gt => format!("hi > {}", sql.arg(exact)),
+        DateOp::Lt => format!("lo < {}", sql.arg(exact)),
+        DateOp::Ge => format!("hi >= {}", sql.arg(exact)),
+        DateOp::Le => format!("lo <= {}", sql.arg(exact)),
+        DateOp::Sa => format!("lo > {}", sql.arg(e)),
+        DateOp::Eb => format!("hi < {}", sql.arg(s)),
+    }
+}
+
 fn predicate_sql(sql: &mut Sql, kind: ParamKind, p: &Predicate) -> String {
     match p {
         Predicate::Token { system, code } => {
@@ -175,8 +262,9 @@ fn predicate_sql(sql: &mut Sql, kind: ParamKind, p: &Predicate) -> String {
             } else {
                 parts.push("v IS NOT NULL".to_string());
             }
-            if let Some(s) = system {
-                parts.push(format!("s = {}", sql.arg(text(s))));
+            match system {
+                Some(s) => parts.push(format!("s = {}", sql.arg(text(s)))),
+                None => parts.push("s IS NOT NULL".to_string()),
             }
             parts.join(" AND ")
         }
@@ -185,34 +273,140 @@ fn predicate_sql(sql: &mut Sql, kind: ParamKind, p: &Predicate) -> String {
             let hi = sql.arg(text(&prefix_end(t)));
             format!("v >= {lo} AND v < {hi}")
         }
-        Predicate::StrExact(t) => format!("v = {}", sql.arg(text(t))),
+        Predicate::StrExact(t) => {
+            let norm = hale_fhir::search::normalise_string(t);
+            format!("v = {} AND s = {}", sql.arg(text(&norm)), sql.arg(text(t)))
+        }
         Predicate::StrContains(t) => {
             let escaped = t.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
             format!("v LIKE {} ESCAPE '\\'", sql.arg(text(&format!("%{escaped}%"))))
         }
         Predicate::Date { op, start_ms, end_ms } => {
-            let (s, e) = (*start_ms, *end_ms);
+            let (s, e) = (SqlValue::Integer(*start_ms), SqlValue::Integer(*end_ms));
             // `lo IS NOT NULL` lets SQLite use the partial date index.
-            let range = match op {
-                DateOp::Eq => format!("lo >= {} AND hi <= {}", sql.arg(s), sql.arg(e)),
-                DateOp::Ne => format!("NOT (lo >= {} AND hi <= {})", sql.arg(s), sql.arg(e)),
-                DateOp::Gt => format!("hi > {}", sql.arg(e)),
-                DateOp::Lt => format!("lo < {}", sql.arg(s)),
-                DateOp::Ge => format!("hi >= {}", sql.arg(s)),
-                DateOp::Le => format!("lo <= {}", sql.arg(e)),
-                DateOp::Sa => format!("lo > {}", sql.arg(e)),
-                DateOp::Eb => format!("hi < {}", sql.arg(s)),
+            let exact = match op {
+                DateOp::Gt | DateOp::Le => e.clone(),
+                _ => s.clone(),
             };
-            format!("lo IS NOT NULL AND {range}")
+            format!("lo IS NOT NULL AND {}", range_sql(sql, *op, s, e, exact))
         }
         Predicate::Reference { rtype, id } => {
             let mut c = format!("v = {}", sql.arg(text(id)));
-            if let Some(t) = rtype {
-                c.push_str(&format!(" AND s = {}", sql.arg(text(t))));
+            match rtype {
+                Some(t) => c.push_str(&format!(" AND s = {}", sql.arg(text(t)))),
+                None => c.push_str(" AND s IS NOT NULL"),
             }
-            let _ = kind;
             c
         }
+        Predicate::Uri(u) => format!("v = {} AND s IS NULL", sql.arg(text(u))),
+        Predicate::UriBelow(u) => {
+            let lo = sql.arg(text(u));
+            let hi = sql.arg(text(&prefix_end(u)));
+            format!("v >= {lo} AND v < {hi} AND s IS NULL")
+        }
+        Predicate::UriAbove(candidates) => {
+            let list: Vec<String> = candidates.iter().map(|c| sql.arg(text(c))).collect();
+            format!("v IN ({}) AND s IS NULL", list.join(", "))
+        }
+        Predicate::Number { op, value, lo, hi } => format!(
+            "lo IS NOT NULL AND {}",
+            range_sql(
+                sql,
+                *op,
+                SqlValue::Real(lo.0),
+                SqlValue::Real(hi.0),
+                SqlValue::Real(value.0)
+            )
+        ),
+        Predicate::Quantity {
+            op,
+            value,
+            lo,
+            hi,
+            system,
+            code,
+        } => {
+            let mut c = format!(
+                "lo IS NOT NULL AND {}",
+                range_sql(
+                    sql,
+                    *op,
+                    SqlValue::Real(lo.0),
+                    SqlValue::Real(hi.0),
+                    SqlValue::Real(value.0)
+                )
+            );
+            if let Some(code) = code {
+                c.push_str(&format!(" AND v = {}", sql.arg(text(code))));
+            }
+            if let Some(system) = system {
+                c.push_str(&format!(" AND s = {}", sql.arg(text(system))));
+            }
+            c
+        }
+        Predicate::Composite(a, b) => {
+            let mut parts = vec![composite_part_sql(sql, "v", a)];
+            let second = composite_part_sql(sql, "s", b);
+            parts.push(second);
+            let _ = kind;
+            parts.join(" AND ")
+        }
+    }
+}
+
+/// One part of a composite search over its key column (`v` for the first
+/// part, `s` for the second) and, for quantities and dates, the range.
+fn composite_part_sql(sql: &mut Sql, col: &str, p: &Predicate) -> String {
+    let key_prefix = |sql: &mut Sql, code: &str, system: &Option<String>| match system {
+        Some(s) => format!("{col} = {}", sql.arg(text(&format!("{code}\u{1}{s}")))),
+        None => {
+            let lo = format!("{code}\u{1}");
+            let hi = format!("{code}\u{2}");
+            format!("{col} >= {} AND {col} < {}", sql.arg(text(&lo)), sql.arg(text(&hi)))
+        }
+    };
+    match p {
+        Predicate::Token {
+            system,
+            code: Some(code),
+        } => key_prefix(sql, code, system),
+        Predicate::Token { code: None, .. } => format!("{col} IS NOT NULL"),
+        Predicate::StrPrefix(t) => format!(
+            "{col} >= {} AND {col} < {}",
+            sql.arg(text(t)),
+            sql.arg(text(&prefix_end(t)))
+        ),
+        Predicate::Reference { rtype: Some(t), id } => format!("{col} = {}", sql.arg(text(&format!("{t}/{id}")))),
+        Predicate::Reference { rtype: None, id } => {
+            format!("{col} LIKE {}", sql.arg(text(&format!("%/{id}"))))
+        }
+        Predicate::Uri(u) => format!("{col} = {}", sql.arg(text(u))),
+        Predicate::Quantity {
+            op,
+            value,
+            lo,
+            hi,
+            system,
+            code,
+        } => {
+            let mut c = range_sql(
+                sql,
+                *op,
+                SqlValue::Real(lo.0),
+                SqlValue::Real(hi.0),
+                SqlValue::Real(value.0),
+            );
+            if let Some(code) = code {
+                c = format!("{c} AND {}", key_prefix(sql, code, system));
+            }
+            c
+        }
+        Predicate::Date { .. } | Predicate::Number { .. } => {
+            // The same range columns as a plain date or number.
+            let c = predicate_sql(sql, ParamKind::Date, p);
+            c.replace("lo IS NOT NULL AND ", "")
+        }
+        _ => "0".to_string(),
     }
 }
 
@@ -245,7 +439,8 @@ fn clause_sql(sql: &mut Sql, rtype: &str, clause: &Clause, drive: bool) -> Strin
             .collect();
         return format!("({})", alts.join(" OR "));
     }
-    let p = sql.arg(text(clause.param));
+    let column = format!("{}{}", clause.param, clause.facet.suffix());
+    let p = sql.arg(text(&column));
     if let Some(missing) = clause.missing {
         let neg = if missing { "NOT " } else { "" };
         return format!("{neg}EXISTS (SELECT 1 FROM idx WHERE rid = r.rid AND param = {p})");
@@ -255,6 +450,13 @@ fn clause_sql(sql: &mut Sql, rtype: &str, clause: &Clause, drive: bool) -> Strin
         .iter()
         .map(|a| format!("({})", predicate_sql(sql, clause.kind, a)))
         .collect();
+    if clause.not {
+        // `:not`: no value of the parameter matches (resources without one included).
+        return format!(
+            "NOT EXISTS (SELECT 1 FROM idx WHERE rid = r.rid AND param = {p} AND ({}))",
+            alts.join(" OR ")
+        );
+    }
     if drive {
         let t = sql.arg(text(rtype));
         format!(
@@ -299,7 +501,7 @@ fn where_sql(q: &SearchQuery) -> Sql {
     } else {
         clauses
             .iter()
-            .position(|c| !matches!(c.param, "_id" | "_lastUpdated") && c.missing.is_none())
+            .position(|c| !matches!(c.param, "_id" | "_lastUpdated") && c.missing.is_none() && !c.not)
     };
     let plus = if driver.is_some() { "+" } else { "" };
     let t = sql.arg(text(q.rtype.as_str()));
@@ -320,7 +522,12 @@ fn order_sql(sql: &mut Sql, q: &SearchQuery) -> String {
             "_id" => keys.push(format!("r.id {dir}")),
             param => {
                 let p = sql.arg(text(param));
-                let agg = if k.descending { "MAX(hi)" } else { "MIN(lo)" };
+                let agg = match (k.kind, k.descending) {
+                    (ParamKind::Date | ParamKind::Number | ParamKind::Quantity, true) => "MAX(hi)",
+                    (ParamKind::Date | ParamKind::Number | ParamKind::Quantity, false) => "MIN(lo)",
+                    (_, true) => "MAX(v)",
+                    (_, false) => "MIN(v)",
+                };
                 keys.push(format!(
                     "(SELECT {agg} FROM idx WHERE rid = r.rid AND param = {p}) {dir}"
                 ));
@@ -349,8 +556,8 @@ pub fn search(conn: &Connection, q: &SearchQuery) -> rusqlite::Result<SearchPage
         return audit::search(conn, q);
     }
     let mut sql = where_sql(q);
-    if q.count == 0 {
-        // `_count=0`: the number of matches only.
+    if q.count == 0 || q.summary == hale_fhir::search::Summary::Count {
+        // `_count=0` or `_summary=count`: the number of matches only.
         let text_sql = format!("SELECT COUNT(*) FROM resources r WHERE {}", sql.conds.join(" AND "));
         let n: i64 = conn
             .prepare_cached(&text_sql)?
@@ -386,7 +593,24 @@ pub fn search(conn: &Connection, q: &SearchQuery) -> rusqlite::Result<SearchPage
         .collect::<rusqlite::Result<_>>()?;
     let has_more = rows.len() > q.count;
     rows.truncate(q.count);
-    let total = (!has_more).then(|| (q.offset + rows.len()) as u64);
+    let total = match q.total {
+        Total::None => None,
+        Total::Default if has_more => None,
+        _ if !has_more => Some((q.offset + rows.len()) as u64),
+        // `_total=accurate|estimate` before the last page: count (exactly).
+        _ => {
+            let mut count_sql = where_sql(q);
+            let text_sql = format!(
+                "SELECT COUNT(*) FROM resources r WHERE {}",
+                count_sql.conds.join(" AND ")
+            );
+            let _ = &mut count_sql;
+            let n: i64 = conn
+                .prepare_cached(&text_sql)?
+                .query_row(params_from_iter(count_sql.args.iter()), |r| r.get(0))?;
+            Some(n as u64)
+        }
+    };
     let included = includes(conn, q, &rows.iter().map(|(rid, _)| *rid).collect::<Vec<_>>())?;
     Ok(SearchPage {
         matches: rows.into_iter().map(|(_, f)| f).collect(),

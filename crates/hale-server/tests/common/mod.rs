@@ -27,27 +27,14 @@ pub const CATEGORY_SYSTEM: &str = "https://hale.health/fhir/CodeSystem/appointme
 pub const CANCELLED_BY_SYSTEM: &str = "https://hale.health/fhir/CodeSystem/cancelled-by";
 pub const SNOMED: &str = "http://snomed.info/sct";
 
-/// The 18 resource types Hale serves.
-pub const ALL_TYPES: &[&str] = &[
-    "Patient",
-    "Practitioner",
-    "PractitionerRole",
-    "Organization",
-    "Location",
-    "HealthcareService",
-    "Schedule",
-    "Slot",
-    "Appointment",
-    "Encounter",
-    "Observation",
-    "DiagnosticReport",
-    "ImagingStudy",
-    "DocumentReference",
-    "AllergyIntolerance",
-    "AuditEvent",
-    "Basic",
-    "Communication",
-];
+/// Every R4 resource type, from the official schema (its discriminator, without
+/// `Parameters`, which is an operation payload): what Hale must serve.
+pub fn all_types() -> Vec<String> {
+    let mapping = fhir_schema()["discriminator"]["mapping"]
+        .as_object()
+        .expect("the schema's discriminator mapping");
+    mapping.keys().filter(|t| *t != "Parameters").cloned().collect()
+}
 
 // ---------------------------------------------------------------------------
 // Server

@@ -79,7 +79,9 @@ async fn patient_search_parameters() {
         ("/Patient?name=nobody".into(), vec![]),
         ("/Patient?family=smi".into(), vec!["p1", "p2"]),
         ("/Patient?family=SMITHSON".into(), vec!["p2"]),
-        ("/Patient?family:exact=smith".into(), vec!["p1"]),
+        ("/Patient?family:exact=Smith".into(), vec!["p1"]),
+        // :exact is case-sensitive.
+        ("/Patient?family:exact=smith".into(), vec![]),
         ("/Patient?family=jo".into(), vec!["p3"]),
         (format!("/Patient?family={}", urlencode("élodie")), vec!["p4"]),
         ("/Patient?family=elodie".into(), vec!["p4"]),
@@ -331,8 +333,12 @@ async fn unknown_parameters_lenient_and_strict() {
     r.expect(200);
     assert_eq!(r.match_ids(), vec![id]);
 
-    // Unknown modifier, lenient vs strict.
-    srv.search(CLIN, "/Patient?family:fuzzy=len").await;
+    // An unknown modifier is a 400 under either handling: ignoring it would widen the search.
+    srv.req("GET", "/Patient?family:fuzzy=len")
+        .token(CLIN)
+        .send()
+        .await
+        .expect(400);
     srv.req("GET", "/Patient?family:fuzzy=len")
         .token(CLIN)
         .header("Prefer", "handling=strict")
