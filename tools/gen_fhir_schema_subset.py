@@ -9,7 +9,7 @@ crates/hale-fhir/schema/r4-subset.json containing only:
   plus Bundle and OperationOutcome;
 - with every "description" removed;
 - with "ResourceList" (used by `contained` and `Bundle.entry.resource`) narrowed
-  to the Hale resource types.
+  to the Hale resource types and Parameters (contained or in a Bundle, never stored).
 
 Everything else is copied unchanged. The output is deterministic: definitions
 sorted by name, one per line, keys in the original order.
@@ -31,7 +31,9 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SCHEMA = ROOT.parent / "shared" / "fhir" / "fhir.schema.json"
 DEFAULT_OUT = ROOT / "crates" / "hale-fhir" / "schema" / "r4-subset.json"
 RESOURCE_TYPE_RS = ROOT / "crates" / "hale-fhir" / "src" / "generated" / "resource_types.rs"
-EXTRA_ROOTS = ["Bundle", "OperationOutcome"]
+EXTRA_ROOTS = ["Bundle", "OperationOutcome", "Parameters"]
+# Resources that are never stored but may be contained or sit in a Bundle.
+UNSTORED_RESOURCES = ["Parameters"]
 REF_PREFIX = "#/definitions/"
 
 
@@ -85,7 +87,7 @@ def strip_descriptions(node):
 
 def subset(schema, types):
     defs = schema["definitions"]
-    narrowed = {"oneOf": [{"$ref": REF_PREFIX + t} for t in types]}
+    narrowed = {"oneOf": [{"$ref": REF_PREFIX + t} for t in sorted(set(types) | set(UNSTORED_RESOURCES))]}
     seen = set()
     stack = list(types) + EXTRA_ROOTS
     while stack:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: installs the system tools the tests use when they are
 # missing (poppler-utils to read PDFs, Python's aiosmtpd as a real SMTP
-# server), then runs `cargo test --workspace`. Extra arguments go to cargo test.
+# server, the official FHIR R4 examples from npm), checks that the generated
+# FHIR tables are current, then runs `cargo test --workspace`. Extra arguments go to cargo test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,5 +25,20 @@ if ! python3 -c "import aiosmtpd" >/dev/null 2>&1; then
     exit 1
   fi
 fi
+
+# The official FHIR R4 examples (npm package hl7.fhir.r4.examples 4.0.1): every
+# one is loaded through the REST API, and each type is driven through create,
+# read, search and delete (crates/hale-server/tests/examples.rs).
+EXAMPLES_DIR="target/fhir/hl7.fhir.r4.examples-4.0.1"
+if [ ! -f "$EXAMPLES_DIR/package/Patient-example.json" ]; then
+  echo "== installing the FHIR R4 examples (npm hl7.fhir.r4.examples@4.0.1)"
+  mkdir -p "$EXAMPLES_DIR"
+  ( cd "$EXAMPLES_DIR" && npm pack --silent hl7.fhir.r4.examples@4.0.1 >/dev/null && tar xzf hl7.fhir.r4.examples-4.0.1.tgz )
+fi
+export HALE_R4_EXAMPLES="$PWD/$EXAMPLES_DIR/package"
+
+# Generated FHIR tables must match the official definitions they come from.
+python3 tools/gen_fhir_defs.py --check
+python3 tools/gen_fhir_schema_subset.py --check
 
 cargo test --workspace "$@"

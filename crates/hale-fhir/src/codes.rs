@@ -23,6 +23,9 @@ pub const CANCELLED_BY_SYSTEM: &str = "https://hale.health/fhir/CodeSystem/cance
 /// 1 = emergency / cancer two-week-wait, 2 = urgent, 3 = soon, 4 = routine.
 pub const PRIORITY_MIN: u64 = 1;
 pub const PRIORITY_MAX: u64 = 4;
+/// The largest Appointment.priority accepted from other systems (R4: 0
+/// undefined, 1 highest, larger numbers lower; 9 by convention the lowest).
+pub const R4_PRIORITY_MAX: u64 = 9;
 
 /// Extension on Appointment: RTT referral date (valueDate).
 pub const EXT_RTT_REFERRAL_DATE: &str = "https://hale.health/fhir/StructureDefinition/rtt-referral-date";

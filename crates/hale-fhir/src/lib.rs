@@ -16,6 +16,7 @@ mod schema;
 pub mod search;
 mod search_defs;
 pub mod validate;
+pub mod xhtml;
 
 pub use outcome::{Issue, IssueCode, Severity};
 pub use resource_type::ResourceType;

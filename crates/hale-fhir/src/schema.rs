@@ -434,6 +434,15 @@ impl Compiler {
         }
         let body = p.strip_prefix('^').unwrap_or(p);
         let body = body.strip_suffix('$').unwrap_or(body);
+        // R4's string rule is "no characters below U+0020 except tab, CR and
+        // LF"; the schema writes it `[ \r\n\t\S]`, and `\S` excludes every
+        // Unicode space, so a non-breaking space (common in pasted names and
+        // notes) would be refused. Say what the specification says instead.
+        let body = body.replace(r"[ \r\n\t\S]", r"[^\x00-\x08\x0B\x0C\x0E-\x1F]");
+        // Likewise `code` ("no leading or trailing whitespace, single spaces
+        // inside"): whitespace there is XML's (space, tab, CR, LF); a
+        // non-breaking space is part of the code (official CodeSystem v2-0550).
+        let body = body.replace(r"[^\s]+(\s[^\s]+)*", r"[^ \t\r\n]+([ \t\r\n][^ \t\r\n]+)*");
         let re = Regex::new(&format!("^(?:{body})$")).map_err(|e| format!("pattern {p}: {e}"))?;
         self.patterns.push(re);
         self.pattern_ids.insert(p.to_string(), self.patterns.len() - 1);
@@ -568,7 +577,7 @@ mod tests {
         let mut seen = BTreeSet::new();
         let mut stack: Vec<String> = hale
             .iter()
-            .chain(&["Bundle", "OperationOutcome"])
+            .chain(&["Bundle", "OperationOutcome", "Parameters"])
             .map(|s| s.to_string())
             .collect();
         while let Some(name) = stack.pop() {
@@ -588,7 +597,10 @@ mod tests {
 
         for (name, def) in sub {
             if name == "ResourceList" {
-                let expect: Vec<Value> = hale
+                let mut listed: Vec<&str> = hale.clone();
+                listed.push("Parameters");
+                listed.sort();
+                let expect: Vec<Value> = listed
                     .iter()
                     .map(|h| serde_json::json!({"$ref": format!("#/definitions/{h}")}))
                     .collect();

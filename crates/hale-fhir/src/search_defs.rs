@@ -369,7 +369,17 @@ fn values(kind: ParamKind, it: Item<'_>, push: &mut impl FnMut(Facet, IndexValue
         ParamKind::Reference => match v {
             // A canonical or uri element (a reference by URL); not free text.
             Value::String(s) if !matches!(ty, "string" | "markdown" | "code" | "id") => {
-                push(Facet::Value, IndexValue::Uri(s.clone()))
+                // A relative canonical (`Library/x`) is a local reference too.
+                match local_reference(s.split('|').next().unwrap_or(s)) {
+                    Some((rtype, id)) => push(
+                        Facet::Value,
+                        IndexValue::Reference {
+                            rtype: rtype.to_string(),
+                            id: id.to_string(),
+                        },
+                    ),
+                    None => push(Facet::Value, IndexValue::Uri(s.clone())),
+                }
             }
             Value::Object(_) => {
                 if let Some(r) = text("reference") {

@@ -41,9 +41,9 @@ const QUOTE_CHARS_MAX: usize = 64;
 ///   required elements (including required primitives such as `Appointment.status`),
 ///   primitive formats (regex patterns), and the required code bindings (`enum`);
 /// - NHS numbers (`identifier.system` = https://fhir.nhs.uk/Id/nhs-number) pass modulus 11;
-/// - Hale profile rules: an Appointment carries exactly one category from
-///   `codes::APPOINTMENT_CATEGORY_SYSTEM` in `serviceCategory` and a `priority`
-///   in `codes::PRIORITY_MIN..=PRIORITY_MAX`.
+/// - Hale profile rules: an Appointment carries at most one category from
+///   `codes::APPOINTMENT_CATEGORY_SYSTEM` in `serviceCategory` (any other
+///   systems' codes too), and a `priority`, if any, in `0..=R4_PRIORITY_MAX`.
 ///
 /// Returns the resource type on success; all problems found (up to a limit) on failure.
 ///
@@ -243,7 +243,10 @@ impl<'s> Walker<'s> {
     /// A resource object (top level, contained, or the Bundle): its type is known.
     fn resource(&mut self, id: TypeId, obj: &Map<String, Value>, depth: usize) {
         self.resource_depth += 1;
-        if self.resource_depth > 1 && obj.contains_key("contained") {
+        // Only a contained resource may not contain others: a Bundle entry's
+        // resource is a resource in its own right.
+        let is_contained = self.path.contains(".contained[");
+        if self.resource_depth > 1 && is_contained && obj.contains_key("contained") {
             self.report_at(
                 IssueCode::Invariant,
                 "a contained resource must not contain resources of its own (dom-2)",
@@ -331,10 +334,12 @@ impl<'s> Walker<'s> {
         if self.shell {
             return; // the caller validates Bundle entries one by one
         }
-        let found = name
-            .parse::<ResourceType>()
-            .ok()
-            .and_then(|rt| self.schema.resource(rt));
+        let found = match name.parse::<ResourceType>() {
+            Ok(rt) => self.schema.resource(rt),
+            // Never stored, but a valid contained resource (GuidanceResponse).
+            Err(_) if name == "Parameters" => self.schema.named("Parameters"),
+            Err(_) => None,
+        };
         match found {
             Some(id) => self.resource(id, obj, depth),
             None => {
@@ -366,6 +371,21 @@ impl<'s> Walker<'s> {
             self.path.push_str(key);
             match ty.prop(key) {
                 Some(prop) => self.property(prop, obj, key, v, depth),
+                // The R4 schema omits the `_name` sibling of some primitives
+                // (canonical elements such as StructureDefinition.baseDefinition);
+                // it is the primitive's id and extensions, as for any other.
+                None if key.len() > 1 && key.starts_with('_') && self.is_primitive_prop(ty, &key[1..]) => {
+                    if let Some(element) = self.schema.named("Element") {
+                        match v {
+                            Value::Array(items) => {
+                                for item in items.iter().filter(|i| !i.is_null()) {
+                                    self.single(element, item, depth + 1);
+                                }
+                            }
+                            v => self.single(element, v, depth + 1),
+                        }
+                    }
+                }
                 None => {
                     self.path.truncate(len);
                     let msg = format!("unknown element '{key}' in {}", self.element());
@@ -377,6 +397,42 @@ impl<'s> Walker<'s> {
         self.required(ty, obj);
         if id == self.schema.identifier {
             self.nhs_number(obj);
+        }
+        match &*ty.name {
+            "Period" => self.period(obj),
+            "Narrative" => self.narrative(obj),
+            _ => {}
+        }
+    }
+
+    fn is_primitive_prop(&self, ty: &Complex, name: &str) -> bool {
+        ty.prop(name).is_some_and(|p| match &p.value {
+            Val::Type(t) => matches!(self.schema.types[usize::from(*t)], TypeDef::Primitive(_)),
+            Val::Enum(_) | Val::Const(_) => true,
+        })
+    }
+
+    /// per-1: a Period's start is not after its end.
+    fn period(&mut self, obj: &Map<String, Value>) {
+        let bound = |k: &str| obj.get(k).and_then(Value::as_str).and_then(crate::date::parse_range_ms);
+        if let (Some(start), Some(end)) = (bound("start"), bound("end")) {
+            if start.0 > end.1 {
+                let msg = format!(
+                    "the period starts after it ends ({} > {}) (per-1)",
+                    obj["start"].as_str().unwrap_or(""),
+                    obj["end"].as_str().unwrap_or("")
+                );
+                self.report_at(IssueCode::Invariant, msg, Some("start"));
+            }
+        }
+    }
+
+    /// The narrative's XHTML carries no active content (txt-1, txt-2).
+    fn narrative(&mut self, obj: &Map<String, Value>) {
+        if let Some(Value::String(div)) = obj.get("div") {
+            if let Err(why) = crate::xhtml::check_div(div) {
+                self.report_at(IssueCode::Invariant, why, Some("div"));
+            }
         }
     }
 
@@ -532,18 +588,11 @@ fn appointment_rules(obj: &Map<String, Value>, w: &mut Walker) {
         }
     }
     let base = "Appointment.serviceCategory";
+    // Hale's own category is optional: appointments from other systems carry
+    // their own codes (Hale derives the category from the clinic's Schedule, or
+    // reports the appointment as uncategorised). When given, it must be one.
     match found.as_slice() {
-        [] => w.push(
-            Issue::error(
-                IssueCode::Required,
-                format!(
-                    "an Appointment needs exactly one serviceCategory coding with system {} (one of {})",
-                    codes::APPOINTMENT_CATEGORY_SYSTEM,
-                    categories.join(" | ")
-                ),
-            )
-            .at(base),
-        ),
+        [] => {}
         [(i, j, code)] => {
             if !code.is_some_and(|c| categories.contains(&c)) {
                 let shown = code.map_or_else(|| "no code".to_string(), quote);
@@ -560,7 +609,7 @@ fn appointment_rules(obj: &Map<String, Value>, w: &mut Walker) {
             Issue::error(
                 IssueCode::Value,
                 format!(
-                    "an Appointment must carry exactly one coding with system {} in serviceCategory, found {}",
+                    "an Appointment may carry at most one coding with system {} in serviceCategory, found {}",
                     codes::APPOINTMENT_CATEGORY_SYSTEM,
                     more.len()
                 ),
@@ -569,36 +618,23 @@ fn appointment_rules(obj: &Map<String, Value>, w: &mut Walker) {
         ),
     }
 
-    match obj.get("priority") {
-        None => w.push(
+    // R4: 0 undefined, 1 highest, larger numbers lower; Hale's rules use 1-4
+    // (1 most urgent, 4 routine) and treat anything else as routine.
+    if let Some(n) = obj
+        .get("priority")
+        .and_then(Value::as_u64)
+        .filter(|n| *n > codes::R4_PRIORITY_MAX)
+    {
+        w.push(
             Issue::error(
-                IssueCode::Required,
+                IssueCode::Value,
                 format!(
-                    "Appointment.priority is required ({}..={})",
-                    codes::PRIORITY_MIN,
-                    codes::PRIORITY_MAX
+                    "priority {n} is outside 0..={} (0 undefined, 1 highest, larger numbers lower)",
+                    codes::R4_PRIORITY_MAX
                 ),
             )
             .at("Appointment.priority"),
-        ),
-        Some(p) => {
-            if let Some(n) = p
-                .as_u64()
-                .filter(|n| !(codes::PRIORITY_MIN..=codes::PRIORITY_MAX).contains(n))
-            {
-                w.push(
-                    Issue::error(
-                        IssueCode::Value,
-                        format!(
-                            "priority {n} is outside Hale's range {}..={} (1 most urgent, 4 routine)",
-                            codes::PRIORITY_MIN,
-                            codes::PRIORITY_MAX
-                        ),
-                    )
-                    .at("Appointment.priority"),
-                );
-            }
-        }
+        );
     }
 
     // The structural check already reports a missing or empty participant list.

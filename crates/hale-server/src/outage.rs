@@ -409,6 +409,10 @@ pub(crate) fn participants<'v>(a: &'v Value, rt: &'v str) -> Vec<&'v str> {
         .collect()
 }
 
+/// How reports name appointments with no Hale category (from other systems,
+/// booked into clinics without one).
+pub(crate) const UNCATEGORISED: &str = "uncategorised";
+
 /// The Hale category of a resource's `serviceCategory`.
 pub(crate) fn category_of(v: &Value) -> Option<Category> {
     v["serviceCategory"]
@@ -552,6 +556,32 @@ impl<'a> Places<'a> {
                 {
                     if let Some(site) = self.clinic(sched)?.and_then(|c| c.site) {
                         return Ok(Some(site));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// An Appointment's Hale category: its own `serviceCategory` coding, or,
+    /// for appointments from other systems that carry none, the category of the
+    /// Schedule its Slot belongs to. None: uncategorised (reports list these;
+    /// nothing drops them).
+    pub fn category_of_appointment(&mut self, a: &Value) -> Result<Option<Category>, FhirError> {
+        if let Some(c) = category_of(a) {
+            return Ok(Some(c));
+        }
+        for slot in refs_of(&a["slot"], "Slot") {
+            if let Some((s, _)) = read_json(self.app, "Slot", slot)? {
+                if let Some(c) = category_of(&s) {
+                    return Ok(Some(c));
+                }
+                if let Some(sched) = s["schedule"]["reference"]
+                    .as_str()
+                    .and_then(|r| r.strip_prefix("Schedule/"))
+                {
+                    if let Some(c) = self.clinic(sched)?.and_then(|c| c.category) {
+                        return Ok(Some(c));
                     }
                 }
             }
@@ -918,7 +948,7 @@ pub async fn postpone(cx: &Ctx<'_>, body: &[u8], query: &str) -> Result<Response
         if start < scope.from_ms || start >= scope.to_ms {
             continue;
         }
-        let cat = category_of(&a);
+        let cat = places.category_of_appointment(&a)?;
         let types = service_types(&a);
         let site = places.site_of_appointment(&a)?;
         if !scope.covers(site.as_deref(), cat, &types) {
@@ -959,7 +989,7 @@ pub async fn postpone(cx: &Ctx<'_>, body: &[u8], query: &str) -> Result<Response
             }
         }
         *by_category
-            .entry(cat.map_or("unknown", |c| c.code()).to_string())
+            .entry(cat.map_or(UNCATEGORISED, |c| c.code()).to_string())
             .or_default() += 1;
         *by_site.entry(site.unwrap_or_else(|| "unknown".into())).or_default() += 1;
         postponed.push(id);
@@ -1140,7 +1170,10 @@ pub async fn report(cx: &Ctx<'_>, id: &str) -> Result<Response, FhirError> {
             u32::from(new.is_some()),
             u32::from(comms.iter().any(|c| c["status"] == "completed")),
         ];
-        let cat = category_of(a).map_or("unknown", |c| c.code()).to_string();
+        let cat = places
+            .category_of_appointment(a)?
+            .map_or(UNCATEGORISED, |c| c.code())
+            .to_string();
         let site = places.site_of_appointment(a)?.unwrap_or_else(|| "unknown".into());
         let day = instant_ms(&a["start"]).map_or_else(|| "unknown".into(), |t| uk_date(t).to_string());
         for (map, key) in [(&mut by_category, cat), (&mut by_site, site), (&mut by_day, day)] {
@@ -1169,6 +1202,14 @@ pub async fn report(cx: &Ctx<'_>, id: &str) -> Result<Response, FhirError> {
             })
         })
         .collect();
+    let mut words = words;
+    if let Some(r) = by_category.get(UNCATEGORISED) {
+        let n = r[0];
+        words.push(format!(
+            "{n} uncategorised appointment{} (no Hale category on it or its clinic)",
+            if n == 1 { "" } else { "s" }
+        ));
+    }
     let summary = format!(
         "Postponed: {}. Rebooked: {}. Notified: {}.",
         match words.len() {

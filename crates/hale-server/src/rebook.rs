@@ -61,6 +61,9 @@ struct Plan {
     slots: HashMap<String, (Value, Clinic)>,
     postponed: usize,
     already: usize,
+    /// Postponed appointments with no Hale category (their own or their
+    /// clinic's): not rebooked automatically, listed for staff (id, priority).
+    uncategorised: Vec<(String, u64)>,
 }
 
 /// Suitability keys of free slots: `<service type>@<Location id>` -> (site, categories).
@@ -129,19 +132,20 @@ fn gather(
         .filter(|a| a["id"].as_str().is_some_and(|id| state.rebooked.contains_key(id)))
         .count();
     let mut places = Places::new(app);
-    let mut todo: Vec<(Value, Option<String>)> = Vec::new();
+    let mut todo: Vec<(Value, Option<String>, Option<Category>)> = Vec::new();
     for a in state.postponed {
         let id = a["id"].as_str().unwrap_or("");
         if state.rebooked.contains_key(id) || a["status"] != "cancelled" {
             continue;
         }
-        if category.is_some_and(|c| category_of(&a) != Some(c)) {
+        let cat = places.category_of_appointment(&a)?;
+        if category.is_some_and(|c| cat != Some(c)) {
             continue;
         }
         let site = places.site_of_appointment(&a)?;
-        todo.push((a, site));
+        todo.push((a, site, cat));
     }
-    let needed: BTreeSet<Category> = todo.iter().filter_map(|(a, _)| category_of(a)).collect();
+    let needed: BTreeSet<Category> = todo.iter().filter_map(|(_, _, c)| *c).collect();
 
     // Free slots of the services needed, from the earliest rebooking time to the horizon.
     let from_ms = params.earliest_rebook_ms();
@@ -223,7 +227,7 @@ fn gather(
     // Each patient's other holding appointments.
     let patients: BTreeSet<String> = todo
         .iter()
-        .filter_map(|(a, _)| participants(a, "Patient").first().map(|p| format!("Patient/{p}")))
+        .filter_map(|(a, _, _)| participants(a, "Patient").first().map(|p| format!("Patient/{p}")))
         .collect();
     let patients: Vec<String> = patients.into_iter().collect();
     let mut busy: HashMap<String, Vec<Interval>> = HashMap::new();
@@ -247,13 +251,17 @@ fn gather(
 
     let mut appointments = HashMap::new();
     let mut list = Vec::new();
-    for (a, site) in todo {
+    let mut uncategorised = Vec::new();
+    for (a, site, cat) in todo {
         let id = a["id"].as_str().unwrap_or("").to_string();
         let patient = participants(&a, "Patient")
             .first()
             .map(|p| p.to_string())
             .unwrap_or_default();
-        let Some(cat) = category_of(&a) else { continue };
+        let Some(cat) = cat else {
+            uncategorised.push((id, a["priority"].as_u64().unwrap_or(0)));
+            continue;
+        };
         let start = instant_ms(&a["start"]).unwrap_or(0);
         let duration = match instant_ms(&a["end"]) {
             Some(end) if end > start => (end - start) / MINUTE_MS,
@@ -290,7 +298,11 @@ fn gather(
             id: id.clone(),
             patient: patient.clone(),
             category: cat,
-            priority: a["priority"].as_u64().unwrap_or(0).min(255) as u8,
+            // Other systems' priorities (0 undefined, 5-9 lower than routine) are routine here.
+            priority: match a["priority"].as_u64() {
+                Some(p @ 1..=4) => p as u8,
+                _ => 4,
+            },
             duration_minutes: duration,
             original_start_ms: start,
             cancelled_on_the_day: flag(codes::EXT_CANCELLED_ON_THE_DAY),
@@ -315,6 +327,7 @@ fn gather(
         slots: slot_data,
         postponed,
         already,
+        uncategorised,
     })
 }
 
@@ -740,7 +753,11 @@ pub async fn rebook(cx: &Ctx<'_>, body: &[u8], query: &str) -> Result<Response, 
         param("considered", "valueInteger", json!(plan.instance.appointments.len())),
         param("freeSlots", "valueInteger", json!(plan.instance.slots.len())),
         param("placed", "valueInteger", json!(o.placed_total())),
-        param("unplaced", "valueInteger", json!(o.unplaced_total())),
+        param(
+            "unplaced",
+            "valueInteger",
+            json!(o.unplaced_total() as usize + plan.uncategorised.len()),
+        ),
         param("committed", "valueInteger", json!(committed)),
         param("objective", "valueString", json!(o.to_string())),
     ];
@@ -818,6 +835,22 @@ pub async fn rebook(cx: &Ctx<'_>, body: &[u8], query: &str) -> Result<Response, 
                 param("priority", "valueInteger", json!(u.priority)),
                 param("reason", "valueCode", json!(code_of(&u.reason))),
                 param("text", "valueString", json!(text)),
+            ],
+        ));
+    }
+    for (id, priority) in &plan.uncategorised {
+        out.push(part(
+            "unplacedAppointment",
+            vec![
+                param("appointment", "valueReference", reference(&format!("Appointment/{id}"))),
+                param("category", "valueCode", json!(crate::outage::UNCATEGORISED)),
+                param("priority", "valueInteger", json!(priority)),
+                param("reason", "valueCode", json!("uncategorised")),
+                param(
+                    "text",
+                    "valueString",
+                    json!("no Hale category on the appointment or its clinic, so the NHS waiting-time rules cannot be applied: rebook it by hand or give its clinic a category"),
+                ),
             ],
         ));
     }

@@ -736,3 +736,105 @@ async fn outage_on_one_day_at_two_sites() {
     }
     srv.stop().await;
 }
+
+/// Appointments from other systems carry no Hale category: one booked into a
+/// clinic whose Schedule has one takes that category; one whose clinic has none
+/// is postponed and reported as "uncategorised", and rebooking lists it for
+/// staff instead of dropping it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appointments_without_a_hale_category_are_derived_or_reported_uncategorised() {
+    let srv = TestServer::start().await;
+    let c = &srv.client;
+    let p = c.create_id(CLERK, &any_patient("Incoming")).await;
+    // Clinic 1's Schedule says "outpatient"; clinic 2's says nothing.
+    let loc1 = c.create_id(ADMIN, &location("Clinic One")).await;
+    let mut sched1 = schedule(&loc1);
+    sched1["serviceCategory"] = json!([{"coding": [{"system": CATEGORY_SYSTEM, "code": "outpatient"}]}]);
+    let sched1 = c.create_id(ADMIN, &sched1).await;
+    let sched2 = make_schedule(c).await;
+    let mut ids = Vec::new();
+    for (sched, day) in [(&sched1, 10), (&sched2, 11)] {
+        let (slot, s, e) = make_slot(c, sched, day, 9).await;
+        let mut a = appointment(&p, &slot, &s, &e);
+        a["serviceCategory"] = json!([{"coding": [{"system": "http://example.org/cats", "code": "gp"}]}]);
+        a["priority"] = json!(5);
+        ids.push(c.create_id(CLERK, &a).await);
+    }
+    let inc = c
+        .create_id(
+            ADMIN,
+            &incident("2031-03-09T00:00:00Z", Some("2031-03-12T00:00:00Z"), &[], "open"),
+        )
+        .await;
+    let inc_param = ("incident", "valueString", json!(inc.clone()));
+    let runs = ("clinicRuns", "valueBoolean", json!(true));
+
+    // Postponing outpatients takes the first (its clinic's category) only.
+    let r = c
+        .post(
+            "/Appointment/$postpone",
+            ADMIN,
+            &params(&[
+                inc_param.clone(),
+                runs.clone(),
+                ("category", "valueCode", json!("outpatient")),
+            ]),
+        )
+        .await;
+    r.expect(200);
+    assert_eq!(int(r.body(), "postponed"), 1, "{}", r.text);
+    assert_eq!(
+        c.read(ADMIN, &format!("/Appointment/{}", ids[0])).await["status"],
+        "cancelled"
+    );
+    assert_eq!(
+        c.read(ADMIN, &format!("/Appointment/{}", ids[1])).await["status"],
+        "booked"
+    );
+
+    // Postponing everything takes the other, counted as uncategorised.
+    let r = c
+        .post(
+            "/Appointment/$postpone",
+            ADMIN,
+            &params(&[inc_param.clone(), runs.clone()]),
+        )
+        .await;
+    r.expect(200);
+    let by_cat: BTreeMap<String, i64> = groups(r.body(), "byCategory")
+        .into_iter()
+        .map(|g| (value(g, "category").as_str().unwrap().to_string(), int(g, "count")))
+        .collect();
+    assert_eq!(by_cat, BTreeMap::from([("uncategorised".to_string(), 1)]), "{}", r.text);
+
+    // The report lists both, by category, and says so in words.
+    let r = c.get(&format!("/Basic/{inc}/$report"), CLERK).await;
+    r.expect(200);
+    let rep_cat: BTreeMap<String, i64> = groups(r.body(), "byCategory")
+        .into_iter()
+        .map(|g| (value(g, "category").as_str().unwrap().to_string(), int(g, "postponed")))
+        .collect();
+    assert_eq!(
+        rep_cat,
+        BTreeMap::from([("outpatient".to_string(), 1), ("uncategorised".to_string(), 1)])
+    );
+    assert!(r.text.contains("1 uncategorised appointment"), "{}", r.text);
+
+    // Rebooking lists the uncategorised one for staff, with the reason.
+    let r = c.post("/Appointment/$rebook", CLERK, &params(&[inc_param])).await;
+    r.expect(200);
+    let unplaced: Vec<(String, String)> = groups(r.body(), "unplacedAppointment")
+        .into_iter()
+        .map(|g| {
+            (
+                value(g, "appointment")["reference"].as_str().unwrap().to_string(),
+                value(g, "reason").as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        unplaced.contains(&(format!("Appointment/{}", ids[1]), "uncategorised".to_string())),
+        "{}",
+        r.text
+    );
+}

@@ -550,6 +550,19 @@ fn fhir_schema() -> &'static Value {
     SCHEMA.get_or_init(|| {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fhir/fhir.schema.json");
         let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+        // The schema writes R4's string rule ("no characters below U+0020 but
+        // tab, CR and LF") as `[ \r\n\t\S]`, whose `\S` also refuses a
+        // non-breaking space, which the official examples themselves contain
+        // (DiagnosticReport-ultrasound). Check the rule the specification states.
+        let text = text.replace(
+            r#"[ \\r\\n\\t\\S]"#,
+            r#"[^\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F]"#,
+        );
+        // And `code`'s whitespace is XML's, not every Unicode space (CodeSystem v2-0550).
+        let text = text.replace(
+            r#"[^\\s]+(\\s[^\\s]+)*"#,
+            r#"[^ \\t\\r\\n]+([ \\t\\r\\n][^ \\t\\r\\n]+)*"#,
+        );
         serde_json::from_str(&text).expect("FHIR schema is JSON")
     })
 }
@@ -586,8 +599,43 @@ pub fn schema_errors(v: &Value) -> Vec<String> {
     let Some(rtype) = v["resourceType"].as_str() else {
         return vec![format!("JSON body without resourceType: {v}")];
     };
+    // Resources inside a resource (Bundle entries, contained) are checked one by
+    // one against their own definitions: through the schema's `oneOf` a single
+    // error would be reported as "the whole entry matches no resource type".
+    let mut shell = v.clone();
+    let mut inner: Vec<(String, Value)> = Vec::new();
+    if let Some(entries) = shell.get_mut("entry").and_then(Value::as_array_mut) {
+        for (i, e) in entries.iter_mut().enumerate() {
+            if let Some(r) = e.as_object_mut().and_then(|e| e.remove("resource")) {
+                inner.push((format!("/entry/{i}/resource"), r));
+            }
+        }
+    }
+    if let Some(Value::Array(contained)) = shell.as_object_mut().and_then(|o| o.remove("contained")) {
+        for (i, r) in contained.into_iter().enumerate() {
+            inner.push((format!("/contained/{i}"), r));
+        }
+    }
+    if !inner.is_empty() {
+        let mut errors = schema_errors(&shell);
+        for (at, r) in inner {
+            errors.extend(schema_errors(&r).into_iter().map(|e| format!("{e} (in {at})")));
+        }
+        errors.truncate(20);
+        return errors;
+    }
     let val = validator(rtype);
     val.iter_errors(v)
+        // The R4 schema leaves out the `_name` sibling of some primitives
+        // (canonical elements, such as ElementDefinition.type.profile), which
+        // the official examples use: the sibling of an element that is there
+        // is FHIR JSON, not an unknown property.
+        .filter(|e| match e.kind() {
+            jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected } => !unexpected
+                .iter()
+                .all(|k| k.strip_prefix('_').is_some_and(|base| e.instance().get(base).is_some())),
+            _ => true,
+        })
         .take(20)
         .map(|e| format!("{} at {}", e, e.instance_path()))
         .collect()

@@ -196,35 +196,14 @@ async fn appointment_profile_rules() {
     type Mutator = fn(&mut Value);
     let cases: Vec<(&str, Mutator, u16, &str)> = vec![
         (
-            "no serviceCategory",
-            |a| drop(a.as_object_mut().unwrap().remove("serviceCategory")),
-            400,
-            "Appointment.serviceCategory",
-        ),
-        (
-            "category from another system",
-            |a| {
-                a["serviceCategory"] =
-                    json!([{"coding": [{"system": "http://example.org/cats", "code": "outpatient"}]}])
-            },
-            400,
-            "Appointment.serviceCategory",
-        ),
-        (
             "unknown category",
             |a| a["serviceCategory"][0]["coding"][0]["code"] = json!("spa-day"),
             400,
             "Appointment.serviceCategory",
         ),
         (
-            "no priority",
-            |a| drop(a.as_object_mut().unwrap().remove("priority")),
-            400,
-            "Appointment.priority",
-        ),
-        (
-            "priority out of range",
-            |a| a["priority"] = json!(9),
+            "priority out of R4's range",
+            |a| a["priority"] = json!(10),
             400,
             "Appointment.priority",
         ),
@@ -274,6 +253,31 @@ async fn appointment_profile_rules() {
     }
     // The unmodified one books.
     c.post("/Appointment", CLERK, &good).await.expect(201);
+}
+
+/// Appointments from other systems: no Hale category, their own category
+/// codes, R4 priorities outside Hale's 1-4, or none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appointments_from_other_systems_are_accepted() {
+    let srv = TestServer::start().await;
+    let c = &srv.client;
+    let sched = make_schedule(c).await;
+    let p = c.create_id(CLERK, &any_patient("Visitor")).await;
+    for (i, mutate) in [
+        (|a: &mut Value| drop(a.as_object_mut().unwrap().remove("serviceCategory"))) as fn(&mut Value),
+        |a| a["serviceCategory"] = json!([{"coding": [{"system": "http://example.org/cats", "code": "gp"}]}]),
+        |a| a["priority"] = json!(5),
+        |a| a["priority"] = json!(0),
+        |a| drop(a.as_object_mut().unwrap().remove("priority")),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (slot_id, s, e) = make_slot(c, &sched, 7 + i as u32, 9).await;
+        let mut a = appointment(&p, &slot_id, &s, &e);
+        mutate(&mut a);
+        c.post("/Appointment", CLERK, &a).await.expect(201);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
