@@ -15,6 +15,7 @@ pub mod resource_type;
 mod schema;
 pub mod search;
 mod search_defs;
+pub mod subset;
 pub mod validate;
 pub mod xhtml;
 

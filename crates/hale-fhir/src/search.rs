@@ -251,12 +251,41 @@ pub struct SearchQuery {
     /// Parameters that were not understood and were ignored (lenient handling).
     /// Each is a human-readable note such as "unknown parameter 'foo'".
     pub ignored: Vec<String>,
+    /// The query keys (`name` or `name:modifier`) that were ignored, so that the
+    /// self link lists only what was applied.
+    pub ignored_keys: Vec<String>,
+    /// `Patient/{id}/{type}` searches and `$everything`: only resources in
+    /// that patient's compartment.
+    pub compartment: Option<Compartment>,
     /// `_summary`.
     pub summary: Summary,
     /// `_elements`: top-level element names to return (empty: all).
     pub elements: Vec<String>,
     /// `_total`.
     pub total: Total,
+}
+
+/// A patient's compartment (the official CompartmentDefinition): resources of
+/// the searched type whose `params` refer to `Patient/{patient}` (any one of
+/// them), and for Patient itself the patient too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compartment {
+    pub patient: String,
+    pub params: &'static [&'static str],
+    pub include_self: bool,
+}
+
+impl Compartment {
+    /// The patient compartment for `rtype`, or None when the type is never in one.
+    pub fn patient(rtype: ResourceType, patient: &str) -> Option<Compartment> {
+        let params = patient_compartment(rtype);
+        let include_self = rtype == ResourceType::Patient;
+        (include_self || !params.is_empty()).then(|| Compartment {
+            patient: patient.to_string(),
+            params,
+            include_self,
+        })
+    }
 }
 
 /// `_summary`: which part of each resource to return.

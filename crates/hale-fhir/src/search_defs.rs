@@ -629,6 +629,8 @@ pub(crate) fn parse(rtype: ResourceType, pairs: &[(String, String)], strict: boo
         sort: Vec::new(),
         includes: Vec::new(),
         ignored: Vec::new(),
+        ignored_keys: Vec::new(),
+        compartment: None,
         summary: Summary::False,
         elements: Vec::new(),
         total: Total::Default,
@@ -637,6 +639,7 @@ pub(crate) fn parse(rtype: ResourceType, pairs: &[(String, String)], strict: boo
         rtype,
         strict,
         ignored: Vec::new(),
+        ignored_keys: Vec::new(),
     };
     for (key, value) in pairs {
         let (name, modifier) = match key.split_once(':') {
@@ -712,6 +715,7 @@ pub(crate) fn parse(rtype: ResourceType, pairs: &[(String, String)], strict: boo
         }
     }
     q.ignored = p.ignored;
+    q.ignored_keys = p.ignored_keys;
     Ok(q)
 }
 
@@ -719,6 +723,7 @@ struct Parser {
     rtype: ResourceType,
     strict: bool,
     ignored: Vec<String>,
+    ignored_keys: Vec<String>,
 }
 
 fn value_error(key: &str, msg: String) -> Issue {
@@ -757,6 +762,7 @@ impl Parser {
         if self.strict {
             return Err(Issue::error(IssueCode::NotSupported, note).at(key));
         }
+        self.ignored_keys.push(key.to_string());
         self.note(note);
         Ok(())
     }
@@ -1003,6 +1009,7 @@ impl Parser {
             clause.alternatives.push(pred);
         }
         if clause.alternatives.is_empty() {
+            self.ignored_keys.push(key.to_string());
             self.note(format!("parameter '{key}' has no value and was ignored"));
             return Ok(None);
         }

@@ -9,6 +9,7 @@ use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use hale_fhir::search::{parse_query, SearchQuery};
+use hale_fhir::subset::Subset;
 use hale_fhir::validate::validate_resource;
 use hale_fhir::{Issue, IssueCode, ResourceType};
 use hale_store::apply::Applied;
@@ -33,6 +34,9 @@ pub async fn dispatch(app: &App, req: Request) -> Handled {
     let method = parts.method.clone();
     let headers = parts.headers;
 
+    if let Some(e) = wire::not_acceptable(&headers, &query) {
+        return ("other", Err(e));
+    }
     if segs == ["metadata"] && method == Method::GET {
         let base = base_url(app, &headers);
         let cs = capability_statement(&base, &wire::instant(now_ms()));
@@ -105,29 +109,70 @@ pub async fn dispatch(app: &App, req: Request) -> Handled {
                     };
                     ("create", cx.create(rt, &body).await)
                 }
+                (Method::PUT, []) if !query.is_empty() => {
+                    let body = match read_body(app, body).await {
+                        Ok(b) => b,
+                        Err(e) => return ("conditional-update", Err(e)),
+                    };
+                    ("conditional-update", cx.conditional_update(rt, &query, &body).await)
+                }
+                (Method::DELETE, []) if !query.is_empty() => {
+                    ("conditional-delete", cx.conditional_delete(rt, &query).await)
+                }
+                (Method::PATCH, [id]) if !id.starts_with('$') => {
+                    let body = match read_body(app, body).await {
+                        Ok(b) => b,
+                        Err(e) => return ("patch", Err(e)),
+                    };
+                    ("patch", cx.patch(rt, id, &body).await)
+                }
+                (Method::POST, ["$validate"]) | (Method::POST, [_, "$validate"]) => {
+                    let id = match rest {
+                        [id, _] => Some(*id),
+                        _ => None,
+                    };
+                    let body = match read_body(app, body).await {
+                        Ok(b) => b,
+                        Err(e) => return ("validate", Err(e)),
+                    };
+                    ("validate", cx.validate_op(rt, id, &body).await)
+                }
                 (Method::GET, ["_history"]) => ("history-type", cx.history(rt, None, &query).await),
-                (Method::GET, [id]) => ("read", cx.read(rt, id).await),
-                (Method::PUT, [id]) => {
+                (Method::GET, [id]) if !id.starts_with('$') => ("read", cx.read(rt, id, &query).await),
+                (Method::PUT, [id]) if !id.starts_with('$') => {
                     let body = match read_body(app, body).await {
                         Ok(b) => b,
                         Err(e) => return ("update", Err(e)),
                     };
                     ("update", cx.update(rt, id, &body).await)
                 }
-                (Method::DELETE, [id]) => ("delete", cx.delete(rt, id).await),
+                (Method::DELETE, [id]) if !id.starts_with('$') => ("delete", cx.delete(rt, id).await),
                 (Method::GET, [id, "_history"]) => ("history-instance", cx.history(rt, Some(id), &query).await),
                 (Method::GET, [id, "_history", vid]) => ("vread", cx.vread(rt, id, vid).await),
                 (Method::GET, [id, "$everything"]) if rt == ResourceType::Patient => {
-                    ("everything", cx.everything(id).await)
+                    ("everything", cx.everything(id, &query).await)
                 }
-                (m, [] | [_]) if !matches!(m, Method::GET | Method::POST | Method::PUT | Method::DELETE) => (
-                    "other",
-                    Err(FhirError::new(
-                        StatusCode::METHOD_NOT_ALLOWED,
-                        IssueCode::NotSupported,
-                        format!("{m} is not supported; see /metadata for the interactions this server offers"),
-                    )),
-                ),
+                (Method::GET, [id, t]) if rt == ResourceType::Patient && t.parse::<ResourceType>().is_ok() => {
+                    let target: ResourceType = t.parse().expect("checked");
+                    ("search-compartment", cx.search_in(target, &query, Some(id)).await)
+                }
+                // A path this server knows, with a method it does not take there.
+                (m, [] | [_] | [_, "_history"] | [_, "_history", _] | [_, "$everything"] | [_, "$validate"]) => {
+                    let allowed = match rest {
+                        [] => "GET, POST; PUT and DELETE with search parameters (conditional)",
+                        ["_history"] | [_, "_history"] | [_, "_history", _] | [_, "$everything"] => "GET",
+                        ["$validate"] | [_, "$validate"] => "POST",
+                        _ => "GET, PUT, PATCH, DELETE",
+                    };
+                    (
+                        "other",
+                        Err(FhirError::new(
+                            StatusCode::METHOD_NOT_ALLOWED,
+                            IssueCode::NotSupported,
+                            format!("{m} is not allowed on {}: use {allowed}", parts.uri.path()),
+                        )),
+                    )
+                }
                 (m, _) => (
                     "other",
                     Err(FhirError::new(
@@ -150,6 +195,15 @@ pub async fn dispatch(app: &App, req: Request) -> Handled {
             )),
         ),
     }
+}
+
+/// A stored resource cut to `_summary`/`_elements`, when a subset is asked for.
+fn subset_json(f: &Found, subset: Option<Subset<'_>>) -> Option<String> {
+    let (subset, json) = (subset?, f.json.as_deref()?);
+    let rt: ResourceType = f.rtype.parse().ok()?;
+    let mut v: Value = serde_json::from_str(json).ok()?;
+    hale_fhir::subset::apply(rt, &mut v, subset);
+    Some(v.to_string())
 }
 
 pub fn resource_type(t: &str) -> Result<ResourceType, FhirError> {
@@ -206,7 +260,7 @@ pub fn parse_json(body: &[u8]) -> Result<Value, FhirError> {
     })
 }
 
-fn check_content_type(headers: &HeaderMap) -> Result<(), FhirError> {
+pub(crate) fn check_content_type(headers: &HeaderMap) -> Result<(), FhirError> {
     let Some(ct) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
         return Ok(());
     };
@@ -315,7 +369,7 @@ impl Ctx<'_> {
     }
 
     /// Authorise, auditing a refusal.
-    async fn allow(
+    pub(crate) async fn allow(
         &self,
         rt: ResourceType,
         write: bool,
@@ -367,7 +421,13 @@ impl Ctx<'_> {
         }
     }
 
-    async fn read(&self, rt: ResourceType, id: &str) -> Result<Response, FhirError> {
+    async fn read(&self, rt: ResourceType, id: &str, q: &str) -> Result<Response, FhirError> {
+        // `_summary` and `_elements` apply to a read too.
+        let pairs: Vec<(String, String)> = query_pairs(q)
+            .into_iter()
+            .filter(|(k, _)| matches!(k.as_str(), "_summary" | "_elements"))
+            .collect();
+        let shape = parse_query(rt, &pairs, true).map_err(|i| FhirError::invalid(vec![i]))?;
         self.allow(rt, false, AuditAction::Read, Some(id)).await?;
         let cur = self.app.reader.with(|c| query::read(c, rt.as_str(), id))?;
         match cur {
@@ -380,6 +440,10 @@ impl Ctx<'_> {
                 };
                 self.audit(AuditAction::Read, rt, Some(id), patient, 0, format!("GET {rt}/{id}"))
                     .await;
+                let f = match subset_json(&f, Subset::of(shape.summary, &shape.elements)) {
+                    Some(json) => Found { json: Some(json), ..f },
+                    None => f,
+                };
                 Ok(resource_response(StatusCode::OK, &f, None))
             }
             Some(Current::Deleted { version, updated_ms }) => {
@@ -520,7 +584,7 @@ impl Ctx<'_> {
         Ok(self.write_response(&written))
     }
 
-    async fn delete(&self, rt: ResourceType, id: &str) -> Result<Response, FhirError> {
+    pub(crate) async fn delete(&self, rt: ResourceType, id: &str) -> Result<Response, FhirError> {
         self.allow(rt, true, AuditAction::Delete, Some(id)).await?;
         let op = WriteOp::Delete {
             rtype: rt.as_str().into(),
@@ -535,7 +599,7 @@ impl Ctx<'_> {
         Ok(resp)
     }
 
-    fn write_response(&self, w: &Written) -> Response {
+    pub(crate) fn write_response(&self, w: &Written) -> Response {
         let status = match w.status {
             WriteStatus::Created => StatusCode::CREATED,
             _ => StatusCode::OK,
@@ -647,10 +711,36 @@ impl Ctx<'_> {
     }
 
     async fn search(&self, rt: ResourceType, q: &str) -> Result<Response, FhirError> {
+        self.search_in(rt, q, None).await
+    }
+
+    /// A search, or with `patient` a search in that patient's compartment
+    /// (`Patient/{id}/{type}`).
+    pub(crate) async fn search_in(
+        &self,
+        rt: ResourceType,
+        q: &str,
+        patient: Option<&str>,
+    ) -> Result<Response, FhirError> {
         self.allow(rt, false, AuditAction::Execute, None).await?;
         let pairs = query_pairs(q);
         let strict = prefer_strict(self.headers);
-        let parsed: SearchQuery = parse_query(rt, &pairs, strict).map_err(|i| FhirError::invalid(vec![i]))?;
+        let mut parsed: SearchQuery = parse_query(rt, &pairs, strict).map_err(|i| FhirError::invalid(vec![i]))?;
+        let path = match patient {
+            Some(pid) => {
+                self.allow(ResourceType::Patient, false, AuditAction::Read, Some(pid))
+                    .await?;
+                parsed.compartment = Some(hale_fhir::search::Compartment::patient(rt, pid).ok_or_else(|| {
+                    FhirError::new(
+                        StatusCode::NOT_FOUND,
+                        IssueCode::NotSupported,
+                        format!("{rt} is not in the patient compartment (the official CompartmentDefinition), so Patient/{pid}/{rt} holds nothing"),
+                    )
+                })?);
+                format!("{}/Patient/{pid}/{rt}", self.base)
+            }
+            None => format!("{}/{rt}", self.base),
+        };
         for inc in &parsed.includes {
             if let Some(t) = inc.target {
                 authorize(self.principal, t, false)?;
@@ -663,30 +753,36 @@ impl Ctx<'_> {
             let detail = format!("GET {rt}?{q} -> {} match(es); patients: {}", page.matches.len(), shown);
             self.audit(AuditAction::Execute, rt, None, patient, 0, detail).await;
         }
+        // The links name only the parameters that were applied.
+        let pairs: Vec<(String, String)> = pairs
+            .into_iter()
+            .filter(|(k, _)| !parsed.ignored_keys.contains(k))
+            .collect();
         let self_q = canonical_query(&pairs, parsed.offset, parsed.count);
-        let mut links = vec![json!({"relation": "self", "url": format!("{}/{rt}?{self_q}", self.base)})];
+        let mut links = vec![json!({"relation": "self", "url": format!("{path}?{self_q}")})];
         if page.has_more {
-            links.push(json!({"relation": "next", "url": format!("{}/{rt}?{}", self.base, canonical_query(&pairs, parsed.offset + parsed.count, parsed.count))}));
+            links.push(json!({"relation": "next", "url": format!("{path}?{}", canonical_query(&pairs, parsed.offset + parsed.count, parsed.count))}));
         }
         if parsed.offset > 0 {
             let prev = parsed.offset.saturating_sub(parsed.count);
-            links.push(json!({"relation": "previous", "url": format!("{}/{rt}?{}", self.base, canonical_query(&pairs, prev, parsed.count))}));
+            links.push(json!({"relation": "previous", "url": format!("{path}?{}", canonical_query(&pairs, prev, parsed.count))}));
         }
         let mut head = json!({"resourceType": "Bundle", "type": "searchset", "link": links});
         if let Some(t) = page.total {
             head["total"] = json!(t);
         }
         let mut b = BundleWriter::new(head);
-        for f in &page.matches {
+        let subset = Subset::of(parsed.summary, &parsed.elements);
+        for (f, mode) in page
+            .matches
+            .iter()
+            .map(|f| (f, "match"))
+            .chain(page.included.iter().map(|f| (f, "include")))
+        {
+            let json = subset_json(f, subset);
             b.entry(
-                json!({"fullUrl": wire::full_url(&self.base, f), "search": {"mode": "match"}}),
-                f.json.as_deref(),
-            );
-        }
-        for f in &page.included {
-            b.entry(
-                json!({"fullUrl": wire::full_url(&self.base, f), "search": {"mode": "include"}}),
-                f.json.as_deref(),
+                json!({"fullUrl": wire::full_url(&self.base, f), "search": {"mode": mode}}),
+                json.as_deref().or(f.json.as_deref()),
             );
         }
         if !parsed.ignored.is_empty() {
@@ -698,46 +794,6 @@ impl Ctx<'_> {
             let oo = hale_fhir::outcome::operation_outcome(&issues).to_string();
             b.entry(json!({"search": {"mode": "outcome"}}), Some(&oo));
         }
-        Ok(json_response(StatusCode::OK, b.finish()))
-    }
-
-    async fn everything(&self, id: &str) -> Result<Response, FhirError> {
-        self.allow(ResourceType::Patient, false, AuditAction::Read, Some(id))
-            .await?;
-        let all = self.app.reader.with(|c| query::everything(c, id))?;
-        let Some(all) = all else {
-            return Err(FhirError::not_found(format!("Patient/{id} does not exist")));
-        };
-        // A clerk sees the booking side of the record only; count what is shown.
-        let shown: Vec<&Found> = all
-            .iter()
-            .filter(|f| {
-                f.rtype
-                    .parse::<ResourceType>()
-                    .is_ok_and(|rt| authorize(self.principal, rt, false).is_ok())
-            })
-            .collect();
-        let mut b = BundleWriter::new(json!({
-            "resourceType": "Bundle",
-            "type": "searchset",
-            "total": shown.len(),
-            "link": [{"relation": "self", "url": format!("{}/Patient/{id}/$everything", self.base)}],
-        }));
-        for f in &shown {
-            b.entry(
-                json!({"fullUrl": wire::full_url(&self.base, f), "search": {"mode": "match"}}),
-                f.json.as_deref(),
-            );
-        }
-        self.audit(
-            AuditAction::Read,
-            ResourceType::Patient,
-            Some(id),
-            Some(id.into()),
-            0,
-            format!("GET Patient/{id}/$everything ({} resources)", shown.len()),
-        )
-        .await;
         Ok(json_response(StatusCode::OK, b.finish()))
     }
 }
@@ -760,7 +816,7 @@ pub fn valid_id(id: &str) -> bool {
 }
 
 /// The one result of a single-op command.
-fn single(applied: Applied) -> Result<Written, FhirError> {
+pub(crate) fn single(applied: Applied) -> Result<Written, FhirError> {
     match applied {
         Applied::Ops(mut v) if v.len() == 1 => v.pop().expect("one").map_err(FhirError::from_rejection),
         Applied::TransactionFailed(r) => Err(FhirError::from_rejection(r)),

@@ -219,3 +219,37 @@ pub fn history_entry(base: &str, f: &Found) -> Value {
         "response": {"status": status, "etag": format!("W/\"{}\"", f.version), "lastModified": instant(f.updated_ms)},
     })
 }
+
+/// 406 when the client asks only for XML (`Accept` or `_format`): Hale speaks
+/// FHIR JSON. Accept headers that also allow JSON (or anything) are fine.
+pub fn not_acceptable(headers: &HeaderMap, query: &str) -> Option<FhirError> {
+    let xml = |t: &str| {
+        let t = t.trim().to_ascii_lowercase();
+        t == "xml" || t.ends_with("/xml") || t.ends_with("+xml")
+    };
+    let format = form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "_format")
+        .map(|(_, v)| v.into_owned());
+    let wants_xml = match format {
+        Some(f) => xml(&f),
+        None => {
+            let accept = headers
+                .get(axum::http::header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let types: Vec<&str> = accept
+                .split(',')
+                .map(|t| t.split(';').next().unwrap_or("").trim())
+                .filter(|t| !t.is_empty())
+                .collect();
+            !types.is_empty() && types.iter().all(|t| xml(t))
+        }
+    };
+    wants_xml.then(|| {
+        FhirError::new(
+            StatusCode::NOT_ACCEPTABLE,
+            IssueCode::NotSupported,
+            "this server speaks FHIR JSON only: ask for application/fhir+json (XML is not supported)",
+        )
+    })
+}

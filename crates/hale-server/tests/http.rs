@@ -12,6 +12,7 @@ mod http {
     pub mod crud;
     pub mod everything;
     pub mod harness;
+    pub mod interactions;
     pub mod ops;
     pub mod replay;
     pub mod search;

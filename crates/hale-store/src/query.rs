@@ -495,17 +495,40 @@ fn where_sql(q: &SearchQuery) -> Sql {
     let mut clauses: Vec<&Clause> = q.clauses.iter().collect();
     clauses.sort_by_key(|c| selectivity_rank(c));
     let by_id = clauses.iter().any(|c| c.param == "_id");
+    // A compartment (one patient) is the most selective of all: it drives.
+    let compartment_drives = q.compartment.as_ref().is_some_and(|c| !c.include_self) && !by_id;
     // The first index clause that can list its matches drives the query.
-    let driver = if by_id {
+    let driver = if by_id || compartment_drives {
         None
     } else {
         clauses
             .iter()
             .position(|c| !matches!(c.param, "_id" | "_lastUpdated") && c.missing.is_none() && !c.not)
     };
-    let plus = if driver.is_some() { "+" } else { "" };
+    let plus = if driver.is_some() || compartment_drives {
+        "+"
+    } else {
+        ""
+    };
     let t = sql.arg(text(q.rtype.as_str()));
     sql.conds.push(format!("{plus}r.rtype = {t} AND {plus}r.deleted = 0"));
+    if let Some(c) = &q.compartment {
+        let pid = sql.arg(text(&c.patient));
+        let params: Vec<String> = c.params.iter().map(|p| sql.arg(text(p))).collect();
+        let refers = if params.is_empty() {
+            "0".to_string()
+        } else {
+            format!(
+                "r.rid IN (SELECT rid FROM idx WHERE rtype = {t} AND param IN ({}) AND v = {pid} AND s = 'Patient')",
+                params.join(", ")
+            )
+        };
+        if c.include_self {
+            sql.conds.push(format!("(r.id = {pid} OR {refers})"));
+        } else {
+            sql.conds.push(refers);
+        }
+    }
     for (i, c) in clauses.into_iter().enumerate() {
         let cond = clause_sql(&mut sql, q.rtype.as_str(), c, driver == Some(i));
         sql.conds.push(cond);
@@ -649,58 +672,14 @@ fn includes(conn: &Connection, q: &SearchQuery, rids: &[i64]) -> rusqlite::Resul
     Ok(out)
 }
 
-/// The patient and everything that refers to them, plus what those refer to
-/// (practitioners, locations, slots...), at most [`EVERYTHING_MAX`] resources.
-pub fn everything(conn: &Connection, patient_id: &str) -> rusqlite::Result<Option<Vec<Found>>> {
-    let Some(Current::Live(p)) = read(conn, "Patient", patient_id)? else {
-        return Ok(None);
-    };
-    let mut out = vec![p];
-    let mut seen = std::collections::BTreeSet::new();
-    seen.insert(("Patient".to_string(), patient_id.to_string()));
+/// The local references a live resource holds, as (type, id).
+pub fn references_of(conn: &Connection, rtype: &str, id: &str) -> rusqlite::Result<Vec<(String, String)>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT r.rid, r.rtype, r.id, r.version, r.updated_ms, r.json FROM refs f JOIN resources r ON r.rid = f.rid
-         WHERE f.dst_type = 'Patient' AND f.dst_id = ?1 AND r.deleted = 0 ORDER BY r.rtype, r.rid LIMIT ?2",
+        "SELECT f.dst_type, f.dst_id FROM refs f JOIN resources r ON r.rid = f.rid
+         WHERE r.rtype = ?1 AND r.id = ?2 AND r.deleted = 0 ORDER BY f.dst_type, f.dst_id",
     )?;
-    let referrers: Vec<(i64, Found)> = stmt
-        .query_map(params![patient_id, EVERYTHING_MAX as i64], |r| {
-            Ok((
-                r.get(0)?,
-                Found {
-                    rtype: r.get(1)?,
-                    id: r.get(2)?,
-                    version: r.get::<_, i64>(3)? as u64,
-                    updated_ms: r.get(4)?,
-                    json: Some(r.get(5)?),
-                    method: "GET",
-                },
-            ))
-        })?
-        .collect::<rusqlite::Result<_>>()?;
-    let mut targets = Vec::new();
-    let mut tstmt =
-        conn.prepare_cached("SELECT dst_type, dst_id FROM refs WHERE rid = ?1 AND dst_type != 'Patient'")?;
-    for (rid, f) in referrers {
-        if seen.insert((f.rtype.clone(), f.id.clone())) {
-            out.push(f);
-        }
-        let ts: Vec<(String, String)> = tstmt
-            .query_map([rid], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<_>>()?;
-        targets.extend(ts);
-    }
-    for (t, id) in targets {
-        if out.len() >= EVERYTHING_MAX {
-            break;
-        }
-        if seen.insert((t.clone(), id.clone())) {
-            if let Some(Current::Live(f)) = read(conn, &t, &id)? {
-                out.push(f);
-            }
-        }
-    }
-    out.truncate(EVERYTHING_MAX);
-    Ok(Some(out))
+    let rows = stmt.query_map(params![rtype, id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    rows.collect()
 }
 
 /// Count of live resources per type.

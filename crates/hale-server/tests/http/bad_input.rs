@@ -266,7 +266,7 @@ async fn bad_requests_are_refused_cleanly() {
         .header("if-match", "yesterday"),
         case(
             "method not supported",
-            "PATCH",
+            "POST",
             format!("/Patient/{existing_id}"),
             "",
             405,
