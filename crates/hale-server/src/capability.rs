@@ -10,6 +10,7 @@ pub const WRITE_INTERACTIONS: &[&str] = &[
     "read",
     "vread",
     "update",
+    "patch",
     "delete",
     "history-instance",
     "history-type",
@@ -62,30 +63,31 @@ pub fn capability_statement(base: &str, date: &str) -> Value {
                 "readHistory": rt.client_writable(),
                 "updateCreate": rt.client_writable(),
                 "conditionalCreate": rt.client_writable(),
-                "conditionalUpdate": false,
-                "conditionalDelete": "not-supported",
+                "conditionalUpdate": rt.client_writable(),
+                "conditionalDelete": if rt.client_writable() { "single" } else { "not-supported" },
                 "searchParam": params,
             });
             if !includes.is_empty() {
                 r["searchInclude"] = json!(includes);
             }
+            let mut operations = vec![json!({
+                "name": "validate",
+                "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"
+            })];
             if rt == ResourceType::Appointment {
-                r["operation"] = json!([
-                    {"name": "postpone", "definition": "https://hale.health/fhir/OperationDefinition/Appointment-postpone"},
-                    {"name": "rebook", "definition": "https://hale.health/fhir/OperationDefinition/Appointment-rebook"},
-                ]);
+                operations.push(json!({"name": "postpone", "definition": "https://hale.health/fhir/OperationDefinition/Appointment-postpone"}));
+                operations.push(json!({"name": "rebook", "definition": "https://hale.health/fhir/OperationDefinition/Appointment-rebook"}));
             }
             if rt == ResourceType::Basic {
-                r["operation"] = json!([
-                    {"name": "report", "definition": "https://hale.health/fhir/OperationDefinition/Basic-report"},
-                ]);
+                operations.push(json!({"name": "report", "definition": "https://hale.health/fhir/OperationDefinition/Basic-report"}));
             }
             if rt == ResourceType::Patient {
-                r["operation"] = json!([{
+                operations.push(json!({
                     "name": "everything",
                     "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"
-                }]);
+                }));
             }
+            r["operation"] = json!(operations);
             r
         })
         .collect();
