@@ -203,6 +203,16 @@ pub enum Predicate {
     },
     /// A composite `a$b`: both parts must match one indexed pair.
     Composite(Box<Predicate>, Box<Predicate>),
+    /// A chained parameter (`subject:Patient.name=x`): the reference points to
+    /// a `target` resource that matches `inner`.
+    Chain { target: ResourceType, inner: Box<Clause> },
+    /// Reverse chaining (`_has:Observation:patient:code=x`): some `source`
+    /// resource refers to this one through `param` and matches `inner`.
+    Has {
+        source: ResourceType,
+        param: &'static str,
+        inner: Box<Clause>,
+    },
 }
 
 /// All alternatives for one parameter occurrence. Clauses are AND'ed.
@@ -248,6 +258,10 @@ pub struct SearchQuery {
     pub offset: usize,
     pub sort: Vec<SortKey>,
     pub includes: Vec<Include>,
+    /// `_revinclude=Source:param`: resources of `source` that refer to a match.
+    pub revincludes: Vec<Include>,
+    /// `_include:iterate`: includes are also followed from included resources.
+    pub iterate: bool,
     /// Parameters that were not understood and were ignored (lenient handling).
     /// Each is a human-readable note such as "unknown parameter 'foo'".
     pub ignored: Vec<String>,

@@ -617,6 +617,9 @@ fn normalise_token(system: &str, code: &str) -> String {
 /// At most this many notes are kept in `SearchQuery::ignored` (plus one saying so).
 const IGNORED_MAX: usize = 32;
 
+/// Chains (`a.b.c`) and reverse chains (`_has`) nest at most this deep.
+pub const CHAIN_DEPTH_MAX: usize = 2;
+
 /// Result parameters accepted and ignored without a note.
 const SILENTLY_IGNORED: &[&str] = &["_format", "_pretty"];
 
@@ -628,6 +631,8 @@ pub(crate) fn parse(rtype: ResourceType, pairs: &[(String, String)], strict: boo
         offset: 0,
         sort: Vec::new(),
         includes: Vec::new(),
+        revincludes: Vec::new(),
+        iterate: false,
         ignored: Vec::new(),
         ignored_keys: Vec::new(),
         compartment: None,
@@ -693,11 +698,28 @@ pub(crate) fn parse(rtype: ResourceType, pairs: &[(String, String)], strict: boo
                     }
                 }
             }
-            ("_include", None) => {
-                if let Some(inc) = p.include(key, value)? {
-                    if !q.includes.contains(&inc) {
-                        q.includes.push(inc);
+            ("_include" | "_revinclude", None | Some("iterate")) => {
+                if modifier == Some("iterate") {
+                    q.iterate = true;
+                }
+                let rev = name == "_revinclude";
+                for inc in p.include(key, value, rev, modifier == Some("iterate"))? {
+                    let list = if rev { &mut q.revincludes } else { &mut q.includes };
+                    if !list.contains(&inc) {
+                        list.push(inc);
                     }
+                }
+            }
+            _ if name == "_has" || key.contains('.') => {
+                if let Some(clause) = p.chained(key, value, CHAIN_DEPTH_MAX)? {
+                    if q.clauses.len() == CLAUSES_MAX {
+                        return Err(Issue::error(
+                            IssueCode::TooCostly,
+                            format!("too many search criteria: at most {CLAUSES_MAX} are allowed"),
+                        )
+                        .at(key.as_str()));
+                    }
+                    q.clauses.push(clause);
                 }
             }
             _ => {
@@ -814,60 +836,209 @@ impl Parser {
         Ok(())
     }
 
-    fn include(&mut self, key: &str, value: &str) -> Result<Option<Include>, Issue> {
+    /// `_include=Source:param[:Target]` (or `_revinclude`); `param` may be `*`
+    /// for every reference parameter of the source.
+    fn include(&mut self, key: &str, value: &str, rev: bool, iterate: bool) -> Result<Vec<Include>, Issue> {
         let mut parts = value.split(':');
         let (Some(source), Some(param)) = (parts.next(), parts.next()) else {
             return Err(value_error(
                 key,
-                format!("_include must be Source:parameter[:Target], found '{value}'"),
+                format!("{key} must be Source:parameter[:Target], found '{value}'"),
             ));
         };
         let target = parts.next();
         if parts.next().is_some() {
             return Err(value_error(
                 key,
-                format!("_include must be Source:parameter[:Target], found '{value}'"),
+                format!("{key} must be Source:parameter[:Target], found '{value}'"),
             ));
         }
-        if source == "*" || param == "*" || target == Some("*") {
-            self.unsupported(key, format!("_include={value}: wildcard includes are not supported"))?;
-            return Ok(None);
-        }
-        if source != self.rtype.as_str() {
-            let note = format!(
-                "_include={value}: only includes from the searched type {} are supported",
-                self.rtype
-            );
-            self.unsupported(key, note)?;
-            return Ok(None);
-        }
-        let Some(def) = find(self.rtype, param).filter(|d| d.kind == ParamKind::Reference) else {
-            let note = format!(
-                "_include={value}: '{param}' is not a reference parameter of {}",
-                self.rtype
-            );
-            self.unsupported(key, note)?;
-            return Ok(None);
+        let Ok(source_t) = source.parse::<ResourceType>() else {
+            self.unsupported(key, format!("{key}={value}: '{source}' is not a resource type"))?;
+            return Ok(Vec::new());
         };
-        let target = match target {
+        // An include starts from the searched type (or, with :iterate, from
+        // what was included); a revinclude ends at the searched type.
+        if !rev && !iterate && source_t != self.rtype {
+            let note = format!(
+                "{key}={value}: only includes from the searched type {} are supported without :iterate",
+                self.rtype
+            );
+            self.unsupported(key, note)?;
+            return Ok(Vec::new());
+        }
+        let target_t = match target {
             None => None,
-            Some(t) => match t
-                .parse::<ResourceType>()
-                .ok()
-                .filter(|t| def.targets.is_empty() || def.targets.contains(t))
-            {
-                Some(t) => Some(t),
-                None => {
-                    self.unsupported(key, format!("_include={value}: '{param}' does not refer to '{t}'"))?;
-                    return Ok(None);
+            Some(t) => match t.parse::<ResourceType>() {
+                Ok(t) => Some(t),
+                Err(_) => {
+                    self.unsupported(key, format!("{key}={value}: '{t}' is not a resource type"))?;
+                    return Ok(Vec::new());
                 }
             },
         };
-        Ok(Some(Include {
-            source: self.rtype,
+        let defs: Vec<&'static SearchParamDef> = if param == "*" {
+            params_for(source_t)
+                .iter()
+                .filter(|d| d.kind == ParamKind::Reference)
+                .collect()
+        } else {
+            match find(source_t, param).filter(|d| d.kind == ParamKind::Reference) {
+                Some(d) => vec![d],
+                None => {
+                    let note = format!("{key}={value}: '{param}' is not a reference parameter of {source}");
+                    self.unsupported(key, note)?;
+                    return Ok(Vec::new());
+                }
+            }
+        };
+        let mut out = Vec::new();
+        for def in defs {
+            if let Some(t) = target_t {
+                if !def.targets.is_empty() && !def.targets.contains(&t) {
+                    if param != "*" {
+                        self.unsupported(key, format!("{key}={value}: '{param}' does not refer to '{t}'"))?;
+                    }
+                    continue;
+                }
+            }
+            if rev && !def.targets.is_empty() && !def.targets.contains(&self.rtype) {
+                if param != "*" {
+                    self.unsupported(
+                        key,
+                        format!("{key}={value}: {source}.{param} does not refer to {}", self.rtype),
+                    )?;
+                }
+                continue;
+            }
+            out.push(Include {
+                source: source_t,
+                param: def.name,
+                target: target_t,
+            });
+        }
+        Ok(out)
+    }
+
+    /// A chained parameter (`subject:Patient.name=x`, up to two levels) or a
+    /// reverse chain (`_has:Observation:patient:code=x`).
+    fn chained(&mut self, key: &str, value: &str, depth: usize) -> Result<Option<Clause>, Issue> {
+        if depth == 0 {
+            return Err(Issue::error(
+                IssueCode::TooCostly,
+                format!("'{key}' chains too deep: at most {CHAIN_DEPTH_MAX} levels"),
+            )
+            .at(key));
+        }
+        if let Some(rest) = key.strip_prefix("_has:") {
+            // _has:Source:param:rest
+            let mut parts = rest.splitn(3, ':');
+            let (Some(source), Some(param), Some(inner_key)) = (parts.next(), parts.next(), parts.next()) else {
+                return Err(value_error(key, format!("'{key}' must be _has:Type:parameter:search")));
+            };
+            let Ok(source_t) = source.parse::<ResourceType>() else {
+                return Err(value_error(key, format!("_has: '{source}' is not a resource type")));
+            };
+            let Some(def) = find(source_t, param).filter(|d| d.kind == ParamKind::Reference) else {
+                return Err(value_error(
+                    key,
+                    format!("_has: '{param}' is not a reference parameter of {source}"),
+                ));
+            };
+            if !def.targets.is_empty() && !def.targets.contains(&self.rtype) {
+                return Err(value_error(
+                    key,
+                    format!("_has: {source}.{param} does not refer to {}", self.rtype),
+                ));
+            }
+            let mut inner = Parser {
+                rtype: source_t,
+                strict: true,
+                ignored: Vec::new(),
+                ignored_keys: Vec::new(),
+            };
+            let Some(clause) = inner.any_clause(inner_key, value, depth - 1)? else {
+                return Ok(None);
+            };
+            return Ok(Some(Clause {
+                param: "_has",
+                kind: ParamKind::Special,
+                facet: Facet::Value,
+                missing: None,
+                not: false,
+                alternatives: vec![Predicate::Has {
+                    source: source_t,
+                    param: def.name,
+                    inner: Box::new(clause),
+                }],
+            }));
+        }
+        let (left, right) = key.split_once('.').expect("a chain has a dot");
+        let (name, type_mod) = match left.split_once(':') {
+            Some((n, t)) => (n, Some(t)),
+            None => (left, None),
+        };
+        let Some(def) = find(self.rtype, name).filter(|d| d.kind == ParamKind::Reference) else {
+            let note = format!(
+                "chained parameter '{key}': '{name}' is not a reference parameter of {}",
+                self.rtype
+            );
+            self.unsupported(key, note)?;
+            return Ok(None);
+        };
+        let targets: Vec<ResourceType> = match type_mod {
+            Some(t) => match t.parse::<ResourceType>() {
+                Ok(t) if def.targets.is_empty() || def.targets.contains(&t) => vec![t],
+                _ => return Err(value_error(key, format!("'{name}' does not refer to {t}"))),
+            },
+            None if def.targets.is_empty() => ResourceType::ALL.to_vec(),
+            None => def.targets.to_vec(),
+        };
+        let inner_name = right.split([':', '.']).next().unwrap_or(right);
+        let mut alternatives = Vec::new();
+        for t in targets {
+            if find(t, inner_name).is_none() {
+                continue;
+            }
+            let mut inner = Parser {
+                rtype: t,
+                strict: true,
+                ignored: Vec::new(),
+                ignored_keys: Vec::new(),
+            };
+            if let Some(clause) = inner.any_clause(right, value, depth - 1)? {
+                alternatives.push(Predicate::Chain {
+                    target: t,
+                    inner: Box::new(clause),
+                });
+            }
+        }
+        if alternatives.is_empty() {
+            let note =
+                format!("chained parameter '{key}': no type that '{name}' refers to has a parameter '{inner_name}'");
+            self.unsupported(key, note)?;
+            return Ok(None);
+        }
+        Ok(Some(Clause {
             param: def.name,
-            target,
+            kind: ParamKind::Reference,
+            facet: Facet::Value,
+            missing: None,
+            not: false,
+            alternatives,
         }))
+    }
+
+    /// A plain or chained clause for `key`.
+    fn any_clause(&mut self, key: &str, value: &str, depth: usize) -> Result<Option<Clause>, Issue> {
+        if key.starts_with("_has:") || key.contains('.') {
+            return self.chained(key, value, depth);
+        }
+        let (name, modifier) = match key.split_once(':') {
+            Some((n, m)) => (n, Some(m)),
+            None => (key, None),
+        };
+        self.clause(key, name, modifier, value)
     }
 
     fn clause(&mut self, key: &str, name: &str, modifier: Option<&str>, value: &str) -> Result<Option<Clause>, Issue> {

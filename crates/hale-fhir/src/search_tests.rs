@@ -381,6 +381,8 @@ fn render_predicate(p: &Predicate) -> String {
             code.as_deref().unwrap_or("*")
         ),
         Predicate::Composite(a, b) => format!("[{}] $ [{}]", render_predicate(a), render_predicate(b)),
+        Predicate::Chain { target, inner } => format!("{target}.({})", render_clause(inner)),
+        Predicate::Has { source, param, inner } => format!("has {source}.{param} ({})", render_clause(inner)),
         Predicate::Token { system, code } => format!(
             "{}|{}",
             system.as_deref().unwrap_or("*"),
@@ -391,6 +393,11 @@ fn render_predicate(p: &Predicate) -> String {
         Predicate::StrContains(s) => format!("contains '{s}'"),
         Predicate::Date { op, start_ms, end_ms } => format!("{op:?} {}..{}", ms(*start_ms), ms(*end_ms)),
     }
+}
+
+fn render_clause(c: &Clause) -> String {
+    let alts: Vec<String> = c.alternatives.iter().map(render_predicate).collect();
+    format!("{} {}: {}", c.param, c.kind.as_str(), alts.join(" OR "))
 }
 
 fn render_query(r: Result<SearchQuery, Issue>) -> String {
@@ -450,6 +457,12 @@ fn render_query(r: Result<SearchQuery, Issue>) -> String {
     for i in &q.includes {
         let target = i.target.map(|t| format!(":{t}")).unwrap_or_default();
         out.push(format!("include {}:{}{target}", i.source, i.param));
+    }
+    for i in &q.revincludes {
+        out.push(format!("revinclude {}:{}", i.source, i.param));
+    }
+    if q.iterate {
+        out.push("iterate".to_string());
     }
     for n in &q.ignored {
         out.push(format!("ignored: {n}"));
@@ -745,12 +758,12 @@ fn query_includes() {
     check_query(
         Appointment,
         "_include=Appointment:*",
-        "ignored: _include=Appointment:*: wildcard includes are not supported",
+        "include Appointment:actor\ninclude Appointment:based-on\ninclude Appointment:location\ninclude Appointment:patient\ninclude Appointment:practitioner\ninclude Appointment:reason-reference\ninclude Appointment:slot\ninclude Appointment:supporting-info\ninclude Appointment:incident\ninclude Appointment:rebooked-from",
     );
     check_query(
         Appointment,
         "_include=Slot:schedule",
-        "ignored: _include=Slot:schedule: only includes from the searched type Appointment are supported",
+        "ignored: _include=Slot:schedule: only includes from the searched type Appointment are supported without :iterate",
     );
     check_query(
         Appointment,
@@ -770,7 +783,7 @@ fn query_includes() {
     check_query(
         Appointment,
         "_include:iterate=Appointment:patient",
-        "ignored: parameter '_include:iterate' is not supported",
+        "include Appointment:patient\niterate",
     );
 }
 
@@ -780,9 +793,9 @@ fn query_unsupported() {
         Patient,
         "foo=1&_revinclude=Appointment:patient&name.family=x",
         "
+        revinclude Appointment:patient
         ignored: unknown parameter 'foo' for Patient
-        ignored: parameter '_revinclude' is not supported
-        ignored: chained parameter 'name.family' is not supported
+        ignored: chained parameter 'name.family': 'name' is not a reference parameter of Patient
         ",
     );
     // An unsupported modifier is always an error, under lenient handling too:
@@ -905,6 +918,50 @@ fn query_modifiers_and_kinds() {
         "error value code-value-quantity: '8480-6' is not a value of the composite 'code-value-quantity': use first$second",
     );
     check_query(Patient, "deceased=true", "deceased token: *|true");
+}
+
+#[test]
+fn query_chains_and_reverse_chains() {
+    check_query(
+        Observation,
+        "subject:Patient.name=peter",
+        "subject reference: Patient.(name string: prefix 'peter')",
+    );
+    check_query(
+        Observation,
+        "subject:Patient.organization.name=royal",
+        "subject reference: Patient.(organization reference: Organization.(name string: prefix 'royal'))",
+    );
+    check_query(
+        Encounter,
+        "subject.birthdate=1970",
+        "subject reference: Patient.(birthdate date: Eq 1970-01-01T00:00:00.000Z..1970-12-31T23:59:59.999Z)",
+    );
+    check_query(
+        Patient,
+        "_has:Observation:patient:code=1234-5",
+        "_has special: has Observation.patient (code token: *|1234-5)",
+    );
+    check_query(
+        Observation,
+        "subject:Patient.organization.partof.name=x",
+        "error too-costly partof.name: 'partof.name' chains too deep: at most 2 levels",
+    );
+    check_query(
+        Patient,
+        "_has:Observation:subject:colour=blue",
+        "error not-supported colour: unknown parameter 'colour' for Observation",
+    );
+    check_query(
+        Observation,
+        "subject:Practitioner.name=x",
+        "error value subject:Practitioner.name: 'subject' does not refer to Practitioner",
+    );
+    check_query(
+        Patient,
+        "_revinclude=Observation:subject&_include=Patient:*&_include:iterate=Observation:performer",
+        "include Patient:general-practitioner\ninclude Patient:link\ninclude Patient:organization\ninclude Observation:performer\nrevinclude Observation:subject\niterate",
+    );
 }
 
 #[test]

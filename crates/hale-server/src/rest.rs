@@ -197,6 +197,26 @@ pub async fn dispatch(app: &App, req: Request) -> Handled {
     }
 }
 
+/// The types a search's chains and reverse chains look into.
+fn chained_types(clauses: &[hale_fhir::search::Clause], out: &mut Vec<ResourceType>) {
+    use hale_fhir::search::Predicate;
+    for c in clauses {
+        for p in &c.alternatives {
+            match p {
+                Predicate::Chain { target, inner } => {
+                    out.push(*target);
+                    chained_types(std::slice::from_ref(inner.as_ref()), out);
+                }
+                Predicate::Has { source, inner, .. } => {
+                    out.push(*source);
+                    chained_types(std::slice::from_ref(inner.as_ref()), out);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
 /// A stored resource cut to `_summary`/`_elements`, when a subset is asked for.
 fn subset_json(f: &Found, subset: Option<Subset<'_>>) -> Option<String> {
     let (subset, json) = (subset?, f.json.as_deref()?);
@@ -746,7 +766,26 @@ impl Ctx<'_> {
                 authorize(self.principal, t, false)?;
             }
         }
-        let page = self.app.reader.with(|c| query::search(c, &parsed))?;
+        // Searching by another type's content (a chain or `_has`) reads it:
+        // the role must be allowed to read that type.
+        let mut crossed = Vec::new();
+        chained_types(&parsed.clauses, &mut crossed);
+        for t in crossed {
+            authorize(self.principal, t, false)?;
+        }
+        let mut page = self.app.reader.with(|c| query::search(c, &parsed))?;
+        // Included resources follow the role rules of their own types.
+        let mut withheld: Vec<String> = Vec::new();
+        page.included.retain(|f| {
+            let ok = f
+                .rtype
+                .parse::<ResourceType>()
+                .is_ok_and(|t| authorize(self.principal, t, false).is_ok());
+            if !ok && !withheld.contains(&f.rtype) {
+                withheld.push(f.rtype.clone());
+            }
+            ok
+        });
         // Audit: one record per search, naming the patient when the results concern one.
         if rt.is_patient_data() {
             let (patient, shown) = patients_shown(page.matches.iter().chain(&page.included));
@@ -785,12 +824,22 @@ impl Ctx<'_> {
                 json.as_deref().or(f.json.as_deref()),
             );
         }
-        if !parsed.ignored.is_empty() {
-            let issues: Vec<Issue> = parsed
+        if !parsed.ignored.is_empty() || !withheld.is_empty() {
+            let mut issues: Vec<Issue> = parsed
                 .ignored
                 .iter()
                 .map(|n| Issue::warning(IssueCode::NotSupported, format!("{n}: ignored")))
                 .collect();
+            if !withheld.is_empty() {
+                issues.push(Issue::warning(
+                    IssueCode::Forbidden,
+                    format!(
+                        "included resources not shown to role '{}': {}",
+                        self.principal.role.as_str(),
+                        withheld.join(", ")
+                    ),
+                ));
+            }
             let oo = hale_fhir::outcome::operation_outcome(&issues).to_string();
             b.entry(json!({"search": {"mode": "outcome"}}), Some(&oo));
         }

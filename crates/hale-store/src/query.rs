@@ -148,9 +148,16 @@ pub(crate) fn load_by_rid(conn: &Connection, rid: i64) -> rusqlite::Result<(i64,
 struct Sql {
     conds: Vec<String>,
     args: Vec<SqlValue>,
+    /// Numbers the aliases of nested (chained) subqueries.
+    aliases: usize,
 }
 
 impl Sql {
+    fn alias(&mut self, prefix: &str) -> String {
+        self.aliases += 1;
+        format!("{prefix}{}", self.aliases)
+    }
+
     fn arg(&mut self, v: impl Into<SqlValue>) -> String {
         self.args.push(v.into());
         format!("?{}", self.args.len())
@@ -344,6 +351,15 @@ fn predicate_sql(sql: &mut Sql, kind: ParamKind, p: &Predicate) -> String {
             }
             c
         }
+        Predicate::Chain { target, inner } => {
+            let a = sql.alias("c");
+            let t = sql.arg(text(target.as_str()));
+            let cond = clause_sql(sql, target.as_str(), inner, false, &a);
+            format!(
+                "s = {t} AND v IN (SELECT {a}.id FROM resources {a} WHERE {a}.rtype = {t} AND {a}.deleted = 0 AND {cond})"
+            )
+        }
+        Predicate::Has { .. } => "0".to_string(), // handled by clause_sql
         Predicate::Composite(a, b) => {
             let mut parts = vec![composite_part_sql(sql, "v", a)];
             let second = composite_part_sql(sql, "s", b);
@@ -411,13 +427,14 @@ fn composite_part_sql(sql: &mut Sql, col: &str, p: &Predicate) -> String {
 }
 
 /// Conditions over the updated time or id columns of `resources` (alias r).
-fn column_predicate(sql: &mut Sql, clause: &Clause, p: &Predicate) -> String {
+fn column_predicate(sql: &mut Sql, clause: &Clause, p: &Predicate, r: &str) -> String {
     match (clause.param, p) {
-        ("_id", Predicate::Token { code: Some(c), .. }) => format!("r.id = {}", sql.arg(text(c))),
-        ("_id", Predicate::Reference { id, .. }) => format!("r.id = {}", sql.arg(text(id))),
+        ("_id", Predicate::Token { code: Some(c), .. }) => format!("{r}.id = {}", sql.arg(text(c))),
+        ("_id", Predicate::Reference { id, .. }) => format!("{r}.id = {}", sql.arg(text(id))),
         ("_lastUpdated", Predicate::Date { .. }) => {
             let cond = predicate_sql(sql, ParamKind::Date, p);
-            cond.replace("lo", "r.updated_ms").replace("hi", "r.updated_ms")
+            cond.replace("lo", &format!("{r}.updated_ms"))
+                .replace("hi", &format!("{r}.updated_ms"))
         }
         _ => "0".to_string(),
     }
@@ -427,7 +444,7 @@ fn column_predicate(sql: &mut Sql, clause: &Clause, p: &Predicate) -> String {
 /// index; the others are `EXISTS` probes by rid, so a clause that matches half
 /// the table (a status, a date range) is checked per candidate row instead of
 /// being materialised in full.
-fn clause_sql(sql: &mut Sql, rtype: &str, clause: &Clause, drive: bool) -> String {
+fn clause_sql(sql: &mut Sql, rtype: &str, clause: &Clause, drive: bool, r: &str) -> String {
     if matches!(clause.param, "_id" | "_lastUpdated") {
         if let Some(missing) = clause.missing {
             return if missing { "0".into() } else { "1".into() };
@@ -435,7 +452,30 @@ fn clause_sql(sql: &mut Sql, rtype: &str, clause: &Clause, drive: bool) -> Strin
         let alts: Vec<String> = clause
             .alternatives
             .iter()
-            .map(|p| column_predicate(sql, clause, p))
+            .map(|p| column_predicate(sql, clause, p, r))
+            .collect();
+        return format!("({})", alts.join(" OR "));
+    }
+    if clause.param == "_has" {
+        // Some resource of another type refers to this one and matches.
+        let alts: Vec<String> = clause
+            .alternatives
+            .iter()
+            .filter_map(|p| match p {
+                Predicate::Has { source, param, inner } => {
+                    let (h, o) = (sql.alias("h"), sql.alias("o"));
+                    let st = sql.arg(text(source.as_str()));
+                    let pp = sql.arg(text(param));
+                    let me = sql.arg(text(rtype));
+                    let cond = clause_sql(sql, source.as_str(), inner, false, &o);
+                    Some(format!(
+                        "EXISTS (SELECT 1 FROM idx {h} JOIN resources {o} ON {o}.rid = {h}.rid \
+                         WHERE {h}.rtype = {st} AND {h}.param = {pp} AND {h}.s = {me} AND {h}.v = {r}.id \
+                         AND {o}.deleted = 0 AND {cond})"
+                    ))
+                }
+                _ => None,
+            })
             .collect();
         return format!("({})", alts.join(" OR "));
     }
@@ -443,7 +483,7 @@ fn clause_sql(sql: &mut Sql, rtype: &str, clause: &Clause, drive: bool) -> Strin
     let p = sql.arg(text(&column));
     if let Some(missing) = clause.missing {
         let neg = if missing { "NOT " } else { "" };
-        return format!("{neg}EXISTS (SELECT 1 FROM idx WHERE rid = r.rid AND param = {p})");
+        return format!("{neg}EXISTS (SELECT 1 FROM idx WHERE rid = {r}.rid AND param = {p})");
     }
     let alts: Vec<String> = clause
         .alternatives
@@ -453,19 +493,19 @@ fn clause_sql(sql: &mut Sql, rtype: &str, clause: &Clause, drive: bool) -> Strin
     if clause.not {
         // `:not`: no value of the parameter matches (resources without one included).
         return format!(
-            "NOT EXISTS (SELECT 1 FROM idx WHERE rid = r.rid AND param = {p} AND ({}))",
+            "NOT EXISTS (SELECT 1 FROM idx WHERE rid = {r}.rid AND param = {p} AND ({}))",
             alts.join(" OR ")
         );
     }
     if drive {
         let t = sql.arg(text(rtype));
         format!(
-            "r.rid IN (SELECT rid FROM idx WHERE rtype = {t} AND param = {p} AND ({}))",
+            "{r}.rid IN (SELECT rid FROM idx WHERE rtype = {t} AND param = {p} AND ({}))",
             alts.join(" OR ")
         )
     } else {
         format!(
-            "EXISTS (SELECT 1 FROM idx WHERE rid = r.rid AND param = {p} AND ({}))",
+            "EXISTS (SELECT 1 FROM idx WHERE rid = {r}.rid AND param = {p} AND ({}))",
             alts.join(" OR ")
         )
     }
@@ -491,6 +531,7 @@ fn where_sql(q: &SearchQuery) -> Sql {
     let mut sql = Sql {
         conds: Vec::new(),
         args: Vec::new(),
+        aliases: 0,
     };
     let mut clauses: Vec<&Clause> = q.clauses.iter().collect();
     clauses.sort_by_key(|c| selectivity_rank(c));
@@ -503,7 +544,7 @@ fn where_sql(q: &SearchQuery) -> Sql {
     } else {
         clauses
             .iter()
-            .position(|c| !matches!(c.param, "_id" | "_lastUpdated") && c.missing.is_none() && !c.not)
+            .position(|c| !matches!(c.param, "_id" | "_lastUpdated" | "_has") && c.missing.is_none() && !c.not)
     };
     let plus = if driver.is_some() || compartment_drives {
         "+"
@@ -530,7 +571,7 @@ fn where_sql(q: &SearchQuery) -> Sql {
         }
     }
     for (i, c) in clauses.into_iter().enumerate() {
-        let cond = clause_sql(&mut sql, q.rtype.as_str(), c, driver == Some(i));
+        let cond = clause_sql(&mut sql, q.rtype.as_str(), c, driver == Some(i), "r");
         sql.conds.push(cond);
     }
     sql
@@ -634,7 +675,7 @@ pub fn search(conn: &Connection, q: &SearchQuery) -> rusqlite::Result<SearchPage
             Some(n as u64)
         }
     };
-    let included = includes(conn, q, &rows.iter().map(|(rid, _)| *rid).collect::<Vec<_>>())?;
+    let included = includes(conn, q, &rows)?;
     Ok(SearchPage {
         matches: rows.into_iter().map(|(_, f)| f).collect(),
         included,
@@ -643,27 +684,106 @@ pub fn search(conn: &Connection, q: &SearchQuery) -> rusqlite::Result<SearchPage
     })
 }
 
-fn includes(conn: &Connection, q: &SearchQuery, rids: &[i64]) -> rusqlite::Result<Vec<Found>> {
+/// At most this many resources are included in one search page.
+pub const INCLUDED_MAX: usize = 1_000;
+/// `_include:iterate` follows at most this many rounds.
+pub const INCLUDE_ROUNDS_MAX: usize = 3;
+
+fn live_row(conn: &Connection, rtype: &str, id: &str) -> rusqlite::Result<Option<(i64, Found)>> {
+    conn.prepare_cached(
+        "SELECT rid, version, updated_ms, json FROM resources WHERE rtype = ?1 AND id = ?2 AND deleted = 0",
+    )?
+    .query_row(params![rtype, id], |r| {
+        Ok((
+            r.get(0)?,
+            Found {
+                rtype: rtype.to_string(),
+                id: id.to_string(),
+                version: r.get::<_, i64>(1)? as u64,
+                updated_ms: r.get(2)?,
+                json: Some(r.get(3)?),
+                method: "GET",
+            },
+        ))
+    })
+    .optional()
+}
+
+/// `_include` (followed from the matches, and with `:iterate` from what was
+/// included, up to [`INCLUDE_ROUNDS_MAX`] rounds) and `_revinclude`, at most
+/// [`INCLUDED_MAX`] resources, each once and never a match again.
+fn includes(conn: &Connection, q: &SearchQuery, matches: &[(i64, Found)]) -> rusqlite::Result<Vec<Found>> {
     let mut out: Vec<Found> = Vec::new();
-    let mut seen = std::collections::BTreeSet::new();
-    for inc in &q.includes {
-        if inc.source != q.rtype {
-            continue;
+    let mut seen: std::collections::BTreeSet<(String, String)> =
+        matches.iter().map(|(_, f)| (f.rtype.clone(), f.id.clone())).collect();
+    let mut frontier: Vec<(i64, String)> = matches.iter().map(|(rid, f)| (*rid, f.rtype.clone())).collect();
+    let rounds = if q.iterate { INCLUDE_ROUNDS_MAX } else { 1 };
+    let mut stmt =
+        conn.prepare_cached("SELECT s, v FROM idx WHERE rid = ?1 AND param = ?2 AND s IS NOT NULL AND v IS NOT NULL")?;
+    for _ in 0..rounds {
+        let mut next = Vec::new();
+        for inc in &q.includes {
+            for (rid, rtype) in &frontier {
+                if rtype != inc.source.as_str() {
+                    continue;
+                }
+                let targets: Vec<(String, String)> = stmt
+                    .query_map(params![rid, inc.param], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<rusqlite::Result<_>>()?;
+                for (t, id) in targets {
+                    if inc.target.is_some_and(|want| want.as_str() != t) || out.len() >= INCLUDED_MAX {
+                        continue;
+                    }
+                    if !seen.insert((t.clone(), id.clone())) {
+                        continue;
+                    }
+                    if let Some((trid, f)) = live_row(conn, &t, &id)? {
+                        next.push((trid, t));
+                        out.push(f);
+                    }
+                }
+            }
         }
-        let mut stmt = conn.prepare_cached("SELECT s, v FROM idx WHERE rid = ?1 AND param = ?2 AND v IS NOT NULL")?;
-        for rid in rids {
-            let targets: Vec<(Option<String>, String)> = stmt
-                .query_map(params![rid, inc.param], |r| Ok((r.get(0)?, r.get(1)?)))?
+        if next.is_empty() {
+            break;
+        }
+        frontier = next;
+    }
+    if !q.revincludes.is_empty() && !matches.is_empty() {
+        let ids: Vec<&str> = matches.iter().map(|(_, f)| f.id.as_str()).collect();
+        for inc in &q.revincludes {
+            let mut args: Vec<SqlValue> = vec![text(inc.source.as_str()), text(inc.param), text(q.rtype.as_str())];
+            let marks: Vec<String> = ids
+                .iter()
+                .map(|id| {
+                    args.push(text(id));
+                    format!("?{}", args.len())
+                })
+                .collect();
+            let sql_text = format!(
+                "SELECT DISTINCT r.rid, r.id, r.version, r.updated_ms, r.json FROM idx i JOIN resources r ON r.rid = i.rid \
+                 WHERE i.rtype = ?1 AND i.param = ?2 AND i.s = ?3 AND i.v IN ({}) AND r.deleted = 0 ORDER BY r.rid LIMIT {}",
+                marks.join(", "),
+                INCLUDED_MAX
+            );
+            let mut st = conn.prepare(&sql_text)?;
+            let rows: Vec<Found> = st
+                .query_map(params_from_iter(args.iter()), |r| {
+                    Ok(Found {
+                        rtype: inc.source.as_str().to_string(),
+                        id: r.get(1)?,
+                        version: r.get::<_, i64>(2)? as u64,
+                        updated_ms: r.get(3)?,
+                        json: Some(r.get(4)?),
+                        method: "GET",
+                    })
+                })?
                 .collect::<rusqlite::Result<_>>()?;
-            for (t, id) in targets {
-                let Some(t) = t else { continue };
-                if inc.target.is_some_and(|want| want.as_str() != t) {
-                    continue;
+            for f in rows {
+                if out.len() >= INCLUDED_MAX {
+                    break;
                 }
-                if !seen.insert((t.clone(), id.clone())) {
-                    continue;
-                }
-                if let Some(Current::Live(f)) = read(conn, &t, &id)? {
+                if seen.insert((f.rtype.clone(), f.id.clone())) {
                     out.push(f);
                 }
             }

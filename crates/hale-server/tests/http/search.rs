@@ -432,3 +432,70 @@ async fn last_updated_id_and_tag() {
         check(&c, &names, q, want).await;
     }
 }
+
+/// Chained parameters, `_has`, `_revinclude` and `_include:iterate` against
+/// stored data: each finds exactly what it says and nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chains_reverse_chains_and_revincludes() {
+    let srv = TestServer::start().await;
+    let org = srv
+        .create_id(
+            ADMIN,
+            &serde_json::json!({"resourceType": "Organization", "name": "Royal Infirmary"}),
+        )
+        .await;
+    let mut peter = any_patient("Peterson");
+    peter["managingOrganization"] = serde_json::json!({"reference": format!("Organization/{org}")});
+    let peter = srv.create_id(CLIN, &peter).await;
+    let other = srv.create_id(CLIN, &any_patient("Otherly")).await;
+    let obs = |p: &str, code: &str| {
+        serde_json::json!({
+            "resourceType": "Observation", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+            "subject": {"reference": format!("Patient/{p}")}
+        })
+    };
+    let o1 = srv.create_id(CLIN, &obs(&peter, "8480-6")).await;
+    let o2 = srv.create_id(CLIN, &obs(&other, "8310-5")).await;
+
+    let ids = |r: &Resp| r.match_ids();
+    let r = srv.search(CLIN, "/Observation?subject:Patient.name=peters").await;
+    assert_eq!(ids(&r), vec![o1.clone()]);
+    let r = srv.search(CLIN, "/Observation?subject.family=otherl").await;
+    assert_eq!(ids(&r), vec![o2.clone()]);
+    let r = srv
+        .search(CLIN, "/Observation?subject:Patient.organization.name=royal")
+        .await;
+    assert_eq!(ids(&r), vec![o1.clone()]);
+    let r = srv
+        .search(CLIN, "/Observation?subject:Patient.organization.name=general")
+        .await;
+    assert!(ids(&r).is_empty());
+    // _has: patients with a systolic blood pressure recorded.
+    let r = srv
+        .search(CLIN, "/Patient?_has:Observation:subject:code=http://loinc.org|8480-6")
+        .await;
+    assert_eq!(ids(&r), vec![peter.clone()]);
+    let r = srv.search(CLIN, "/Patient?_has:Observation:subject:code=nothing").await;
+    assert!(ids(&r).is_empty());
+    // _revinclude: the patient and the observations about them.
+    let r = srv
+        .search(CLIN, &format!("/Patient?_id={peter}&_revinclude=Observation:subject"))
+        .await;
+    assert_eq!(ids(&r), vec![peter.clone()]);
+    assert_eq!(r.ids("include", Some("Observation")), vec![o1.clone()]);
+    // _include:iterate follows from what was included.
+    let r = srv
+        .search(
+            CLIN,
+            &format!("/Observation?_id={o1}&_include=Observation:subject&_include:iterate=Patient:organization"),
+        )
+        .await;
+    assert_eq!(r.ids("include", Some("Patient")), vec![peter.clone()]);
+    assert_eq!(r.ids("include", Some("Organization")), vec![org.clone()]);
+    // A clerk may not search clinical data through a chain.
+    srv.get("/Patient?_has:Observation:subject:code=8480-6", CLERK)
+        .await
+        .expect(403)
+        .outcome();
+}
