@@ -21,6 +21,8 @@ use std::collections::HashMap;
 enum Planned {
     Write(WriteOp),
     Read(ResourceType, String),
+    /// A search (`GET Type?params`): answered after the writes, as a searchset Bundle.
+    Search(ResourceType, String),
     Invalid(FhirError),
 }
 
@@ -190,6 +192,16 @@ pub(crate) async fn run(cx: &Ctx<'_>, bundle: Value, kind: &str) -> Result<axum:
                     None => error_entry(&mut b, &FhirError::not_found(format!("{rt}/{id} does not exist"))),
                 }
             }
+            Planned::Search(rt, q) => match cx.search_in(rt, &q, None).await {
+                Ok(resp) => match axum::body::to_bytes(resp.into_body(), usize::MAX).await {
+                    Ok(body) => b.entry(
+                        json!({"response": {"status": "200 OK"}}),
+                        Some(&String::from_utf8_lossy(&body)),
+                    ),
+                    Err(e) => error_entry(&mut b, &FhirError::internal(format!("search result: {e}"))),
+                },
+                Err(e) => error_entry(&mut b, &entry_err(i, e)),
+            },
             Planned::Write(_) => match results.remove(&i) {
                 Some(Ok(w)) => written_entry(cx, &mut b, &w),
                 Some(Err(r)) => error_entry(&mut b, &entry_err(i, FhirError::from_rejection(r))),
@@ -252,10 +264,18 @@ fn plan_entry(cx: &Ctx<'_>, e: &Value, new_id: Option<String>) -> Result<Planned
             check(false)?;
             Ok(Planned::Read(rt, id.to_string()))
         }
+        ("GET", [_]) => {
+            check(false)?;
+            // Parse now, so that a bad search fails this entry (and a transaction) up front.
+            let pairs = crate::rest::query_pairs(query);
+            hale_fhir::search::parse_query(rt, &pairs, crate::rest::prefer_strict(cx.headers))
+                .map_err(|i| FhirError::invalid(vec![i]))?;
+            Ok(Planned::Search(rt, query.to_string()))
+        }
         _ => Err(FhirError::new(
             StatusCode::BAD_REQUEST,
             IssueCode::NotSupported,
-            format!("'{method} {url}' is not supported in a Bundle: use POST Type, PUT Type/id, DELETE Type/id or GET Type/id"),
+            format!("'{method} {url}' is not supported in a Bundle: use POST Type, PUT Type/id, DELETE Type/id, GET Type/id or GET Type?search"),
         )
         .at("request")),
     }

@@ -286,3 +286,29 @@ async fn summary_elements_total_and_the_self_link() {
         "{self_link}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn searches_inside_a_batch() {
+    let srv = TestServer::start().await;
+    let id = srv.create_id(CLERK, &with_mrn("Batchley", "B1")).await;
+    let batch = json!({
+        "resourceType": "Bundle", "type": "batch",
+        "entry": [
+            {"request": {"method": "GET", "url": format!("Patient?identifier={LOCAL}|B1")}},
+            {"request": {"method": "GET", "url": "Patient?family:fuzzy=x"}},
+            {"request": {"method": "GET", "url": format!("Patient/{id}")}}
+        ]
+    });
+    let r = srv.post("/", CLERK, &batch).await;
+    r.expect(200);
+    let e = r.entries();
+    assert_eq!(e[0]["response"]["status"], "200 OK", "{}", r.text);
+    assert_eq!(e[0]["resource"]["type"], "searchset");
+    assert_eq!(e[0]["resource"]["entry"][0]["resource"]["id"], id.as_str());
+    assert!(
+        e[1]["response"]["status"].as_str().unwrap().starts_with("400"),
+        "{}",
+        r.text
+    );
+    assert_eq!(e[2]["resource"]["id"], id.as_str());
+}
