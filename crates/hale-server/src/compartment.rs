@@ -67,6 +67,14 @@ impl Ctx<'_> {
         let Some(Current::Live(patient)) = patient else {
             return Err(FhirError::not_found(format!("Patient/{id} does not exist")));
         };
+        // Only types that hold something referring to this patient can be in
+        // its compartment (every compartment parameter is a reference).
+        let referring: BTreeSet<String> = self
+            .app
+            .reader
+            .with(|c| query::types_referring_to(c, "Patient", id))?
+            .into_iter()
+            .collect();
         let mut found: Vec<Found> = vec![patient];
         let mut withheld = Vec::new();
         let mut truncated = false;
@@ -75,7 +83,7 @@ impl Ctx<'_> {
             if matches!(rt, ResourceType::Patient | ResourceType::AuditEvent) {
                 continue;
             }
-            if types.as_ref().is_some_and(|t| !t.contains(&rt)) {
+            if types.as_ref().is_some_and(|t| !t.contains(&rt)) || !referring.contains(rt.as_str()) {
                 continue;
             }
             let Some(compartment) = Compartment::patient(rt, id) else {

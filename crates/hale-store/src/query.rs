@@ -792,6 +792,17 @@ fn includes(conn: &Connection, q: &SearchQuery, matches: &[(i64, Found)]) -> rus
     Ok(out)
 }
 
+/// The types of live resources that refer to `rtype/id` (so a compartment walk
+/// need not search the types that hold nothing for this patient).
+pub fn types_referring_to(conn: &Connection, rtype: &str, id: &str) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT DISTINCT r.rtype FROM refs f JOIN resources r ON r.rid = f.rid
+         WHERE f.dst_type = ?1 AND f.dst_id = ?2 AND r.deleted = 0",
+    )?;
+    let rows = stmt.query_map(params![rtype, id], |r| r.get(0))?;
+    rows.collect()
+}
+
 /// The local references a live resource holds, as (type, id).
 pub fn references_of(conn: &Connection, rtype: &str, id: &str) -> rusqlite::Result<Vec<(String, String)>> {
     let mut stmt = conn.prepare_cached(
