@@ -1256,6 +1256,27 @@ fn of_type_predicate(key: &str, piece: &str) -> Result<Predicate, Issue> {
     }
 }
 
+/// A search value's comparison prefix (`eq` when there is none) and the rest;
+/// None for letters that are not a prefix.
+fn prefix(piece: &str) -> Option<(DateOp, &str)> {
+    let op = match piece.get(..2) {
+        Some(p) if piece.as_bytes()[0].is_ascii_alphabetic() => match p {
+            "eq" => DateOp::Eq,
+            "ne" => DateOp::Ne,
+            "gt" => DateOp::Gt,
+            "lt" => DateOp::Lt,
+            "ge" => DateOp::Ge,
+            "le" => DateOp::Le,
+            "sa" => DateOp::Sa,
+            "eb" => DateOp::Eb,
+            "ap" => DateOp::Ap,
+            _ => return None,
+        },
+        _ => return Some((DateOp::Eq, piece)),
+    };
+    Some((op, &piece[2..]))
+}
+
 /// A number search value with its prefix, and the range its precision implies.
 fn number_value(key: &str, piece: &str) -> Result<(DateOp, Num, Num, Num), Issue> {
     let bad = || {
@@ -1264,24 +1285,7 @@ fn number_value(key: &str, piece: &str) -> Result<(DateOp, Num, Num, Num), Issue
             format!("'{piece}' is not a number: use [prefix]number, such as 100, ge4.5 or 1e3"),
         )
     };
-    let (op, rest) = match piece.get(..2) {
-        Some(p) if piece.as_bytes()[0].is_ascii_alphabetic() => {
-            let op = match p {
-                "eq" => DateOp::Eq,
-                "ne" => DateOp::Ne,
-                "gt" => DateOp::Gt,
-                "lt" => DateOp::Lt,
-                "ge" => DateOp::Ge,
-                "le" => DateOp::Le,
-                "sa" => DateOp::Sa,
-                "eb" => DateOp::Eb,
-                "ap" => DateOp::Ap,
-                _ => return Err(bad()),
-            };
-            (op, &piece[2..])
-        }
-        _ => (DateOp::Eq, piece),
-    };
+    let (op, rest) = prefix(piece).ok_or_else(bad)?;
     let value: f64 = rest.parse().map_err(|_| bad())?;
     if !value.is_finite() || rest.starts_with('+') || rest.contains(['i', 'I', 'n', 'N']) {
         return Err(bad());
@@ -1386,29 +1390,16 @@ fn uri_prefixes(uri: &str) -> Vec<String> {
 }
 
 fn date_predicate(key: &str, piece: &str) -> Result<Predicate, Issue> {
-    let (op, rest) = match piece.get(..2) {
-        Some(p) if piece.as_bytes()[0].is_ascii_alphabetic() => {
-            let op = match p {
-                "eq" => DateOp::Eq,
-                "ne" => DateOp::Ne,
-                "gt" => DateOp::Gt,
-                "lt" => DateOp::Lt,
-                "ge" => DateOp::Ge,
-                "le" => DateOp::Le,
-                "sa" => DateOp::Sa,
-                "eb" => DateOp::Eb,
-                "ap" => {
-                    return Err(Issue::error(
-                        IssueCode::NotSupported,
-                        "the date prefix 'ap' (approximately) is not supported",
-                    )
-                    .at(key))
-                }
-                _ => return Err(value_error(key, format!("'{piece}' is not a date search value"))),
-            };
-            (op, &piece[2..])
+    let (op, rest) = match prefix(piece) {
+        Some((DateOp::Ap, _)) => {
+            return Err(Issue::error(
+                IssueCode::NotSupported,
+                "the date prefix 'ap' (approximately) is not supported",
+            )
+            .at(key))
         }
-        _ => (DateOp::Eq, piece),
+        Some(x) => x,
+        None => return Err(value_error(key, format!("'{piece}' is not a date search value"))),
     };
     let Some((start_ms, end_ms)) = date::parse_range_ms(rest) else {
         return Err(value_error(
