@@ -50,6 +50,9 @@ async fn requests_past_the_inflight_limit_get_503() {
     )
     .await
     .unwrap();
+    // Let the slow request take the permit before polling: a poll that got in
+    // first would leave it refused, and then nothing would hold the permit.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     // Poll (bounded) until the slow request holds the permit and a second one is refused.
     let mut refused = None;
     for _ in 0..200 {
