@@ -21,7 +21,11 @@ Writes, under crates/hale-fhir/src/generated/:
   plus the parameters every resource has (`Resource`, `DomainResource`);
 - compartment_patient.rs: the patient compartment's parameters per type;
 - summary_elements.rs: per type, the summary and the mandatory top-level
-  elements (choice elements as `name[x]`).
+  elements (choice elements as `name[x]`);
+- required_primitives.rs: every element of a resource or complex datatype with
+  min >= 1 that the JSON Schema does not list in `required` (the schema lists
+  only complex elements there, so required primitives and choice elements are
+  missing), named by the schema's definition (`Bundle_Request`, `method`).
 
 The output is deterministic (sorted by type, then parameter code). Standard
 library only.
@@ -45,6 +49,15 @@ HEADER = (
     "// (HL7, CC0) in ../shared/fhir. Do not edit: change the generator and rerun it.\n"
 )
 NOT_STORED = {"Parameters"}
+# Required elements that the official R4 examples themselves leave out. The
+# examples must load (issue 9), so these stay optional; every other min >= 1
+# element is enforced. (definition, element, why)
+REQUIRED_EXEMPT = {
+    ("ImplementationGuide", "name"): "ImplementationGuide examples omit name",
+    ("ImplementationGuide", "status"): "ImplementationGuide examples omit status",
+    ("Questionnaire_Item", "linkId"): "Questionnaire examples omit item.linkId",
+    ("SearchParameter", "base"): "SearchParameter examples omit base",
+}
 KINDS = {
     "string": "String",
     "token": "Token",
@@ -233,6 +246,8 @@ def main():
     lines.append("];\n")
     out["summary_elements.rs"] = "".join(lines)
 
+    out["required_primitives.rs"] = required_primitives(schema, args.package)
+
     stale = []
     for name, text in out.items():
         path = OUT_DIR / name
@@ -250,6 +265,65 @@ def main():
         return 0
     print(f"{len(types)} types, {len(params)} search parameters; wrote {len(stale)} file(s) under {OUT_DIR}")
     return 0
+
+
+def required_primitives(schema, package):
+    """Walk every resource and complex-type StructureDefinition's snapshot,
+    naming each backbone element as the JSON Schema does (`Type_Leaf`, then
+    `Type_Leaf1`, ... in document order when a leaf name repeats), and list the
+    min >= 1 elements the schema's `required` does not already hold."""
+    defs = schema["definitions"]
+    found, exempted = set(), set()
+    for f in sorted(package.glob("StructureDefinition-*.json")):
+        sd = json.loads(f.read_text(encoding="utf-8"))
+        if sd.get("derivation") != "specialization" or sd.get("kind") not in ("resource", "complex-type"):
+            continue
+        t = sd["type"]
+        if t not in defs or t in NOT_STORED:
+            continue
+        elements = sd["snapshot"]["element"]
+        paths = [e["path"] for e in elements]
+        names, used = {t: t}, {t}
+        for i, path in enumerate(paths[1:], start=1):
+            if i + 1 < len(paths) and paths[i + 1].startswith(path + "."):
+                leaf = path.rsplit(".", 1)[1]
+                base = f"{t}_{leaf[0].upper()}{leaf[1:]}"
+                name, k = base, 1
+                while name in used:
+                    name, k = f"{base}{k}", k + 1
+                used.add(name)
+                names[path] = name
+        for e in elements:
+            parent, _, leaf = e["path"].rpartition(".")
+            if not parent or e.get("min", 0) < 1:
+                continue
+            owner = names[parent]
+            props = defs[owner].get("properties", {})
+            if leaf.endswith("[x]"):
+                prefix = leaf[:-3]
+                if not any(k.startswith(prefix) and k[len(prefix):len(prefix) + 1].isupper() for k in props):
+                    sys.exit(f"{e['path']}: {owner} has no typed forms of {leaf}")
+            elif leaf not in props:
+                sys.exit(f"{e['path']}: schema definition {owner} has no property {leaf}")
+            elif leaf in defs[owner].get("required", []):
+                continue
+            if (owner, leaf) in REQUIRED_EXEMPT:
+                exempted.add((owner, leaf))
+            else:
+                found.add((owner, leaf))
+    if exempted != set(REQUIRED_EXEMPT):
+        sys.exit(f"REQUIRED_EXEMPT names elements that are not required: {set(REQUIRED_EXEMPT) - exempted}")
+    lines = [
+        HEADER,
+        "// From each resource and complex datatype's StructureDefinition (npm\n",
+        "// hl7.fhir.r4.examples 4.0.1): elements with min >= 1 that fhir.schema.json\n",
+        "// does not list in `required`, by schema definition; choices as `name[x]`.\n",
+        f"// Exempt (the official examples omit them): {', '.join(f'{o}.{l}' for o, l in sorted(REQUIRED_EXEMPT))}.\n\n",
+        "pub(crate) static REQUIRED_PRIMITIVES: &[(&str, &str)] = &[\n",
+    ]
+    lines += [f"    ({rust_str(o)}, {rust_str(l)}),\n" for o, l in sorted(found)]
+    lines.append("];\n")
+    return "".join(lines)
 
 
 if __name__ == "__main__":

@@ -139,7 +139,21 @@ fn resource_type_checks() {
         r#"{"resourceType":"CarePlan","status":"active","intent":"plan","subject":{"reference":"Patient/p"}}"#,
         "ok",
     );
-    check(r#"{"resourceType":"CarePlan"}"#, "required CarePlan.subject");
+    // Required primitives (status, intent) come from the StructureDefinitions:
+    // the JSON Schema lists only the complex `subject`.
+    check(
+        r#"{"resourceType":"CarePlan"}"#,
+        "required CarePlan.status\nrequired CarePlan.intent\nrequired CarePlan.subject",
+    );
+    check(
+        r#"{"resourceType":"MedicationRequest","intent":"order","subject":{"reference":"Patient/p"},
+            "medicationCodeableConcept":{"text":"Paracetamol"}}"#,
+        "required MedicationRequest.status",
+    );
+    check(
+        r#"{"resourceType":"MedicationRequest","status":"active","intent":"order","subject":{"reference":"Patient/p"}}"#,
+        "required MedicationRequest.medication",
+    );
     check_msg(
         r#"{"resourceType":"Parameters"}"#,
         "not-supported resourceType",
