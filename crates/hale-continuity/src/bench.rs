@@ -50,6 +50,7 @@ fn load_board(dir: &Path, patients: usize, today: chrono::NaiveDate, now_ms: i64
     let mut flush = |ops: Vec<WriteOp>, sm: &mut StateMachine| -> Result<(), ContinuityError> {
         index += 1;
         let cmd = Command {
+            references: Default::default(),
             time_ms: now_ms - 3_600_000,
             actor: Actor::system(),
             kind: CommandKind::Batch(ops),

@@ -700,6 +700,7 @@ mod tests {
 
     fn entry(index: u64, bytes: usize) -> Entry {
         let cmd = Command {
+            references: Default::default(),
             time_ms: 0,
             actor: Actor::system(),
             kind: CommandKind::Audit(vec![hale_store::command::AuditRecord {

@@ -96,6 +96,7 @@ impl Spool {
 
 async fn commit(proposer: &dyn Proposer, records: Vec<AuditRecord>) -> Result<(), String> {
     let cmd = hale_store::command::Command {
+        references: Default::default(),
         time_ms: crate::now_ms(),
         actor: hale_store::Actor::system(),
         kind: CommandKind::Audit(records),

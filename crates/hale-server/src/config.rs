@@ -1,6 +1,7 @@
 //! Server configuration. The binary reads it from a TOML file, then lets
 //! environment variables and flags override it.
 
+pub use hale_store::command::References;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -23,6 +24,10 @@ pub struct Config {
     /// Patient contact: the delivery worker's adapters (SMTP, GOV.UK Notify, letters) and bounds.
     /// Off unless an adapter is configured.
     pub notify: crate::outbox::NotifySettings,
+    /// Whether writes through the API must reference resources this store holds
+    /// (`enforce`, the default) or may point elsewhere (`off`, for loading other
+    /// systems' data). Carried in each command, so replicas apply it alike.
+    pub references: References,
 }
 
 impl Default for Config {
@@ -38,6 +43,7 @@ impl Default for Config {
             downtime: crate::downtime::DowntimeSettings::default(),
             outage: crate::outage::OutageSettings::default(),
             notify: crate::outbox::NotifySettings::default(),
+            references: References::Enforce,
         }
     }
 }

@@ -282,6 +282,7 @@ async fn submit(app: &App, ops: Vec<WriteOp>, existing_ok: bool) -> Result<usize
         .map(|op| (op.rtype().to_string(), op.id().to_string()))
         .collect();
     let cmd = Command {
+        references: Default::default(),
         time_ms: crate::now_ms(),
         actor: Actor {
             user: "demo-loader".into(),
@@ -326,6 +327,7 @@ mod tests {
 
     fn command(ops: Vec<WriteOp>) -> Command {
         Command {
+            references: Default::default(),
             time_ms: 1,
             actor: Actor {
                 user: "demo-loader".into(),

@@ -689,6 +689,7 @@ fn service_matches(services: &[String], category: Option<Category>, types: &[Str
 /// Propose a command whose time was fixed by the caller.
 pub(crate) async fn propose_at(cx: &Ctx<'_>, time_ms: i64, kind: CommandKind) -> Result<Applied, FhirError> {
     let cmd = Command {
+        references: Default::default(),
         time_ms,
         actor: cx.principal.actor(),
         kind,

@@ -1145,6 +1145,7 @@ impl ServerOutbox {
             )));
         }
         let cmd = Command {
+            references: Default::default(),
             time_ms: crate::now_ms(),
             actor: self.actor.clone(),
             kind: CommandKind::Write(WriteOp::Update {

@@ -382,6 +382,7 @@ pub struct Ctx<'a> {
 impl Ctx<'_> {
     pub fn command(&self, kind: CommandKind) -> Command {
         Command {
+            references: self.app.cfg.references,
             time_ms: now_ms(),
             actor: self.principal.actor(),
             kind,

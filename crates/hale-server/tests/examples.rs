@@ -9,6 +9,7 @@ mod common;
 use common::*;
 use hale_fhir::search::{extract_index, is_supported, Facet, IndexValue};
 use hale_fhir::ResourceType;
+use hale_server::config::References;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -179,9 +180,13 @@ async fn official_examples_load_and_read_back_unchanged() {
         all.len(),
         all.keys().filter(|(t, _)| t == "AuditEvent").count()
     );
-    // Every loaded example reads back as sent: decimals, strings, order.
+    assert_reads_back(&srv, &all, &loaded).await;
+}
+
+/// Every loaded example reads back as sent: decimals, strings, order.
+async fn assert_reads_back(srv: &TestServer, all: &BTreeMap<(String, String), Value>, loaded: &[&(String, String)]) {
     let mut changed = Vec::new();
-    for key in &loaded {
+    for key in loaded {
         let (t, id) = key;
         let r = srv.get(&format!("/{t}/{id}"), ADMIN).await;
         r.expect(200);
@@ -190,6 +195,56 @@ async fn official_examples_load_and_read_back_unchanged() {
         }
     }
     assert!(changed.is_empty(), "read back changed: {changed:?}");
+}
+
+/// With referential integrity off (`hale serve --referential-integrity off`, for
+/// loading other systems' data), every example is accepted in one pass, in any
+/// order, dangling references included, and reads back unchanged. The only
+/// exception is the example whose 67-character id breaks R4's own id rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_referential_integrity_off_every_official_example_loads() {
+    let srv = TestServer::start_with(|cfg| {
+        cfg.limits.body_bytes_max = 48 * 1024 * 1024;
+        cfg.references = References::Off;
+    })
+    .await;
+    let all = examples();
+    let mut loaded = Vec::new();
+    let mut refused = Vec::new();
+    for key in all.keys().filter(|(t, _)| t != "AuditEvent") {
+        let (t, id) = key;
+        let r = srv.put(&format!("/{t}/{id}"), ADMIN, &all[key]).await;
+        match r.status {
+            200 | 201 => loaded.push(key),
+            _ => refused.push(format!(
+                "{t}/{id}: {} {}",
+                r.status,
+                r.text.chars().take(300).collect::<String>()
+            )),
+        }
+    }
+    assert_eq!(refused.len(), 1, "refused: {refused:#?}");
+    assert!(refused[0].contains("is not a valid id"), "{}", refused[0]);
+    // Client writes of AuditEvent are refused with a clear outcome, as always.
+    let (key, audit) = all
+        .iter()
+        .find(|((t, _), _)| t == "AuditEvent")
+        .expect("an AuditEvent example");
+    let r = srv.put(&format!("/AuditEvent/{}", key.1), ADMIN, audit).await;
+    assert_eq!(r.status, 400, "AuditEvent write: {}", r.text);
+    assert_eq!(r.body()["issue"][0]["code"], "not-supported");
+    assert_eq!(r.body()["resourceType"], "OperationOutcome");
+    eprintln!(
+        "examples with referential integrity off: {} loaded of {} ({} AuditEvents not sent)",
+        loaded.len(),
+        all.len(),
+        all.keys().filter(|(t, _)| t == "AuditEvent").count()
+    );
+    assert_reads_back(&srv, &all, &loaded).await;
+    // Deletes are not blocked by references either: Patient/example is the
+    // target of many examples' references.
+    let d = srv.delete("/Patient/example", ADMIN).await;
+    assert!(matches!(d.status, 200 | 204), "delete: {} {}", d.status, d.text);
 }
 
 /// Post-order of `key` and everything it refers to; false when a reference is

@@ -10,7 +10,7 @@
 //! A command split into parts ([`crate::split`]) is staged part by part and
 //! applied whole when its last part applies, at that part's log index.
 
-use crate::command::{Actor, AuditAction, AuditRecord, Command, CommandKind, CommandPart, WriteOp};
+use crate::command::{Actor, AuditAction, AuditRecord, Command, CommandKind, CommandPart, References, WriteOp};
 use crate::query;
 use crate::split::{PARTS_PER_COMMAND_MAX, SPLIT_COMMAND_BYTES_MAX, STAGED_PART_TTL_MS};
 use crate::{RejectKind, Rejection, WriteStatus, Written};
@@ -49,6 +49,7 @@ pub fn apply_command(conn: &Connection, index: u64, cmd: &Command) -> Result<App
         index,
         time_ms: cmd.time_ms,
         actor: &cmd.actor,
+        references: cmd.references,
         audit_pos: 0,
         deferred_refs: Vec::new(),
     };
@@ -235,6 +236,7 @@ struct Cx<'a> {
     index: u64,
     time_ms: i64,
     actor: &'a Actor,
+    references: References,
     audit_pos: u64,
     /// References to check once all ops of the current unit have been applied:
     /// (op index, FHIRPath of the reference, target type, target id).
@@ -567,7 +569,7 @@ impl<'a> Cx<'a> {
         })?;
         // References of this version must resolve once the unit is complete.
         for (path, t, i) in local_references(rt, &resource) {
-            if !(t == rt.as_str() && i == id) {
+            if self.references.is_enforce() && !(t == rt.as_str() && i == id) {
                 self.deferred_refs.push((op_index, path, t, i));
             }
         }
@@ -664,14 +666,17 @@ impl<'a> Cx<'a> {
             self.release_slots(id, &old, None)?;
         }
         // Refuse to orphan live resources that point here.
-        let referrer: Option<(String, String)> = self
-            .conn
-            .prepare_cached(
-                "SELECT r.rtype, r.id FROM refs f JOIN resources r ON r.rid = f.rid
+        let referrer: Option<(String, String)> = if !self.references.is_enforce() {
+            None
+        } else {
+            self.conn
+                .prepare_cached(
+                    "SELECT r.rtype, r.id FROM refs f JOIN resources r ON r.rid = f.rid
                  WHERE f.dst_type = ?1 AND f.dst_id = ?2 AND r.deleted = 0 AND f.rid != ?3 LIMIT 1",
-            )?
-            .query_row(params![rt.as_str(), id, cur.rid], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
+                )?
+                .query_row(params![rt.as_str(), id, cur.rid], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?
+        };
         if let Some((t, i)) = referrer {
             return Err(reject(
                 RejectKind::Conflict,

@@ -39,6 +39,33 @@ pub struct Command {
     pub time_ms: i64,
     pub actor: Actor,
     pub kind: CommandKind,
+    /// The referential-integrity policy of the node that accepted the request,
+    /// fixed before apply so every replica decides alike. Absent from the
+    /// encoding when `Enforce`, so logs written before it existed replay unchanged.
+    #[serde(default, skip_serializing_if = "References::is_enforce")]
+    pub references: References,
+}
+
+/// Whether apply holds local references (`Patient/123`) to resources this
+/// store holds. `Enforce` (the default, as HAPI and Blaze do): a write whose
+/// reference has no live target is refused, and so is a delete that would leave
+/// a live resource pointing at nothing. `Off`: references are stored as sent and
+/// deletes are not blocked, for loading data from systems whose references
+/// point outside what is being loaded (`hale serve --referential-integrity off`).
+/// Booking still needs its Slots: an Appointment cannot hold a Slot that does
+/// not exist under either policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum References {
+    #[default]
+    Enforce,
+    Off,
+}
+
+impl References {
+    pub fn is_enforce(&self) -> bool {
+        *self == References::Enforce
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -83,6 +83,7 @@ pub fn split_command(cmd: &Command, bytes_max: usize, group: &str) -> Result<Vec
         return Err(SplitError::EmptyGroup);
     }
     let part = |seq: u32, count: u32, chunk: String| Command {
+        references: cmd.references,
         time_ms: cmd.time_ms,
         actor: cmd.actor.clone(),
         kind: CommandKind::Part(CommandPart {

@@ -5,12 +5,13 @@ mod common;
 
 use common::{actor, put};
 use hale_store::apply::Applied;
-use hale_store::command::Command;
+use hale_store::command::{Command, References};
 use hale_store::{CommandKind, RejectKind, StateMachine, WriteOp, WriteStatus};
 use serde_json::{json, Value};
 
 fn cmd(i: i64, kind: CommandKind) -> Command {
     Command {
+        references: Default::default(),
         time_ms: 1_700_000_000_000 + i * 1000,
         actor: actor(),
         kind,
@@ -222,6 +223,69 @@ fn integrity_rules() {
         }],
         Ok(WriteStatus::NotFound),
         "free",
+    );
+}
+
+/// `References::Off` (travelling in the command) lets a write point at what the
+/// store does not hold and a delete leave references behind; a Slot that does
+/// not exist still cannot be booked. `Enforce` is left out of the encoding.
+#[test]
+fn referential_integrity_off_travels_in_the_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = StateMachine::open(dir.path()).unwrap();
+    let mut i = 0u64;
+    let mut apply = |op: WriteOp, references: References| {
+        i += 1;
+        let c = Command {
+            references,
+            ..cmd(i as i64, CommandKind::Write(op))
+        };
+        match sm.apply(&[(i, &c)]).unwrap().into_iter().next().unwrap() {
+            Applied::Ops(mut v) => v.pop().unwrap().map(|w| w.status).map_err(|r| r.kind),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    for op in base() {
+        apply(op, References::Enforce).unwrap();
+    }
+    let obs = || {
+        put(
+            "Observation",
+            "o1",
+            json!({"status": "final", "code": {"text": "x"}, "subject": {"reference": "Patient/elsewhere"}}),
+        )
+    };
+    assert_eq!(apply(obs(), References::Enforce), Err(RejectKind::Unprocessable));
+    assert_eq!(apply(obs(), References::Off), Ok(WriteStatus::Created));
+    let del = || WriteOp::Delete {
+        rtype: "Schedule".into(),
+        id: "sch".into(),
+    };
+    assert_eq!(apply(del(), References::Enforce), Err(RejectKind::Conflict));
+    assert_eq!(apply(del(), References::Off), Ok(WriteStatus::Deleted));
+    let mut a = appt("p1", "booked");
+    a["slot"] = json!([{"reference": "Slot/none"}]);
+    assert_eq!(
+        apply(put("Appointment", "a1", a), References::Off),
+        Err(RejectKind::Unprocessable)
+    );
+
+    let enc = |r| {
+        serde_json::to_string(&Command {
+            references: r,
+            ..cmd(1, CommandKind::Audit(vec![]))
+        })
+        .unwrap()
+    };
+    assert!(
+        !enc(References::Enforce).contains("references"),
+        "{}",
+        enc(References::Enforce)
+    );
+    assert!(
+        enc(References::Off).contains(r#""references":"off""#),
+        "{}",
+        enc(References::Off)
     );
 }
 

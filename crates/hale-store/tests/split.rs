@@ -18,6 +18,7 @@ const T0: i64 = 1_700_000_000_000;
 
 fn cmd_at(time_ms: i64, kind: CommandKind) -> Command {
     Command {
+        references: Default::default(),
         time_ms,
         actor: actor(),
         kind,
@@ -145,6 +146,7 @@ fn random_command(rng: &mut Rng, case: usize) -> Command {
         CommandKind::Transaction(ops)
     };
     Command {
+        references: Default::default(),
         time_ms: T0 + case as i64 * 1000,
         actor: Actor {
             user: rng.pick(&["tester", "o\"brien", "zoë\\admin"]).into(),

@@ -13,7 +13,7 @@ mod outage;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use hale_server::config::{demo_tokens, Config};
+use hale_server::config::{demo_tokens, Config, References};
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
@@ -87,6 +87,12 @@ struct ServeArgs {
     /// without --raft-listen; use `hale cluster init` otherwise).
     #[arg(long)]
     bootstrap: bool,
+    /// Whether a write must reference only resources this server holds: `enforce`
+    /// (the default, as HAPI and Blaze) or `off` (store references as sent, and let
+    /// deletes leave them dangling; for loading data whose references point outside
+    /// it). Env: HALE_REFERENTIAL_INTEGRITY.
+    #[arg(long, value_parser = ["enforce", "off"])]
+    referential_integrity: Option<String>,
     /// Accept fault injection on the raft port (chaos testing only; never in production).
     #[arg(long, hide = true)]
     fault_injection: bool,
@@ -248,6 +254,17 @@ fn load_config(a: &ServeArgs) -> Result<Config> {
     }
     if let Some(v) = env("HALE_BODY_BYTES_MAX") {
         cfg.limits.body_bytes_max = v.parse().context("HALE_BODY_BYTES_MAX must be a number")?;
+    }
+    if let Some(v) = a
+        .referential_integrity
+        .clone()
+        .or_else(|| env("HALE_REFERENTIAL_INTEGRITY"))
+    {
+        cfg.references = match v.as_str() {
+            "enforce" => References::Enforce,
+            "off" => References::Off,
+            other => bail!("HALE_REFERENTIAL_INTEGRITY must be `enforce` or `off` (got `{other}`)"),
+        };
     }
     if let Some(v) = &a.data {
         cfg.data = v.clone();

@@ -43,6 +43,7 @@ pub fn load(dir: &Path, resources: impl IntoIterator<Item = Value>) {
         }
         index += 1;
         let cmd = Command {
+            references: Default::default(),
             time_ms: now_ms() - 86_400_000,
             actor: Actor {
                 user: "demo-loader".into(),
