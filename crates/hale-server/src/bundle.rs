@@ -3,7 +3,10 @@
 //! A transaction becomes one `Transaction` command: it commits entirely or
 //! not at all. `urn:uuid:` fullUrls are given server ids before the command
 //! is built and every reference to them is rewritten, so apply sees only
-//! ordinary `Type/id` references.
+//! ordinary `Type/id` references. So are conditional references
+//! (`Practitioner?identifier=sys|val`, as Synthea writes them): each is
+//! resolved by a strict search on this node to its one match; none or several
+//! fail the entry (412). Apply then re-checks that the target still exists.
 
 use crate::auth::authorize;
 use crate::rest::{parse_json, resource_type, valid_id, Ctx, Handled};
@@ -98,14 +101,24 @@ pub(crate) async fn run(cx: &Ctx<'_>, bundle: Value, kind: &str) -> Result<axum:
         new_ids.push(assign_id(e, &mut ids));
     }
     let mut plans: Vec<Planned> = Vec::with_capacity(entries.len());
+    let mut resolved: HashMap<String, Result<String, FhirError>> = HashMap::new();
     for (i, e) in entries.iter().enumerate() {
         let mut e = e.clone();
-        if !ids.is_empty() {
-            if let Some(r) = e.get_mut("resource") {
+        let mut conditional = Ok(());
+        if let Some(r) = e.get_mut("resource") {
+            if !ids.is_empty() {
                 rewrite_refs(r, &ids);
             }
+            let rt = r
+                .get("resourceType")
+                .and_then(Value::as_str)
+                .unwrap_or("Resource")
+                .to_string();
+            conditional = resolve_conditional_refs(cx, r, &mut rt.clone(), &mut resolved);
         }
-        let plan = plan_entry(cx, &e, new_ids[i].take()).unwrap_or_else(|err| Planned::Invalid(entry_err(i, err)));
+        let plan = conditional
+            .and_then(|()| plan_entry(cx, &e, new_ids[i].take()))
+            .unwrap_or_else(|err| Planned::Invalid(entry_err(i, err)));
         if transaction {
             if let Planned::Invalid(err) = plan {
                 return Err(err);
@@ -365,6 +378,95 @@ fn rewrite_refs(v: &mut Value, ids: &HashMap<String, String>) {
         }
         Value::Array(a) => a.iter_mut().for_each(|c| rewrite_refs(c, ids)),
         _ => {}
+    }
+}
+
+/// At most this many distinct conditional references in one Bundle (each is a search).
+pub const CONDITIONAL_REFS_MAX: usize = 1_000;
+
+/// Whether a reference is conditional: `Type?search` with a known type.
+fn conditional_ref(s: &str) -> Option<(ResourceType, &str)> {
+    let (t, q) = s.split_once('?')?;
+    Some((t.parse().ok()?, q))
+}
+
+/// Replace every conditional reference under `v` (`path` is its FHIRPath) with
+/// `Type/id` of its single match. Results are shared across the Bundle's entries.
+fn resolve_conditional_refs(
+    cx: &Ctx<'_>,
+    v: &mut Value,
+    path: &mut String,
+    resolved: &mut HashMap<String, Result<String, FhirError>>,
+) -> Result<(), FhirError> {
+    match v {
+        Value::Object(m) => {
+            for (k, child) in m.iter_mut() {
+                let len = path.len();
+                path.push('.');
+                path.push_str(k);
+                let r = match child {
+                    Value::String(s) if k == "reference" => match conditional_ref(s) {
+                        Some((rt, q)) => {
+                            if !resolved.contains_key(s.as_str()) {
+                                if resolved.len() >= CONDITIONAL_REFS_MAX {
+                                    return Err(FhirError::new(
+                                        StatusCode::PAYLOAD_TOO_LARGE,
+                                        IssueCode::TooCostly,
+                                        format!("more than {CONDITIONAL_REFS_MAX} distinct conditional references in one Bundle; split it"),
+                                    )
+                                    .at(path.clone()));
+                                }
+                                let found = resolve_one(cx, rt, q, s);
+                                resolved.insert(s.clone(), found);
+                            }
+                            match &resolved[s.as_str()] {
+                                Ok(target) => {
+                                    *s = target.clone();
+                                    Ok(())
+                                }
+                                Err(e) => Err(FhirError {
+                                    status: e.status,
+                                    issues: e.issues.iter().cloned().map(|i| i.at(path.clone())).collect(),
+                                }),
+                            }
+                        }
+                        None => Ok(()),
+                    },
+                    _ => resolve_conditional_refs(cx, child, path, resolved),
+                };
+                path.truncate(len);
+                r?;
+            }
+            Ok(())
+        }
+        Value::Array(a) => {
+            for (i, c) in a.iter_mut().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                let r = resolve_conditional_refs(cx, c, path, resolved);
+                path.truncate(len);
+                r?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+fn resolve_one(cx: &Ctx<'_>, rt: ResourceType, q: &str, reference: &str) -> Result<String, FhirError> {
+    authorize(cx.principal, rt, false)?;
+    match cx.matches(rt, q)?.as_slice() {
+        [(id, _)] => Ok(format!("{rt}/{id}")),
+        [] => Err(FhirError::new(
+            StatusCode::PRECONDITION_FAILED,
+            IssueCode::NotFound,
+            format!("the conditional reference {reference} matches no {rt} on this server; load it first"),
+        )),
+        _ => Err(FhirError::new(
+            StatusCode::PRECONDITION_FAILED,
+            IssueCode::MultipleMatches,
+            format!("the conditional reference {reference} matches more than one {rt}; make the search specific"),
+        )),
     }
 }
 

@@ -26,7 +26,7 @@ pub const PATCH_OPS_MAX: usize = 1_000;
 impl Ctx<'_> {
     /// The ids (and versions) of what a conditional interaction's search finds,
     /// at most two (enough to tell "several").
-    fn matches(&self, rt: ResourceType, q: &str) -> Result<Vec<(String, u64)>, FhirError> {
+    pub(crate) fn matches(&self, rt: ResourceType, q: &str) -> Result<Vec<(String, u64)>, FhirError> {
         let pairs = query_pairs(q);
         if pairs.is_empty() {
             return Err(FhirError::bad_request(

@@ -16,5 +16,6 @@ mod http {
     pub mod ops;
     pub mod replay;
     pub mod search;
+    pub mod synthea;
     pub mod transactions;
 }
