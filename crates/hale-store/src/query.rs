@@ -354,9 +354,14 @@ fn predicate_sql(sql: &mut Sql, kind: ParamKind, p: &Predicate) -> String {
         Predicate::Chain { target, inner } => {
             let a = sql.alias("c");
             let t = sql.arg(text(target.as_str()));
-            let cond = clause_sql(sql, target.as_str(), inner, false, &a);
+            // The inner clause drives its subquery when it can list its
+            // matches (as in `where_sql`): without that SQLite walks every
+            // resource of the target type (200 ms for 100k patients).
+            let drives = can_drive(inner);
+            let cond = clause_sql(sql, target.as_str(), inner, drives, &a);
+            let plus = if drives { "+" } else { "" };
             format!(
-                "s = {t} AND v IN (SELECT {a}.id FROM resources {a} WHERE {a}.rtype = {t} AND {a}.deleted = 0 AND {cond})"
+                "s = {t} AND v IN (SELECT {a}.id FROM resources {a} WHERE {plus}{a}.rtype = {t} AND {plus}{a}.deleted = 0 AND {cond})"
             )
         }
         Predicate::Has { .. } => "0".to_string(), // handled by clause_sql
@@ -524,6 +529,12 @@ fn selectivity_rank(c: &Clause) -> u8 {
     }
 }
 
+/// Whether a clause can list its matches from the index (`rid IN (...)`), and
+/// so drive a query.
+fn can_drive(c: &Clause) -> bool {
+    !matches!(c.param, "_id" | "_lastUpdated" | "_has") && c.missing.is_none() && !c.not
+}
+
 /// The WHERE conditions of a search. When an index clause can drive the
 /// query, the `resources` columns are written `+r.rtype` so that SQLite looks
 /// rows up by rid from the most selective clause instead of scanning the type.
@@ -542,9 +553,7 @@ fn where_sql(q: &SearchQuery) -> Sql {
     let driver = if by_id || compartment_drives {
         None
     } else {
-        clauses
-            .iter()
-            .position(|c| !matches!(c.param, "_id" | "_lastUpdated" | "_has") && c.missing.is_none() && !c.not)
+        clauses.iter().position(|c| can_drive(c))
     };
     let plus = if driver.is_some() || compartment_drives {
         "+"
