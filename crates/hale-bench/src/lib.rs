@@ -77,6 +77,8 @@ pub struct BenchOpts {
     /// Per-request timeout, seconds (a request still in flight at the
     /// deadline can extend the run by at most this).
     pub request_timeout_s: u64,
+    /// SearchMix: only these kinds (report names); empty for all.
+    pub mix_kinds: Vec<String>,
 }
 
 impl Default for BenchOpts {
@@ -93,6 +95,7 @@ impl Default for BenchOpts {
             book_slots: 2000,
             book_contenders_per_slot: 2,
             request_timeout_s: 10,
+            mix_kinds: Vec::new(),
         }
     }
 }

@@ -57,6 +57,13 @@ pub(crate) enum MixKind {
     AllergyIntolerance,
     DocumentReference,
     Everything,
+    ConditionActive,
+    MedicationRequestActive,
+    FlagActive,
+    ProcedurePatient,
+    ImmunizationPatient,
+    AppointmentChainNhs,
+    PatientHasAppointment,
 }
 
 /// What a search kind needs from [`MixData`].
@@ -74,7 +81,7 @@ pub(crate) enum Needs {
 
 impl MixKind {
     /// The fixed cycle, in order.
-    pub(crate) const ALL: [MixKind; 13] = [
+    pub(crate) const ALL: [MixKind; 20] = [
         MixKind::PatientIdentifier,
         MixKind::AppointmentPatient,
         MixKind::ObservationCode,
@@ -88,6 +95,15 @@ impl MixKind {
         MixKind::AppointmentSlot,
         MixKind::DocumentReference,
         MixKind::Everything,
+        // The record types served since every R4 type is (issue 9), and the
+        // search forms that came with them: a chain and a reverse chain.
+        MixKind::ConditionActive,
+        MixKind::AppointmentChainNhs,
+        MixKind::MedicationRequestActive,
+        MixKind::FlagActive,
+        MixKind::PatientHasAppointment,
+        MixKind::ProcedurePatient,
+        MixKind::ImmunizationPatient,
     ];
 
     /// Kebab-case name used in reports.
@@ -106,6 +122,13 @@ impl MixKind {
             MixKind::AllergyIntolerance => "allergy-intolerance",
             MixKind::DocumentReference => "document-reference",
             MixKind::Everything => "patient-everything",
+            MixKind::ConditionActive => "condition-active",
+            MixKind::MedicationRequestActive => "medication-request-active",
+            MixKind::FlagActive => "flag-active",
+            MixKind::ProcedurePatient => "procedure-patient",
+            MixKind::ImmunizationPatient => "immunization-patient",
+            MixKind::AppointmentChainNhs => "appointment-chain-nhs",
+            MixKind::PatientHasAppointment => "patient-has-appointment",
         }
     }
 
@@ -127,12 +150,25 @@ impl MixKind {
             MixKind::AllergyIntolerance => "AllergyIntolerance?patient=Patient/<id>",
             MixKind::DocumentReference => "DocumentReference?patient=Patient/<id>&_sort=-date",
             MixKind::Everything => "Patient/<id>/$everything",
+            MixKind::ConditionActive => "Condition?patient=Patient/<id>&clinical-status=active",
+            MixKind::MedicationRequestActive => "MedicationRequest?patient=Patient/<id>&status=active",
+            MixKind::FlagActive => "Flag?patient=Patient/<id>&status=active",
+            MixKind::ProcedurePatient => "Procedure?patient=Patient/<id>&_sort=-date",
+            MixKind::ImmunizationPatient => "Immunization?patient=Patient/<id>",
+            MixKind::AppointmentChainNhs => {
+                "Appointment?patient.identifier=https://fhir.nhs.uk/Id/nhs-number|<nhs>&_sort=date"
+            }
+            MixKind::PatientHasAppointment => {
+                "Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|<nhs>&_has:Appointment:patient:status=booked"
+            }
         }
     }
 
     pub(crate) fn needs(self) -> Needs {
         match self {
-            MixKind::PatientIdentifier => Needs::NhsNumbers,
+            MixKind::PatientIdentifier | MixKind::AppointmentChainNhs | MixKind::PatientHasAppointment => {
+                Needs::NhsNumbers
+            }
             MixKind::PatientFamily => Needs::Families,
             MixKind::PatientNameBirthdate => Needs::Givens,
             MixKind::PatientPhone => Needs::Nothing,
@@ -144,7 +180,12 @@ impl MixKind {
             | MixKind::DiagnosticReport
             | MixKind::AllergyIntolerance
             | MixKind::DocumentReference
-            | MixKind::Everything => Needs::PatientIds,
+            | MixKind::Everything
+            | MixKind::ConditionActive
+            | MixKind::MedicationRequestActive
+            | MixKind::FlagActive
+            | MixKind::ProcedurePatient
+            | MixKind::ImmunizationPatient => Needs::PatientIds,
         }
     }
 }
@@ -218,6 +259,26 @@ impl MixData {
         MixKind::ALL.into_iter().filter(|k| self.has(k.needs())).collect()
     }
 
+    /// [`MixData::cycle`] restricted to the kinds named in `only` (all when
+    /// empty); an unknown name is an error that lists the known ones.
+    pub(crate) fn cycle_of(&self, only: &[String]) -> Result<Vec<MixKind>, String> {
+        if let Some(bad) = only
+            .iter()
+            .find(|n| !MixKind::ALL.iter().any(|k| k.name() == n.as_str()))
+        {
+            let known: Vec<&str> = MixKind::ALL.iter().map(|k| k.name()).collect();
+            return Err(format!(
+                "unknown search-mix kind `{bad}`; the kinds are: {}",
+                known.join(", ")
+            ));
+        }
+        Ok(self
+            .cycle()
+            .into_iter()
+            .filter(|k| only.is_empty() || only.iter().any(|n| n == k.name()))
+            .collect())
+    }
+
     /// A FHIR-relative request path ("/Patient?…") for one search of `kind`.
     /// `kind` must be in [`MixData::cycle`].
     pub(crate) fn path(&self, kind: MixKind, rng: &mut Rng) -> String {
@@ -279,6 +340,35 @@ impl MixData {
                 encode(&self.patients.pick(rng))
             ),
             MixKind::Everything => format!("/Patient/{}/$everything", encode(&self.patients.pick(rng))),
+            MixKind::ConditionActive => format!(
+                "/Condition?patient=Patient/{}&clinical-status=active",
+                encode(&self.patients.pick(rng))
+            ),
+            MixKind::MedicationRequestActive => format!(
+                "/MedicationRequest?patient=Patient/{}&status=active",
+                encode(&self.patients.pick(rng))
+            ),
+            MixKind::FlagActive => format!(
+                "/Flag?patient=Patient/{}&status=active",
+                encode(&self.patients.pick(rng))
+            ),
+            MixKind::ProcedurePatient => format!(
+                "/Procedure?patient=Patient/{}&_sort=-date",
+                encode(&self.patients.pick(rng))
+            ),
+            MixKind::ImmunizationPatient => {
+                format!("/Immunization?patient=Patient/{}", encode(&self.patients.pick(rng)))
+            }
+            MixKind::AppointmentChainNhs => format!(
+                "/Appointment?patient.identifier={}%7C{}&_sort=date",
+                data::NHS_NUMBER_SYSTEM,
+                encode(rng.pick(&self.nhs_numbers).as_str())
+            ),
+            MixKind::PatientHasAppointment => format!(
+                "/Patient?identifier={}%7C{}&_has:Appointment:patient:status=booked",
+                data::NHS_NUMBER_SYSTEM,
+                encode(rng.pick(&self.nhs_numbers).as_str())
+            ),
         }
     }
 }
@@ -427,8 +517,7 @@ pub(crate) struct MixJob {
 impl MixJob {
     /// `prefix` is the FHIR base's path prefix ("" or "/fhir"). `data` must
     /// feed at least one kind.
-    pub(crate) fn new(target: &Target, data: MixData) -> MixJob {
-        let cycle = data.cycle();
+    pub(crate) fn new(target: &Target, data: MixData, cycle: Vec<MixKind>) -> MixJob {
         MixJob {
             prefix: target.path(""),
             tallies: cycle.iter().map(|_| Mutex::new(KindTally::default())).collect(),
@@ -437,8 +526,14 @@ impl MixJob {
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn cycle(&self) -> &[MixKind] {
         &self.cycle
+    }
+
+    /// Every kind the data could feed (the cycle before `--kinds`).
+    pub(crate) fn fed(&self) -> Vec<MixKind> {
+        self.data.cycle()
     }
 
     /// The figures per kind, in cycle order.
@@ -807,7 +902,30 @@ mod tests {
                 MixKind::AllergyIntolerance,
                 MixKind::DocumentReference,
                 MixKind::Everything,
+                MixKind::ConditionActive,
+                MixKind::AppointmentChainNhs,
+                MixKind::MedicationRequestActive,
+                MixKind::FlagActive,
+                MixKind::PatientHasAppointment,
+                MixKind::ProcedurePatient,
+                MixKind::ImmunizationPatient,
             ],
+        );
+    }
+
+    #[test]
+    fn kinds_can_be_chosen_by_name() {
+        let d = data();
+        assert_eq!(d.cycle_of(&[]).unwrap(), d.cycle());
+        let only = vec!["patient-everything".to_string(), "patient-identifier".to_string()];
+        assert_eq!(
+            d.cycle_of(&only).unwrap(),
+            [MixKind::PatientIdentifier, MixKind::Everything]
+        );
+        let err = d.cycle_of(&["patient-x".to_string()]).unwrap_err();
+        assert!(
+            err.contains("unknown search-mix kind `patient-x`") && err.contains("flag-active"),
+            "{err}"
         );
     }
 
@@ -879,6 +997,28 @@ mod tests {
             "/DocumentReference?patient=Patient/pat-00000*&_sort=-date",
         );
         check(MixKind::Everything, "/Patient/pat-00000*/$everything");
+        check(
+            MixKind::ConditionActive,
+            "/Condition?patient=Patient/pat-00000*&clinical-status=active",
+        );
+        check(
+            MixKind::MedicationRequestActive,
+            "/MedicationRequest?patient=Patient/pat-00000*&status=active",
+        );
+        check(MixKind::FlagActive, "/Flag?patient=Patient/pat-00000*&status=active");
+        check(
+            MixKind::ProcedurePatient,
+            "/Procedure?patient=Patient/pat-00000*&_sort=-date",
+        );
+        check(MixKind::ImmunizationPatient, "/Immunization?patient=Patient/pat-00000*");
+        check(
+            MixKind::AppointmentChainNhs,
+            "/Appointment?patient.identifier=https://fhir.nhs.uk/Id/nhs-number%7C9990000018&_sort=date",
+        );
+        check(
+            MixKind::PatientHasAppointment,
+            "/Patient?identifier=https://fhir.nhs.uk/Id/nhs-number%7C9990000018&_has:Appointment:patient:status=booked",
+        );
     }
 
     #[test]
@@ -982,7 +1122,7 @@ mod tests {
     #[test]
     fn job_tallies_per_kind() {
         let target = Target::parse("http://127.0.0.1:1/fhir", None).unwrap();
-        let job = MixJob::new(&target, data());
+        let job = MixJob::new(&target, data(), data().cycle());
         let n = job.cycle().len();
         let mut rng = Rng::new(1);
         for turn in 0..(3 * n as u64) {

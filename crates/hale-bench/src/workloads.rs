@@ -309,10 +309,19 @@ impl Ctx {
             today: mix::utc_date(now_s),
             tomorrow: mix::utc_date(now_s + 86_400),
         };
-        let job = Arc::new(MixJob::new(&self.target, data));
+        let cycle = data
+            .cycle_of(&self.opts.mix_kinds)
+            .map_err(|message| BenchError::InvalidOption { message })?;
+        if cycle.is_empty() {
+            return Err(BenchError::InvalidOption {
+                message: "--kinds leaves no search kind the server has data for".into(),
+            });
+        }
+        let job = Arc::new(MixJob::new(&self.target, data, cycle));
+        let fed = job.fed();
         let left_out: Vec<&str> = MixKind::ALL
             .iter()
-            .filter(|k| !job.cycle().contains(k))
+            .filter(|k| !fed.contains(k))
             .map(|k| k.name())
             .collect();
         if !left_out.is_empty() {

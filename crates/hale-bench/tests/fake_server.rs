@@ -275,7 +275,8 @@ fn handle(state: &Mutex<State>, behaviour: Behaviour, method: &str, target: &str
         (
             "GET",
             [rt @ ("Location" | "Schedule" | "Slot" | "Appointment" | "Observation" | "DiagnosticReport"
-            | "AllergyIntolerance" | "DocumentReference")],
+            | "AllergyIntolerance" | "DocumentReference" | "Condition" | "MedicationRequest" | "Flag"
+            | "Procedure" | "Immunization")],
         ) => {
             let listed = st.others.get(*rt).map(Vec::as_slice).unwrap_or_default();
             if count_only {
@@ -414,10 +415,10 @@ async fn all_workloads_run_and_report_no_double_bookings() {
     // After Book the server has a Location, Schedule and Slots: every kind ran.
     let mix = report.workloads.iter().find(|w| w.name == "search-mix").unwrap();
     let kinds = mix.search_kinds.as_ref().unwrap();
-    assert_eq!(kinds.len(), 13, "{table}");
+    assert_eq!(kinds.len(), 20, "{table}");
     let json = report.to_json();
     assert_eq!(json["workloads"][4]["booking"]["double_bookings"], 0);
-    assert_eq!(json["workloads"][5]["search_kinds"].as_array().unwrap().len(), 13);
+    assert_eq!(json["workloads"][5]["search_kinds"].as_array().unwrap().len(), 20);
     assert!(fake.requests.load(Ordering::Relaxed) > 0);
 }
 
@@ -577,10 +578,10 @@ async fn search_mix_against_a_demo_board_uses_its_ids() {
     assert_eq!(w.errors_total, 0, "{table}");
     assert!(w.requests <= 260);
     let kinds = w.search_kinds.as_ref().unwrap();
-    assert_eq!(kinds.len(), 13, "{table}");
+    assert_eq!(kinds.len(), 20, "{table}");
     assert_eq!(kinds.iter().map(|k| k.requests).sum::<u64>(), w.requests);
     assert_eq!(kinds.iter().map(|k| k.ok).sum::<u64>(), w.ok);
-    // 260 requests over a 13-kind cycle on 3 connections: every kind ran.
+    // 260 requests over a 20-kind cycle on 3 connections: every kind ran.
     for k in kinds {
         assert!(k.requests > 0, "{} never ran\n{table}", k.kind);
     }
@@ -648,7 +649,7 @@ async fn search_mix_without_demo_data_searches_seeded_patients() {
         .iter()
         .map(|k| k.kind.as_str())
         .collect();
-    assert_eq!(kinds.len(), 10, "{kinds:?}");
+    assert_eq!(kinds.len(), 17, "{kinds:?}");
     for missing in ["appointment-clinic-day", "slot-free", "appointment-slot"] {
         assert!(!kinds.contains(&missing), "{kinds:?}");
     }

@@ -147,6 +147,10 @@ struct BenchArgs {
     /// Patients created before read and search workloads.
     #[arg(long, default_value_t = 1000)]
     seed_patients: usize,
+    /// `search-mix`: run only these search kinds (comma-separated names, as the
+    /// report prints them), e.g. to compare one release's mix with another's.
+    #[arg(long, value_delimiter = ',')]
+    kinds: Vec<String>,
     /// Free slots created for the booking race (the race ends when each has had its contenders).
     #[arg(long, default_value_t = 2000)]
     book_slots: usize,
@@ -455,6 +459,7 @@ async fn bench(a: BenchArgs) -> Result<()> {
         seed_patients: a.seed_patients,
         book_slots: a.book_slots,
         book_contenders_per_slot: a.book_contenders,
+        mix_kinds: a.kinds,
         ..BenchOpts::default()
     };
     let report = hale_bench::run(&opts, workload).await?;
