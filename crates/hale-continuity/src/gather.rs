@@ -10,10 +10,11 @@
 use crate::model::*;
 use crate::time::{fhir_date, fhir_start_ms, rfc3339_utc, Zone};
 use crate::{
-    ContinuityError, PackOptions, ALLERGIES_PER_PATIENT_MAX, APPOINTMENTS_PER_PACK_MAX, CONTACTS_PER_PATIENT_MAX,
-    IMAGING_REPORTS_PER_PATIENT_MAX, LOCATIONS_MAX, NOTES_PER_PATIENT_MAX, NOTE_CHARS_MAX, PATIENTS_PER_PACK_MAX,
-    RESULTS_PER_PATIENT_MAX, RESULTS_READ_PER_PATIENT_MAX, SCHEDULES_PER_SITE_MAX, SLOTS_PER_PACK_MAX,
-    UPCOMING_PER_PATIENT_MAX,
+    ContinuityError, PackOptions, ALERTS_PER_PATIENT_MAX, ALLERGIES_PER_PATIENT_MAX, APPOINTMENTS_PER_PACK_MAX,
+    CHART_DOSES_PER_PATIENT_MAX, CONTACTS_PER_PATIENT_MAX, IMAGING_REPORTS_PER_PATIENT_MAX, LOCATIONS_MAX,
+    MEDICINES_PER_PATIENT_MAX, MEDICINES_READ_PER_PATIENT_MAX, NOTES_PER_PATIENT_MAX, NOTE_CHARS_MAX,
+    PATIENTS_PER_PACK_MAX, PROBLEMS_PER_PATIENT_MAX, RESULTS_PER_PATIENT_MAX, RESULTS_READ_PER_PATIENT_MAX,
+    SCHEDULES_PER_SITE_MAX, SLOTS_PER_PACK_MAX, UPCOMING_PER_PATIENT_MAX,
 };
 use chrono::NaiveDate;
 use hale_fhir::search::{parse_query, ALTERNATIVES_MAX, COUNT_MAX, OFFSET_MAX};
@@ -791,6 +792,238 @@ fn allergies(store: &Store<'_>, pid: &str) -> Result<(Vec<Allergy>, usize), Cont
     Ok((list, omitted))
 }
 
+fn alerts(store: &Store<'_>, pid: &str) -> Result<(Vec<Alert>, usize), ContinuityError> {
+    let found = store.search_first(ResourceType::Flag, &[("patient", format!("Patient/{pid}"))], COUNT_MAX)?;
+    // R4 has no `status` search parameter on Flag: active ones are picked here.
+    let mut list: Vec<Alert> = found
+        .iter()
+        .filter(|f| s(f, "status") == Some("active"))
+        .map(|f| Alert {
+            text: f
+                .get("code")
+                .and_then(concept_text)
+                .unwrap_or_else(|| "(alert without text)".into()),
+            category: arr(f, "category").first().and_then(concept_text),
+            since: f
+                .get("period")
+                .and_then(|p| s(p, "start"))
+                .map(|t| t.chars().take(10).collect()),
+        })
+        .collect();
+    list.sort_by(|a, b| a.text.cmp(&b.text));
+    let omitted = list.len().saturating_sub(ALERTS_PER_PATIENT_MAX);
+    list.truncate(ALERTS_PER_PATIENT_MAX);
+    Ok((list, omitted))
+}
+
+fn problems(store: &Store<'_>, pid: &str) -> Result<(Vec<Problem>, usize), ContinuityError> {
+    let found = store.search_first(
+        ResourceType::Condition,
+        &[
+            ("patient", format!("Patient/{pid}")),
+            ("clinical-status", "active,recurrence,relapse".into()),
+        ],
+        COUNT_MAX,
+    )?;
+    let mut list: Vec<Problem> = found
+        .iter()
+        .filter(|c| {
+            !matches!(
+                c.get("verificationStatus").and_then(first_code),
+                Some("entered-in-error" | "refuted")
+            )
+        })
+        .map(|c| Problem {
+            text: c
+                .get("code")
+                .and_then(concept_text)
+                .unwrap_or_else(|| "(problem not named)".into()),
+            onset: s(c, "onsetDateTime")
+                .or_else(|| s(c, "recordedDate"))
+                .map(|t| t.chars().take(10).collect()),
+        })
+        .collect();
+    // Most recent first: a new diagnosis matters most in a downtime.
+    list.sort_by(|a, b| (b.onset.as_deref(), &a.text).cmp(&(a.onset.as_deref(), &b.text)));
+    let omitted = list.len().saturating_sub(PROBLEMS_PER_PATIENT_MAX);
+    list.truncate(PROBLEMS_PER_PATIENT_MAX);
+    Ok((list, omitted))
+}
+
+/// "once daily", "twice daily (08:00, 18:00)", "when required".
+fn frequency_text(dosage: &Value) -> Option<String> {
+    let repeat = dosage.get("timing").and_then(|t| t.get("repeat"));
+    let times: Vec<String> = repeat
+        .map(|r| {
+            arr(r, "timeOfDay")
+                .iter()
+                .filter_map(Value::as_str)
+                .map(|t| t.chars().take(5).collect())
+                .collect()
+        })
+        .unwrap_or_default();
+    let per = repeat.and_then(|r| {
+        let f = r.get("frequency").and_then(Value::as_u64).unwrap_or(1);
+        let period = r.get("period").and_then(json_number_text)?;
+        let unit = s(r, "periodUnit")?;
+        Some(match (f, period.as_str(), unit) {
+            (1, "1", "d") => "once daily".to_string(),
+            (2, "1", "d") => "twice daily".to_string(),
+            (n, "1", "d") => format!("{n} times daily"),
+            (1, n, "h") => format!("every {n} hours"),
+            (1, "1", "wk") => "once weekly".to_string(),
+            (n, p, u) => format!("{n} times every {p} {u}"),
+        })
+    });
+    let prn = dosage.get("asNeededBoolean").and_then(Value::as_bool) == Some(true)
+        || dosage.get("asNeededCodeableConcept").is_some();
+    let mut t = match (prn, per) {
+        (true, Some(p)) => format!("when required, up to {p}"),
+        (true, None) => "when required".to_string(),
+        (false, Some(p)) => p,
+        (false, None) if times.is_empty() => return None,
+        (false, None) => String::new(),
+    };
+    if !times.is_empty() {
+        t = format!("{t} ({})", times.join(", ")).trim().to_string();
+    }
+    Some(t)
+}
+
+fn dose_text(dosage: &Value) -> Option<String> {
+    let dr = arr(dosage, "doseAndRate").first()?;
+    dr.get("doseQuantity").and_then(quantity_text).or_else(|| {
+        dr.get("doseRange").and_then(|r| {
+            Some(format!(
+                "{}–{}",
+                quantity_text(r.get("low")?)?,
+                quantity_text(r.get("high")?)?
+            ))
+        })
+    })
+}
+
+/// The dates of a bounded course (`timing.repeat.boundsPeriod`).
+fn course_dates(dosage: &Value) -> Option<(NaiveDate, NaiveDate)> {
+    let b = dosage.get("timing")?.get("repeat")?.get("boundsPeriod")?;
+    let start = fhir_date(&s(b, "start")?.chars().take(10).collect::<String>())?;
+    let end = s(b, "end")
+        .and_then(|e| fhir_date(&e.chars().take(10).collect::<String>()))
+        .unwrap_or(start);
+    Some((start, end))
+}
+
+fn medicine_name(store: &mut Store<'_>, m: &Value) -> Result<String, ContinuityError> {
+    if let Some(t) = m.get("medicationCodeableConcept").and_then(concept_text) {
+        return Ok(t);
+    }
+    if let Some(r) = m.get("medicationReference") {
+        if let Some(med) = store.read_ref(r)? {
+            if let Some(t) = med.get("code").and_then(concept_text) {
+                return Ok(t);
+            }
+        }
+        if let Some(d) = s(r, "display") {
+            return Ok(d.to_string());
+        }
+    }
+    Ok("(medicine not named)".into())
+}
+
+/// Current medicines, and the drug chart for the pack's days `first..=last`.
+#[allow(clippy::type_complexity)]
+fn medicines(
+    store: &mut Store<'_>,
+    pid: &str,
+    first: NaiveDate,
+    last: NaiveDate,
+) -> Result<((Vec<Medicine>, usize), (Vec<ChartDose>, usize)), ContinuityError> {
+    let subject = format!("Patient/{pid}");
+    let requests = store.search_first(
+        ResourceType::MedicationRequest,
+        &[("patient", subject.clone()), ("status", "active,on-hold".into())],
+        MEDICINES_READ_PER_PATIENT_MAX,
+    )?;
+    let statements = store.search_first(
+        ResourceType::MedicationStatement,
+        &[("patient", subject), ("status", "active,intended".into())],
+        MEDICINES_READ_PER_PATIENT_MAX,
+    )?;
+    let mut list = Vec::new();
+    let mut chart = Vec::new();
+    for (m, source) in requests
+        .iter()
+        .map(|m| (m, "prescribed"))
+        .chain(statements.iter().map(|m| (m, "reported")))
+    {
+        let dosages = if source == "prescribed" {
+            arr(m, "dosageInstruction")
+        } else {
+            arr(m, "dosage")
+        };
+        let dosage = dosages.first().cloned().unwrap_or(Value::Null);
+        let course = course_dates(&dosage);
+        if course.is_some_and(|(_, end)| end < first) {
+            continue; // a finished course the status was not updated for
+        }
+        let inpatient = arr(m, "category")
+            .iter()
+            .any(|c| arr(c, "coding").iter().any(|k| s(k, "code") == Some("inpatient")));
+        let name = medicine_name(store, m)?;
+        let med = Medicine {
+            name,
+            dose: dose_text(&dosage),
+            route: dosage.get("route").and_then(concept_text),
+            frequency: frequency_text(&dosage),
+            instructions: s(&dosage, "text").map(str::to_string),
+            source,
+            dates: course.map(|(a, b)| if a == b { a.to_string() } else { format!("{a} to {b}") }),
+            inpatient,
+        };
+        if inpatient {
+            // On the chart: each scheduled time of each pack day the course runs.
+            let (from, to) = course.unwrap_or((first, last));
+            let times: Vec<String> = dosage
+                .get("timing")
+                .and_then(|t| t.get("repeat"))
+                .map(|r| {
+                    arr(r, "timeOfDay")
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .map(|t| t.chars().take(5).collect())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut day = from.max(first);
+            while day <= to.min(last) {
+                let slots = if times.is_empty() {
+                    vec!["when required".to_string()]
+                } else {
+                    times.clone()
+                };
+                for time in slots {
+                    chart.push(ChartDose {
+                        day,
+                        time,
+                        medicine: med.name.clone(),
+                        dose: med.dose.clone().unwrap_or_default(),
+                        route: med.route.clone().unwrap_or_default(),
+                    });
+                }
+                day = day.succ_opt().expect("a date before the end of time");
+            }
+        }
+        list.push(med);
+    }
+    list.sort_by(|a, b| (a.source, &a.name).cmp(&(b.source, &b.name)));
+    chart.sort();
+    let omitted = list.len().saturating_sub(MEDICINES_PER_PATIENT_MAX);
+    list.truncate(MEDICINES_PER_PATIENT_MAX);
+    let omitted_chart = chart.len().saturating_sub(CHART_DOSES_PER_PATIENT_MAX);
+    chart.truncate(CHART_DOSES_PER_PATIENT_MAX);
+    Ok(((list, omitted), (chart, omitted_chart)))
+}
+
 fn quantity_text(q: &Value) -> Option<String> {
     let value = q.get("value").and_then(json_number_text)?;
     let comparator = s(q, "comparator").unwrap_or_default();
@@ -1075,7 +1308,12 @@ fn kin(p: &Value) -> (Vec<Kin>, usize) {
     (list, contacts.len().saturating_sub(CONTACTS_PER_PATIENT_MAX))
 }
 
-fn patient_card(store: &mut Store<'_>, pid: &str, now_ms: i64) -> Result<PatientCard, ContinuityError> {
+fn patient_card(
+    store: &mut Store<'_>,
+    pid: &str,
+    now_ms: i64,
+    days: (NaiveDate, NaiveDate),
+) -> Result<PatientCard, ContinuityError> {
     let p = store.read("Patient", pid)?.unwrap_or(Value::Null);
     let mut name = person_name(&p);
     if p.is_null() {
@@ -1110,6 +1348,9 @@ fn patient_card(store: &mut Store<'_>, pid: &str, now_ms: i64) -> Result<Patient
         _ => None,
     };
     let (kin, omitted_contacts) = kin(&p);
+    let (alerts, omitted_alerts) = alerts(store, pid)?;
+    let (problems, omitted_problems) = problems(store, pid)?;
+    let ((medicines, omitted_medicines), (chart, omitted_chart)) = medicines(store, pid, days.0, days.1)?;
     let (allergies, omitted_allergies) = allergies(store, pid)?;
     let (results, omitted_results) = results(store, pid)?;
     let (imaging, omitted_imaging) = imaging(store, pid)?;
@@ -1132,12 +1373,20 @@ fn patient_card(store: &mut Store<'_>, pid: &str, now_ms: i64) -> Result<Patient
         addresses,
         gp,
         kin,
+        alerts,
+        problems,
+        medicines,
+        chart,
         allergies,
         results,
         imaging,
         notes,
         upcoming,
         omitted: Omitted {
+            alerts: omitted_alerts,
+            problems: omitted_problems,
+            medicines: omitted_medicines,
+            chart: omitted_chart,
             allergies: omitted_allergies,
             results: omitted_results,
             imaging: omitted_imaging,
@@ -1178,7 +1427,7 @@ pub(crate) fn gather(conn: &Connection, opts: &PackOptions, site: &str) -> Resul
     }
     let mut patients = Vec::with_capacity(ids.len());
     for pid in ids {
-        patients.push(patient_card(&mut store, pid, opts.now_ms)?);
+        patients.push(patient_card(&mut store, pid, opts.now_ms, (first_day, last_day))?);
     }
     patients.sort_by(|a, b| {
         let key = |p: &PatientCard| {

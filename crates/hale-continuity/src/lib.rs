@@ -64,6 +64,16 @@ pub const NOTES_PER_PATIENT_MAX: usize = 3;
 pub const NOTE_CHARS_MAX: usize = 1_500;
 pub const UPCOMING_PER_PATIENT_MAX: usize = 10;
 pub const CONTACTS_PER_PATIENT_MAX: usize = 5;
+/// Alerts (active Flags) printed per patient.
+pub const ALERTS_PER_PATIENT_MAX: usize = 10;
+/// Active problems printed per patient.
+pub const PROBLEMS_PER_PATIENT_MAX: usize = 20;
+/// Current medicines printed per patient (prescribed and reported).
+pub const MEDICINES_PER_PATIENT_MAX: usize = 30;
+/// Medication requests and statements read per patient.
+pub const MEDICINES_READ_PER_PATIENT_MAX: usize = 200;
+/// Drug chart rows (scheduled doses) per patient across the pack's days.
+pub const CHART_DOSES_PER_PATIENT_MAX: usize = 120;
 /// Most age recipients for one pack.
 pub const RECIPIENTS_MAX: usize = 64;
 /// Most packs kept in one output directory.

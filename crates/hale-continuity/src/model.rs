@@ -206,9 +206,58 @@ pub(crate) struct Upcoming {
     pub(crate) description: Option<String>,
 }
 
+/// An active alert (Flag): printed first, in a box.
+#[derive(Debug, Clone)]
+pub(crate) struct Alert {
+    pub(crate) text: String,
+    pub(crate) category: Option<String>,
+    pub(crate) since: Option<String>,
+}
+
+/// An active problem (Condition).
+#[derive(Debug, Clone)]
+pub(crate) struct Problem {
+    pub(crate) text: String,
+    pub(crate) onset: Option<String>,
+}
+
+/// A current medicine: an active MedicationRequest (prescribed) or
+/// MedicationStatement (reported by the patient or another carer).
+#[derive(Debug, Clone)]
+pub(crate) struct Medicine {
+    pub(crate) name: String,
+    pub(crate) dose: Option<String>,
+    pub(crate) route: Option<String>,
+    /// "twice daily (08:00, 18:00)", "when required".
+    pub(crate) frequency: Option<String>,
+    /// The dosage text as written.
+    pub(crate) instructions: Option<String>,
+    /// "prescribed" or "reported".
+    pub(crate) source: &'static str,
+    /// For a course with dates (a chemotherapy cycle, an admission): when it runs.
+    pub(crate) dates: Option<String>,
+    /// Given on a ward or chemotherapy unit (inpatient category): goes on the drug chart.
+    pub(crate) inpatient: bool,
+}
+
+/// One scheduled dose on the drug chart, with space for who gave it and when.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct ChartDose {
+    pub(crate) day: NaiveDate,
+    /// "08:00", or "when required".
+    pub(crate) time: String,
+    pub(crate) medicine: String,
+    pub(crate) dose: String,
+    pub(crate) route: String,
+}
+
 /// Counts of items not printed because of the per-patient limits.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Omitted {
+    pub(crate) alerts: usize,
+    pub(crate) problems: usize,
+    pub(crate) medicines: usize,
+    pub(crate) chart: usize,
     pub(crate) allergies: usize,
     pub(crate) results: usize,
     pub(crate) imaging: usize,
@@ -233,6 +282,11 @@ pub(crate) struct PatientCard {
     pub(crate) addresses: Vec<String>,
     pub(crate) gp: Option<String>,
     pub(crate) kin: Vec<Kin>,
+    pub(crate) alerts: Vec<Alert>,
+    pub(crate) problems: Vec<Problem>,
+    pub(crate) medicines: Vec<Medicine>,
+    /// The drug chart for the pack's days (inpatients and chemotherapy patients).
+    pub(crate) chart: Vec<ChartDose>,
     pub(crate) allergies: Vec<Allergy>,
     pub(crate) results: Vec<LabResult>,
     pub(crate) imaging: Vec<ImagingReport>,

@@ -461,13 +461,24 @@ fn table_row(
     cells: &[(Font, String)],
     redraw: &mut dyn FnMut(&mut Doc) -> Result<(), ContinuityError>,
 ) -> Result<(), ContinuityError> {
+    table_row_h(doc, columns, cells, redraw, 0.0)
+}
+
+/// [`table_row`] at least `min_h` points tall (room to sign by hand).
+fn table_row_h(
+    doc: &mut Doc,
+    columns: &[Column],
+    cells: &[(Font, String)],
+    redraw: &mut dyn FnMut(&mut Doc) -> Result<(), ContinuityError>,
+    min_h: f32,
+) -> Result<(), ContinuityError> {
     let wrapped: Vec<Vec<Vec<u8>>> = cells
         .iter()
         .zip(columns)
         .map(|((font, text), c)| wrap(text, *font, BODY_PT, c.width - 2.0 * CELL_PAD_PT))
         .collect();
     let lines = wrapped.iter().map(Vec::len).max().unwrap_or(1).max(1);
-    let h = lines as f32 * LEADING_PT + 3.0;
+    let h = (lines as f32 * LEADING_PT + 3.0).max(min_h);
     if doc.need(h)? {
         redraw(doc)?;
     }
@@ -656,6 +667,95 @@ const RESULT_COLUMNS: &[Column] = &[
     },
 ];
 
+const CHART_COLUMNS: &[Column] = &[
+    Column {
+        title: "Day",
+        width: 58.0,
+    },
+    Column {
+        title: "Time",
+        width: 40.0,
+    },
+    Column {
+        title: "Medicine",
+        width: 180.0,
+    },
+    Column {
+        title: "Dose",
+        width: 55.0,
+    },
+    Column {
+        title: "Route",
+        width: 80.0,
+    },
+    Column {
+        title: "Given at",
+        width: 45.0,
+    },
+    Column {
+        title: "Signature",
+        width: 65.0,
+    },
+];
+
+/// Alerts first, in a ruled box, so they are seen before anything else.
+fn alerts_box(doc: &mut Doc, p: &PatientCard) -> Result<(), ContinuityError> {
+    if p.alerts.is_empty() {
+        return Ok(());
+    }
+    const PAD_PT: f32 = 5.0;
+    let inner = doc.content_width() - 2.0 * PAD_PT;
+    let mut lines: Vec<(Font, Vec<u8>)> = vec![(Font::Bold, win_ansi("ALERTS"))];
+    for a in &p.alerts {
+        let mut t = a.text.clone();
+        let extra: Vec<String> = [a.category.clone(), a.since.as_ref().map(|d| format!("since {d}"))]
+            .into_iter()
+            .flatten()
+            .collect();
+        if !extra.is_empty() {
+            t.push_str(&format!(" ({})", extra.join(", ")));
+        }
+        lines.extend(
+            wrap(&t, Font::Bold, BODY_PT, inner)
+                .into_iter()
+                .map(|l| (Font::Bold, l)),
+        );
+    }
+    if p.omitted.alerts > 0 {
+        lines.push((
+            Font::Regular,
+            win_ansi(&format!(
+                "… and {} more alerts in Hale, not printed here.",
+                p.omitted.alerts
+            )),
+        ));
+    }
+    let h = lines.len() as f32 * LEADING_PT + 2.0 * PAD_PT;
+    doc.need(h + 4.0)?;
+    let (x1, x2, top, bottom) = (doc.left(), doc.width - MARGIN_PT, doc.y, doc.y - h);
+    for (ax, ay, bx, by) in [
+        (x1, top, x2, top),
+        (x1, bottom, x2, bottom),
+        (x1, top, x1, bottom),
+        (x2, top, x2, bottom),
+    ] {
+        doc.op(Op::Line {
+            x1: ax,
+            y1: ay,
+            x2: bx,
+            y2: by,
+            width_pt: 1.5,
+        });
+    }
+    let mut y = top - PAD_PT;
+    for (font, l) in lines {
+        doc.text_at(x1 + PAD_PT, y - BODY_PT, font, BODY_PT, l);
+        y -= LEADING_PT;
+    }
+    doc.y = bottom - 6.0;
+    Ok(())
+}
+
 fn patient_section(
     doc: &mut Doc,
     p: &PatientCard,
@@ -703,6 +803,70 @@ fn patient_section(
     );
     doc.y -= 40.0;
     doc.continuation = Some(format!("{name} — {nhs} (continued)"));
+
+    alerts_box(doc, p)?;
+
+    heading(doc, "Active problems")?;
+    if p.problems.is_empty() {
+        para(doc, Font::Regular, "No active problems recorded in Hale.")?;
+    }
+    for pr in &p.problems {
+        let t = match &pr.onset {
+            Some(o) => format!("{} (since {o})", pr.text),
+            None => pr.text.clone(),
+        };
+        para(doc, Font::Regular, &t)?;
+    }
+    omitted(doc, p.omitted.problems, "problems")?;
+
+    heading(doc, "Current medicines")?;
+    if p.medicines.is_empty() {
+        para(
+            doc,
+            Font::Regular,
+            "No current medicines recorded in Hale. No record is not the same as no medicines: ask the patient.",
+        )?;
+    }
+    for m in &p.medicines {
+        // Name on its own line, then dose · route · frequency, then the sig:
+        // short lines that never split a dose from its unit.
+        let mut name = m.name.clone();
+        if m.source == "reported" {
+            name.push_str(" (reported by the patient)");
+        }
+        para(doc, Font::Bold, &name)?;
+        let how: Vec<String> = [m.dose.clone(), m.route.clone(), m.frequency.clone(), m.dates.clone()]
+            .into_iter()
+            .flatten()
+            .collect();
+        if !how.is_empty() {
+            para(doc, Font::Regular, &how.join(" · "))?;
+        }
+        if let Some(i) = &m.instructions {
+            para(doc, Font::Regular, &format!("Instructions: {i}"))?;
+        }
+        doc.y -= 2.0;
+    }
+    omitted(doc, p.omitted.medicines, "medicines")?;
+
+    if !p.chart.is_empty() {
+        heading(doc, "Drug chart for this pack's days (sign each dose given)")?;
+        table_header(doc, CHART_COLUMNS)?;
+        let mut redraw = |doc: &mut Doc| table_header(doc, CHART_COLUMNS);
+        for d in &p.chart {
+            let cells = [
+                (Font::Regular, d.day.format("%a %d/%m").to_string()),
+                (Font::Bold, d.time.clone()),
+                (Font::Regular, d.medicine.clone()),
+                (Font::Regular, d.dose.clone()),
+                (Font::Regular, d.route.clone()),
+                (Font::Regular, String::new()),
+                (Font::Regular, String::new()),
+            ];
+            table_row_h(doc, CHART_COLUMNS, &cells, &mut redraw, 22.0)?;
+        }
+        omitted(doc, p.omitted.chart, "scheduled doses")?;
+    }
 
     heading(doc, "Allergies")?;
     if p.allergies.is_empty() {
@@ -1045,6 +1209,47 @@ fn patient_summary_csv(data: &PackData, zone: Zone, lists: &HashMap<&str, Vec<(&
                 detail.push_str(&format!("; {a}"));
             }
             row("next-of-kin", String::new(), k.role(), detail);
+        }
+        for a in &p.alerts {
+            let detail = [a.category.clone()]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join("; ");
+            row("alert", a.since.clone().unwrap_or_default(), a.text.clone(), detail);
+        }
+        for pr in &p.problems {
+            row(
+                "problem",
+                pr.onset.clone().unwrap_or_default(),
+                pr.text.clone(),
+                String::new(),
+            );
+        }
+        for m in &p.medicines {
+            let detail = [
+                m.dose.clone(),
+                m.route.clone(),
+                m.frequency.clone(),
+                m.dates.clone(),
+                m.instructions.clone(),
+                Some(m.source.to_string()),
+                m.inpatient
+                    .then(|| "given on the ward or unit (drug chart)".to_string()),
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join("; ");
+            row("medicine", String::new(), m.name.clone(), detail);
+        }
+        for d in &p.chart {
+            row(
+                "drug-chart",
+                format!("{} {}", d.day.format("%Y-%m-%d"), d.time),
+                d.medicine.clone(),
+                format!("{}; {}", d.dose, d.route),
+            );
         }
         for a in &p.allergies {
             let detail = [

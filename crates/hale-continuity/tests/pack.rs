@@ -282,26 +282,7 @@ fn patient_summary_has_a_section_per_patient_with_their_clinical_data() {
     let pack = encrypted_pack();
     let pages = pdf_pages(&plaintext_of(pack, "patient-summary.pdf.age"));
     let board = &demo_store().board;
-    // Sections by NHS number: the page with the title band and its continuations.
-    let mut sections: HashMap<String, String> = HashMap::new();
-    let mut current: Option<String> = None;
-    for page in &pages {
-        let title = page
-            .lines()
-            .find(|l| l.contains("NHS 999 ") && !l.contains("(continued)"))
-            .and_then(|l| l.split("NHS ").nth(1))
-            .map(|n| n.trim().chars().take(12).collect::<String>());
-        if let Some(nhs) = title {
-            current = Some(nhs.clone());
-            sections.insert(nhs, page.clone());
-        } else if let Some(nhs) = &current {
-            assert!(
-                page.contains(&format!("NHS {nhs} (continued)")),
-                "continuation page names its patient"
-            );
-            sections.get_mut(nhs).unwrap().push_str(page);
-        }
-    }
+    let sections = summary_sections(&pages);
     let expected = expected_tomorrow();
     let patients: HashMap<&str, &Value> = board
         .resources
@@ -379,6 +360,138 @@ fn patient_summary_has_a_section_per_patient_with_their_clinical_data() {
             i + 1
         );
         assert!(page.contains(&format!("page {} of {}", i + 1, pages.len())));
+    }
+}
+
+/// Patient summary sections by NHS number ("999 123 4567"): the page with the
+/// title band and its continuation pages.
+fn summary_sections(pages: &[String]) -> HashMap<String, String> {
+    let mut sections: HashMap<String, String> = HashMap::new();
+    let mut current: Option<String> = None;
+    for page in pages {
+        let title = page
+            .lines()
+            .find(|l| l.contains("NHS 999 ") && !l.contains("(continued)"))
+            .and_then(|l| l.split("NHS ").nth(1))
+            .map(|n| n.trim().chars().take(12).collect::<String>());
+        if let Some(nhs) = title {
+            current = Some(nhs.clone());
+            sections.insert(nhs, page.clone());
+        } else if let Some(nhs) = &current {
+            assert!(
+                page.contains(&format!("NHS {nhs} (continued)")),
+                "continuation page names its patient"
+            );
+            sections.get_mut(nhs).unwrap().push_str(page);
+        }
+    }
+    sections
+}
+
+/// The rest of the record on paper: alerts first in their box, active
+/// problems, current medicines with dose, route and frequency, and for
+/// chemotherapy and inpatients a drug chart row for every scheduled dose in
+/// the pack's days. The CSV carries the same.
+#[test]
+fn patient_summary_has_alerts_problems_medicines_and_the_drug_chart() {
+    let pack = encrypted_pack();
+    let pages = pdf_pages(&plaintext_of(pack, "patient-summary.pdf.age"));
+    let sections = summary_sections(&pages);
+    let csv = String::from_utf8(plaintext_of(pack, "patient-summary.csv.age")).unwrap();
+    let board = &demo_store().board;
+    let nhs_of: HashMap<&str, String> = board
+        .resources
+        .iter()
+        .filter(|r| r["resourceType"] == "Patient")
+        .map(|p| {
+            let n = s(&p["identifier"][0], "value");
+            (s(p, "id"), format!("{} {} {}", &n[..3], &n[3..6], &n[6..]))
+        })
+        .collect();
+    let subject = |r: &Value| ref_id(r.get("subject").or_else(|| r.get("patient")).unwrap()).to_string();
+    let last_day = today() + chrono::Duration::days(i64::from(hale_continuity::DAYS_DEFAULT));
+    let (mut alerts, mut problems, mut medicines, mut chart_doses) = (0, 0, 0, 0);
+    for r in &board.resources {
+        let Some(section) = nhs_of.get(subject_or_none(r).as_str()).and_then(|n| sections.get(n)) else {
+            continue;
+        };
+        let pid = subject(r);
+        match r["resourceType"].as_str().unwrap() {
+            "Flag" => {
+                let text = s(&r["code"], "text");
+                let at = section
+                    .find(&text[..text.len().min(40)])
+                    .unwrap_or_else(|| panic!("alert {text} for {pid}"));
+                let box_at = section.find("ALERTS").expect("the alerts box");
+                let problems_at = section.find("Active problems").expect("problems heading");
+                assert!(
+                    box_at < at && at < problems_at,
+                    "alert {text} in the box, before the problems"
+                );
+                assert!(
+                    csv.lines().any(|l| l.contains(",alert,") && l.contains(text)),
+                    "alert {text} in the CSV"
+                );
+                alerts += 1;
+            }
+            "Condition" => {
+                let text = s(&r["code"], "text");
+                assert!(section.contains(text), "problem {text} for {pid}");
+                problems += 1;
+            }
+            "MedicationRequest" if r["status"] == "active" => {
+                let name = s(&r["medicationCodeableConcept"], "text");
+                assert!(section.contains(name), "medicine {name} for {pid}");
+                let q = &r["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"];
+                let dose = format!("{} {}", q["value"], s(q, "unit"));
+                assert!(section.contains(&dose), "dose {dose} of {name} for {pid}");
+                let route = s(&r["dosageInstruction"][0]["route"], "text");
+                assert!(section.contains(route), "route {route} of {name} for {pid}");
+                assert!(csv.contains(name), "{name} in the CSV");
+                medicines += 1;
+                let bounds = &r["dosageInstruction"][0]["timing"]["repeat"]["boundsPeriod"];
+                if let (Some(a), Some(b)) = (bounds["start"].as_str(), bounds["end"].as_str()) {
+                    let (a, b): (chrono::NaiveDate, chrono::NaiveDate) = (a.parse().unwrap(), b.parse().unwrap());
+                    let times = r["dosageInstruction"][0]["timing"]["repeat"]["timeOfDay"]
+                        .as_array()
+                        .unwrap();
+                    let mut day = a.max(today());
+                    while day <= b.min(last_day) {
+                        for t in times {
+                            let hhmm = &t.as_str().unwrap()[..5];
+                            let printed = day.format("%a %d/%m").to_string();
+                            assert!(
+                                section
+                                    .lines()
+                                    .any(|l| l.contains(&printed) && l.contains(hhmm) && l.contains(name)),
+                                "drug chart row {printed} {hhmm} {name} for {pid}:\n{section}"
+                            );
+                            assert!(
+                                csv.contains(&format!("{} {hhmm},{name}", day.format("%Y-%m-%d"))),
+                                "drug chart row {day} {hhmm} {name} in the CSV"
+                            );
+                            chart_doses += 1;
+                        }
+                        day = day.succ_opt().unwrap();
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        alerts > 0 && problems > 0 && medicines > 0 && chart_doses > 0,
+        "the board exercised every part: {alerts} alerts, {problems} problems, {medicines} medicines, {chart_doses} doses"
+    );
+}
+
+/// The patient id a record resource is about, or "".
+fn subject_or_none(r: &Value) -> String {
+    match r["resourceType"].as_str() {
+        Some("Flag" | "Condition" | "MedicationRequest") => {
+            ref_id(r.get("subject").unwrap_or(&Value::Null)).to_string()
+        }
+        _ => String::new(),
     }
 }
 

@@ -21,13 +21,13 @@ fn main() {
         std::io::BufWriter::new(file)
     });
     let started = Instant::now();
-    // (resource type, count), in order: each type comes in one contiguous group.
+    // (resource type, count), in the order the types first appear.
     let mut counts: Vec<(String, usize)> = Vec::new();
     for r in hale_demo::stream(&cfg) {
         let t = r["resourceType"].as_str().unwrap_or_default();
-        match counts.last_mut() {
-            Some((last, n)) if last == t => *n += 1,
-            _ => counts.push((t.to_string(), 1)),
+        match counts.iter_mut().find(|(name, _)| name == t) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((t.to_string(), 1)),
         }
         if let Some(w) = out.as_mut() {
             serde_json::to_writer(&mut *w, &r).expect("write");

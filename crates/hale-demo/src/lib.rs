@@ -78,6 +78,7 @@
 //! leaves many slots free).
 
 mod data;
+mod record;
 mod rng;
 mod util;
 
@@ -197,6 +198,8 @@ const S_PRACTITIONER: u64 = 2;
 const S_PATIENT: u64 = 3;
 const S_CLINICAL: u64 = 4;
 const S_BOOKING: u64 = 5;
+const S_RECORD: u64 = 6;
+const S_TREATMENT: u64 = 7;
 
 fn nid(prefix: &str, n: usize) -> String {
     format!("{prefix}-{n:06}")
@@ -269,6 +272,8 @@ struct PatientInfo {
     birth: NaiveDate,
     /// Female reference ranges apply.
     female: bool,
+    /// Index into the GP practices, when the patient has a GP.
+    gp: Option<u16>,
 }
 
 /// An Encounter to write after the appointments: `enc-<index + 1>`, for
@@ -342,8 +347,12 @@ pub fn stream(cfg: &DemoConfig) -> BoardStream {
             busy: BTreeMap::new(),
             next_slot: 0,
             appointments: 0,
+            referral: None,
+            treated: BTreeMap::new(),
         },
         encounters: Vec::new(),
+        record_counters: record::RecordCounters::default(),
+        treated: Vec::new(),
     }
 }
 
@@ -377,6 +386,10 @@ pub struct BoardStream {
     counters: Counters,
     booking: Booking,
     encounters: Vec<EncounterPlan>,
+    /// Numbering of the rest of the record (problems, medicines, ...).
+    record_counters: record::RecordCounters,
+    /// Chemotherapy and inpatient appointments by patient, once booking is done.
+    treated: Vec<(usize, Vec<record::Treated>)>,
 }
 
 impl BoardStream {
@@ -426,7 +439,9 @@ enum Step {
     Slots(usize),
     Patients(usize),
     Clinical(Kind, usize),
+    Record(usize),
     Appointments,
+    Treatment(usize),
     Encounters(usize),
     Done,
 }
@@ -489,16 +504,39 @@ impl BoardStream {
                 self.counters = Counters::default();
                 match kind.next() {
                     Some(next) => Step::Clinical(next, 0),
-                    None => Step::Appointments,
+                    None => Step::Record(0),
                 }
             }
+            Step::Record(i) if i < self.patients.len() => {
+                let mut rng = Rng::stream(plan.seed, S_RECORD, i as u64);
+                let info = self.patients[i];
+                let gp = info.gp.map(|g| plan.gp_ids[g as usize].as_str());
+                record::record(&mut rng, plan.today, i, info.birth, gp, &mut self.record_counters, out);
+                Step::Record(i + 1)
+            }
+            Step::Record(_) => Step::Appointments,
             Step::Appointments => match self.booking.next(plan, &self.patients, &mut self.encounters) {
                 Some(appointment) => {
+                    if let Some(referral) = self.booking.referral.take() {
+                        out.push_back(referral);
+                    }
                     out.push_back(appointment);
                     Step::Appointments
                 }
-                None => Step::Encounters(0),
+                None => {
+                    self.treated = std::mem::take(&mut self.booking.treated).into_iter().collect();
+                    Step::Treatment(0)
+                }
             },
+            Step::Treatment(k) if k < self.treated.len() => {
+                let (p, items) = &mut self.treated[k];
+                items.sort_by_key(|t| t.start);
+                let mut rng = Rng::stream(plan.seed, S_TREATMENT, *p as u64);
+                let birth = self.patients[*p].birth;
+                record::treatment(&mut rng, plan.today, birth, items, &mut self.record_counters, out);
+                Step::Treatment(k + 1)
+            }
+            Step::Treatment(_) => Step::Encounters(0),
             Step::Encounters(i) if i < self.encounters.len() => {
                 out.push_back(encounter_resource(plan, i, &self.encounters[i]));
                 Step::Encounters(i + 1)
@@ -1131,8 +1169,10 @@ fn patient(rng: &mut Rng, id: &str, nhs_number: &str, today: NaiveDate, gp_ids: 
             },],
         );
     }
+    let mut gp_index = None;
     if !city.gps.is_empty() && rng.chance(0.85) {
         let gp = *rng.pick(city.gps);
+        gp_index = Some(gp as u16);
         p.insert(
             "generalPractitioner".into(),
             arr![reference("Organization", &gp_ids[gp])],
@@ -1143,6 +1183,7 @@ fn patient(rng: &mut Rng, id: &str, nhs_number: &str, today: NaiveDate, gp_ids: 
         PatientInfo {
             birth,
             female: gender == "female",
+            gp: gp_index,
         },
     )
 }
@@ -1517,6 +1558,11 @@ struct Booking {
     next_slot: usize,
     /// Appointments made so far (the last `appt-` number).
     appointments: usize,
+    /// The referral (ServiceRequest) the appointment just made is based on,
+    /// to be written before it.
+    referral: Option<Value>,
+    /// Chemotherapy and inpatient appointments, booked or fulfilled, by patient index.
+    treated: BTreeMap<usize, Vec<record::Treated>>,
 }
 
 impl Booking {
@@ -1598,6 +1644,7 @@ impl Booking {
         // Extensions and the date the booking was made.
         let mut extension = Vec::new();
         let created_day;
+        let mut referral_day = None;
         if category == data::CHEMO {
             let min = 3.max(day + 1);
             let dtt = day - rng.range(min, 35.max(min));
@@ -1621,6 +1668,7 @@ impl Booking {
                 "url": codes::EXT_RTT_REFERRAL_DATE,
                 "valueDate": fmt_date(util::day(today, referral)),
             });
+            referral_day = Some(referral);
         } else {
             created_day = latest - rng.range(0, 42);
         }
@@ -1700,6 +1748,36 @@ impl Booking {
         a.insert("end".into(), Value::from(fmt_instant(today, slot.end)));
         a.insert("minutesDuration".into(), Value::from(slot.end - slot.start));
         a.insert("slot".into(), arr![reference("Slot", &nid("slot", si + 1))]);
+        if let Some(referral) = referral_day {
+            // The referral the RTT clock starts from, written before the appointment.
+            let sr_id = nid("sr", self.appointments);
+            let mut sr = obj! {
+                "resourceType": "ServiceRequest",
+                "id": &sr_id,
+                "status": if status == "fulfilled" { "completed" } else { "active" },
+                "intent": "order",
+                "category": arr![concept(SNOMED, "3457005", "Patient referral")],
+                "priority": if priority <= 2 { "urgent" } else { "routine" },
+                "code": service_concept(c.svc),
+                "subject": reference("Patient", &pid),
+                "authoredOn": fmt_date(util::day(today, referral)),
+                "performer": arr![reference("Organization", &plan.sites[c.site].organization_id)],
+            };
+            if let Some(gp) = patients[p].gp {
+                sr["requester"] = reference("Organization", &plan.gp_ids[gp as usize]);
+            }
+            self.referral = Some(sr);
+            a.insert("basedOn".into(), arr![reference("ServiceRequest", &sr_id)]);
+        }
+        if (category == data::CHEMO || category == data::INPATIENT) && matches!(status, "booked" | "fulfilled") {
+            self.treated.entry(p).or_default().push(record::Treated {
+                patient: p as u32,
+                start: slot.start,
+                chemo: category == data::CHEMO,
+                given: status == "fulfilled",
+                prescriber: c.lead as u32,
+            });
+        }
         a.insert("created".into(), Value::from(fmt_instant(today, created)));
         a.insert(
             "participant".into(),

@@ -523,10 +523,27 @@ fn counts_in_the_expected_ballpark() {
         board.counts().iter().map(|(_, c)| c).sum::<usize>(),
         board.resources.len()
     );
-    // Types come in contiguous groups.
+    // The directory and the older clinical types come in contiguous groups;
+    // the rest of the record comes patient by patient (a problem before the
+    // medicines that treat it), and each referral just before its appointment.
+    let interleaved = [
+        "Condition",
+        "MedicationRequest",
+        "MedicationStatement",
+        "Flag",
+        "Immunization",
+        "Procedure",
+        "ServiceRequest",
+        "Appointment",
+        "CarePlan",
+        "MedicationAdministration",
+    ];
     let mut order: Vec<&str> = Vec::new();
     for r in &board.resources {
         let t = r["resourceType"].as_str().unwrap();
+        if interleaved.contains(&t) {
+            continue;
+        }
         if order.last() != Some(&t) {
             assert!(!order.contains(&t), "{t} is not contiguous");
             order.push(t);
@@ -656,4 +673,88 @@ fn empty_and_tiny_boards() {
         active > 0 && active <= 3 * 8,
         "{active} active appointments for 3 patients"
     );
+}
+
+/// The rest of the record makes clinical sense: every community medicine
+/// treats a problem of the same patient, children have no chronic-disease
+/// medicines, every chemotherapy patient has a cancer and a regimen, doses
+/// given were given on the day of a chemotherapy or inpatient appointment of
+/// that patient, and each referral is the basis of its appointment.
+#[test]
+fn the_rest_of_the_record_makes_clinical_sense() {
+    let board = medium();
+    let refs = by_ref(board);
+    let patient_of = |r: &Value| -> String {
+        r.get("subject")
+            .or_else(|| r.get("patient"))
+            .and_then(|s| s["reference"].as_str())
+            .unwrap()
+            .to_string()
+    };
+    let born = |pid: &str| date(&refs[pid]["birthDate"]);
+    let n = |t: &str| of_type(board, t).count();
+    for t in [
+        "Condition",
+        "MedicationRequest",
+        "MedicationStatement",
+        "MedicationAdministration",
+        "Flag",
+        "Immunization",
+        "Procedure",
+        "ServiceRequest",
+        "CarePlan",
+    ] {
+        assert!(n(t) > 30, "{t}: only {}", n(t));
+    }
+    for rx in of_type(board, "MedicationRequest") {
+        let pid = patient_of(rx);
+        let dosage = &rx["dosageInstruction"][0];
+        assert!(dosage["route"]["coding"][0]["code"].is_string(), "{rx}");
+        assert!(dosage["doseAndRate"][0]["doseQuantity"]["value"].is_number(), "{rx}");
+        assert!(dosage["timing"]["repeat"]["frequency"].is_u64(), "{rx}");
+        if rx["category"][0]["coding"][0]["code"] == "community" {
+            let reason = rx["reasonReference"][0]["reference"].as_str().unwrap();
+            let cond = refs[reason];
+            assert_eq!(patient_of(cond), pid);
+            assert_eq!(cond["clinicalStatus"]["coding"][0]["code"], "active");
+            let age = (today() - born(&pid)).num_days() / 365;
+            assert!(age >= 2, "{pid} aged {age} on a long-term medicine");
+        }
+    }
+    // Appointments by patient and day, for the doses given.
+    let mut treated_days: BTreeSet<(String, NaiveDate)> = BTreeSet::new();
+    for a in of_type(board, "Appointment") {
+        let cat = a["serviceCategory"][0]["coding"][0]["code"].as_str().unwrap();
+        if matches!(cat, "chemotherapy" | "inpatient-procedure") {
+            let pid = a["participant"][0]["actor"]["reference"].as_str().unwrap().to_string();
+            let d = instant(&a["start"]).date();
+            for k in 0..3 {
+                treated_days.insert((pid.clone(), d + chrono::Duration::days(k)));
+            }
+        }
+        if let Some(b) = a["basedOn"][0]["reference"].as_str() {
+            let sr = refs[b];
+            assert_eq!(sr["subject"]["reference"], a["participant"][0]["actor"]["reference"]);
+            let rtt = ext(a, codes::EXT_RTT_REFERRAL_DATE).unwrap();
+            assert_eq!(
+                sr["authoredOn"], rtt["valueDate"],
+                "the referral date is the RTT clock start"
+            );
+        }
+    }
+    for ma in of_type(board, "MedicationAdministration") {
+        let pid = patient_of(ma);
+        let when = instant(&ma["effectiveDateTime"]);
+        assert!(when.date() < today() + chrono::Duration::days(1));
+        assert!(
+            treated_days.contains(&(pid.clone(), when.date())),
+            "{pid} given a dose on {when} without a chemotherapy or inpatient appointment"
+        );
+        let rx = refs[ma["request"]["reference"].as_str().unwrap()];
+        assert_eq!(patient_of(rx), pid);
+    }
+    for cp in of_type(board, "CarePlan") {
+        let cond = refs[cp["addresses"][0]["reference"].as_str().unwrap()];
+        assert_eq!(patient_of(cond), patient_of(cp));
+    }
 }

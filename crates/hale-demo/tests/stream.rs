@@ -87,12 +87,36 @@ const BEFORE_STREAMING: &[Expected] = &[
     },
 ];
 
+/// The types the rest of the record added (after the boards above were
+/// recorded), and the field it added to Appointments.
+const RECORD_TYPES: &[&str] = &[
+    "Condition",
+    "MedicationRequest",
+    "MedicationStatement",
+    "MedicationAdministration",
+    "Flag",
+    "Immunization",
+    "Procedure",
+    "ServiceRequest",
+    "CarePlan",
+];
+
+/// Without the rest of the record (its own PRNG streams), every older
+/// resource is exactly what the generator wrote before it streamed.
 #[test]
 fn stream_reproduces_the_board_generated_before_streaming() {
     for e in BEFORE_STREAMING {
         let cfg = config(e.seed, e.patients, e.today);
         let mut n = 0;
-        let text = ndjson(stream(&cfg).inspect(|_| n += 1));
+        let older = stream(&cfg)
+            .filter(|r| !RECORD_TYPES.contains(&r["resourceType"].as_str().unwrap()))
+            .map(|mut r| {
+                if let Some(m) = r.as_object_mut() {
+                    m.shift_remove("basedOn");
+                }
+                r
+            });
+        let text = ndjson(older.inspect(|_| n += 1));
         assert_eq!(
             (n, text.len(), fnv1a(&text)),
             (e.resources, e.bytes, e.digest),

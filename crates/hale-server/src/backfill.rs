@@ -1,10 +1,12 @@
 //! `POST /$backfill`: entering what was written on paper during downtime.
 //!
 //! The body is a FHIR Bundle (`transaction`: all or nothing, or `batch`) of
-//! Observations, clinical notes (DocumentReference), Encounters and
-//! Appointment attendance updates. Each entry must carry its original
-//! clinical time (`Observation.effective[x]`, `DocumentReference.context.period.start`
-//! or `date`, `Encounter.period.start`, `Appointment.start`); the time it was
+//! Observations, clinical notes (DocumentReference), Encounters, doses given
+//! from the paper drug chart (MedicationAdministration) and Appointment
+//! attendance updates. Each entry must carry its original clinical time
+//! (`Observation.effective[x]`, `DocumentReference.context.period.start` or
+//! `date`, `Encounter.period.start`, `MedicationAdministration.effective[x]`,
+//! the time the dose was given, `Appointment.start`); the time it was
 //! entered is the server's `meta.lastUpdated`, and the AuditEvent of the write
 //! records who entered it. Every entry is tagged `downtime-backfill` (and,
 //! with `?incident=ID`, `incident-ID`) in `meta.tag`, so `_tag` finds them.
@@ -33,6 +35,9 @@ fn has_time(resource: &Value, rtype: &str) -> Result<(), &'static str> {
         }
         "DocumentReference" => present(&resource["context"]["period"]["start"]) || present(&resource["date"]),
         "Encounter" => present(&resource["period"]["start"]),
+        "MedicationAdministration" => {
+            present(&resource["effectiveDateTime"]) || present(&resource["effectivePeriod"]["start"])
+        }
         "Appointment" => present(&resource["start"]),
         _ => true,
     };
@@ -40,7 +45,7 @@ fn has_time(resource: &Value, rtype: &str) -> Result<(), &'static str> {
         Ok(())
     } else {
         Err(match rtype {
-            "Observation" => "effective[x]",
+            "Observation" | "MedicationAdministration" => "effective[x]",
             "DocumentReference" => "context.period.start",
             "Encounter" => "period.start",
             _ => "start",
@@ -110,7 +115,7 @@ pub async fn handle(cx: &Ctx<'_>, mut bundle: Value, query: &str) -> Result<Resp
             let rtype = resource["resourceType"].as_str().unwrap_or("").to_string();
             let at = format!("Bundle.entry[{i}].resource");
             match rtype.as_str() {
-                "Observation" | "DocumentReference" | "Encounter" => {}
+                "Observation" | "DocumentReference" | "Encounter" | "MedicationAdministration" => {}
                 "Appointment" => {
                     let status = resource["status"].as_str().unwrap_or("");
                     if method != "PUT" || !ATTENDANCE.contains(&status) {
@@ -131,7 +136,7 @@ pub async fn handle(cx: &Ctx<'_>, mut bundle: Value, query: &str) -> Result<Resp
                     issues.push(
                         Issue::error(
                             IssueCode::NotSupported,
-                            format!("$backfill takes Observation, DocumentReference (notes), Encounter and Appointment (attendance), not '{rtype}'"),
+                            format!("$backfill takes Observation, DocumentReference (notes), Encounter, MedicationAdministration (doses given) and Appointment (attendance), not '{rtype}'"),
                         )
                         .at(format!("{at}.resourceType")),
                     );

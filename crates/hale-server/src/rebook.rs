@@ -306,7 +306,13 @@ fn gather(
             duration_minutes: duration,
             original_start_ms: start,
             cancelled_on_the_day: flag(codes::EXT_CANCELLED_ON_THE_DAY),
-            rtt_referral: date(codes::EXT_RTT_REFERRAL_DATE),
+            // The referral itself (ServiceRequest.authoredOn) where the
+            // appointment is based on one, and Hale's extension; the earlier
+            // when both are there, so no breach is reported late.
+            rtt_referral: [date(codes::EXT_RTT_REFERRAL_DATE), referral_date(app, &a)?]
+                .into_iter()
+                .flatten()
+                .min(),
             decision_to_treat: date(codes::EXT_DECISION_TO_TREAT_DATE),
             regimen_window: regimen,
             practitioners: Vec::new(),
@@ -867,4 +873,20 @@ pub async fn rebook(cx: &Ctx<'_>, body: &[u8], query: &str) -> Result<Response, 
         ));
     }
     Ok(parameters(out))
+}
+
+/// When the referral an appointment is based on was made: `authoredOn` of the
+/// first ServiceRequest in `basedOn` that has one.
+fn referral_date(app: &App, appointment: &Value) -> Result<Option<chrono::NaiveDate>, FhirError> {
+    for b in appointment["basedOn"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        let Some(("ServiceRequest", id)) = b["reference"].as_str().and_then(|r| r.split_once('/')) else {
+            continue;
+        };
+        if let Some((sr, _)) = crate::outage::read_json(app, "ServiceRequest", id)? {
+            if let Some(d) = date_of(&sr["authoredOn"]) {
+                return Ok(Some(d));
+            }
+        }
+    }
+    Ok(None)
 }

@@ -52,6 +52,12 @@ async fn paper_entries_keep_both_times_and_the_tag() {
             "context": {"period": {"start": clinical_time}},
             "content": [{"attachment": {"contentType": "text/plain", "data": "U2VlbiBpbiBjbGluaWMuIFdlbGwu"}}]},
          "request": {"method": "POST", "url": "DocumentReference"}},
+        {"resource": {"resourceType": "MedicationAdministration", "status": "completed",
+            "medicationCodeableConcept": {"text": "Enoxaparin 40 mg/0.4 mL injection"},
+            "subject": {"reference": format!("Patient/{pid}")},
+            "effectiveDateTime": "2031-03-02T18:05:00Z",
+            "dosage": {"dose": {"value": 40, "unit": "mg", "system": "http://unitsofmeasure.org", "code": "mg"}}},
+         "request": {"method": "POST", "url": "MedicationAdministration"}},
         {"resource": appt, "request": {"method": "PUT", "url": format!("Appointment/{appt_id}")}},
     ]});
     let r = c.post("/$backfill?incident=inc-2031-03-02", CLIN, &bundle).await;
@@ -75,6 +81,17 @@ async fn paper_entries_keep_both_times_and_the_tag() {
     let t = tags(&obs);
     assert!(t.contains(&format!("{TAG}|downtime-backfill")), "{t:?}");
     assert!(t.contains(&format!("{TAG}|incident-inc-2031-03-02")), "{t:?}");
+    // The dose from the paper drug chart keeps the time it was given.
+    let ma_path = locations
+        .iter()
+        .find(|l| l.contains("MedicationAdministration/"))
+        .map(|l| path_of(l, &c.base()))
+        .unwrap();
+    let ma = c.read(CLIN, ma_path.split("/_history").next().unwrap()).await;
+    assert_eq!(ma["effectiveDateTime"], "2031-03-02T18:05:00Z");
+    assert_ne!(ma["meta"]["lastUpdated"], "2031-03-02T18:05:00Z");
+    assert!(tags(&ma).contains(&format!("{TAG}|downtime-backfill")), "{:?}", tags(&ma));
+    assert!(tags(&ma).contains(&format!("{TAG}|incident-inc-2031-03-02")));
     // The non-attendance is corrected, and tagged too.
     let appt = c.read(CLERK, &format!("/Appointment/{appt_id}")).await;
     assert_eq!(appt["status"], "fulfilled");
@@ -84,6 +101,7 @@ async fn paper_entries_keep_both_times_and_the_tag() {
         ("Observation", 1),
         ("Encounter", 1),
         ("DocumentReference", 1),
+        ("MedicationAdministration", 1),
         ("Appointment", 1),
     ] {
         let r = c
@@ -130,6 +148,10 @@ async fn backfill_refuses_entries_without_clinical_time_or_of_other_kinds() {
             "subject": {"reference": format!("Patient/{pid}")}},
          "request": {"method": "POST", "url": "Observation"}},
         {"resource": any_patient("Sneaky"), "request": {"method": "POST", "url": "Patient"}},
+        {"resource": {"resourceType": "MedicationAdministration", "status": "completed",
+            "medicationCodeableConcept": {"text": "Paracetamol 500 mg tablets"},
+            "subject": {"reference": format!("Patient/{pid}")}},
+         "request": {"method": "POST", "url": "MedicationAdministration"}},
     ]});
     let r = c.post("/$backfill", CLIN, &no_time).await;
     assert!(r.status == 400 || r.status == 422, "{}", r.status);
@@ -141,6 +163,11 @@ async fn backfill_refuses_entries_without_clinical_time_or_of_other_kinds() {
     assert!(
         !r.outcome_at("Bundle.entry[1].resource.resourceType").is_empty(),
         "{}",
+        r.diagnostics()
+    );
+    assert!(
+        !r.outcome_at("Bundle.entry[2].resource.effective[x]").is_empty(),
+        "a dose without the time it was given: {}",
         r.diagnostics()
     );
     let r = c
