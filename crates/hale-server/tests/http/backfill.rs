@@ -90,7 +90,11 @@ async fn paper_entries_keep_both_times_and_the_tag() {
     let ma = c.read(CLIN, ma_path.split("/_history").next().unwrap()).await;
     assert_eq!(ma["effectiveDateTime"], "2031-03-02T18:05:00Z");
     assert_ne!(ma["meta"]["lastUpdated"], "2031-03-02T18:05:00Z");
-    assert!(tags(&ma).contains(&format!("{TAG}|downtime-backfill")), "{:?}", tags(&ma));
+    assert!(
+        tags(&ma).contains(&format!("{TAG}|downtime-backfill")),
+        "{:?}",
+        tags(&ma)
+    );
     assert!(tags(&ma).contains(&format!("{TAG}|incident-inc-2031-03-02")));
     // The non-attendance is corrected, and tagged too.
     let appt = c.read(CLERK, &format!("/Appointment/{appt_id}")).await;
