@@ -838,3 +838,60 @@ async fn appointments_without_a_hale_category_are_derived_or_reported_uncategori
         r.text
     );
 }
+
+/// An appointment based on a referral (ServiceRequest) takes its RTT clock
+/// from the referral's `authoredOn`, without Hale's extension: the placement
+/// carries the 18-week deadline from that date.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebooking_takes_the_rtt_date_from_the_referral() {
+    let srv = TestServer::start().await;
+    let c = &srv.client;
+    let p = c.create_id(CLERK, &any_patient("Referred")).await;
+    let loc = c.create_id(ADMIN, &location("Clinic Three")).await;
+    let mut sched = schedule(&loc);
+    sched["serviceCategory"] = json!([{"coding": [{"system": CATEGORY_SYSTEM, "code": "outpatient"}]}]);
+    let sched = c.create_id(ADMIN, &sched).await;
+    let (held, s, e) = make_slot(c, &sched, 10, 9).await;
+    // Free slots a month from now (the rebooking horizon runs from the real clock).
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    for k in [30, 33] {
+        let day = next_weekday(uk_date(now_ms + k * 86_400_000));
+        let (s, e) = (format!("{day}T09:00:00Z"), format!("{day}T09:30:00Z"));
+        c.create_id(ADMIN, &slot(&sched, &s, &e)).await;
+    }
+    let sr = c
+        .create_id(
+            CLIN,
+            &json!({"resourceType": "ServiceRequest", "status": "active", "intent": "order",
+                    "subject": {"reference": format!("Patient/{p}")}, "authoredOn": "2030-11-20"}),
+        )
+        .await;
+    let mut a = appointment(&p, &held, &s, &e);
+    a["basedOn"] = json!([{"reference": format!("ServiceRequest/{sr}")}]);
+    assert!(ext(&a, codes::EXT_RTT_REFERRAL_DATE).is_none());
+    let id = c.create_id(CLERK, &a).await;
+    let inc = c
+        .create_id(
+            ADMIN,
+            &incident("2031-03-09T00:00:00Z", Some("2031-03-12T00:00:00Z"), &[], "open"),
+        )
+        .await;
+    let inc_param = ("incident", "valueString", json!(inc));
+    let r = c
+        .post(
+            "/Appointment/$postpone",
+            ADMIN,
+            &params(&[inc_param.clone(), ("clinicRuns", "valueBoolean", json!(true))]),
+        )
+        .await;
+    r.expect(200);
+    assert_eq!(int(r.body(), "postponed"), 1, "{}", r.text);
+    let r = c.post("/Appointment/$rebook", CLERK, &params(&[inc_param])).await;
+    r.expect(200);
+    let placement = groups(r.body(), "placement")
+        .into_iter()
+        .find(|g| value(g, "appointment")["reference"] == format!("Appointment/{id}"))
+        .unwrap_or_else(|| panic!("not placed: {}", r.text));
+    // 2030-11-20 + 126 days.
+    assert_eq!(value(placement, "deadline"), "2031-03-26", "{}", r.text);
+}
