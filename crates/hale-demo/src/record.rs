@@ -8,8 +8,10 @@
 //!
 //! The sense a clinician would check: problems follow age, every long-term
 //! medicine has the problem it treats, doses are ordinary adult doses with a
-//! route and a frequency, children get no chronic-disease medicines, and
-//! chemotherapy is given on the days of the chemotherapy appointments.
+//! route and a frequency, so no one under `ADULT_DOSE_AGE` is prescribed one
+//! (a child's asthma or epilepsy is recorded, its weight-based dose is not
+//! generated), and chemotherapy is given on the days of the chemotherapy
+//! appointments.
 
 use std::collections::VecDeque;
 
@@ -27,6 +29,8 @@ const MED_REQUEST_CATEGORY: &str = "http://terminology.hl7.org/CodeSystem/medica
 const FLAG_CATEGORY: &str = "http://terminology.hl7.org/CodeSystem/flag-category";
 const ALERT_SYSTEM: &str = "https://hale.health/fhir/CodeSystem/alert";
 const CAREPLAN_CATEGORY_TEXT: &str = "Systemic anti-cancer therapy regimen";
+/// The doses in the tables are adult doses: no one younger is prescribed one.
+const ADULT_DOSE_AGE: i32 = 16;
 
 /// A route of administration (SNOMED CT).
 #[derive(Clone, Copy)]
@@ -606,7 +610,7 @@ pub(crate) fn record(
             "onsetDateTime": fmt_date(onset),
             "recordedDate": fmt_date(onset),
         });
-        if p.medicines.is_empty() {
+        if p.medicines.is_empty() || age < ADULT_DOSE_AGE {
             continue;
         }
         let first = rng.below(p.medicines.len() as u64) as usize;

@@ -676,8 +676,7 @@ fn empty_and_tiny_boards() {
 }
 
 /// The rest of the record makes clinical sense: every community medicine
-/// treats a problem of the same patient, children have no chronic-disease
-/// medicines, every chemotherapy patient has a cancer and a regimen, doses
+/// treats a problem of the same patient, no child is prescribed an adult dose, every chemotherapy patient has a cancer and a regimen, doses
 /// given were given on the day of a chemotherapy or inpatient appointment of
 /// that patient, and each referral is the basis of its appointment.
 #[test]
@@ -718,7 +717,7 @@ fn the_rest_of_the_record_makes_clinical_sense() {
             assert_eq!(patient_of(cond), pid);
             assert_eq!(cond["clinicalStatus"]["coding"][0]["code"], "active");
             let age = (today() - born(&pid)).num_days() / 365;
-            assert!(age >= 2, "{pid} aged {age} on a long-term medicine");
+            assert!(age >= 16, "{pid} aged {age} prescribed an adult dose");
         }
     }
     // Appointments by patient and day, for the doses given.
