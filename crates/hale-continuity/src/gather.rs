@@ -850,10 +850,11 @@ fn problems(store: &Store<'_>, pid: &str) -> Result<(Vec<Problem>, usize), Conti
     Ok((list, omitted))
 }
 
-/// "once daily", "twice daily (08:00, 18:00)", "when required".
-fn frequency_text(dosage: &Value) -> Option<String> {
-    let repeat = dosage.get("timing").and_then(|t| t.get("repeat"));
-    let times: Vec<String> = repeat
+/// A dosage's scheduled times, `hh:mm` (`timing.repeat.timeOfDay`).
+fn times_of_day(dosage: &Value) -> Vec<String> {
+    dosage
+        .get("timing")
+        .and_then(|t| t.get("repeat"))
         .map(|r| {
             arr(r, "timeOfDay")
                 .iter()
@@ -861,7 +862,13 @@ fn frequency_text(dosage: &Value) -> Option<String> {
                 .map(|t| t.chars().take(5).collect())
                 .collect()
         })
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// "once daily", "twice daily (08:00, 18:00)", "when required".
+fn frequency_text(dosage: &Value) -> Option<String> {
+    let repeat = dosage.get("timing").and_then(|t| t.get("repeat"));
+    let times = times_of_day(dosage);
     let per = repeat.and_then(|r| {
         let f = r.get("frequency").and_then(Value::as_u64).unwrap_or(1);
         let period = r.get("period").and_then(json_number_text)?;
@@ -983,17 +990,7 @@ fn medicines(
         if inpatient {
             // On the chart: each scheduled time of each pack day the course runs.
             let (from, to) = course.unwrap_or((first, last));
-            let times: Vec<String> = dosage
-                .get("timing")
-                .and_then(|t| t.get("repeat"))
-                .map(|r| {
-                    arr(r, "timeOfDay")
-                        .iter()
-                        .filter_map(Value::as_str)
-                        .map(|t| t.chars().take(5).collect())
-                        .collect()
-                })
-                .unwrap_or_default();
+            let times = times_of_day(&dosage);
             let mut day = from.max(first);
             while day <= to.min(last) {
                 let slots = if times.is_empty() {

@@ -576,6 +576,31 @@ fn dose_quantity(m: &Medicine) -> Value {
     obj! { "value": value, "unit": m.unit.1, "system": UCUM, "code": m.unit.0 }
 }
 
+/// An active, confirmed problem-list Condition (SNOMED `code`) since `onset`;
+/// returns its id.
+fn problem(
+    n: &mut RecordCounters,
+    code: (&str, &str),
+    subject: &Value,
+    onset: NaiveDate,
+    out: &mut VecDeque<Value>,
+) -> String {
+    n.conditions += 1;
+    let id = nid("cond", n.conditions);
+    out.push_back(obj! {
+        "resourceType": "Condition",
+        "id": &id,
+        "clinicalStatus": coded(CONDITION_CLINICAL, "active", "Active"),
+        "verificationStatus": coded(CONDITION_VERIFICATION, "confirmed", "Confirmed"),
+        "category": arr![coded(CONDITION_CATEGORY, "problem-list-item", "Problem List Item")],
+        "code": concept(SNOMED, code.0, code.1),
+        "subject": subject,
+        "onsetDateTime": fmt_date(onset),
+        "recordedDate": fmt_date(onset),
+    });
+    id
+}
+
 /// Problems, medicines, alerts, immunisations and procedures of patient
 /// `index` (born `birth`), onto `out`, in an order in which every reference
 /// points backwards.
@@ -597,19 +622,7 @@ pub(crate) fn record(
         }
         let years_with = (age - p.min_age + 1).clamp(1, 25) as i64;
         let onset = util::day(today, -rng.range(60, years_with * 365).min(age_days - 1));
-        n.conditions += 1;
-        let cond_id = nid("cond", n.conditions);
-        out.push_back(obj! {
-            "resourceType": "Condition",
-            "id": &cond_id,
-            "clinicalStatus": coded(CONDITION_CLINICAL, "active", "Active"),
-            "verificationStatus": coded(CONDITION_VERIFICATION, "confirmed", "Confirmed"),
-            "category": arr![coded(CONDITION_CATEGORY, "problem-list-item", "Problem List Item")],
-            "code": concept(SNOMED, p.code, p.display),
-            "subject": &subject,
-            "onsetDateTime": fmt_date(onset),
-            "recordedDate": fmt_date(onset),
-        });
+        let cond_id = problem(n, (p.code, p.display), &subject, onset, out);
         if p.medicines.is_empty() || age < ADULT_DOSE_AGE {
             continue;
         }
@@ -768,19 +781,7 @@ pub(crate) fn treatment(
             if regimen_plan.is_none() {
                 let r = rng.pick(REGIMENS);
                 let diagnosed = util::day(today, day - rng.range(30, 120).min(age_days - 1));
-                n.conditions += 1;
-                let cond_id = nid("cond", n.conditions);
-                out.push_back(obj! {
-                    "resourceType": "Condition",
-                    "id": &cond_id,
-                    "clinicalStatus": coded(CONDITION_CLINICAL, "active", "Active"),
-                    "verificationStatus": coded(CONDITION_VERIFICATION, "confirmed", "Confirmed"),
-                    "category": arr![coded(CONDITION_CATEGORY, "problem-list-item", "Problem List Item")],
-                    "code": concept(SNOMED, r.cancer.0, r.cancer.1),
-                    "subject": &subject,
-                    "onsetDateTime": fmt_date(diagnosed),
-                    "recordedDate": fmt_date(diagnosed),
-                });
+                let cond_id = problem(n, r.cancer, &subject, diagnosed, out);
                 n.care_plans += 1;
                 let cp_id = nid("cp", n.care_plans);
                 out.push_back(obj! {
