@@ -86,6 +86,16 @@ pub fn capability_statement(base: &str, date: &str) -> Value {
                     "name": "everything",
                     "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"
                 }));
+                operations.push(json!({
+                    "name": "export",
+                    "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"
+                }));
+            }
+            if rt == ResourceType::Group {
+                operations.push(json!({
+                    "name": "export",
+                    "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"
+                }));
             }
             r["operation"] = json!(operations);
             r
@@ -99,6 +109,7 @@ pub fn capability_statement(base: &str, date: &str) -> Value {
         "kind": "instance",
         "software": {"name": "Hale", "version": env!("CARGO_PKG_VERSION")},
         "implementation": {"description": "Hale clinical record and booking server", "url": base},
+        "instantiates": ["http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"],
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "json"],
         "rest": [{
@@ -108,6 +119,10 @@ pub fn capability_statement(base: &str, date: &str) -> Value {
             },
             "resource": resources,
             "interaction": [{"code": "transaction"}, {"code": "batch"}],
+            "operation": [{
+                "name": "export",
+                "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"
+            }],
         }]
     })
 }

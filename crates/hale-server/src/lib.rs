@@ -7,6 +7,7 @@
 pub mod audit_sink;
 pub mod auth;
 pub mod backfill;
+pub mod bulk;
 mod bundle;
 pub mod capability;
 pub mod cluster;
@@ -58,6 +59,8 @@ pub struct App {
     pub inflight: tokio::sync::Semaphore,
     /// Scheduled downtime packs: each site's last outcome.
     pub downtime: downtime::DowntimeState,
+    /// Bulk Data `$export` jobs on this node.
+    pub bulk: bulk::BulkJobs,
 }
 
 static LAST_MS: AtomicI64 = AtomicI64::new(0);
@@ -114,7 +117,9 @@ impl Node {
             .limits
             .requests_inflight_max
             .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        let bulk = bulk::BulkJobs::new(&cfg.data);
         let app = Arc::new(App {
+            bulk,
             cfg,
             proposer,
             raft,

@@ -34,7 +34,9 @@ pub async fn dispatch(app: &App, req: Request) -> Handled {
     let method = parts.method.clone();
     let headers = parts.headers;
 
-    if let Some(e) = wire::not_acceptable(&headers, &query) {
+    // An export's files are NDJSON, and asked for as such.
+    let export_file = segs.first() == Some(&"$export-file");
+    if let Some(e) = wire::not_acceptable(&headers, &query).filter(|_| !export_file) {
         return ("other", Err(e));
     }
     if segs == ["metadata"] && method == Method::GET {
@@ -85,6 +87,21 @@ pub async fn dispatch(app: &App, req: Request) -> Handled {
             };
             (route, r)
         }
+        (Method::GET, ["$export"]) => ("bulk-export", cx.export_kickoff(None, false, "$export", &query).await),
+        (Method::GET, ["$export-status", id]) => ("bulk-status", cx.export_status(id)),
+        (Method::DELETE, ["$export-status", id]) => ("bulk-status", cx.export_cancel(id).await),
+        (Method::GET, ["$export-file", id, file]) => ("bulk-file", cx.export_file(id, file).await),
+        (m, ["$export" | "$export-status" | "$export-file", ..]) => (
+            "other",
+            Err(FhirError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                IssueCode::NotSupported,
+                format!(
+                    "{m} is not allowed on {}: a bulk export is started with GET, its status read with GET and cancelled with DELETE, and its files read with GET",
+                    parts.uri.path()
+                ),
+            )),
+        ),
         (Method::GET, ["Basic", id, "$report"]) => ("outage-report", crate::outage::report(&cx, id).await),
         (m, [t, rest @ ..]) => {
             let rt = match resource_type(t) {
@@ -149,6 +166,15 @@ pub async fn dispatch(app: &App, req: Request) -> Handled {
                 (Method::DELETE, [id]) if !id.starts_with('$') => ("delete", cx.delete(rt, id).await),
                 (Method::GET, [id, "_history"]) => ("history-instance", cx.history(rt, Some(id), &query).await),
                 (Method::GET, [id, "_history", vid]) => ("vread", cx.vread(rt, id, vid).await),
+                (Method::GET, ["$export"]) if rt == ResourceType::Patient => (
+                    "bulk-export",
+                    cx.export_kickoff(None, true, "Patient/$export", &query).await,
+                ),
+                (Method::GET, [id, "$export"]) if rt == ResourceType::Group => (
+                    "bulk-export",
+                    cx.export_kickoff(Some(id), false, &format!("Group/{id}/$export"), &query)
+                        .await,
+                ),
                 (Method::GET, [id, "$everything"]) if rt == ResourceType::Patient => {
                     ("everything", cx.everything(id, &query).await)
                 }

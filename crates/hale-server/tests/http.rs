@@ -9,6 +9,7 @@ mod http {
     pub mod backfill;
     pub mod bad_input;
     pub mod booking;
+    pub mod bulk;
     pub mod crud;
     pub mod everything;
     pub mod harness;

@@ -182,15 +182,40 @@ pub(crate) fn for_each(
     conn: &Connection,
     mut f: impl FnMut(&str) -> std::io::Result<()>,
 ) -> Result<u64, crate::StoreError> {
-    let mut stmt = conn.prepare_cached(&format!("SELECT {COLS} FROM audit ORDER BY seq"))?;
-    let mut rows = stmt.query([])?;
+    for_each_since(conn, None, |json| {
+        f(json)?;
+        Ok(crate::export::Flow::Continue)
+    })
+}
+
+/// Every audit row recorded after `since_ms` (all when None), as AuditEvent
+/// JSON in the order recorded, until `f` answers Stop.
+pub(crate) fn for_each_since(
+    conn: &Connection,
+    since_ms: Option<i64>,
+    mut f: impl FnMut(&str) -> std::io::Result<crate::export::Flow>,
+) -> Result<u64, crate::StoreError> {
+    let mut stmt = conn.prepare_cached(&format!("SELECT {COLS} FROM audit WHERE time_ms > ?1 ORDER BY seq"))?;
+    let mut rows = stmt.query([since_ms.unwrap_or(i64::MIN)])?;
     let mut n = 0;
     while let Some(r) = rows.next()? {
         let found = render(r)?;
-        f(found.json.as_deref().unwrap_or("{}"))?;
         n += 1;
+        if f(found.json.as_deref().unwrap_or("{}"))? == crate::export::Flow::Stop {
+            break;
+        }
     }
     Ok(n)
+}
+
+/// Audit rows recorded after `since_ms` (all when None).
+pub(crate) fn count_since(conn: &Connection, since_ms: Option<i64>) -> rusqlite::Result<u64> {
+    conn.query_row(
+        "SELECT COUNT(*) FROM audit WHERE time_ms > ?1",
+        [since_ms.unwrap_or(i64::MIN)],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n as u64)
 }
 
 /// Number of audit rows (for metrics and tests).

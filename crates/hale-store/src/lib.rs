@@ -12,6 +12,7 @@
 pub mod apply;
 pub mod audit;
 pub mod command;
+pub mod export;
 pub mod hash;
 pub mod propose;
 pub mod query;

@@ -158,6 +158,62 @@ impl Client {
         result
     }
 
+    /// GET `path` and write a 2xx answer's body to `dest` as it arrives (a
+    /// bulk export file can be larger than memory should hold). Returns the
+    /// status, and the bytes written (0 for an answer that is not 2xx, whose
+    /// body is returned instead, for the error message).
+    pub async fn download(
+        &mut self,
+        path: &str,
+        dest: &std::path::Path,
+        extra: &[(&str, &str)],
+    ) -> Result<(u16, u64, Bytes)> {
+        use tokio::io::AsyncWriteExt;
+        let uri = format!("{}{}", self.base_path, path);
+        let mut b = hyper::Request::builder()
+            .method("GET")
+            .uri(uri)
+            .header("host", self.authority.clone());
+        if let Some(t) = &self.token {
+            b = b.header("authorization", format!("Bearer {t}"));
+        }
+        for (k, v) in extra {
+            b = b.header(*k, *v);
+        }
+        let req = b.body(Full::new(Bytes::new()))?;
+        let authority = self.authority.clone();
+        let lost = |e: hyper::Error| {
+            anyhow::Error::new(e).context(TransportError {
+                delivery: Delivery::Unknown,
+                what: format!("the connection to http://{authority} failed during GET {path}"),
+            })
+        };
+        let sender = self.connect().await?;
+        sender.ready().await.map_err(lost)?;
+        let resp = sender.send_request(req).await.map_err(lost)?;
+        let status = resp.status().as_u16();
+        let mut body = resp.into_body();
+        if !(200..300).contains(&status) {
+            let bytes = body.collect().await.map_err(lost)?.to_bytes();
+            return Ok((status, 0, bytes));
+        }
+        let mut f = tokio::fs::File::create(dest)
+            .await
+            .with_context(|| format!("cannot create {}", dest.display()))?;
+        let mut written = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(lost)?;
+            if let Ok(data) = frame.into_data() {
+                f.write_all(&data)
+                    .await
+                    .with_context(|| format!("cannot write {}", dest.display()))?;
+                written += data.len() as u64;
+            }
+        }
+        f.flush().await?;
+        Ok((status, written, Bytes::new()))
+    }
+
     async fn exchange(
         &mut self,
         method: &str,

@@ -9,6 +9,13 @@
 //! taken the first attempt. Progress is saved after each batch in a file in
 //! the current directory, so running the same command again after a failure
 //! carries on where it stopped.
+//!
+//! Plain resources (NDJSON, a batch or collection Bundle) are sent in an
+//! order that loads what records refer to first (organisations, places and
+//! staff, then patients, then their records), so a bulk export of another
+//! server loads under referential integrity. A resource refused because
+//! something it refers to is not there yet is held back and sent again after
+//! the rest, until a round loads none of those still held back.
 
 use crate::cluster_cli::outcome_text;
 use crate::http::{transient_status, transport_failure, Backoff, Client, Delivery};
@@ -33,6 +40,145 @@ const RETRY_WAIT_FIRST: Duration = Duration::from_millis(500);
 const RETRY_WAIT_MAX: Duration = Duration::from_secs(15);
 /// Without a terminal, a progress line at most this often.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// Rounds of sending held-back resources again.
+const DEFER_ROUNDS_MAX: usize = 8;
+
+/// The order plain resources are sent in: what others refer to comes first.
+/// Types not listed come after the listed ones, in the order given.
+const LOAD_ORDER: &[&str] = &[
+    "Organization",
+    "Location",
+    "Endpoint",
+    "HealthcareService",
+    "Practitioner",
+    "PractitionerRole",
+    "Substance",
+    "Medication",
+    "Device",
+    "Patient",
+    "RelatedPerson",
+    "Group",
+    "Schedule",
+    "Slot",
+    "EpisodeOfCare",
+    "ServiceRequest",
+    "Appointment",
+    "Encounter",
+    "Condition",
+    "CarePlan",
+    "MedicationRequest",
+    "Specimen",
+    "Observation",
+    "DiagnosticReport",
+];
+
+fn load_rank(v: &Value) -> usize {
+    let rt = v.get("resourceType").and_then(Value::as_str).unwrap_or("");
+    LOAD_ORDER.iter().position(|t| *t == rt).unwrap_or(LOAD_ORDER.len())
+}
+
+/// Files named on the command line, with each directory replaced by the
+/// `.ndjson` and `.json` files in it, in name order.
+fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for p in inputs {
+        if p.is_dir() {
+            let mut inside: Vec<PathBuf> = std::fs::read_dir(p)
+                .with_context(|| format!("cannot list {}", p.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| f.is_file() && f.extension().is_some_and(|e| e == "ndjson" || e == "json"))
+                .collect();
+            inside.sort();
+            if inside.is_empty() {
+                bail!("{} holds no .ndjson or .json files", p.display());
+            }
+            files.extend(inside);
+        } else {
+            files.push(p.clone());
+        }
+    }
+    Ok(files)
+}
+
+/// Whether a batch entry is an Appointment refused because a slot it holds
+/// is not free (409 at `Appointment.slot[n]`): as when a slot arrives from
+/// another server's export already booked by the very appointment being loaded.
+fn slot_taken(rt: &str, status: &str, entry: &Value) -> bool {
+    rt == "Appointment"
+        && status.starts_with("409")
+        && entry
+            .pointer("/response/outcome/issue")
+            .and_then(Value::as_array)
+            .is_some_and(|issues| {
+                issues.iter().any(|i| {
+                    i.pointer("/expression/0")
+                        .and_then(Value::as_str)
+                        .is_some_and(|x| resource_path(rt, x).starts_with("Appointment.slot"))
+                })
+            })
+}
+
+/// Load an Appointment whose slots arrived already busy: one transaction
+/// marks each busy slot free (If-Match on the version read) and then writes
+/// the appointment, so the server's booking rule marks the slots busy again
+/// itself, and still refuses a slot that another appointment holds.
+async fn load_booked(client: &mut Client, s: &mut Summary, origin: &str, appt: &Value, at: &Place) -> Result<()> {
+    let mut entries = Vec::new();
+    for slot in appt.get("slot").and_then(Value::as_array).into_iter().flatten() {
+        let Some(id) = slot
+            .get("reference")
+            .and_then(Value::as_str)
+            .and_then(|r| r.strip_prefix("Slot/"))
+        else {
+            continue;
+        };
+        let reply = client.send("GET", &format!("/Slot/{id}"), None).await?;
+        if reply.status != 200 {
+            continue;
+        }
+        let mut current = reply.json()?;
+        if current.get("status").and_then(Value::as_str) != Some("busy") {
+            continue;
+        }
+        let version = current
+            .pointer("/meta/versionId")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        current["status"] = json!("free");
+        entries.push(json!({
+            "resource": current,
+            "request": {"method": "PUT", "url": format!("Slot/{id}"), "ifMatch": format!("W/\"{version}\"")}
+        }));
+    }
+    let (request, _) = entry_request("Appointment", appt);
+    entries.push(json!({"resource": appt, "request": request}));
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
+    let reply = send_retrying(client, serde_json::to_vec(&bundle)?, true, at).await?;
+    if reply.status == 200 {
+        *s.loaded.entry("Appointment".into()).or_default() += 1;
+    } else {
+        let resp: Value = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
+        let why = describe_issues(resp.get("issue"), |x| resource_path("Appointment", x));
+        s.reject(format!("{origin} (Appointment): HTTP {}: {why}", reply.status));
+    }
+    Ok(())
+}
+
+/// Whether a batch entry was refused only because something it refers to
+/// does not exist (yet): 422 with a `not-found` issue.
+fn missing_reference(status: &str, entry: &Value) -> bool {
+    status.starts_with("422")
+        && entry
+            .pointer("/response/outcome/issue")
+            .and_then(Value::as_array)
+            .is_some_and(|issues| {
+                issues
+                    .iter()
+                    .any(|i| i.get("code").and_then(Value::as_str) == Some("not-found"))
+            })
+}
 
 #[derive(Default)]
 struct Summary {
@@ -306,11 +452,14 @@ struct Saved {
     /// Resources sent and answered for, counted as the progress line counts them.
     done: u64,
     summary: Summary,
+    /// Where the resources held back for a missing reference came from, to
+    /// be sent again by a run that carries on.
+    deferred: Vec<String>,
 }
 
 impl Saved {
     fn to_json(&self) -> Value {
-        json!({"key": self.key, "done": self.done, "summary": self.summary.to_json()})
+        json!({"key": self.key, "done": self.done, "summary": self.summary.to_json(), "deferred": self.deferred})
     }
 
     fn from_json(v: &Value) -> Option<Saved> {
@@ -318,6 +467,10 @@ impl Saved {
             key: v["key"].as_str()?.to_string(),
             done: v["done"].as_u64()?,
             summary: Summary::from_json(&v["summary"])?,
+            deferred: v["deferred"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|o| o.as_str().map(str::to_string)).collect())
+                .unwrap_or_default(),
         })
     }
 }
@@ -357,31 +510,122 @@ fn unit_size(v: &Value) -> u64 {
     }
 }
 
-pub async fn run(files: &[PathBuf], url: &str, token: Option<&str>, batch: usize) -> Result<()> {
+/// Entries of a batch sent again another way, by position in the batch.
+#[derive(Default)]
+struct Held {
+    /// Refused only because something they refer to is missing (yet).
+    missing: Vec<usize>,
+    /// Appointments whose slots arrived already busy ([`load_booked`]).
+    booked: Vec<usize>,
+}
+
+/// Send plain resources as one batch Bundle and count what happened. Entries
+/// refused only because something they refer to is missing are returned
+/// rather than counted as rejected, unless `last_round`; so are Appointments
+/// whose slots are busy.
+async fn send_plain(
+    client: &mut Client,
+    s: &mut Summary,
+    chunk: &[(String, Value)],
+    at: &Place,
+    last_round: bool,
+) -> Result<Held> {
+    let mut entries = Vec::new();
+    let mut origins = Vec::new();
+    let mut idempotent = true;
+    for (i, (origin, r)) in chunk.iter().enumerate() {
+        if let Some(e) = r.get("__invalid") {
+            s.reject(format!("{origin}: not valid JSON: {}", e.as_str().unwrap_or("")));
+            continue;
+        }
+        let Some(rt) = r.get("resourceType").and_then(Value::as_str) else {
+            let what = if r.is_object() {
+                "a JSON object without a resourceType"
+            } else {
+                "not a JSON object"
+            };
+            s.reject(format!("{origin}: not a FHIR resource: {what}"));
+            continue;
+        };
+        let (request, safe) = entry_request(rt, r);
+        idempotent &= safe;
+        let conditional = request.get("ifNoneExist").is_some();
+        entries.push(json!({"resource": r, "request": request}));
+        origins.push((i, origin.clone(), rt.to_string(), conditional));
+    }
+    let mut held = Held::default();
+    if entries.is_empty() {
+        return Ok(held);
+    }
+    let bundle = json!({"resourceType": "Bundle", "type": "batch", "entry": entries});
+    let reply = send_retrying(client, serde_json::to_vec(&bundle)?, idempotent, at).await?;
+    if reply.status != 200 {
+        bail!(
+            "the server refused a batch (resources {}-{} of {}) with HTTP {}: {}\n{}",
+            at.from,
+            at.to,
+            at.total,
+            reply.status,
+            String::from_utf8_lossy(&reply.body),
+            at.resume
+        );
+    }
+    let resp: Value = serde_json::from_slice(&reply.body)?;
+    let resp_entries = resp.get("entry").and_then(Value::as_array).cloned().unwrap_or_default();
+    for ((i, origin, rt, conditional), e) in origins.iter().zip(resp_entries) {
+        let status = e.pointer("/response/status").and_then(Value::as_str).unwrap_or("");
+        if status.starts_with('2') {
+            *s.loaded.entry(rt.clone()).or_default() += 1;
+            // A conditional create that found its resource answers 200, a create 201.
+            if *conditional && status.starts_with("200") {
+                s.existing += 1;
+            }
+        } else if !last_round && missing_reference(status, &e) {
+            held.missing.push(*i);
+        } else if slot_taken(rt, status, &e) {
+            held.booked.push(*i);
+        } else {
+            // The server numbers the entries of the batch this command built;
+            // the user knows the resource by its place in their own file.
+            let why = describe_issues(e.pointer("/response/outcome/issue"), |x| resource_path(rt, x));
+            s.reject(format!("{origin} ({rt}): HTTP {status}: {why}"));
+        }
+    }
+    Ok(held)
+}
+
+pub async fn run(inputs: &[PathBuf], url: &str, token: Option<&str>, batch: usize) -> Result<()> {
     if batch == 0 || batch > BATCH_MAX {
         bail!("--batch must be between 1 and {BATCH_MAX}");
     }
+    let started = Instant::now();
+    let files = expand_inputs(inputs)?;
     let mut all = Vec::new();
-    for f in files {
+    for f in &files {
         all.extend(read_file(f)?);
     }
+    // Transactions carry their own order (and Synthea's refer to the
+    // practitioners' Bundle loaded before them): keep the user's order then.
+    if all.iter().all(|(_, v)| v.get("__transaction").is_none()) {
+        all.sort_by_key(|(_, v)| load_rank(v));
+    }
     let total: u64 = all.iter().map(|(_, v)| unit_size(v)).sum();
-    let (progress_path, key) = progress_file(files, url, batch)?;
+    let (progress_path, key) = progress_file(&files, url, batch)?;
     let saved = std::fs::read(&progress_path)
         .ok()
         .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
         .and_then(|v| Saved::from_json(&v))
         .filter(|s| s.key == key && s.done <= total);
-    let (mut done, mut s) = match saved {
+    let (mut done, mut s, deferred_before) = match saved {
         Some(saved) => {
             eprintln!(
                 "carrying on an import that stopped: {} of {total} resources were sent before (delete {} to start over)",
                 saved.done,
                 progress_path.display()
             );
-            (saved.done, saved.summary)
+            (saved.done, saved.summary, saved.deferred)
         }
-        None => (0, Summary::default()),
+        None => (0, Summary::default(), Vec::new()),
     };
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
@@ -390,11 +634,13 @@ pub async fn run(files: &[PathBuf], url: &str, token: Option<&str>, batch: usize
     );
     let mut save_ok = true;
     let save_bar = bar.clone();
-    let mut save = |done: u64, summary: Summary| -> Summary {
+    // `held`: what was held back to send again (its origins are saved).
+    let mut save = |done: u64, summary: Summary, held: &[&[(String, Value)]]| -> Summary {
         let saved = Saved {
             key: key.clone(),
             done,
             summary,
+            deferred: held.iter().flat_map(|h| h.iter().map(|(o, _)| o.clone())).collect(),
         };
         if save_ok {
             if let Err(e) = save_progress(&progress_path, &saved) {
@@ -421,6 +667,14 @@ pub async fn run(files: &[PathBuf], url: &str, token: Option<&str>, batch: usize
     let tty = std::io::stderr().is_terminal();
     let mut last_line = Instant::now();
     let mut pending: Vec<(String, Value)> = Vec::new();
+    // Resources held back because what they refer to was not there yet.
+    let mut deferred: Vec<(String, Value)> = Vec::new();
+    // Appointments whose slots arrived busy, loaded last (`load_booked`).
+    let mut booked: Vec<(String, Value)> = Vec::new();
+    if !deferred_before.is_empty() {
+        let wanted: std::collections::HashSet<&str> = deferred_before.iter().map(String::as_str).collect();
+        deferred.extend(all.iter().filter(|(o, _)| wanted.contains(o.as_str())).cloned());
+    }
     // Skip what an earlier run sent (it saved its progress between units).
     let mut skip_units = 0;
     let mut skipped = 0;
@@ -454,88 +708,92 @@ pub async fn run(files: &[PathBuf], url: &str, token: Option<&str>, batch: usize
                 };
                 let n = import_transaction(&mut client, &mut s, &origin, &v["__transaction"], &at).await?;
                 done += n;
-                s = save(done, s);
+                s = save(done, s, &[&deferred, &booked]);
                 bar.inc(n);
             }
             continue;
         }
         let chunk = std::mem::take(&mut pending);
-        let chunk = chunk.as_slice();
-        let mut entries = Vec::new();
-        let mut origins = Vec::new();
-        let mut idempotent = true;
-        for (origin, r) in chunk {
-            if let Some(e) = r.get("__invalid") {
-                s.reject(format!("{origin}: not valid JSON: {}", e.as_str().unwrap_or("")));
-                continue;
-            }
-            let Some(rt) = r.get("resourceType").and_then(Value::as_str) else {
-                let what = if r.is_object() {
-                    "a JSON object without a resourceType"
-                } else {
-                    "not a JSON object"
-                };
-                s.reject(format!("{origin}: not a FHIR resource: {what}"));
-                continue;
-            };
-            let (request, safe) = entry_request(rt, r);
-            idempotent &= safe;
-            let conditional = request.get("ifNoneExist").is_some();
-            entries.push(json!({"resource": r, "request": request}));
-            origins.push((origin.clone(), rt.to_string(), conditional));
-        }
-        if !entries.is_empty() {
-            let at = Place {
-                from: done + 1,
-                to: done + chunk.len() as u64,
-                total,
-                url: url.to_string(),
-                resume: resume_hint(done),
-                bar: bar.clone(),
-                answered: answered.clone(),
-            };
-            let bundle = json!({"resourceType": "Bundle", "type": "batch", "entry": entries});
-            let reply = send_retrying(&mut client, serde_json::to_vec(&bundle)?, idempotent, &at).await?;
-            if reply.status != 200 {
-                bail!(
-                    "the server refused a batch (resources {}-{} of {total}) with HTTP {}: {}\n{}",
-                    at.from,
-                    at.to,
-                    reply.status,
-                    String::from_utf8_lossy(&reply.body),
-                    at.resume
-                );
-            }
-            let resp: Value = serde_json::from_slice(&reply.body)?;
-            let resp_entries = resp.get("entry").and_then(Value::as_array).cloned().unwrap_or_default();
-            for ((origin, rt, conditional), e) in origins.iter().zip(resp_entries) {
-                let status = e.pointer("/response/status").and_then(Value::as_str).unwrap_or("");
-                if status.starts_with('2') {
-                    *s.loaded.entry(rt.clone()).or_default() += 1;
-                    // A conditional create that found its resource answers 200, a create 201.
-                    if *conditional && status.starts_with("200") {
-                        s.existing += 1;
-                    }
-                } else {
-                    // The server numbers the entries of the batch this command built;
-                    // the user knows the resource by its place in their own file.
-                    let why = describe_issues(e.pointer("/response/outcome/issue"), |x| resource_path(rt, x));
-                    s.reject(format!("{origin} ({rt}): HTTP {status}: {why}"));
-                }
-            }
-        }
+        let at = Place {
+            from: done + 1,
+            to: done + chunk.len() as u64,
+            total,
+            url: url.to_string(),
+            resume: resume_hint(done),
+            bar: bar.clone(),
+            answered: answered.clone(),
+        };
+        let held = send_plain(&mut client, &mut s, &chunk, &at, false).await?;
+        deferred.extend(held.missing.into_iter().map(|i| chunk[i].clone()));
+        booked.extend(held.booked.into_iter().map(|i| chunk[i].clone()));
         done += chunk.len() as u64;
-        s = save(done, s);
+        s = save(done, s, &[&deferred, &booked]);
         bar.inc(chunk.len() as u64);
         if !tty && last_line.elapsed() >= PROGRESS_EVERY && done < total {
             eprintln!("imported {done}/{total} resources");
             last_line = Instant::now();
         }
     }
+    // Send the held-back resources again while each round loads some of
+    // them; appointments whose slots arrived booked go first in each round
+    // (encounters refer to them).
+    let place = || Place {
+        from: done,
+        to: done,
+        total,
+        url: url.to_string(),
+        resume: "Run the same command again to carry on.".into(),
+        bar: bar.clone(),
+        answered: answered.clone(),
+    };
+    let mut round = 0;
+    loop {
+        if !booked.is_empty() {
+            bar.suspend(|| {
+                eprintln!(
+                    "loading {} appointment(s) whose slots arrived already booked, each with its slots in one transaction",
+                    booked.len()
+                )
+            });
+            let this_round = std::mem::take(&mut booked);
+            for (i, (origin, appt)) in this_round.iter().enumerate() {
+                load_booked(&mut client, &mut s, origin, appt, &place()).await?;
+                s = save(done, s, &[&deferred, &this_round[i + 1..]]);
+            }
+        }
+        if deferred.is_empty() {
+            break;
+        }
+        round += 1;
+        let last_round = round == DEFER_ROUNDS_MAX;
+        let before = deferred.len();
+        bar.suspend(|| {
+            eprintln!("sending {before} resource(s) again whose references were not loaded yet (round {round})")
+        });
+        let this_round = std::mem::take(&mut deferred);
+        for chunk in this_round.chunks(batch) {
+            let held = send_plain(&mut client, &mut s, chunk, &place(), last_round).await?;
+            deferred.extend(held.missing.into_iter().map(|i| chunk[i].clone()));
+            booked.extend(held.booked.into_iter().map(|i| chunk[i].clone()));
+        }
+        if !deferred.is_empty() && booked.is_empty() && (deferred.len() == before || last_round) {
+            // No progress: what they refer to is not in this import or on the server.
+            let held = std::mem::take(&mut deferred);
+            for chunk in held.chunks(batch) {
+                let again = send_plain(&mut client, &mut s, chunk, &place(), true).await?;
+                booked.extend(again.booked.into_iter().map(|i| chunk[i].clone()));
+            }
+        }
+        s = save(done, s, &[&deferred, &booked]);
+    }
     bar.finish_and_clear();
     let _ = std::fs::remove_file(&progress_path);
     let loaded: u64 = s.loaded.values().sum();
-    println!("Loaded {loaded} resource(s):");
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "Loaded {loaded} resource(s) in {secs:.1} s ({:.0} resources/s):",
+        loaded as f64 / secs.max(1e-3)
+    );
     for (t, n) in &s.loaded {
         println!("  {n:>8}  {t}");
     }

@@ -1,6 +1,7 @@
 //! The `hale` command: CLI and glue. Business rules live in the crates.
 
 mod backfill_cli;
+mod bulk_cli;
 mod chaos;
 mod cluster_cli;
 mod downtime;
@@ -34,10 +35,15 @@ struct Cli {
 enum Cmd {
     /// Run a Hale node: the FHIR R4 API on --listen, state in --data.
     Serve(ServeArgs),
-    /// Load FHIR JSON Bundles or NDJSON files into a running server.
+    /// Load FHIR JSON Bundles or NDJSON files (or directories of them) into a running server.
     Import(ImportArgs),
-    /// Write every live resource as NDJSON, one file per resource type.
+    /// Write live resources as NDJSON: from a running server with FHIR Bulk Data
+    /// `$export` (--url), or straight from a data directory (--data).
     Export(ExportArgs),
+    /// Print a store's record hash: SHA-256 of every live resource's content
+    /// without versionId and lastUpdated, equal on two stores that hold the
+    /// same record however it was loaded (export from one, import into the other).
+    RecordHash(RecordHashArgs),
     /// Load-test a running server and report throughput and latency.
     Bench(BenchArgs),
     /// Manage a cluster's membership and see its state.
@@ -100,7 +106,8 @@ struct ServeArgs {
 
 #[derive(Args)]
 struct ImportArgs {
-    /// Files: a FHIR Bundle (.json) or one resource per line (.ndjson).
+    /// Files: a FHIR Bundle (.json) or one resource per line (.ndjson); a
+    /// directory stands for the .ndjson and .json files in it.
     #[arg(required = true)]
     files: Vec<PathBuf>,
     /// Server base URL.
@@ -119,7 +126,33 @@ struct ExportArgs {
     /// Output directory; created if missing.
     #[arg(long)]
     out: PathBuf,
-    /// Data directory of the node to export (safe while it runs).
+    /// Data directory of the node to export (safe while it runs); not with --url.
+    #[arg(long, default_value = "./hale-data", env = "HALE_DATA")]
+    data: PathBuf,
+    /// Export from the server at this base URL with FHIR Bulk Data `$export`
+    /// (kick-off, polling, download) instead of from a data directory.
+    #[arg(long)]
+    url: Option<String>,
+    /// Bearer token (a service or admin token) for --url.
+    #[arg(long, env = "HALE_TOKEN")]
+    token: Option<String>,
+    /// With --url: only these resource types (`_type`), comma-separated.
+    #[arg(long = "type", value_delimiter = ',')]
+    types: Vec<String>,
+    /// With --url: only resources changed after this instant (`_since`), e.g. 2026-12-01T09:00:00Z.
+    #[arg(long)]
+    since: Option<String>,
+    /// With --url: every patient's record (`Patient/$export`) rather than everything.
+    #[arg(long, conflicts_with = "group")]
+    patients: bool,
+    /// With --url: the records of this Group's members (`Group/{id}/$export`).
+    #[arg(long)]
+    group: Option<String>,
+}
+
+#[derive(Args)]
+struct RecordHashArgs {
+    /// Data directory of the node (safe while it runs).
     #[arg(long, default_value = "./hale-data", env = "HALE_DATA")]
     data: PathBuf,
 }
@@ -207,7 +240,26 @@ fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Serve(a) => rt.block_on(serve(a)),
         Cmd::Import(a) => rt.block_on(import::run(&a.files, &a.url, a.token.as_deref(), a.batch)),
-        Cmd::Export(a) => export(&a.data, &a.out),
+        Cmd::Export(a) => match &a.url {
+            Some(url) => rt.block_on(bulk_cli::run(
+                &bulk_cli::ExportRequest {
+                    url,
+                    token: a.token.as_deref(),
+                    types: &a.types,
+                    since: a.since.as_deref(),
+                    patients: a.patients,
+                    group: a.group.as_deref(),
+                },
+                &a.out,
+            )),
+            None => {
+                if !a.types.is_empty() || a.since.is_some() || a.patients || a.group.is_some() {
+                    bail!("--type, --since, --patients and --group choose what a server's $export holds: use them with --url");
+                }
+                export(&a.data, &a.out)
+            }
+        },
+        Cmd::RecordHash(a) => record_hash(&a.data),
         Cmd::Bench(a) => rt.block_on(bench(a)),
         Cmd::Cluster(a) => rt.block_on(cluster_cli::run(a)),
         Cmd::Up(a) => rt.block_on(cluster_cli::up(a)),
@@ -423,6 +475,19 @@ fn export(data: &Path, out: &Path) -> Result<()> {
         total += n;
     }
     println!("{total:>8}  resources exported to {}", out.display());
+    Ok(())
+}
+
+fn record_hash(data: &Path) -> Result<()> {
+    if !data.join(hale_store::DB_FILE).exists() {
+        bail!(
+            "no Hale store in {}; point --data at a node's data directory",
+            data.display()
+        );
+    }
+    let hash = hale_store::export::record_hash_at(data)
+        .with_context(|| format!("cannot read the store in {}", data.display()))?;
+    println!("{hash}");
     Ok(())
 }
 

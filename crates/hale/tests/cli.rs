@@ -35,6 +35,7 @@ fn help_for_every_command_exits_zero_and_names_its_flags() {
                 "serve",
                 "import",
                 "export",
+                "record-hash",
                 "bench",
                 "--log-json",
                 "--help",
@@ -56,7 +57,20 @@ fn help_for_every_command_exits_zero_and_names_its_flags() {
             &["import", "--help"],
             &["--url", "--token", "--batch", "FILES", "HALE_URL", "HALE_TOKEN"],
         ),
-        (&["export", "--help"], &["--out", "--data", "HALE_DATA"]),
+        (
+            &["export", "--help"],
+            &[
+                "--out",
+                "--data",
+                "HALE_DATA",
+                "--url",
+                "--type",
+                "--since",
+                "--patients",
+                "--group",
+            ],
+        ),
+        (&["record-hash", "--help"], &["--data", "HALE_DATA"]),
         (
             &["bench", "--help"],
             &[

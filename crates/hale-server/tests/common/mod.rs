@@ -518,13 +518,24 @@ impl ReqBuilder {
                 Some(v)
             }
         } else if ct.starts_with("application/json")
-            && (self.path.starts_with("/cluster/") || self.path.starts_with("/downtime/"))
+            && (self.path.starts_with("/cluster/")
+                || self.path.starts_with("/downtime/")
+                || self.path.starts_with("/$export-status/"))
         {
-            // Cluster administration is not FHIR: plain JSON, not schema-checked.
+            // Cluster administration and a bulk export's manifest are not
+            // FHIR resources: plain JSON, not schema-checked.
             Some(
                 serde_json::from_str(&text)
                     .unwrap_or_else(|e| panic!("{} {}: not JSON ({e}): {text}", self.method, self.path)),
             )
+        } else if ct == "application/fhir+ndjson" {
+            // A bulk export file: one resource per line, each schema-checked.
+            for line in text.lines().filter(|l| !l.is_empty()) {
+                let v: Value = serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("{} {}: a line is not JSON ({e}): {line}", self.method, self.path));
+                check_schema(&v, &format!("{} {} -> {status}", self.method, self.path));
+            }
+            None
         } else {
             assert!(
                 !looks_json,
