@@ -598,6 +598,15 @@ impl<'a> Cx<'a> {
     ) -> rusqlite::Result<i64> {
         let rid = match rid {
             Some(rid) => {
+                // The version whose JSON lives only in `resources` (the live
+                // one, or the last live one of a deleted resource) gets its
+                // own copy in history before `resources` moves on.
+                self.conn
+                    .prepare_cached(
+                        "UPDATE history SET json = (SELECT json FROM resources WHERE rid = ?1)
+                         WHERE rid = ?1 AND json IS NULL AND method != 'DELETE'",
+                    )?
+                    .execute([rid])?;
                 self.conn
                     .prepare_cached(
                         "UPDATE resources SET version = ?2, updated_ms = ?3, deleted = 0, json = ?4 WHERE rid = ?1",
@@ -614,11 +623,12 @@ impl<'a> Cx<'a> {
                 self.conn.last_insert_rowid()
             }
         };
+        // The new version's JSON is in `resources` only (see schema.rs).
         self.conn
             .prepare_cached(
-                "INSERT INTO history(rid, rtype, id, version, updated_ms, method, json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO history(rid, rtype, id, version, updated_ms, method, json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)",
             )?
-            .execute(params![rid, rt.as_str(), id, version as i64, self.time_ms, method, json])?;
+            .execute(params![rid, rt.as_str(), id, version as i64, self.time_ms, method])?;
         Ok(rid)
     }
 

@@ -151,6 +151,14 @@ impl StateMachine {
                     [schema::SCHEMA_VERSION],
                 )?;
             }
+            Some(1) => {
+                // Version 1 differs only in history holding a copy of the current JSON.
+                conn.execute_batch(&format!(
+                    "BEGIN; {} UPDATE meta SET value = {} WHERE key = 'schema_version'; COMMIT;",
+                    schema::MIGRATE_1_TO_2,
+                    schema::SCHEMA_VERSION
+                ))?;
+            }
             Some(v) if v != schema::SCHEMA_VERSION => {
                 return Err(StoreError::SchemaVersion {
                     path,
@@ -279,7 +287,13 @@ impl StateMachine {
             .conn
             .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
             .optional()?;
-        if found != Some(schema::SCHEMA_VERSION) {
+        if found == Some(1) {
+            self.conn.execute_batch(&format!(
+                "BEGIN; {} UPDATE meta SET value = {} WHERE key = 'schema_version'; COMMIT;",
+                schema::MIGRATE_1_TO_2,
+                schema::SCHEMA_VERSION
+            ))?;
+        } else if found != Some(schema::SCHEMA_VERSION) {
             return Err(StoreError::SchemaVersion {
                 path: src.to_path_buf(),
                 found: found.unwrap_or(0),

@@ -83,19 +83,27 @@ pub fn vread(conn: &Connection, rtype: &str, id: &str, version: u64) -> rusqlite
             _ => None,
         });
     }
-    conn.prepare_cached("SELECT updated_ms, method, json FROM history WHERE rtype = ?1 AND id = ?2 AND version = ?3")?
-        .query_row(params![rtype, id, version as i64], |r| {
-            Ok(Found {
-                rtype: rtype.to_string(),
-                id: id.to_string(),
-                version,
-                updated_ms: r.get(0)?,
-                method: method_of(&r.get::<_, String>(1)?),
-                json: r.get(2)?,
-            })
+    conn.prepare_cached(&format!(
+        "SELECT h.updated_ms, h.method, {HISTORY_JSON} FROM resources r CROSS JOIN history h ON h.rid = r.rid
+         WHERE r.rtype = ?1 AND r.id = ?2 AND h.version = ?3"
+    ))?
+    .query_row(params![rtype, id, version as i64], |r| {
+        Ok(Found {
+            rtype: rtype.to_string(),
+            id: id.to_string(),
+            version,
+            updated_ms: r.get(0)?,
+            method: method_of(&r.get::<_, String>(1)?),
+            json: r.get(2)?,
         })
-        .optional()
+    })
+    .optional()
 }
+
+/// A history row's JSON (`h`, joined to its resource `r`): its own copy, or,
+/// for the version whose JSON lives only in `resources` (the current one, or
+/// the last live one of a deleted resource), the resource's. Deletes have none.
+const HISTORY_JSON: &str = "CASE WHEN h.method = 'DELETE' THEN NULL ELSE COALESCE(h.json, r.json) END";
 
 fn history_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Found> {
     Ok(Found {
@@ -117,10 +125,12 @@ pub fn history_instance(
     offset: usize,
 ) -> rusqlite::Result<Vec<Found>> {
     let count = count.min(HISTORY_PAGE_MAX);
-    let mut stmt = conn.prepare_cached(
-        "SELECT rtype, id, version, updated_ms, method, json FROM history
-         WHERE rtype = ?1 AND id = ?2 ORDER BY version DESC LIMIT ?3 OFFSET ?4",
-    )?;
+    // By the resource's rid: the (rid, version) index, not a walk of the type's history.
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT h.rtype, h.id, h.version, h.updated_ms, h.method, {HISTORY_JSON}
+         FROM resources r CROSS JOIN history h ON h.rid = r.rid
+         WHERE r.rtype = ?1 AND r.id = ?2 ORDER BY h.version DESC LIMIT ?3 OFFSET ?4"
+    ))?;
     let rows = stmt.query_map(params![rtype, id, count as i64, offset as i64], history_row)?;
     rows.collect()
 }
@@ -128,10 +138,11 @@ pub fn history_instance(
 /// Newest first across one type.
 pub fn history_type(conn: &Connection, rtype: &str, count: usize, offset: usize) -> rusqlite::Result<Vec<Found>> {
     let count = count.min(HISTORY_PAGE_MAX);
-    let mut stmt = conn.prepare_cached(
-        "SELECT rtype, id, version, updated_ms, method, json FROM history
-         WHERE rtype = ?1 ORDER BY hid DESC LIMIT ?2 OFFSET ?3",
-    )?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT h.rtype, h.id, h.version, h.updated_ms, h.method, {HISTORY_JSON}
+         FROM history h CROSS JOIN resources r ON r.rid = h.rid
+         WHERE h.rtype = ?1 ORDER BY h.hid DESC LIMIT ?2 OFFSET ?3"
+    ))?;
     let rows = stmt.query_map(params![rtype, count as i64, offset as i64], history_row)?;
     rows.collect()
 }

@@ -4,7 +4,22 @@
 //! membership). The raft log lives in its own file (`hale-raft`).
 
 /// Bumped when the schema changes incompatibly; checked on open.
-pub const SCHEMA_VERSION: i64 = 1;
+/// 2: a history row's JSON is NULL for the version whose JSON is in
+/// `resources` (see `history` below); a version-1 store is migrated on open.
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// Turns a version-1 store into a version-2 one: the copies history held of
+/// the JSON in `resources` are dropped. For a deleted resource that is its
+/// last live version (a delete is one version after it, and leaves
+/// `resources.json` as it was).
+pub const MIGRATE_1_TO_2: &str = r#"
+UPDATE history SET json = NULL
+WHERE hid IN (
+    SELECT h.hid FROM resources r JOIN history h ON h.rid = r.rid
+    WHERE h.version = CASE WHEN r.deleted = 0 THEN r.version ELSE r.version - 1 END
+      AND h.method != 'DELETE'
+);
+"#;
 
 pub const DDL: &str = r#"
 CREATE TABLE IF NOT EXISTS meta(
@@ -24,7 +39,11 @@ CREATE TABLE IF NOT EXISTS resources(
     UNIQUE(rtype, id)
 );
 
--- Every version, including the current one. json is NULL for a delete.
+-- Every version, including the current one. json is NULL for a delete, and
+-- for the one version whose JSON is in `resources` (the live version, or the
+-- last live version of a deleted resource): a board loaded once would
+-- otherwise hold every resource twice. Apply copies it here when
+-- `resources` moves on to a newer version.
 CREATE TABLE IF NOT EXISTS history(
     hid        INTEGER PRIMARY KEY,
     rid        INTEGER NOT NULL,
