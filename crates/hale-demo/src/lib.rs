@@ -6,7 +6,7 @@
 //! the four Hale appointment categories, their schedules and slots, a
 //! population of patients with UK-style demographics, booked / attended /
 //! cancelled appointments and some clinical data. Every name, place and
-//! number is invented: NHS numbers are in the 999 test range and phone numbers
+//! number is invented: NHS numbers are in the 999 and 998 test ranges and phone numbers
 //! are in Ofcom's drama ranges.
 //!
 //! # Output
@@ -115,9 +115,15 @@ impl Default for DemoConfig {
     }
 }
 
-/// The largest supported population: unique NHS numbers in the 999 test range run out
-/// a little above this.
-pub const MAX_PATIENTS: usize = 900_000;
+/// The largest supported population. NHS numbers come from the 999 test
+/// range, then the 998 range (nine-digit prefixes 999 000 000.. and
+/// 998 000 000..; about nine in ten have a valid check digit): neither is in
+/// any range allocated to patients (England and Wales 4, 6 and 7, Scotland's
+/// CHI 0 to 3, Northern Ireland 3), so a demo number can never be a real one.
+pub const MAX_PATIENTS: usize = 1_800_000;
+
+/// Nine-digit prefix blocks the demo's NHS numbers are taken from, in order.
+const NHS_PREFIX_BLOCKS: [u64; 2] = [999_000_000, 998_000_000];
 
 /// A hospital site of the board.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -982,8 +988,10 @@ struct NhsNumbers {
 impl NhsNumbers {
     fn next_number(&mut self) -> String {
         loop {
-            assert!(self.next < 1_000_000, "NHS test-range numbers exhausted");
-            let prefix = 999_000_000 + (self.offset + self.next * 293_003) % 1_000_000;
+            let block = (self.next / 1_000_000) as usize;
+            assert!(block < NHS_PREFIX_BLOCKS.len(), "NHS test-range numbers exhausted");
+            let within = self.next % 1_000_000;
+            let prefix = NHS_PREFIX_BLOCKS[block] + (self.offset + within * 293_003) % 1_000_000;
             self.next += 1;
             if let Some(n) = util::nhs_number(prefix as u32) {
                 return n;

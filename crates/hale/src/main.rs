@@ -366,6 +366,13 @@ fn load_config(a: &ServeArgs) -> Result<Config> {
     }
     // A lone node bootstraps itself; a node meant for a cluster waits for `hale cluster`.
     cfg.cluster.bootstrap_single = a.bootstrap || (cfg.cluster.listen.is_none() && cfg.cluster.node_id == 1);
+    if cfg.demo.enabled && cfg.demo.patients > hale_demo::MAX_PATIENTS {
+        bail!(
+            "the demo board holds at most {} patients (its NHS numbers come from the test ranges); got {}",
+            hale_demo::MAX_PATIENTS,
+            cfg.demo.patients
+        );
+    }
     if cfg.demo.enabled && cfg.auth.tokens.is_empty() {
         cfg.auth.tokens = demo_tokens();
     }
