@@ -79,6 +79,9 @@ pub struct BenchOpts {
     pub request_timeout_s: u64,
     /// SearchMix: only these kinds (report names); empty for all.
     pub mix_kinds: Vec<String>,
+    /// SearchMix: draw patient ids from these only (e.g. the longest records,
+    /// for `$everything` at its worst); empty for every patient found.
+    pub mix_patients: Vec<String>,
 }
 
 impl Default for BenchOpts {
@@ -96,6 +99,7 @@ impl Default for BenchOpts {
             book_contenders_per_slot: 2,
             request_timeout_s: 10,
             mix_kinds: Vec::new(),
+            mix_patients: Vec::new(),
         }
     }
 }

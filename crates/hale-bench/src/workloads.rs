@@ -262,7 +262,13 @@ impl Ctx {
         let mut families: Vec<String> = found.sample.iter().filter_map(|f| f.family.clone()).collect();
         let mut givens: Vec<String> = found.sample.iter().filter_map(|f| f.given.clone()).collect();
 
-        let patients = if found.demo_patients > 0 {
+        let patients = if !self.opts.mix_patients.is_empty() {
+            notes.push(format!(
+                "per-patient searches use only: {}",
+                self.opts.mix_patients.join(", ")
+            ));
+            Ids::Listed(self.opts.mix_patients.clone())
+        } else if found.demo_patients > 0 {
             notes.push(format!(
                 "searching {} demo patients (pat-000001 … {}); parameters from a sample of {}",
                 found.demo_patients,

@@ -674,3 +674,30 @@ async fn search_mix_with_no_patients_at_all_says_what_to_do() {
     assert!(matches!(err, BenchError::InvalidOption { .. }), "{err}");
     assert!(err.to_string().contains("hale serve --demo"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_mix_with_pinned_patients_asks_only_for_them() {
+    let fake = start(Behaviour {
+        demo_patients: Some(25),
+        log_targets: true,
+        ..Behaviour::default()
+    })
+    .await;
+    let o = BenchOpts {
+        seed_patients: 0,
+        requests_max: Some(40),
+        mix_kinds: vec!["patient-everything".into()],
+        mix_patients: vec!["pat-000007".into()],
+        ..opts(&fake.base_url)
+    };
+    let report = run(&o, Workload::SearchMix).await.unwrap();
+    let w = &report.workloads[0];
+    assert!(w.ok > 0, "{}", report.to_table());
+    assert!(w.notes.iter().any(|n| n.contains("pat-000007")), "{:?}", w.notes);
+    let targets = fake.state.lock().unwrap().targets.clone();
+    let everything: Vec<&String> = targets.iter().filter(|t| t.ends_with("$everything")).collect();
+    assert!(!everything.is_empty());
+    for t in everything {
+        assert_eq!(t, "/Patient/pat-000007/$everything");
+    }
+}

@@ -184,6 +184,10 @@ struct BenchArgs {
     /// report prints them), e.g. to compare one release's mix with another's.
     #[arg(long, value_delimiter = ',')]
     kinds: Vec<String>,
+    /// `search-mix`: per-patient searches draw from these patient ids only
+    /// (comma-separated), e.g. the longest records for `patient-everything`.
+    #[arg(long, value_delimiter = ',')]
+    patients: Vec<String>,
     /// Free slots created for the booking race (the race ends when each has had its contenders).
     #[arg(long, default_value_t = 2000)]
     book_slots: usize,
@@ -532,6 +536,7 @@ async fn bench(a: BenchArgs) -> Result<()> {
         book_slots: a.book_slots,
         book_contenders_per_slot: a.book_contenders,
         mix_kinds: a.kinds,
+        mix_patients: a.patients,
         ..BenchOpts::default()
     };
     let report = hale_bench::run(&opts, workload).await?;
