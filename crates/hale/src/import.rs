@@ -10,10 +10,12 @@
 //! the current directory, so running the same command again after a failure
 //! carries on where it stopped.
 //!
-//! Plain resources (NDJSON, a batch or collection Bundle) are sent in an
-//! order that loads what records refer to first (organisations, places and
-//! staff, then patients, then their records), so a bulk export of another
-//! server loads under referential integrity. A resource refused because
+//! NDJSON files are read line by line as they are sent (an export of a
+//! health board is never held in memory); Bundles are read whole. Files are
+//! sent in an order that loads what records refer to first (organisations,
+//! places and staff, then patients, then their records: an export's files
+//! each hold one type), so a bulk export of another server loads under
+//! referential integrity. A resource refused because
 //! something it refers to is not there yet is held back and sent again after
 //! the rest, until a round loads none of those still held back.
 
@@ -73,8 +75,7 @@ const LOAD_ORDER: &[&str] = &[
     "DiagnosticReport",
 ];
 
-fn load_rank(v: &Value) -> usize {
-    let rt = v.get("resourceType").and_then(Value::as_str).unwrap_or("");
+fn load_rank(rt: &str) -> usize {
     LOAD_ORDER.iter().position(|t| *t == rt).unwrap_or(LOAD_ORDER.len())
 }
 
@@ -218,6 +219,84 @@ impl Summary {
             self.rejected.push(why);
         }
     }
+}
+
+/// Whether `path` is read line by line: `.ndjson` files are, so an export
+/// of a whole health board is never held in memory.
+fn streamed(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "ndjson")
+}
+
+/// One NDJSON line as a unit (an invalid line becomes `{"__invalid": why}`).
+fn ndjson_unit(origin: String, line: &str) -> (String, Value) {
+    match serde_json::from_str::<Value>(line) {
+        Ok(v) => (origin, v),
+        Err(e) => (origin, json!({"__invalid": e.to_string()})),
+    }
+}
+
+/// The units of `files`, in order, read as they are asked for.
+fn units(files: &[PathBuf]) -> impl Iterator<Item = Result<(String, Value)>> + '_ {
+    use std::io::BufRead;
+    files
+        .iter()
+        .flat_map(|f| -> Box<dyn Iterator<Item = Result<(String, Value)>>> {
+            if !streamed(f) {
+                return match read_file(f) {
+                    Ok(v) => Box::new(v.into_iter().map(Ok)),
+                    Err(e) => Box::new(std::iter::once(Err(e))),
+                };
+            }
+            let name = f.display().to_string();
+            match std::fs::File::open(f) {
+                Err(e) => Box::new(std::iter::once(Err(
+                    anyhow::Error::new(e).context(format!("cannot read {name}"))
+                ))),
+                Ok(file) => Box::new(
+                    std::io::BufReader::with_capacity(1 << 20, file)
+                        .lines()
+                        .enumerate()
+                        .filter_map(move |(i, line)| match line {
+                            Ok(l) if l.trim().is_empty() => None,
+                            Ok(l) => Some(Ok(ndjson_unit(format!("{name}:{}", i + 1), &l))),
+                            Err(e) => Some(Err(anyhow::Error::new(e).context(format!("cannot read {name}")))),
+                        }),
+                ),
+            }
+        })
+}
+
+/// Resources a file holds (a transaction counts its entries), and the type
+/// of its first resource (an export's NDJSON file holds one type).
+fn survey(path: &Path) -> Result<(u64, Option<String>, bool)> {
+    use std::io::BufRead;
+    if !streamed(path) {
+        let units = read_file(path)?;
+        let first = units
+            .first()
+            .and_then(|(_, v)| v.get("resourceType").and_then(Value::as_str).map(str::to_string));
+        let transaction = units.iter().any(|(_, v)| v.get("__transaction").is_some());
+        return Ok((units.iter().map(|(_, v)| unit_size(v)).sum(), first, transaction));
+    }
+    let file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut n = 0;
+    let mut first = None;
+    for line in std::io::BufReader::with_capacity(1 << 20, file).lines() {
+        let line = line.with_context(|| format!("cannot read {}", path.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        if first.is_none() {
+            first = Some(
+                serde_json::from_str::<Value>(&line)
+                    .ok()
+                    .and_then(|v| v.get("resourceType").and_then(Value::as_str).map(str::to_string))
+                    .unwrap_or_default(),
+            );
+        }
+        n += 1;
+    }
+    Ok((n, first, false))
 }
 
 /// Resources of one file, each with where it came from (for messages). A
@@ -599,17 +678,24 @@ pub async fn run(inputs: &[PathBuf], url: &str, token: Option<&str>, batch: usiz
         bail!("--batch must be between 1 and {BATCH_MAX}");
     }
     let started = Instant::now();
-    let files = expand_inputs(inputs)?;
-    let mut all = Vec::new();
+    let mut files = expand_inputs(inputs)?;
+    let mut surveyed = Vec::with_capacity(files.len());
     for f in &files {
-        all.extend(read_file(f)?);
+        surveyed.push(survey(f)?);
     }
-    // Transactions carry their own order (and Synthea's refer to the
-    // practitioners' Bundle loaded before them): keep the user's order then.
-    if all.iter().all(|(_, v)| v.get("__transaction").is_none()) {
-        all.sort_by_key(|(_, v)| load_rank(v));
+    let total: u64 = surveyed.iter().map(|(n, _, _)| n).sum();
+    // Files whose records others refer to go first (an export's files each
+    // hold one type). Transactions carry their own order (and Synthea's refer
+    // to the practitioners' Bundle loaded before them): keep the user's order then.
+    if surveyed.iter().all(|(_, _, transaction)| !transaction) {
+        let mut order: Vec<(usize, PathBuf)> = surveyed
+            .iter()
+            .map(|(_, first, _)| load_rank(first.as_deref().unwrap_or("")))
+            .zip(files)
+            .collect();
+        order.sort_by_key(|(rank, _)| *rank);
+        files = order.into_iter().map(|(_, f)| f).collect();
     }
-    let total: u64 = all.iter().map(|(_, v)| unit_size(v)).sum();
     let (progress_path, key) = progress_file(&files, url, batch)?;
     let saved = std::fs::read(&progress_path)
         .ok()
@@ -671,31 +757,40 @@ pub async fn run(inputs: &[PathBuf], url: &str, token: Option<&str>, batch: usiz
     let mut deferred: Vec<(String, Value)> = Vec::new();
     // Appointments whose slots arrived busy, loaded last (`load_booked`).
     let mut booked: Vec<(String, Value)> = Vec::new();
-    if !deferred_before.is_empty() {
-        let wanted: std::collections::HashSet<&str> = deferred_before.iter().map(String::as_str).collect();
-        deferred.extend(all.iter().filter(|(o, _)| wanted.contains(o.as_str())).cloned());
-    }
-    // Skip what an earlier run sent (it saved its progress between units).
-    let mut skip_units = 0;
+    // Skip what an earlier run sent (it saved its progress between units),
+    // keeping what it held back to send again.
+    let wanted: std::collections::HashSet<&str> = deferred_before.iter().map(String::as_str).collect();
+    let mut units = units(&files).peekable();
     let mut skipped = 0;
-    for (_, v) in &all {
-        let n = unit_size(v);
+    while skipped < done {
+        let Some(next) = units.peek() else { break };
+        let n = match next {
+            Ok((_, v)) => unit_size(v),
+            Err(_) => 0,
+        };
         if skipped + n > done {
             break;
         }
+        let (origin, v) = units.next().expect("peeked")?;
+        if wanted.contains(origin.as_str()) {
+            deferred.push((origin, v));
+        }
         skipped += n;
-        skip_units += 1;
     }
     done = skipped;
-    let mut units = all.into_iter().skip(skip_units).peekable();
     bar.set_position(done);
     while units.peek().is_some() {
         // Gather up to `batch` plain resources, stopping before a transaction.
-        while pending.len() < batch && units.peek().is_some_and(|(_, v)| v.get("__transaction").is_none()) {
-            pending.extend(units.next());
+        while pending.len() < batch
+            && units
+                .peek()
+                .is_some_and(|u| u.as_ref().map_or(true, |(_, v)| v.get("__transaction").is_none()))
+        {
+            pending.push(units.next().expect("peeked")?);
         }
         if pending.is_empty() {
-            if let Some((origin, v)) = units.next() {
+            if let Some(unit) = units.next() {
+                let (origin, v) = unit?;
                 let n = unit_size(&v);
                 let at = Place {
                     from: done + 1,
