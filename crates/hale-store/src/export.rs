@@ -101,8 +101,11 @@ impl Snapshot {
     }
 
     /// Call `f` with the JSON of every live resource of `rtype` among
-    /// `members` last changed after `since_ms`, in the order they were first
-    /// written, until it answers [`Flow::Stop`]. Returns how many were passed.
+    /// `members` last changed after `since_ms`, in id order, until it answers
+    /// [`Flow::Stop`]. Returns how many were passed. Id order is the order of
+    /// the `(rtype, id)` key the scan walks: any other order would make SQLite
+    /// sort the whole type in memory first (1.7 million Observations, over a
+    /// gigabyte, on the million-patient board).
     /// AuditEvent (the audit trail, not part of any patient's record) is only
     /// exported whole: for `Members::All`.
     pub fn for_each(
@@ -122,7 +125,7 @@ impl Snapshot {
             return Ok(0);
         };
         let sql = format!(
-            "SELECT r.json FROM resources r WHERE r.rtype = ?1 AND r.deleted = 0 AND r.updated_ms > ?2 AND {cond} ORDER BY r.rid"
+            "SELECT r.json FROM resources r WHERE r.rtype = ?1 AND r.deleted = 0 AND r.updated_ms > ?2 AND {cond} ORDER BY r.id"
         );
         let mut stmt = self.conn.prepare_cached(&sql)?;
         let mut rows = stmt.query(params![rtype.as_str(), since_ms.unwrap_or(i64::MIN), ids])?;

@@ -850,7 +850,8 @@ pub fn for_each_current(
     if rtype == "AuditEvent" {
         return audit::for_each(conn, f);
     }
-    let mut stmt = conn.prepare_cached("SELECT json FROM resources WHERE rtype = ?1 AND deleted = 0 ORDER BY rid")?;
+    // The (rtype, id) key's order: ordering by rid would sort the whole type in memory.
+    let mut stmt = conn.prepare_cached("SELECT json FROM resources WHERE rtype = ?1 AND deleted = 0 ORDER BY id")?;
     let mut rows = stmt.query([rtype])?;
     let mut n = 0;
     while let Some(r) = rows.next()? {
