@@ -208,16 +208,6 @@ pub(crate) fn for_each_since(
     Ok(n)
 }
 
-/// Audit rows recorded after `since_ms` (all when None).
-pub(crate) fn count_since(conn: &Connection, since_ms: Option<i64>) -> rusqlite::Result<u64> {
-    conn.query_row(
-        "SELECT COUNT(*) FROM audit WHERE time_ms > ?1",
-        [since_ms.unwrap_or(i64::MIN)],
-        |r| r.get::<_, i64>(0),
-    )
-    .map(|n| n as u64)
-}
-
 /// Number of audit rows (for metrics and tests).
 pub fn count(conn: &Connection) -> rusqlite::Result<u64> {
     conn.query_row("SELECT COUNT(*) FROM audit", [], |r| r.get::<_, i64>(0))

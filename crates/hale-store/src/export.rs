@@ -78,28 +78,6 @@ impl Snapshot {
         query::read(&self.conn, rtype, id)
     }
 
-    /// How many resources [`Snapshot::for_each`] would pass for these arguments
-    /// (for progress reports).
-    pub fn count(&self, rtype: ResourceType, members: &Members, since_ms: Option<i64>) -> Result<u64, StoreError> {
-        if rtype == ResourceType::AuditEvent {
-            return Ok(match members {
-                Members::All => audit::count_since(&self.conn, since_ms)?,
-                _ => 0,
-            });
-        }
-        let Some((cond, ids)) = member_sql(rtype, members) else {
-            return Ok(0);
-        };
-        let sql = format!(
-            "SELECT COUNT(*) FROM resources r WHERE r.rtype = ?1 AND r.deleted = 0 AND r.updated_ms > ?2 AND {cond}"
-        );
-        let n: i64 = self
-            .conn
-            .prepare_cached(&sql)?
-            .query_row(params![rtype.as_str(), since_ms.unwrap_or(i64::MIN), ids], |r| r.get(0))?;
-        Ok(n as u64)
-    }
-
     /// Call `f` with the JSON of every live resource of `rtype` among
     /// `members` last changed after `since_ms`, in id order, until it answers
     /// [`Flow::Stop`]. Returns how many were passed. Id order is the order of
@@ -139,6 +117,11 @@ impl Snapshot {
             }
         }
         Ok(n)
+    }
+
+    /// The content hash of the snapshot (see [`crate::hash`]).
+    pub fn content_hash(&self) -> Result<String, StoreError> {
+        Ok(crate::hash::content_hash(&self.conn)?)
     }
 
     /// The record hash of the snapshot (see [`record_hash`]).

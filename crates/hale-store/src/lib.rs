@@ -421,18 +421,8 @@ impl Reader {
 /// store is in WAL mode, so the writer goes on meanwhile). Blocking: run it off
 /// the async threads.
 pub fn content_hash_at(dir: &Path) -> Result<(u64, String), StoreError> {
-    let conn = Connection::open_with_flags(
-        dir.join(DB_FILE),
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
-    )?;
-    configure(&conn, READER_CACHE_KIB)?;
-    conn.execute_batch("BEGIN")?;
-    let applied: Option<i64> = conn
-        .query_row("SELECT value FROM meta WHERE key = 'last_applied'", [], |r| r.get(0))
-        .optional()?;
-    let hash = hash::content_hash(&conn)?;
-    conn.execute_batch("COMMIT")?;
-    Ok((applied.unwrap_or(0) as u64, hash))
+    let snap = export::Snapshot::open(dir)?;
+    Ok((snap.last_applied(), snap.content_hash()?))
 }
 
 /// Size of the database files in bytes (main file plus WAL).

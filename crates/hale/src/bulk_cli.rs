@@ -160,7 +160,7 @@ pub async fn run(req: &ExportRequest<'_>, out: &Path) -> Result<()> {
         let mut files = Client::new(&file_base, if needs_token { req.token } else { None })?;
         let dest = out.join(name);
         let (status, n_bytes, body) = files
-            .download(&file_path, &dest, &[("accept", "application/fhir+ndjson")])
+            .download(&file_path, &dest, "application/fhir+ndjson")
             .await
             .with_context(|| format!("cannot download {url}"))?;
         if status != 200 {

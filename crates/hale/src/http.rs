@@ -162,39 +162,13 @@ impl Client {
     /// bulk export file can be larger than memory should hold). Returns the
     /// status, and the bytes written (0 for an answer that is not 2xx, whose
     /// body is returned instead, for the error message).
-    pub async fn download(
-        &mut self,
-        path: &str,
-        dest: &std::path::Path,
-        extra: &[(&str, &str)],
-    ) -> Result<(u16, u64, Bytes)> {
+    pub async fn download(&mut self, path: &str, dest: &std::path::Path, accept: &str) -> Result<(u16, u64, Bytes)> {
         use tokio::io::AsyncWriteExt;
-        let uri = format!("{}{}", self.base_path, path);
-        let mut b = hyper::Request::builder()
-            .method("GET")
-            .uri(uri)
-            .header("host", self.authority.clone());
-        if let Some(t) = &self.token {
-            b = b.header("authorization", format!("Bearer {t}"));
-        }
-        for (k, v) in extra {
-            b = b.header(*k, *v);
-        }
-        let req = b.body(Full::new(Bytes::new()))?;
-        let authority = self.authority.clone();
-        let lost = |e: hyper::Error| {
-            anyhow::Error::new(e).context(TransportError {
-                delivery: Delivery::Unknown,
-                what: format!("the connection to http://{authority} failed during GET {path}"),
-            })
-        };
-        let sender = self.connect().await?;
-        sender.ready().await.map_err(lost)?;
-        let resp = sender.send_request(req).await.map_err(lost)?;
+        let resp = self.begin("GET", path, None, &[], accept).await?;
         let status = resp.status().as_u16();
         let mut body = resp.into_body();
         if !(200..300).contains(&status) {
-            let bytes = body.collect().await.map_err(lost)?.to_bytes();
+            let bytes = body.collect().await.map_err(|e| self.lost("GET", path, e))?.to_bytes();
             return Ok((status, 0, bytes));
         }
         let mut f = tokio::fs::File::create(dest)
@@ -202,7 +176,7 @@ impl Client {
             .with_context(|| format!("cannot create {}", dest.display()))?;
         let mut written = 0u64;
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(lost)?;
+            let frame = frame.map_err(|e| self.lost("GET", path, e))?;
             if let Ok(data) = frame.into_data() {
                 f.write_all(&data)
                     .await
@@ -214,19 +188,32 @@ impl Client {
         Ok((status, written, Bytes::new()))
     }
 
-    async fn exchange(
+    /// A connection that failed mid-request: the request may have been acted on.
+    fn lost(&self, method: &str, path: &str, e: hyper::Error) -> anyhow::Error {
+        anyhow::Error::new(e).context(TransportError {
+            delivery: Delivery::Unknown,
+            what: format!(
+                "the connection to http://{} failed during {method} {path}",
+                self.authority
+            ),
+        })
+    }
+
+    /// Send a request and return the answer with its body not yet read.
+    async fn begin(
         &mut self,
         method: &str,
         path: &str,
         body: Option<Vec<u8>>,
         extra: &[(&str, &str)],
-    ) -> Result<Reply> {
+        accept: &str,
+    ) -> Result<hyper::Response<hyper::body::Incoming>> {
         let uri = format!("{}{}", self.base_path, path);
         let mut b = hyper::Request::builder()
             .method(method)
             .uri(uri)
             .header("host", self.authority.clone())
-            .header("accept", "application/fhir+json");
+            .header("accept", accept);
         if let Some(t) = &self.token {
             b = b.header("authorization", format!("Bearer {t}"));
         }
@@ -237,19 +224,30 @@ impl Client {
             b = b.header(*k, *v);
         }
         let req = b.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
-        let authority = self.authority.clone();
-        let lost = |e: hyper::Error| {
-            anyhow::Error::new(e).context(TransportError {
-                delivery: Delivery::Unknown,
-                what: format!("the connection to http://{authority} failed during {method} {path}"),
-            })
-        };
         let sender = self.connect().await?;
-        sender.ready().await.map_err(lost)?;
-        let resp = sender.send_request(req).await.map_err(lost)?;
+        let sent = match sender.ready().await {
+            Ok(()) => sender.send_request(req).await,
+            Err(e) => Err(e),
+        };
+        sent.map_err(|e| self.lost(method, path, e))
+    }
+
+    async fn exchange(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        extra: &[(&str, &str)],
+    ) -> Result<Reply> {
+        let resp = self.begin(method, path, body, extra, "application/fhir+json").await?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
-        let body = resp.into_body().collect().await.map_err(lost)?.to_bytes();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| self.lost(method, path, e))?
+            .to_bytes();
         Ok(Reply { status, headers, body })
     }
 }
