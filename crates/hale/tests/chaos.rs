@@ -9,7 +9,6 @@ use common::*;
 use serde_json::Value;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -37,10 +36,7 @@ fn run_bounded(dir: &Path, label: &str, args: &[&str]) -> Output {
             break s;
         }
         if Instant::now() > deadline {
-            // `--` so that the negative process-group id is not read as an option.
-            let _ = Command::new("kill")
-                .args(["-s", "KILL", "--", &format!("-{}", child.id())])
-                .status();
+            kill_process_group(child.id());
             let _ = child.wait();
             panic!(
                 "`hale {}` did not finish within {RUN_WAIT:?}\n--- stdout\n{}\n--- stderr\n{}",

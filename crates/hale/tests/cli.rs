@@ -1031,10 +1031,8 @@ impl Up {
 
 impl Drop for Up {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("kill")
-            .arg("-KILL")
-            .arg(format!("-{}", self.child.id()))
-            .status();
+        // The nodes it started share its process group.
+        kill_process_group(self.child.id());
         let _ = self.child.wait();
     }
 }

@@ -15,7 +15,7 @@ use common::*;
 use serde_json::Value;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -99,10 +99,7 @@ struct Group(Child);
 
 impl Drop for Group {
     fn drop(&mut self) {
-        // `--` so that the negative process-group id is not read as an option.
-        let _ = Command::new("kill")
-            .args(["-s", "KILL", "--", &format!("-{}", self.0.id())])
-            .status();
+        kill_process_group(self.0.id());
         let _ = self.0.kill();
         let _ = self.0.wait();
     }

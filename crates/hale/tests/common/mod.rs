@@ -510,3 +510,17 @@ pub fn matches(bundle: &Value) -> Vec<Value> {
 pub fn by_nhs(nhs: &str) -> String {
     format!("/Patient?identifier={NHS_SYSTEM}%7C{nhs}")
 }
+
+/// SIGKILL a whole process group (a child spawned with `process_group(0)`).
+///
+/// Always through this helper: procps-ng 4.0's `kill -KILL -1234` parses the
+/// negative id as an option and calls `kill(-9, SIGKILL)`, which kills
+/// process group 9, whatever that is on the machine (it took down CI).
+/// `-s KILL --` makes the id an operand.
+pub fn kill_process_group(pid: u32) {
+    assert!(pid > 1, "refusing to signal process group {pid}");
+    let _ = Command::new("kill")
+        .args(["-s", "KILL", "--", &format!("-{pid}")])
+        .stderr(Stdio::null())
+        .status();
+}
