@@ -1047,7 +1047,9 @@ pub async fn postpone(cx: &Ctx<'_>, body: &[u8], query: &str) -> Result<Response
                 ));
                 return Err(e);
             }
-            Applied::Audited(_) | Applied::Staged { .. } => return Err(FhirError::internal("unexpected apply result")),
+            Applied::Audited(_) | Applied::Staged { .. } | Applied::Replayed(_) => {
+                return Err(FhirError::internal("unexpected apply result"))
+            }
         }
     }
     let mut out = vec![

@@ -727,7 +727,9 @@ pub async fn rebook(cx: &Ctx<'_>, body: &[u8], query: &str) -> Result<Response, 
                 ));
                 return Err(e);
             }
-            Applied::Audited(_) | Applied::Staged { .. } => return Err(FhirError::internal("unexpected apply result")),
+            Applied::Audited(_) | Applied::Staged { .. } | Applied::Replayed(_) => {
+                return Err(FhirError::internal("unexpected apply result"))
+            }
         }
     }
 

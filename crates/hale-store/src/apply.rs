@@ -20,6 +20,9 @@ use hale_fhir::{Issue, IssueCode, ResourceType};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{json, Map, Value};
 
+#[path = "apply_replay.rs"]
+mod replay;
+
 /// Appointment statuses that hold their slot.
 pub const HOLDING_STATUSES: &[&str] = &["pending", "booked", "arrived", "checked-in", "fulfilled"];
 
@@ -40,6 +43,8 @@ pub enum Applied {
     /// A part of a split command was staged; nothing took effect yet. The
     /// outcome of the whole command is the outcome of its last part.
     Staged { group: String, seq: u32, count: u32 },
+    /// Site-journal entries replayed: one receipt each, in order.
+    Replayed(Vec<crate::sync::Receipt>),
 }
 
 /// Apply one command at log position `index` on `conn`, inside the caller's transaction.
@@ -83,6 +88,36 @@ pub fn apply_command(conn: &Connection, index: u64, cmd: &Command) -> Result<App
             Applied::Audited(records.len())
         }
         CommandKind::Part(part) => apply_part(conn, index, cmd.time_ms, part)?,
+        CommandKind::Replay(entries) => {
+            assert!(
+                entries.len() <= crate::sync::REPLAY_BATCH_ENTRIES_MAX,
+                "replay of {} entries exceeds the limit",
+                entries.len()
+            );
+            let mut out = Vec::with_capacity(entries.len());
+            for e in entries {
+                out.push(cx.replay(e)?);
+            }
+            Applied::Replayed(out)
+        }
+        CommandKind::AuditOnce { node, seq, records } => {
+            assert!(records.len() < AUDITS_PER_COMMAND_MAX);
+            let last: Option<i64> = conn
+                .prepare_cached("SELECT seq FROM audit_heads WHERE node = ?1")?
+                .query_row([*node as i64], |r| r.get(0))
+                .optional()?;
+            if last.is_some_and(|l| *seq as i64 <= l) {
+                // Applied before: an ambiguous send that did commit, re-sent.
+                Applied::Audited(0)
+            } else {
+                for r in records {
+                    cx.audit(r)?;
+                }
+                conn.prepare_cached("INSERT OR REPLACE INTO audit_heads(node, seq) VALUES (?1, ?2)")?
+                    .execute(params![*node as i64, *seq as i64])?;
+                Applied::Audited(records.len())
+            }
+        }
     };
     Ok(applied)
 }
@@ -198,7 +233,10 @@ fn apply_part(conn: &Connection, index: u64, time_ms: i64, part: &CommandPart) -
     // apply_command asserts these limits; a command from parts is refused instead.
     let (items, max) = match &whole.kind {
         CommandKind::Batch(ops) | CommandKind::Transaction(ops) => (ops.len(), OPS_PER_COMMAND_MAX),
-        CommandKind::Audit(records) => (records.len(), AUDITS_PER_COMMAND_MAX - 1),
+        CommandKind::Audit(records) | CommandKind::AuditOnce { records, .. } => {
+            (records.len(), AUDITS_PER_COMMAND_MAX - 1)
+        }
+        CommandKind::Replay(entries) => (entries.len(), crate::sync::REPLAY_BATCH_ENTRIES_MAX),
         CommandKind::Write(_) | CommandKind::Part(_) => (0, 0),
     };
     if items > max {
@@ -556,6 +594,9 @@ impl<'a> Cx<'a> {
         let json = serde_json::to_string(&resource).expect("a JSON value always serialises");
         let rid = self.store_version(rt, id, version, method, &json, cur.as_ref().map(|c| c.rid))?;
         self.reindex(rt, rid, &resource)?;
+        if rt == ResourceType::Task {
+            self.after_task_write(&resource)?;
+        }
         let patient = self.patient_of(rt, id, rid)?;
         self.audit(&AuditRecord {
             time_ms: self.time_ms,

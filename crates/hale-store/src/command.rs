@@ -81,6 +81,119 @@ pub enum CommandKind {
     /// One slice of a larger command that was split to bound the size of a log
     /// entry ([`crate::split`]). Nothing takes effect until the last part applies.
     Part(CommandPart),
+    /// Writes a cut-off node accepted into its site journal, replayed in
+    /// journal order once the cluster is reachable ([`crate::sync`]). Each
+    /// entry is applied at most once and ends committed or as a Task.
+    Replay(Vec<Replay>),
+    /// A node's batch of audit records with an idempotency key: `seq` grows per
+    /// `node`, and a batch whose `seq` is not above the node's last applied one
+    /// is skipped, so a batch re-sent after an ambiguous error lands once.
+    AuditOnce {
+        node: u64,
+        seq: u64,
+        records: Vec<AuditRecord>,
+    },
+}
+
+/// One site-journal entry as it is replayed ([`crate::sync`]).
+///
+/// `(node, seq)` is the idempotency key: `seq` is contiguous per node, and
+/// `hash` chains each entry to the one before it (`prev_hash`), so apply can
+/// refuse a gap or a tampered journal. Everything here was fixed at the site
+/// when the write was accepted; apply evaluates `base` against the state it
+/// finds and follows `policy`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Replay {
+    /// The node whose journal this is (the chain is per node).
+    pub node: u64,
+    /// The hospital site the node serves, for work lists and tags.
+    pub site: String,
+    pub seq: u64,
+    /// Hex SHA-256 of the previous entry ("" for the first).
+    pub prev_hash: String,
+    /// Hex SHA-256 of this entry ([`Replay::compute_hash`]).
+    pub hash: String,
+    /// When the site accepted it (site clock; information only, never order).
+    pub recorded_ms: i64,
+    /// Who wrote it at the site.
+    pub actor: Actor,
+    pub policy: Policy,
+    /// What the user saw when writing: the dependency check.
+    pub base: Base,
+    pub op: WriteOp,
+}
+
+impl Replay {
+    /// The entry's hash: SHA-256 over the canonical JSON of every field but
+    /// `hash` itself, in declaration order.
+    pub fn compute_hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let body = serde_json::to_vec(&(
+            self.node,
+            &self.site,
+            self.seq,
+            &self.prev_hash,
+            self.recorded_ms,
+            &self.actor,
+            self.policy,
+            &self.base,
+            &self.op,
+        ))
+        .expect("an entry always serialises");
+        let d = Sha256::digest(&body);
+        d.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// How a journalled write is decided at replay. Chosen at the site from the
+/// request alone (see `hale_store::sync::classify`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Policy {
+    /// A new clinical fact (note, observation, condition...): commit; a
+    /// reference that has gone becomes a Task.
+    Append,
+    /// Arrival, check-in, fulfilled or no-show of an Appointment, or an
+    /// Encounter's status: an observed fact. Commit; if the resource changed
+    /// centrally meanwhile, apply the status to the current version and raise
+    /// a Task.
+    SiteStatus,
+    /// A Patient's demographics: three-way merge against the version seen.
+    Demographics,
+    /// A new Patient: commit; if the NHS number is already registered, commit
+    /// with the number marked unverified and raise a possible-duplicate Task.
+    NewPatient,
+    /// A new Appointment holding slots: book if the slots are still free,
+    /// otherwise put it on the waitlist and raise a Task. Never a double booking.
+    Booking,
+    /// Any other update (cancel or move an appointment, change a clinical
+    /// record): commit only if nothing changed centrally, otherwise a Task.
+    Amend,
+}
+
+impl Policy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::Append => "append",
+            Policy::SiteStatus => "site-status",
+            Policy::Demographics => "demographics",
+            Policy::NewPatient => "new-patient",
+            Policy::Booking => "booking",
+            Policy::Amend => "amend",
+        }
+    }
+}
+
+/// The dependency check of a journalled write.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Base {
+    /// The committed version the user's edit was based on (None for a create).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// The earlier journal entry of the same node the edit was based on, when
+    /// the user edited a version that was itself still pending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_seq: Option<u64>,
 }
 
 /// One slice of the serde_json encoding of a whole [`Command`].

@@ -18,6 +18,7 @@ pub mod propose;
 pub mod query;
 pub mod schema;
 pub mod split;
+pub mod sync;
 
 use crate::apply::Applied;
 use crate::command::Command;
@@ -29,7 +30,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub use rusqlite;
 
-pub use command::{Actor, AuditAction, AuditRecord, CommandKind, CommandPart, WriteOp, COMMAND_BYTES_MAX};
+pub use command::{
+    Actor, AuditAction, AuditRecord, Base, CommandKind, CommandPart, Policy, Replay, WriteOp, COMMAND_BYTES_MAX,
+};
 pub use split::{split_command, SplitError};
 
 #[derive(Debug, thiserror::Error)]

@@ -113,6 +113,28 @@ CREATE TABLE IF NOT EXISTS command_parts(
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS command_parts_time ON command_parts(time_ms);
 
+-- Site journals replayed (hale_store::sync): each node's chain head, and a
+-- receipt per entry saying how it ended (outcome is the JSON of sync::Outcome).
+CREATE TABLE IF NOT EXISTS sync_heads(
+    node INTEGER PRIMARY KEY,
+    site TEXT    NOT NULL,
+    seq  INTEGER NOT NULL,
+    hash TEXT    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sync_receipts(
+    node      INTEGER NOT NULL,
+    seq       INTEGER NOT NULL,
+    log_index INTEGER NOT NULL,
+    outcome   TEXT    NOT NULL,
+    PRIMARY KEY(node, seq)
+) WITHOUT ROWID;
+
+-- The last read-audit batch applied per node (CommandKind::AuditOnce).
+CREATE TABLE IF NOT EXISTS audit_heads(
+    node INTEGER PRIMARY KEY,
+    seq  INTEGER NOT NULL
+);
+
 "#;
 
 /// Tables that make up the replicated state, in content-hash order.
@@ -130,4 +152,7 @@ pub const STATE_TABLES: &[(&str, &str)] = &[
     ("refs", "rid, dst_type, dst_id"),
     ("audit", "seq"),
     ("command_parts", "\"group\", seq"),
+    ("sync_heads", "node"),
+    ("sync_receipts", "node, seq"),
+    ("audit_heads", "node"),
 ];
