@@ -564,6 +564,26 @@ impl RaftNode {
         }
     }
 
+    /// Why this node cannot commit a write now, without trying: it leads but
+    /// has lost its quorum, or no leader has reached it for three election
+    /// timeouts (a site cut off from the data centres, a voter in a minority).
+    /// None when a write may go through. Cheap: no network.
+    pub fn cut_off(&self) -> Option<String> {
+        let m = self.metrics();
+        if m.current_leader == Some(self.id) {
+            return self.quorum_problem(&m);
+        }
+        let age = self.leader_contact_age();
+        let limit = Duration::from_millis(3 * self.settings.election_timeout_max_ms);
+        if age > limit {
+            return Some(format!(
+                "no leader has reached this node for {} ms: it is cut off from a majority of the voting nodes",
+                age.as_millis()
+            ));
+        }
+        None
+    }
+
     /// Commit `cmd` on a quorum (forwarding it to the leader if need be) and
     /// return its log index and outcome. A command whose encoding exceeds
     /// `command_bytes_max` goes into the log as parts, proposed in order; it

@@ -5,7 +5,11 @@
 //! centres, a lost quorum), batches go to a durable spool on local disk
 //! (`<data>/audit-spool/`, fsynced) and are committed, oldest first, once the
 //! cluster is reachable again. So reads keep being served through an outage
-//! and no audit record is lost. Only when the spool is full
+//! and no audit record is lost. Every batch carries an idempotency key, the
+//! node id and a per-node sequence number that only grows (reserved on disk
+//! in blocks, `SEQ_FILE`), and apply skips a batch whose number it has seen:
+//! a batch re-sent after an ambiguous error or a crash between commit and
+//! the spool file's removal lands once. Only when the spool is full
 //! (`SPOOL_BYTES_MAX`) and the queue is full do readers wait: reads are never
 //! served unaudited.
 
@@ -25,6 +29,10 @@ pub const RETRY_DELAY_MS: u64 = 500;
 /// Largest spool on disk; past it the flusher retries in memory and readers wait.
 pub const SPOOL_BYTES_MAX: u64 = 1024 * 1024 * 1024;
 pub const SPOOL_DIR: &str = "audit-spool";
+/// Beside the spool directory: the first batch number not yet reserved.
+pub const SEQ_FILE: &str = "audit-next-seq";
+/// Batch numbers reserved per write of `SEQ_FILE`.
+pub const SEQ_BLOCK: u64 = 10_000;
 
 #[derive(Clone)]
 pub struct AuditSink {
@@ -34,15 +42,50 @@ pub struct AuditSink {
 
 struct Spool {
     dir: PathBuf,
+    seq_path: PathBuf,
+    /// The next batch number to hand out, and the first one not reserved on disk.
     seq: u64,
+    reserved: u64,
 }
 
 impl Spool {
     fn open(data: &Path) -> std::io::Result<Spool> {
         let dir = data.join(SPOOL_DIR);
         std::fs::create_dir_all(&dir)?;
-        let seq = Self::files(&dir)?.last().map(|(n, _)| n + 1).unwrap_or(0);
-        Ok(Spool { dir, seq })
+        let seq_path = data.join(SEQ_FILE);
+        let on_disk: u64 = std::fs::read_to_string(&seq_path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(1);
+        let after_files = Self::files(&dir)?.last().map(|(n, _)| n + 1).unwrap_or(1);
+        let seq = on_disk.max(after_files);
+        Ok(Spool {
+            dir,
+            seq_path,
+            seq,
+            reserved: seq,
+        })
+    }
+
+    /// A new batch number, greater than any handed out before, across restarts.
+    fn next_seq(&mut self) -> std::io::Result<u64> {
+        if self.seq >= self.reserved {
+            let reserved = self.seq + SEQ_BLOCK;
+            let tmp = self.seq_path.with_extension("tmp");
+            {
+                let mut f = std::fs::File::create(&tmp)?;
+                std::io::Write::write_all(&mut f, reserved.to_string().as_bytes())?;
+                f.sync_all()?;
+            }
+            std::fs::rename(&tmp, &self.seq_path)?;
+            if let Some(parent) = self.seq_path.parent() {
+                std::fs::File::open(parent)?.sync_all()?;
+            }
+            self.reserved = reserved;
+        }
+        let s = self.seq;
+        self.seq += 1;
+        Ok(s)
     }
 
     /// Spool files, oldest first.
@@ -64,10 +107,11 @@ impl Spool {
             .unwrap_or(0)
     }
 
-    fn write(&mut self, records: &[AuditRecord]) -> std::io::Result<()> {
+    /// Spool batch `seq` (its number stays its idempotency key).
+    fn write(&mut self, seq: u64, records: &[AuditRecord]) -> std::io::Result<()> {
         let bytes = serde_json::to_vec(records).map_err(std::io::Error::other)?;
-        let tmp = self.dir.join(format!("{:020}.tmp", self.seq));
-        let path = self.dir.join(format!("{:020}.json", self.seq));
+        let tmp = self.dir.join(format!("{seq:020}.tmp"));
+        let path = self.dir.join(format!("{seq:020}.json"));
         {
             let mut f = std::fs::File::create(&tmp)?;
             std::io::Write::write_all(&mut f, &bytes)?;
@@ -75,15 +119,14 @@ impl Spool {
         }
         std::fs::rename(&tmp, &path)?;
         std::fs::File::open(&self.dir)?.sync_all()?;
-        self.seq += 1;
         Ok(())
     }
 
-    fn oldest(&self) -> Option<(PathBuf, Vec<AuditRecord>)> {
-        let (_, path) = Self::files(&self.dir).ok()?.into_iter().next()?;
+    fn oldest(&self) -> Option<(u64, PathBuf, Vec<AuditRecord>)> {
+        let (seq, path) = Self::files(&self.dir).ok()?.into_iter().next()?;
         let bytes = std::fs::read(&path).ok()?;
         match serde_json::from_slice(&bytes) {
-            Ok(records) => Some((path, records)),
+            Ok(records) => Some((seq, path, records)),
             Err(e) => {
                 // Keep the evidence; never delete audit data we cannot read.
                 tracing::error!(error = %e, file = %path.display(), "unreadable audit spool file; moving it aside");
@@ -94,12 +137,12 @@ impl Spool {
     }
 }
 
-async fn commit(proposer: &dyn Proposer, records: Vec<AuditRecord>) -> Result<(), String> {
+async fn commit(proposer: &dyn Proposer, node: u64, seq: u64, records: Vec<AuditRecord>) -> Result<(), String> {
     let cmd = hale_store::command::Command {
         references: Default::default(),
         time_ms: crate::now_ms(),
         actor: hale_store::Actor::system(),
-        kind: CommandKind::Audit(records),
+        kind: CommandKind::AuditOnce { node, seq, records },
     };
     match proposer.propose(cmd).await {
         Ok(_) => Ok(()),
@@ -111,6 +154,7 @@ impl AuditSink {
     /// Start the flusher task. It exits when every sender is dropped and the queue is drained.
     pub fn start(
         proposer: Arc<dyn Proposer>,
+        node: u64,
         queue_max: usize,
         data: &Path,
     ) -> std::io::Result<(AuditSink, tokio::task::JoinHandle<()>)> {
@@ -151,7 +195,7 @@ impl AuditSink {
                 }
                 // Spooled batches first, oldest first, while the cluster takes them.
                 while spooled2.load(Ordering::Acquire) > 0 {
-                    let Some((path, records)) = spool.oldest() else {
+                    let Some((seq, path, records)) = spool.oldest() else {
                         spooled2.store(
                             Spool::files(&spool.dir).map(|f| f.len() as u64).unwrap_or(0),
                             Ordering::Release,
@@ -159,7 +203,7 @@ impl AuditSink {
                         break;
                     };
                     let n = records.len();
-                    match commit(proposer.as_ref(), records).await {
+                    match commit(proposer.as_ref(), node, seq, records).await {
                         Ok(()) => {
                             let _ = std::fs::remove_file(&path);
                             spooled2.fetch_sub(1, Ordering::AcqRel);
@@ -172,8 +216,17 @@ impl AuditSink {
                     continue;
                 }
                 let records = std::mem::take(&mut buf);
+                let seq = loop {
+                    match spool.next_seq() {
+                        Ok(s) => break s,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot reserve audit batch numbers on disk; retrying");
+                            tokio::time::sleep(std::time::Duration::from_millis(RETRY_DELAY_MS)).await;
+                        }
+                    }
+                };
                 if spooled2.load(Ordering::Acquire) == 0 {
-                    match commit(proposer.as_ref(), records.clone()).await {
+                    match commit(proposer.as_ref(), node, seq, records.clone()).await {
                         Ok(()) => continue,
                         Err(why) => {
                             tracing::warn!(records = records.len(), reason = %why, "cannot commit read audit records now; spooling them to disk");
@@ -183,15 +236,28 @@ impl AuditSink {
                 // Keep order: once anything is spooled, new batches queue behind it.
                 loop {
                     if spool.bytes() < SPOOL_BYTES_MAX {
-                        match spool.write(&records) {
+                        match spool.write(seq, &records) {
                             Ok(()) => {
                                 spooled2.fetch_add(1, Ordering::AcqRel);
                                 break;
                             }
                             Err(e) => tracing::error!(error = %e, "cannot write the audit spool; retrying"),
                         }
-                    } else if commit(proposer.as_ref(), records.clone()).await.is_ok() {
-                        break;
+                    } else {
+                        // Full: the spooled batches go first (a newer number
+                        // committed before them would make apply skip them).
+                        while let Some((old_seq, path, old)) = spool.oldest() {
+                            if commit(proposer.as_ref(), node, old_seq, old).await.is_err() {
+                                break;
+                            }
+                            let _ = std::fs::remove_file(&path);
+                            spooled2.fetch_sub(1, Ordering::AcqRel);
+                        }
+                        if spool.oldest().is_none()
+                            && commit(proposer.as_ref(), node, seq, records.clone()).await.is_ok()
+                        {
+                            break;
+                        }
                     }
                     tokio::time::sleep(std::time::Duration::from_millis(RETRY_DELAY_MS)).await;
                 }

@@ -64,6 +64,10 @@ pub struct Limits {
     /// FHIR requests being served at once; more are answered 503 at once
     /// (with Retry-After) rather than queued without bound.
     pub requests_inflight_max: usize,
+    /// Writes a cut-off node may hold in its site journal, waiting to be replayed.
+    pub journal_entries_max: u64,
+    /// Bytes of those writes.
+    pub journal_bytes_max: u64,
 }
 
 impl Default for Limits {
@@ -75,6 +79,8 @@ impl Default for Limits {
             readers: 4,
             request_timeout_ms: 30_000,
             requests_inflight_max: 4_096,
+            journal_entries_max: hale_journal::ENTRIES_MAX_DEFAULT,
+            journal_bytes_max: hale_journal::BYTES_MAX_DEFAULT,
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod demo;
 pub mod downtime;
 mod interactions;
 pub mod metrics;
+pub mod offline;
 pub mod outage;
 pub mod outbox;
 pub mod rebook;
@@ -61,6 +62,8 @@ pub struct App {
     pub downtime: downtime::DowntimeState,
     /// Bulk Data `$export` jobs on this node.
     pub bulk: bulk::BulkJobs,
+    /// The site journal: writes accepted while the cluster could not commit.
+    pub offline: offline::Offline,
 }
 
 static LAST_MS: AtomicI64 = AtomicI64::new(0);
@@ -93,6 +96,8 @@ pub enum StartError {
     Spool(#[from] std::io::Error),
     #[error("configuration: {0}")]
     Config(String),
+    #[error("cannot open the site journal: {0}")]
+    Journal(#[from] hale_journal::JournalError),
 }
 
 impl Node {
@@ -111,15 +116,26 @@ impl Node {
 
     pub fn with_parts(cfg: Config, raft: Arc<RaftNode>, reader: Arc<Reader>) -> Result<Node, StartError> {
         let proposer: Arc<dyn Proposer> = Arc::new(RaftProposer(raft.clone()));
-        let (audit, audit_task) = AuditSink::start(proposer.clone(), cfg.limits.audit_queue_max, &cfg.data)?;
+        let (audit, audit_task) = AuditSink::start(proposer.clone(), raft.id, cfg.limits.audit_queue_max, &cfg.data)?;
         let auth = Authenticator::new(&cfg.auth);
         let cfg_inflight = cfg
             .limits
             .requests_inflight_max
             .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
         let bulk = bulk::BulkJobs::new(&cfg.data);
+        let journal = hale_journal::Journal::open(
+            &cfg.data,
+            raft.id,
+            &cfg.cluster.site,
+            hale_journal::Limits {
+                entries_max: cfg.limits.journal_entries_max,
+                bytes_max: cfg.limits.journal_bytes_max,
+            },
+        )?;
+        let offline = offline::Offline::open(journal)?;
         let app = Arc::new(App {
             bulk,
+            offline,
             cfg,
             proposer,
             raft,
@@ -146,6 +162,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .merge(cluster::routes())
+        .merge(offline::routes())
         .route("/downtime/status", get(downtime::status))
         .route("/Communication/$staff-lists", get(outbox::staff_lists))
         .fallback(fhir)
@@ -231,6 +248,7 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
             app.audit.queued() as f64,
         ),
     ];
+    gauges.extend(offline::gauges(&app));
     for s in app.downtime.snapshot(now_ms()) {
         if let Some(age) = s.age_s {
             gauges.push((
@@ -308,7 +326,14 @@ async fn fhir(State(app): State<Arc<App>>, req: Request) -> Response {
         ),
     };
     match &read_info {
-        Some(info) => consistency::read_headers(info, resp.headers_mut()),
+        Some(info) => {
+            consistency::read_headers(info, resp.headers_mut());
+            // Tentative versions from the site journal: not what the cluster holds.
+            if resp.headers().contains_key("x-hale-sync") {
+                resp.headers_mut()
+                    .insert("x-hale-consistency", header::HeaderValue::from_static("stale"));
+            }
+        }
         None => consistency::write_headers(&app, resp.headers_mut()),
     }
     consistency::node_headers(&app, resp.headers_mut());
@@ -332,6 +357,7 @@ pub async fn serve(
     let router = node.router();
     let app = node.app.clone();
     downtime::spawn_scheduler(app.clone());
+    let drainer = offline::spawn_drainer(app.clone());
     // Patient notifications: only when `[notify]` configures an adapter; delivers while leader.
     let notify_worker = outbox::spawn_worker(app.clone());
     let notify_stop = notify_worker.as_ref().map(|w| w.stopper());
@@ -343,6 +369,7 @@ pub async fn serve(
         }
     };
     let served = axum::serve(listener, router).with_graceful_shutdown(shutdown).await;
+    drainer.abort();
     // In-flight sends finish and are recorded before the write path stops.
     if let Some(w) = notify_worker {
         w.stop().await;

@@ -476,6 +476,26 @@ impl Ctx<'_> {
             .collect();
         let shape = parse_query(rt, &pairs, true).map_err(|i| FhirError::invalid(vec![i]))?;
         self.allow(rt, false, AuditAction::Read, Some(id)).await?;
+        // A version saved at this site while it was cut off is what it shows.
+        if let Some(p) = self.pending_version(rt.as_str(), id)? {
+            let patient = if rt == ResourceType::Patient {
+                Some(id.to_string())
+            } else {
+                patient_in(&p.json)
+            };
+            self.audit(
+                AuditAction::Read,
+                rt,
+                Some(id),
+                patient,
+                0,
+                format!("GET {rt}/{id} (pending at this site)"),
+            )
+            .await;
+            let mut resp = json_response(StatusCode::OK, p.json);
+            crate::offline::pending_headers(resp.headers_mut(), p.seq);
+            return Ok(resp);
+        }
         let cur = self.app.reader.with(|c| query::read(c, rt.as_str(), id))?;
         match cur {
             Some(Current::Live(f)) => {
@@ -572,8 +592,7 @@ impl Ctx<'_> {
             resource,
             if_none_exist,
         };
-        let written = single(self.propose(CommandKind::Write(op)).await?)?;
-        Ok(self.write_response(&written))
+        self.write_one(op, None).await
     }
 
     async fn update(&self, rt: ResourceType, id: &str, body: &[u8]) -> Result<Response, FhirError> {
@@ -614,21 +633,14 @@ impl Ctx<'_> {
                 "'{id}' is not a valid FHIR id (1-64 of A-Z a-z 0-9 - .)"
             )));
         }
-        let if_match = match self.headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok()) {
-            Some(s) => Some(
-                wire::parse_etag(s)
-                    .ok_or_else(|| FhirError::bad_request(format!("If-Match '{s}' is not an ETag like W/\"3\"")))?,
-            ),
-            None => None,
-        };
+        let seen = crate::offline::if_match(self.headers)?;
         let op = WriteOp::Update {
             rtype: rt.as_str().into(),
             id: id.into(),
             resource,
-            if_match,
+            if_match: None,
         };
-        let written = single(self.propose(CommandKind::Write(op)).await?)?;
-        Ok(self.write_response(&written))
+        self.write_one(op, seen).await
     }
 
     pub(crate) async fn delete(&self, rt: ResourceType, id: &str) -> Result<Response, FhirError> {
@@ -801,6 +813,7 @@ impl Ctx<'_> {
             authorize(self.principal, t, false)?;
         }
         let mut page = self.app.reader.with(|c| query::search(c, &parsed))?;
+        let pending_note = self.merge_pending(&parsed, &mut page)?;
         // Included resources follow the role rules of their own types.
         let mut withheld: Vec<String> = Vec::new();
         page.included.retain(|f| {
@@ -851,12 +864,15 @@ impl Ctx<'_> {
                 json.as_deref().or(f.json.as_deref()),
             );
         }
-        if !parsed.ignored.is_empty() || !withheld.is_empty() {
+        if !parsed.ignored.is_empty() || !withheld.is_empty() || pending_note.is_some() {
             let mut issues: Vec<Issue> = parsed
                 .ignored
                 .iter()
                 .map(|n| Issue::warning(IssueCode::NotSupported, format!("{n}: ignored")))
                 .collect();
+            if let Some(note) = &pending_note {
+                issues.push(Issue::warning(IssueCode::Informational, note.clone()));
+            }
             if !withheld.is_empty() {
                 issues.push(Issue::warning(
                     IssueCode::Forbidden,
@@ -870,7 +886,75 @@ impl Ctx<'_> {
             let oo = hale_fhir::outcome::operation_outcome(&issues).to_string();
             b.entry(json!({"search": {"mode": "outcome"}}), Some(&oo));
         }
-        Ok(json_response(StatusCode::OK, b.finish()))
+        let mut resp = json_response(StatusCode::OK, b.finish());
+        if pending_note.is_some() {
+            resp.headers_mut()
+                .insert("x-hale-sync", HeaderValue::from_static("pending"));
+        }
+        Ok(resp)
+    }
+
+    /// Writes saved at this site and not yet synced take part in a search: a
+    /// match whose tentative version no longer matches drops out, one that does
+    /// shows the tentative version, and new ones lead the first page. Says so
+    /// in a note when anything was pending for the type.
+    fn merge_pending(
+        &self,
+        parsed: &SearchQuery,
+        page: &mut hale_store::query::SearchPage,
+    ) -> Result<Option<String>, FhirError> {
+        let pending = self.pending_of_type(parsed.rtype.as_str())?;
+        if pending.is_empty() {
+            return Ok(None);
+        }
+        if pending.len() > hale_store::overlay::OVERLAY_SEARCH_MAX {
+            return Ok(Some(format!(
+                "{} {} writes saved at this site while it is cut off are not searched (more than {}); read them by id",
+                pending.len(),
+                parsed.rtype,
+                hale_store::overlay::OVERLAY_SEARCH_MAX
+            )));
+        }
+        let docs: Vec<(String, String)> = pending.iter().map(|(id, p)| (id.clone(), p.json.clone())).collect();
+        let matched = hale_store::overlay::matching_ids(parsed, &docs)?;
+        let view = |id: &str| pending.iter().find(|(i, _)| i == id).map(|(_, p)| p);
+        let before = page.matches.len();
+        page.matches
+            .retain(|f| view(&f.id).is_none() || matched.contains(&f.id));
+        let dropped = before - page.matches.len();
+        for f in page.matches.iter_mut() {
+            if let Some(p) = view(&f.id) {
+                f.json = Some(p.json.clone());
+                f.updated_ms = p.recorded_ms;
+            }
+        }
+        let mut added = 0;
+        if parsed.offset == 0 && parsed.count > 0 {
+            let fresh: Vec<hale_store::query::Found> = matched
+                .iter()
+                .filter(|id| !page.matches.iter().any(|f| &f.id == *id))
+                .filter_map(|id| {
+                    view(id).map(|p| hale_store::query::Found {
+                        rtype: parsed.rtype.as_str().to_string(),
+                        id: id.clone(),
+                        version: 0,
+                        updated_ms: p.recorded_ms,
+                        json: Some(p.json.clone()),
+                        method: "GET",
+                    })
+                })
+                .collect();
+            added = fresh.len();
+            page.matches.splice(0..0, fresh);
+        }
+        if let Some(t) = page.total.as_mut() {
+            *t = (*t + added as u64).saturating_sub(dropped as u64);
+        }
+        let shown = page.matches.iter().filter(|f| view(&f.id).is_some()).count();
+        Ok(Some(format!(
+            "this node is showing {shown} {} saved at this site while cut off and not yet synced (versions p<n>); they may still change when they reach the data centres",
+            parsed.rtype
+        )))
     }
 }
 

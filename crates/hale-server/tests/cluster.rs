@@ -358,9 +358,9 @@ async fn a_cut_off_site_keeps_serving_reads_and_its_audit_trail_syncs_back() {
             e["resource"]["action"] == "R" && e["resource"]["agent"][0]["who"]["identifier"]["value"] == "dr.who"
         })
         .count();
-    assert!(
-        site_reads >= 5,
-        "only {site_reads} of the site's 5 reads reached the audit trail"
+    assert_eq!(
+        site_reads, 5,
+        "the site's 5 reads must each reach the audit trail exactly once"
     );
 }
 
@@ -445,4 +445,236 @@ async fn a_large_transaction_goes_in_bounded_parts_and_stays_atomic() {
     }
     let h = c.hashes();
     assert!(h.iter().all(|x| x == &h[0]), "{h:?}");
+}
+
+/// Offline writes (`X-Hale-Offline: accept`) at a cut-off site: saved in the
+/// site journal with 202, shown at the site as pending, replayed once through
+/// the leader after the heal, each ending committed or as a Task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_site_keeps_writing_and_every_write_syncs_back_once_or_becomes_a_task() {
+    let c = Cluster::start(3, 1, |_| {}).await;
+    let leader = &c.nodes[0];
+    let site = &c.nodes[3];
+    let p = leader
+        .create_id(
+            CLERK,
+            &patient_with_phone(&nhs(), "Offline", &["Ada"], "1980-02-03", "0141 000 0000"),
+        )
+        .await;
+    let loc = leader.create_id(CLERK, &location("East clinic")).await;
+    let sch = leader.create_id(CLERK, &schedule(&loc)).await;
+    let s1 = leader
+        .create_id(CLERK, &slot(&sch, "2030-01-07T09:00:00Z", "2030-01-07T09:20:00Z"))
+        .await;
+    let s2 = leader
+        .create_id(CLERK, &slot(&sch, "2030-01-07T09:20:00Z", "2030-01-07T09:40:00Z"))
+        .await;
+    let appt = leader
+        .create_id(
+            CLERK,
+            &appointment(&p, &s2, "2030-01-07T09:20:00Z", "2030-01-07T09:40:00Z"),
+        )
+        .await;
+    c.converge().await;
+
+    site.raft
+        .faults()
+        .isolated
+        .store(true, std::sync::atomic::Ordering::Release);
+    let raft = site.raft.clone();
+    wait_for("the site to see it is cut off", || raft.cut_off().is_some()).await;
+
+    let offline = |method: &str, path: &str, token: &str, body: &Value| {
+        site.req(method, path)
+            .token(token)
+            .header("X-Hale-Offline", "accept")
+            .json(body)
+    };
+    // A clinical note is saved at the site, and the site shows it.
+    let obs = json!({"resourceType": "Observation", "status": "final", "code": {"text": "pulse"},
+                     "subject": {"reference": format!("Patient/{p}")}, "valueQuantity": {"value": 72, "unit": "/min"}});
+    let r = offline("POST", "/Observation", CLIN, &obs).send().await;
+    r.expect(202);
+    assert_eq!(header(&r, "etag"), "W/\"p1\"");
+    assert_eq!(header(&r, "x-hale-sync"), "pending");
+    assert_eq!(header(&r, "x-hale-journal-seq"), "1");
+    let obs_id = r.body()["id"].as_str().unwrap().to_string();
+    let r = site.get(&format!("/Observation/{obs_id}"), CLIN).await;
+    r.expect(200);
+    assert_eq!(header(&r, "x-hale-sync"), "pending");
+    let r = site.get(&format!("/Observation?subject=Patient/{p}"), CLIN).await;
+    r.expect(200);
+    assert_eq!(
+        r.match_ids(),
+        vec![obs_id.clone()],
+        "the search must include the pending note"
+    );
+    assert_eq!(header(&r, "x-hale-consistency"), "stale");
+    let r = site
+        .get(&format!("/Observation?subject=Patient/{p}&code=not-pulse"), CLIN)
+        .await;
+    assert!(r.match_ids().is_empty(), "a filter must apply to pending writes too");
+
+    // A phone change (different field from the central change below).
+    let mut pat = site.read(CLERK, &format!("/Patient/{p}")).await;
+    pat["telecom"] = json!([{"system": "phone", "value": "07700 900123", "use": "mobile"}]);
+    offline("PUT", &format!("/Patient/{p}"), CLERK, &pat)
+        .header("If-Match", "W/\"1\"")
+        .send()
+        .await
+        .expect(202);
+    // Arrival at the site's clinic.
+    let mut a = site.read(CLERK, &format!("/Appointment/{appt}")).await;
+    a["status"] = json!("arrived");
+    offline("PUT", &format!("/Appointment/{appt}"), CLERK, &a)
+        .send()
+        .await
+        .expect(202);
+    // A new patient whose NHS number is registered centrally meanwhile.
+    let twin_nhs = nhs();
+    let r = offline(
+        "POST",
+        "/Patient",
+        CLERK,
+        &patient(&twin_nhs, "Twin", &["Site"], "1990-01-01"),
+    )
+    .send()
+    .await;
+    r.expect(202);
+    let twin_site = r.body()["id"].as_str().unwrap().to_string();
+    // A booking of a slot that is also booked centrally.
+    let booking = appointment(&p, &s1, "2030-01-07T09:00:00Z", "2030-01-07T09:20:00Z");
+    let r = offline("POST", "/Appointment", CLERK, &booking).send().await;
+    r.expect(202);
+    let site_booking = r.body()["id"].as_str().unwrap().to_string();
+    // Without the opt-in header, or for what must wait: 503, as before.
+    site.post("/Observation", CLIN, &obs).await.expect(503);
+    let r = site
+        .req("DELETE", &format!("/Observation/{obs_id}"))
+        .token(CLIN)
+        .header("X-Hale-Offline", "accept")
+        .send()
+        .await;
+    r.expect(503);
+    let r = offline("POST", "/Schedule", ADMIN, &schedule(&loc)).send().await;
+    r.expect(503);
+
+    // Meanwhile, centrally: the email changes, the twin registers, S1 is booked.
+    let mut central = leader.read(CLERK, &format!("/Patient/{p}")).await;
+    central["telecom"] = json!([{"system": "phone", "value": "0141 000 0000", "use": "mobile"},
+                                 {"system": "email", "value": "ada@example.org"}]);
+    leader.put(&format!("/Patient/{p}"), CLERK, &central).await.expect(200);
+    let twin_central = leader
+        .create_id(CLERK, &patient(&twin_nhs, "Twin", &["Central"], "1990-01-01"))
+        .await;
+    let other = leader.create_id(CLERK, &any_patient("Other")).await;
+    leader
+        .post(
+            "/Appointment",
+            CLERK,
+            &appointment(&other, &s1, "2030-01-07T09:00:00Z", "2030-01-07T09:20:00Z"),
+        )
+        .await
+        .expect(201);
+
+    let r = site.get("/sync/status", ADMIN).await;
+    r.expect(200);
+    assert_eq!(r.body()["pending"], 5, "{}", r.body());
+
+    // Heal: the journal drains through the leader.
+    site.raft
+        .faults()
+        .isolated
+        .store(false, std::sync::atomic::Ordering::Release);
+    let start = std::time::Instant::now();
+    loop {
+        let r = site.get("/sync/status", ADMIN).await;
+        if r.body()["pending"] == 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_millis(WAIT_MS),
+            "the journal did not drain: {}",
+            r.body()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.converge().await;
+
+    // Committed: the note, the arrival, and the phone merged with the email.
+    leader.get(&format!("/Observation/{obs_id}"), CLIN).await.expect(200);
+    let merged = leader.read(CLERK, &format!("/Patient/{p}")).await;
+    let telecom = merged["telecom"].to_string();
+    assert!(
+        telecom.contains("07700 900123") && telecom.contains("ada@example.org"),
+        "{merged}"
+    );
+    assert_eq!(
+        leader.read(CLERK, &format!("/Appointment/{appt}")).await["status"],
+        "arrived"
+    );
+    // Tasks: the twin and the slot, and nothing else.
+    let r = leader
+        .get(
+            "/Task?code=https://hale.health/fhir/CodeSystem/sync-conflict|&status=requested&_count=50",
+            ADMIN,
+        )
+        .await;
+    r.expect(200);
+    let mut kinds: Vec<String> = r
+        .entries()
+        .iter()
+        .map(|e| e["resource"]["code"]["coding"][0]["code"].as_str().unwrap().to_string())
+        .collect();
+    kinds.sort();
+    assert_eq!(kinds, ["possible-duplicate", "slot-taken"], "{}", r.body());
+    let twin = leader.read(CLERK, &format!("/Patient/{twin_site}")).await;
+    assert_ne!(twin_site, twin_central);
+    assert_eq!(
+        twin["identifier"][0]["system"],
+        "https://hale.health/fhir/Id/unverified-nhs-number"
+    );
+    assert_eq!(
+        leader.read(CLERK, &format!("/Appointment/{site_booking}")).await["status"],
+        "waitlist"
+    );
+    // Provenance keeps the site time; the write has commit time.
+    let r = leader
+        .get(&format!("/Provenance?target=Observation/{obs_id}"), ADMIN)
+        .await;
+    r.expect(200);
+    assert_eq!(r.entries().len(), 1, "{}", r.body());
+    // The patient's record is flagged until the tasks are done.
+    let r = leader.get(&format!("/Flag?subject=Patient/{twin_site}"), CLIN).await;
+    assert_eq!(r.match_ids().len(), 1, "{}", r.body());
+    assert_eq!(r.entries()[0]["resource"]["status"], "active");
+
+    // Verify: every entry has exactly one receipt.
+    let r = site.get("/sync/verify", ADMIN).await;
+    r.expect(200);
+    let v = r.body();
+    assert_eq!(v["entries"], 5, "{v}");
+    assert_eq!(v["receipts"], 5, "{v}");
+    assert_eq!(v["missing"], json!([]), "{v}");
+    assert_eq!(v["duplicate"], 0, "{v}");
+    assert_eq!(v["chainOk"], true, "{v}");
+
+    // Re-sending the whole journal changes nothing.
+    let before = c.hashes();
+    assert!(before.iter().all(|h| *h == before[0]), "replicas diverged: {before:?}");
+    let journal = hale_journal::Journal::open(site.data_dir(), site.raft.id, "site-3", Default::default()).unwrap();
+    let all = journal.replays(1, 1000).unwrap();
+    let cmd = hale_store::command::Command {
+        references: Default::default(),
+        time_ms: 1,
+        actor: hale_store::Actor::system(),
+        kind: hale_store::CommandKind::Replay(all),
+    };
+    let (_, applied) = site.raft.propose(cmd).await.expect("re-send");
+    match applied {
+        hale_store::apply::Applied::Replayed(r) => assert!(r.iter().all(|r| r.duplicate), "{r:?}"),
+        other => panic!("{other:?}"),
+    }
+    c.converge().await;
+    assert_eq!(c.hashes(), before, "re-sending the journal changed the state");
 }

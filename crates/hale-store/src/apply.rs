@@ -674,30 +674,7 @@ impl<'a> Cx<'a> {
     }
 
     fn reindex(&self, rt: ResourceType, rid: i64, resource: &Value) -> rusqlite::Result<()> {
-        self.conn
-            .prepare_cached("DELETE FROM idx WHERE rid = ?1")?
-            .execute([rid])?;
-        self.conn
-            .prepare_cached("DELETE FROM refs WHERE rid = ?1")?
-            .execute([rid])?;
-        let mut ins = self
-            .conn
-            .prepare_cached("INSERT INTO idx(rid, rtype, param, s, v, lo, hi) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?;
-        for e in extract_index(rt, resource) {
-            let row = crate::query::index_row(&e.value);
-            let param = format!("{}{}", e.param, e.facet.suffix());
-            ins.execute(params![rid, rt.as_str(), param, row.s, row.v, row.lo, row.hi])?;
-        }
-        let mut ins = self
-            .conn
-            .prepare_cached("INSERT INTO refs(rid, dst_type, dst_id) VALUES (?1, ?2, ?3)")?;
-        let mut seen = std::collections::BTreeSet::new();
-        for (_, t, i) in local_references(rt, resource) {
-            if seen.insert((t.clone(), i.clone())) {
-                ins.execute(params![rid, t, i])?;
-            }
-        }
-        Ok(())
+        index_resource(self.conn, rt, rid, resource)
     }
 
     fn delete(&mut self, rt: ResourceType, id: &str) -> Result<Written, OpError> {
@@ -1042,6 +1019,27 @@ impl<'a> Cx<'a> {
             ])?;
         Ok(())
     }
+}
+
+/// Replace the search index and reference rows of resource `rid`.
+pub(crate) fn index_resource(conn: &Connection, rt: ResourceType, rid: i64, resource: &Value) -> rusqlite::Result<()> {
+    conn.prepare_cached("DELETE FROM idx WHERE rid = ?1")?.execute([rid])?;
+    conn.prepare_cached("DELETE FROM refs WHERE rid = ?1")?.execute([rid])?;
+    let mut ins =
+        conn.prepare_cached("INSERT INTO idx(rid, rtype, param, s, v, lo, hi) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?;
+    for e in extract_index(rt, resource) {
+        let row = crate::query::index_row(&e.value);
+        let param = format!("{}{}", e.param, e.facet.suffix());
+        ins.execute(params![rid, rt.as_str(), param, row.s, row.v, row.lo, row.hi])?;
+    }
+    let mut ins = conn.prepare_cached("INSERT INTO refs(rid, dst_type, dst_id) VALUES (?1, ?2, ?3)")?;
+    let mut seen = std::collections::BTreeSet::new();
+    for (_, t, i) in local_references(rt, resource) {
+        if seen.insert((t.clone(), i.clone())) {
+            ins.execute(params![rid, t, i])?;
+        }
+    }
+    Ok(())
 }
 
 /// Set `id`, `meta.versionId` and `meta.lastUpdated`, keeping the rest of `meta`.

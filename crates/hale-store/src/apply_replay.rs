@@ -277,7 +277,10 @@ impl<'a> Cx<'a> {
             resource: r,
             if_match: Some(cur.version),
         };
-        if base_version == Some(cur.version) {
+        // Demographics always merge against what the user saw, so a change made
+        // on top of an earlier offline change never undoes what that one merged in.
+        let merge_always = e.policy == Policy::Demographics && e.base.seen.is_some();
+        if base_version == Some(cur.version) && !merge_always {
             return match self.apply_one(&update(resource.clone()), 0)? {
                 Ok(w) => {
                     self.provenance(e, &w)?;
@@ -304,11 +307,12 @@ impl<'a> Cx<'a> {
             .unwrap_or_else(|| "an unknown version".into());
         match e.policy {
             Policy::Demographics => {
-                let base_json = match base_version {
-                    Some(v) => query::vread(self.conn, rtype, id, v)?
+                let base_json = match (&e.base.seen, base_version) {
+                    (Some(seen), _) => Some(seen.clone()),
+                    (None, Some(v)) => query::vread(self.conn, rtype, id, v)?
                         .and_then(|f| f.json)
                         .map(|j| parse(&j)),
-                    None => None,
+                    (None, None) => None,
                 };
                 let Some(base_json) = base_json else {
                     return self.raise(

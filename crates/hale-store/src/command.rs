@@ -185,7 +185,7 @@ impl Policy {
 }
 
 /// The dependency check of a journalled write.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Base {
     /// The committed version the user's edit was based on (None for a create).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -194,6 +194,10 @@ pub struct Base {
     /// the user edited a version that was itself still pending.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_seq: Option<u64>,
+    /// The resource as the user saw it (for demographics: the base of the
+    /// three-way merge, which may itself be a pending version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen: Option<Value>,
 }
 
 /// One slice of the serde_json encoding of a whole [`Command`].

@@ -14,6 +14,7 @@ pub mod audit;
 pub mod command;
 pub mod export;
 pub mod hash;
+pub mod overlay;
 pub mod propose;
 pub mod query;
 pub mod schema;

@@ -161,6 +161,7 @@ fn base(v: u64) -> Base {
     Base {
         version: Some(v),
         pending_seq: None,
+        seen: None,
     }
 }
 
@@ -429,6 +430,7 @@ fn an_edit_built_on_a_pending_edit_follows_its_fate() {
         Base {
             version: None,
             pending_seq: Some(1),
+            seen: None,
         },
         put("Observation", "o1", amended),
     );
@@ -454,6 +456,7 @@ fn an_edit_built_on_a_pending_edit_follows_its_fate() {
         Base {
             version: None,
             pending_seq: Some(1),
+            seen: None,
         },
         put("Patient", "p1", patient_with_phone("07700 900002", "p1@example.org")),
     );
@@ -569,4 +572,48 @@ fn seeded_interleavings_keep_every_invariant() {
             "seed {seed}: a re-send changed state"
         );
     }
+}
+
+#[test]
+fn a_second_offline_demographic_edit_keeps_what_the_first_merged_in() {
+    let mut s = Store::new();
+    let v1 = s.json("Patient", "p1").unwrap();
+    // Centrally, the email changes.
+    s.central(put(
+        "Patient",
+        "p1",
+        patient_with_phone("0141 000 0001", "central@example.org"),
+    ));
+    // At the site: a new phone, then, on top of that pending edit, a gender.
+    let first = patient_with_phone("07700 900001", "p1@example.org");
+    let mut second = first.clone();
+    second["gender"] = json!("female");
+    let mut j = Journal::new(4);
+    let e1 = j.entry(
+        Policy::Demographics,
+        Base {
+            version: Some(1),
+            pending_seq: None,
+            seen: Some(v1),
+        },
+        put("Patient", "p1", first.clone()),
+    );
+    let e2 = j.entry(
+        Policy::Demographics,
+        Base {
+            version: None,
+            pending_seq: Some(1),
+            seen: Some(first),
+        },
+        put("Patient", "p1", second),
+    );
+    let r = s.replay(vec![e1, e2]);
+    assert!(r.iter().all(committed), "{r:?}");
+    let p = s.json("Patient", "p1").unwrap();
+    assert_eq!(p["telecom"][0]["value"], "07700 900001");
+    assert_eq!(
+        p["telecom"][1]["value"], "central@example.org",
+        "the central email must survive"
+    );
+    assert_eq!(p["gender"], "female");
 }

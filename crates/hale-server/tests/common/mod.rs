@@ -520,6 +520,7 @@ impl ReqBuilder {
         } else if ct.starts_with("application/json")
             && (self.path.starts_with("/cluster/")
                 || self.path.starts_with("/downtime/")
+                || self.path.starts_with("/sync/")
                 || self.path.starts_with("/$export-status/"))
         {
             // Cluster administration and a bulk export's manifest are not
