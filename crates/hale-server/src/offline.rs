@@ -28,7 +28,7 @@ use axum::{Json, Router};
 use hale_fhir::{Issue, IssueCode};
 use hale_journal::{Journal, JournalError};
 use hale_store::apply::Applied;
-use hale_store::command::{Base, Command, CommandKind, WriteOp};
+use hale_store::command::{Base, Command, CommandKind, Policy, WriteOp};
 use hale_store::query::{self, Current};
 use hale_store::sync::{self, Outcome, REPLAY_BATCH_ENTRIES_MAX};
 use serde_json::{json, Value};
@@ -251,6 +251,9 @@ impl Ctx<'_> {
                 .at(path));
             }
         }
+        if policy == Policy::Booking {
+            self.check_slots_here(rt, &id, &resource, applied)?;
+        }
         let patient = if rtype == "Patient" {
             Some(id.clone())
         } else {
@@ -287,6 +290,51 @@ impl Ctx<'_> {
             resp.headers_mut().insert(header::LOCATION, v);
         }
         Ok(resp)
+    }
+
+    /// A booking made at a cut-off site must not take a slot this site
+    /// already sees as taken, here or by another booking saved here.
+    fn check_slots_here(
+        &self,
+        rt: hale_fhir::ResourceType,
+        id: &str,
+        resource: &Value,
+        applied: u64,
+    ) -> Result<(), FhirError> {
+        let off = &self.app.offline;
+        let pending = off
+            .journal
+            .pending_of_type("Appointment", applied)
+            .map_err(journal_error)?;
+        for (path, t, slot) in hale_store::apply::local_references(rt, resource) {
+            if t != "Slot" {
+                continue;
+            }
+            let busy = match self.app.reader.with(|c| query::read(c, "Slot", &slot))? {
+                Some(Current::Live(f)) => {
+                    let v: Value = serde_json::from_str(f.json.as_deref().unwrap_or("{}")).expect("stored JSON");
+                    v["status"] != "free"
+                }
+                _ => false,
+            };
+            let here = pending.iter().any(|(aid, p)| {
+                let v: Value = serde_json::from_str(&p.json).unwrap_or_default();
+                aid != id
+                    && hale_store::apply::HOLDING_STATUSES.contains(&v["status"].as_str().unwrap_or(""))
+                    && v["slot"]
+                        .as_array()
+                        .is_some_and(|a| a.iter().any(|r| r["reference"] == format!("Slot/{slot}")))
+            });
+            if busy || here {
+                return Err(FhirError::new(
+                    StatusCode::CONFLICT,
+                    IssueCode::Conflict,
+                    format!("Slot/{slot} is already booked as far as this site knows; choose another slot"),
+                )
+                .at(path));
+            }
+        }
+        Ok(())
     }
 
     /// The tentative version of `rtype/id` saved at this site, if any.

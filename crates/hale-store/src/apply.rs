@@ -57,6 +57,7 @@ pub fn apply_command(conn: &Connection, index: u64, cmd: &Command) -> Result<App
         references: cmd.references,
         audit_pos: 0,
         deferred_refs: Vec::new(),
+        replay_site: None,
     };
     let applied = match &cmd.kind {
         CommandKind::Write(op) => Applied::Ops(vec![cx.apply_one(op, 0)?]),
@@ -279,6 +280,9 @@ struct Cx<'a> {
     /// References to check once all ops of the current unit have been applied:
     /// (op index, FHIRPath of the reference, target type, target id).
     deferred_refs: Vec<(usize, String, String, String)>,
+    /// While a site-journal entry is replayed: the site that wrote it (it may
+    /// book the slots reserved for its offline use).
+    replay_site: Option<&'a str>,
 }
 
 /// Errors inside an op: either a rejection of the op or a storage failure.
@@ -856,6 +860,16 @@ impl<'a> Cx<'a> {
                 ));
             }
             let mut slot_json: Value = serde_json::from_str(&slot.json).expect("stored JSON is valid");
+            if let Some(site) = crate::sync::offline_reserve(&slot_json) {
+                if self.replay_site != Some(site) && !old_held.contains(slot_id) {
+                    return Err(reject(
+                        RejectKind::Conflict,
+                        IssueCode::BusinessRule,
+                        format!("Slot/{slot_id} is reserved for bookings made at {site} while it is cut off; book another slot, or release the reserve by removing its offline-reserve extension"),
+                        Some(at),
+                    ));
+                }
+            }
             let slot_status = slot_json
                 .get("status")
                 .and_then(Value::as_str)

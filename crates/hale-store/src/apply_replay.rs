@@ -72,9 +72,11 @@ impl<'a> Cx<'a> {
         }
         let outer = self.actor;
         self.actor = &e.actor;
+        self.replay_site = Some(&e.site);
         self.savepoint("replay")?;
         let decided = self.decide(e);
         self.actor = outer;
+        self.replay_site = None;
         let outcome = match decided {
             Ok(o) => o,
             Err(err) => {

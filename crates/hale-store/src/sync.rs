@@ -29,6 +29,21 @@ pub const UNVERIFIED_NHS_NUMBER_SYSTEM: &str = "https://hale.health/fhir/Id/unve
 pub const TAG_OFFLINE_WRITE: &str = "offline-write";
 /// meta.tag code prefix naming the site that wrote it: `site-<site>`.
 pub const TAG_SITE_PREFIX: &str = "site-";
+/// Slot extension (valueString: a site) reserving the slot for bookings that
+/// site makes while cut off: it cannot be booked centrally, so an offline
+/// booking of it always commits as made.
+pub const EXT_OFFLINE_RESERVE: &str = "https://hale.health/fhir/StructureDefinition/offline-reserve";
+
+/// The site a Slot is reserved for, if any.
+pub fn offline_reserve(slot: &Value) -> Option<&str> {
+    slot.get("extension")?
+        .as_array()?
+        .iter()
+        .find(|x| x.get("url").and_then(Value::as_str) == Some(EXT_OFFLINE_RESERVE))?
+        .get("valueString")?
+        .as_str()
+}
+
 /// Journal entries in one `Replay` command.
 pub const REPLAY_BATCH_ENTRIES_MAX: usize = 128;
 /// Appointment statuses a site records as an observed fact.

@@ -617,3 +617,33 @@ fn a_second_offline_demographic_edit_keeps_what_the_first_merged_in() {
     );
     assert_eq!(p["gender"], "female");
 }
+
+#[test]
+fn a_slot_reserved_for_a_site_is_booked_only_by_that_site_s_offline_writes() {
+    let mut s = Store::new();
+    s.central(put(
+        "Slot",
+        "r1",
+        json!({"schedule": {"reference": "Schedule/sch"}, "status": "free",
+               "start": "2030-01-01T10:00:00Z", "end": "2030-01-01T10:20:00Z",
+               "extension": [{"url": hale_store::sync::EXT_OFFLINE_RESERVE, "valueString": "east"}]}),
+    ));
+    // Centrally: refused.
+    match s.apply(CommandKind::Write(create(
+        "Appointment",
+        "c",
+        appt("p1", "r1", "booked"),
+    ))) {
+        Applied::Ops(v) => assert!(v[0].is_err(), "{v:?}"),
+        other => panic!("{other:?}"),
+    }
+    // From the site it is reserved for: committed as made.
+    let mut j = Journal::new(4);
+    let r = s.replay(vec![j.entry(
+        Policy::Booking,
+        Base::default(),
+        create("Appointment", "e", appt("p1", "r1", "booked")),
+    )]);
+    assert!(committed(&r[0]), "{r:?}");
+    assert_eq!(s.json("Slot", "r1").unwrap()["status"], "busy");
+}
