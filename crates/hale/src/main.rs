@@ -11,6 +11,7 @@ mod import;
 mod link_args;
 mod local;
 mod outage;
+mod sync_cli;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -48,6 +49,8 @@ enum Cmd {
     Bench(BenchArgs),
     /// Manage a cluster's membership and see its state.
     Cluster(cluster_cli::ClusterArgs),
+    /// A node's site journal: writes saved while cut off, their replay, and a check that none was lost.
+    Sync(sync_cli::SyncArgs),
     /// Start a local cluster of separate processes on loopback (Ctrl-C stops it).
     Up(cluster_cli::UpArgs),
     /// Kill, cut off and wipe nodes of a local cluster under load, then check no acknowledged write was lost.
@@ -266,6 +269,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::RecordHash(a) => record_hash(&a.data),
         Cmd::Bench(a) => rt.block_on(bench(a)),
         Cmd::Cluster(a) => rt.block_on(cluster_cli::run(a)),
+        Cmd::Sync(a) => rt.block_on(sync_cli::run(a)),
         Cmd::Up(a) => rt.block_on(cluster_cli::up(a)),
         Cmd::Chaos(a) => rt.block_on(chaos::run(a)),
         Cmd::Outage(a) => rt.block_on(outage::run(a)),

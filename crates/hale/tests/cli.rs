@@ -36,6 +36,7 @@ fn help_for_every_command_exits_zero_and_names_its_flags() {
                 "import",
                 "export",
                 "record-hash",
+                "sync",
                 "bench",
                 "--log-json",
                 "--help",
@@ -71,6 +72,7 @@ fn help_for_every_command_exits_zero_and_names_its_flags() {
             ],
         ),
         (&["record-hash", "--help"], &["--data", "HALE_DATA"]),
+        (&["sync", "--help"], &["status", "verify", "journal", "--url", "--token"]),
         (
             &["bench", "--help"],
             &[
