@@ -75,6 +75,9 @@ pub enum JournalError {
     WrongNode { path: String, found: u64, expected: u64 },
     #[error("site journal storage: {0}")]
     Sql(#[from] rusqlite::Error),
+    /// A storage failure reported to every write of a group commit.
+    #[error("site journal storage: {0}; the write was not saved")]
+    Failed(String),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -90,6 +93,19 @@ impl Default for Limits {
             bytes_max: BYTES_MAX_DEFAULT,
         }
     }
+}
+
+/// A write to journal.
+#[derive(Debug, Clone)]
+pub struct NewEntry {
+    pub actor: Actor,
+    /// Site time it was accepted (information only; order is by seq).
+    pub recorded_ms: i64,
+    pub policy: Policy,
+    pub base: Base,
+    pub op: WriteOp,
+    /// The patient it concerns, for `GET /sync/journal?patient=`.
+    pub patient: Option<String>,
 }
 
 /// A write the journal took.
@@ -142,7 +158,10 @@ pub struct Stats {
 }
 
 pub struct Journal {
+    /// Appends and settles.
     conn: Mutex<Connection>,
+    /// Reads (WAL: they do not wait for an append's fsync).
+    rconn: Mutex<Connection>,
     node: u64,
     site: String,
     limits: Limits,
@@ -190,8 +209,10 @@ impl Journal {
             }
             Some(_) => {}
         }
+        let rconn = Connection::open(&path)?;
         Ok(Journal {
             conn: Mutex::new(conn),
+            rconn: Mutex::new(rconn),
             node,
             site: site.to_string(),
             limits,
@@ -213,12 +234,25 @@ impl Journal {
         recorded_ms: i64,
         policy: Policy,
         base: Base,
-        mut op: WriteOp,
+        op: WriteOp,
         patient: Option<String>,
     ) -> Result<Accepted, JournalError> {
-        if let WriteOp::Create { resource, .. } | WriteOp::Update { resource, .. } = &mut op {
-            hale_store::sync::tag_offline(resource, &self.site);
-        }
+        let e = NewEntry {
+            actor,
+            recorded_ms,
+            policy,
+            base,
+            op,
+            patient,
+        };
+        self.append_batch(vec![e])?.pop().expect("one result per entry")
+    }
+
+    /// Journal several writes in one transaction (one fsync): group commit
+    /// for writes that arrive together. Each gets its own answer (an entry
+    /// past the limits is refused alone); the outer error is a storage failure,
+    /// in which case none was journalled.
+    pub fn append_batch(&self, entries: Vec<NewEntry>) -> Result<Vec<Result<Accepted, JournalError>>, JournalError> {
         let mut conn = self.conn.lock();
         let tx = conn.transaction()?;
         let (pending, bytes): (i64, i64) = tx.query_row(
@@ -226,75 +260,90 @@ impl Journal {
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
-        let (head_seq, head_hash): (u64, String) = tx
+        let (mut pending, mut bytes) = (pending as u64, bytes as u64);
+        let (mut head_seq, mut head_hash): (u64, String) = tx
             .query_row("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1", [], |r| {
                 Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
             })
             .optional()?
             .unwrap_or((0, String::new()));
-        let seq = head_seq + 1;
-        let mut e = Replay {
-            node: self.node,
-            site: self.site.clone(),
-            seq,
-            prev_hash: head_hash,
-            hash: String::new(),
-            recorded_ms,
-            actor,
-            policy,
-            base,
-            op,
-        };
-        e.hash = e.compute_hash();
-        let entry = serde_json::to_string(&e).expect("an entry always serialises");
-        if entry.len() > ENTRY_BYTES_MAX {
-            return Err(JournalError::TooLarge(entry.len()));
-        }
-        if pending as u64 >= self.limits.entries_max || bytes as u64 + entry.len() as u64 > self.limits.bytes_max {
-            return Err(JournalError::Full {
-                pending: pending as u64,
-                bytes: bytes as u64,
-                entries_max: self.limits.entries_max,
-                bytes_max: self.limits.bytes_max,
-            });
-        }
-        let view = match &e.op {
-            WriteOp::Create { id, resource, .. } | WriteOp::Update { id, resource, .. } => {
-                Some(tentative(resource, id, seq, recorded_ms))
+        let mut out = Vec::with_capacity(entries.len());
+        for n in entries {
+            let mut op = n.op;
+            if let WriteOp::Create { resource, .. } | WriteOp::Update { resource, .. } = &mut op {
+                hale_store::sync::tag_offline(resource, &self.site);
             }
-            WriteOp::Delete { .. } => None,
-        };
-        let view_text = view.as_ref().map(|v| v.to_string());
-        tx.execute(
-            "INSERT INTO entries(seq, prev_hash, hash, recorded_ms, policy, rtype, res_id, patient, user, entry, view, bytes)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-            params![
+            let seq = head_seq + 1;
+            let mut e = Replay {
+                node: self.node,
+                site: self.site.clone(),
+                seq,
+                prev_hash: head_hash.clone(),
+                hash: String::new(),
+                recorded_ms: n.recorded_ms,
+                actor: n.actor,
+                policy: n.policy,
+                base: n.base,
+                op,
+            };
+            e.hash = e.compute_hash();
+            let entry = serde_json::to_string(&e).expect("an entry always serialises");
+            if entry.len() > ENTRY_BYTES_MAX {
+                out.push(Err(JournalError::TooLarge(entry.len())));
+                continue;
+            }
+            if pending >= self.limits.entries_max || bytes + entry.len() as u64 > self.limits.bytes_max {
+                out.push(Err(JournalError::Full {
+                    pending,
+                    bytes,
+                    entries_max: self.limits.entries_max,
+                    bytes_max: self.limits.bytes_max,
+                }));
+                continue;
+            }
+            let view = match &e.op {
+                WriteOp::Create { id, resource, .. } | WriteOp::Update { id, resource, .. } => {
+                    Some(tentative(resource, id, seq, n.recorded_ms))
+                }
+                WriteOp::Delete { .. } => None,
+            };
+            let view_text = view.as_ref().map(|v| v.to_string());
+            tx.prepare_cached(
+                "INSERT INTO entries(seq, prev_hash, hash, recorded_ms, policy, rtype, res_id, patient, user, entry, view, bytes)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            )?
+            .execute(params![
                 seq as i64,
                 e.prev_hash,
                 e.hash,
-                recorded_ms,
+                n.recorded_ms,
                 e.policy.as_str(),
                 e.op.rtype(),
                 e.op.id(),
-                patient,
+                n.patient,
                 e.actor.user,
                 entry,
                 view_text,
                 entry.len() as i64
-            ],
-        )?;
+            ])?;
+            pending += 1;
+            bytes += entry.len() as u64;
+            head_seq = seq;
+            head_hash = e.hash.clone();
+            out.push(Ok(Accepted {
+                seq,
+                hash: e.hash,
+                view: view.unwrap_or(Value::Null),
+            }));
+        }
         tx.commit()?;
-        Ok(Accepted {
-            seq,
-            hash: e.hash,
-            view: view.unwrap_or(Value::Null),
-        })
+        Ok(out)
     }
 
     /// The latest tentative version of `rtype/id`: an entry still pending, or
     /// settled at a log index this node has not applied yet.
     pub fn pending(&self, rtype: &str, id: &str, applied: u64) -> Result<Option<Pending>, JournalError> {
-        let conn = self.conn.lock();
+        let conn = self.rconn.lock();
         let row = conn
             .prepare_cached(
                 "SELECT seq, recorded_ms, view FROM entries
@@ -315,7 +364,7 @@ impl Journal {
 
     /// Every resource of `rtype` with a tentative version (latest per id).
     pub fn pending_of_type(&self, rtype: &str, applied: u64) -> Result<Vec<(String, Pending)>, JournalError> {
-        let conn = self.conn.lock();
+        let conn = self.rconn.lock();
         let mut stmt = conn.prepare_cached(
             "SELECT res_id, seq, recorded_ms, view FROM entries e
              WHERE rtype = ?1 AND view IS NOT NULL
@@ -341,7 +390,7 @@ impl Journal {
     /// The oldest pending entries, in order: at most `entries_max` and
     /// `bytes_max` bytes (always at least one, when any is pending).
     pub fn next_batch(&self, entries_max: usize, bytes_max: usize) -> Result<Vec<Replay>, JournalError> {
-        let conn = self.conn.lock();
+        let conn = self.rconn.lock();
         let mut stmt =
             conn.prepare_cached("SELECT entry, bytes FROM entries WHERE status = 'pending' ORDER BY seq LIMIT ?1")?;
         let rows = stmt.query_map([entries_max as i64], |r| {
@@ -365,7 +414,7 @@ impl Journal {
     /// Entries from `from_seq` on, whatever their status: for re-sending
     /// (replay is idempotent) and for inspection.
     pub fn replays(&self, from_seq: u64, limit: usize) -> Result<Vec<Replay>, JournalError> {
-        let conn = self.conn.lock();
+        let conn = self.rconn.lock();
         let mut stmt = conn.prepare_cached("SELECT entry FROM entries WHERE seq >= ?1 ORDER BY seq LIMIT ?2")?;
         let rows = stmt.query_map(params![from_seq as i64, limit as i64], |r| r.get::<_, String>(0))?;
         let mut out = Vec::new();
@@ -402,7 +451,7 @@ impl Journal {
     }
 
     pub fn stats(&self) -> Result<Stats, JournalError> {
-        let conn = self.conn.lock();
+        let conn = self.rconn.lock();
         let mut s = Stats::default();
         let mut stmt = conn.prepare_cached(
             "SELECT status, COUNT(*), COALESCE(SUM(bytes), 0), MIN(recorded_ms), MAX(seq) FROM entries GROUP BY status",
@@ -447,7 +496,7 @@ impl Journal {
 
     /// Entries, newest first, filtered by status and patient.
     pub fn list(&self, status: Option<&str>, patient: Option<&str>, limit: usize) -> Result<Vec<Row>, JournalError> {
-        let conn = self.conn.lock();
+        let conn = self.rconn.lock();
         let mut stmt = conn.prepare_cached(
             "SELECT seq, hash, prev_hash, recorded_ms, policy, rtype, res_id, patient, user, status, log_index, outcome
              FROM entries WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR patient = ?2)
@@ -477,7 +526,7 @@ impl Journal {
     /// Every entry, re-read and re-hashed: the chain check and, against the
     /// receipts the replicated store holds for this node, missing and unknown.
     pub fn verify(&self, receipts: &[Receipt]) -> Result<Verify, JournalError> {
-        let conn = self.conn.lock();
+        let conn = self.rconn.lock();
         let mut v = Verify {
             chain_ok: true,
             ..Verify::default()

@@ -48,9 +48,18 @@ pub const DRAIN_RETRY_MS: u64 = 500;
 /// Entries `GET /sync/journal` lists at most.
 pub const LIST_ENTRIES_MAX: usize = 1_000;
 
+/// Writes waiting for the journal's group commit; past it, 503.
+pub const APPEND_QUEUE_MAX: usize = 4_096;
+/// Writes committed together in one journal transaction (one fsync).
+pub const APPEND_GROUP_MAX: usize = 256;
+
+type AppendReply = tokio::sync::oneshot::Sender<Result<hale_journal::Accepted, JournalError>>;
+
 /// This node's journal and what the hot paths need to know about it cheaply.
 pub struct Offline {
     pub journal: Arc<Journal>,
+    /// To the group-commit thread: writes that arrive together share one fsync.
+    writer: std::sync::mpsc::SyncSender<(hale_journal::NewEntry, AppendReply)>,
     /// Entries not yet replayed.
     pending: AtomicU64,
     /// Highest log index at which a replayed entry committed: until this node
@@ -67,8 +76,11 @@ pub struct Offline {
 impl Offline {
     pub fn open(journal: Journal) -> Result<Offline, JournalError> {
         let stats = journal.stats()?;
+        let journal = Arc::new(journal);
+        let writer = spawn_writer(journal.clone())?;
         Ok(Offline {
-            journal: Arc::new(journal),
+            journal,
+            writer,
             pending: AtomicU64::new(stats.pending),
             settled_index: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
@@ -85,6 +97,44 @@ impl Offline {
     fn overlay_active(&self, applied: u64) -> bool {
         self.pending() > 0 || self.settled_index.load(Ordering::Acquire) > applied
     }
+}
+
+/// The group-commit thread: takes every write queued at the moment, appends
+/// them in one transaction, answers each. Ends when the node drops `Offline`.
+fn spawn_writer(
+    journal: Arc<Journal>,
+) -> Result<std::sync::mpsc::SyncSender<(hale_journal::NewEntry, AppendReply)>, JournalError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(hale_journal::NewEntry, AppendReply)>(APPEND_QUEUE_MAX);
+    std::thread::Builder::new()
+        .name("hale-journal".into())
+        .spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut batch = vec![first];
+                while batch.len() < APPEND_GROUP_MAX {
+                    match rx.try_recv() {
+                        Ok(x) => batch.push(x),
+                        Err(_) => break,
+                    }
+                }
+                let (entries, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                match journal.append_batch(entries) {
+                    Ok(results) => {
+                        for (r, reply) in results.into_iter().zip(replies) {
+                            let _ = reply.send(r);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "the site journal could not be written");
+                        let msg = e.to_string();
+                        for reply in replies {
+                            let _ = reply.send(Err(JournalError::Failed(msg.clone())));
+                        }
+                    }
+                }
+            }
+        })
+        .map_err(|e| JournalError::Failed(format!("cannot start the journal writer: {e}")))?;
+    Ok(tx)
 }
 
 /// `X-Hale-Offline: accept`, or nothing.
@@ -262,12 +312,23 @@ impl Ctx<'_> {
                 .find(|(_, t, _)| t == "Patient")
                 .map(|(_, _, i)| i)
         };
-        let actor = self.principal.actor();
-        let journal = off.journal.clone();
-        let now = crate::now_ms();
-        let accepted = tokio::task::spawn_blocking(move || journal.append(actor, now, policy, base, op, patient))
+        let entry = hale_journal::NewEntry {
+            actor: self.principal.actor(),
+            recorded_ms: crate::now_ms(),
+            policy,
+            base,
+            op,
+            patient,
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        off.writer.try_send((entry, tx)).map_err(|_| {
+            FhirError::unavailable(format!(
+                "the site journal has {APPEND_QUEUE_MAX} writes waiting to be saved; retry in a moment"
+            ))
+        })?;
+        let accepted = rx
             .await
-            .map_err(|e| FhirError::internal(format!("the site journal task failed: {e}")))?
+            .map_err(|_| FhirError::internal("the site journal writer stopped"))?
             .map_err(journal_error)?;
         off.pending.fetch_add(1, Ordering::AcqRel);
         off.accepted.fetch_add(1, Ordering::Relaxed);

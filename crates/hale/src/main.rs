@@ -10,6 +10,7 @@ mod http;
 mod import;
 mod link_args;
 mod local;
+mod offline_bench;
 mod outage;
 mod sync_cli;
 
@@ -206,6 +207,9 @@ struct BenchArgs {
     /// `downtime-pack`: the site whose pack is timed.
     #[arg(long, default_value = "QEH")]
     site: String,
+    /// `offline`: notes saved at the cut-off site before the cut heals.
+    #[arg(long, default_value_t = 10_000)]
+    offline_entries: usize,
     /// Leader kills measured by `failover`.
     #[arg(long, default_value_t = 30)]
     trials: usize,
@@ -224,6 +228,7 @@ enum BenchWhat {
     Failover,
     Rebook,
     DowntimePack,
+    Offline,
 }
 
 /// Errors are printed as one line of causes (`Error: what: why`), never with
@@ -510,11 +515,12 @@ fn record_hash(data: &Path) -> Result<()> {
 fn workload_parser() -> impl clap::builder::TypedValueParser<Value = BenchWhat> {
     use clap::builder::TypedValueParser;
     let mut names = hale_bench::Workload::VARIANTS.map(|w| w.name()).to_vec();
-    names.extend(["failover", "rebook", "downtime-pack"]);
+    names.extend(["failover", "rebook", "downtime-pack", "offline"]);
     clap::builder::PossibleValuesParser::new(names).map(|name| match name.as_str() {
         "failover" => BenchWhat::Failover,
         "rebook" => BenchWhat::Rebook,
         "downtime-pack" => BenchWhat::DowntimePack,
+        "offline" => BenchWhat::Offline,
         _ => BenchWhat::Load(
             name.parse::<hale_bench::Workload>()
                 .expect("a listed workload name parses"),
@@ -528,6 +534,7 @@ async fn bench(a: BenchArgs) -> Result<()> {
         BenchWhat::Failover => return failover::run(a.trials, &a.link, a.json).await,
         BenchWhat::Rebook => return tokio::task::spawn_blocking(move || outage::bench_rebook(a.json)).await?,
         BenchWhat::DowntimePack => return bench_downtime(&a),
+        BenchWhat::Offline => return offline_bench::run(a.offline_entries, a.connections, a.json).await,
         BenchWhat::Load(w) => w,
     };
     let opts = BenchOpts {

@@ -72,7 +72,10 @@ fn help_for_every_command_exits_zero_and_names_its_flags() {
             ],
         ),
         (&["record-hash", "--help"], &["--data", "HALE_DATA"]),
-        (&["sync", "--help"], &["status", "verify", "journal", "--url", "--token"]),
+        (
+            &["sync", "--help"],
+            &["status", "verify", "journal", "--url", "--token"],
+        ),
         (
             &["bench", "--help"],
             &[
