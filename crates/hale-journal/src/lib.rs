@@ -162,6 +162,8 @@ pub struct Journal {
     conn: Mutex<Connection>,
     /// Reads (WAL: they do not wait for an append's fsync).
     rconn: Mutex<Connection>,
+    /// (entries, bytes) pending, kept in step with the file by append and settle.
+    pending_totals: Mutex<(u64, u64)>,
     node: u64,
     site: String,
     limits: Limits,
@@ -210,7 +212,9 @@ impl Journal {
             Some(_) => {}
         }
         let rconn = Connection::open(&path)?;
+        let totals = pending_totals(&conn)?;
         Ok(Journal {
+            pending_totals: Mutex::new(totals),
             conn: Mutex::new(conn),
             rconn: Mutex::new(rconn),
             node,
@@ -255,12 +259,7 @@ impl Journal {
     pub fn append_batch(&self, entries: Vec<NewEntry>) -> Result<Vec<Result<Accepted, JournalError>>, JournalError> {
         let mut conn = self.conn.lock();
         let tx = conn.transaction()?;
-        let (pending, bytes): (i64, i64) = tx.query_row(
-            "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM entries WHERE status = 'pending'",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        let (mut pending, mut bytes) = (pending as u64, bytes as u64);
+        let (mut pending, mut bytes) = *self.pending_totals.lock();
         let (mut head_seq, mut head_hash): (u64, String) = tx
             .query_row("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1", [], |r| {
                 Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
@@ -337,6 +336,7 @@ impl Journal {
             }));
         }
         tx.commit()?;
+        *self.pending_totals.lock() = (pending, bytes);
         Ok(out)
     }
 
@@ -447,6 +447,7 @@ impl Journal {
             .execute(params![r.seq as i64, status, r.index as i64, outcome, now_ms])?;
         }
         tx.commit()?;
+        *self.pending_totals.lock() = pending_totals(&conn)?;
         Ok(())
     }
 
@@ -578,6 +579,14 @@ impl Journal {
         v.unknown = by_seq.keys().filter(|s| !seen.contains(s)).copied().collect();
         Ok(v)
     }
+}
+
+fn pending_totals(conn: &Connection) -> rusqlite::Result<(u64, u64)> {
+    conn.query_row(
+        "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM entries WHERE status = 'pending'",
+        [],
+        |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+    )
 }
 
 /// A write's resource as the site shows it before it commits.
