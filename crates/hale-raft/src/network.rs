@@ -87,6 +87,9 @@ struct Links {
 #[derive(Default)]
 pub struct Faults {
     pub isolated: AtomicBool,
+    /// On the leader: answers to forwarded writes to drop after the write
+    /// committed (the forwarding node sees "may still commit").
+    pub drop_propose_replies: std::sync::atomic::AtomicU32,
     links: Mutex<Links>,
 }
 

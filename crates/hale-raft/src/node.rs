@@ -1177,6 +1177,16 @@ async fn rpc_propose(State(n): Node, headers: HeaderMap, Json(cmd): Json<Command
             n.settings.write_timeout_ms
         )),
     };
+    if n.settings.fault_injection
+        && matches!(reply, ForwardReply::Done { .. })
+        && n.faults()
+            .drop_propose_replies
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |k| k.checked_sub(1))
+            .is_ok()
+    {
+        tracing::warn!("fault injection: dropping the answer to a committed forwarded write");
+        return (StatusCode::SERVICE_UNAVAILABLE, "fault injection: answer dropped\n").into_response();
+    }
     Json(reply).into_response()
 }
 
@@ -1223,6 +1233,9 @@ pub struct FaultRequest {
     pub link: Option<LinkShape>,
     /// Emulate links to particular peers, overriding `link`.
     pub links_to: BTreeMap<NodeId, LinkShape>,
+    /// On the leader: drop this many answers to forwarded writes after they commit.
+    #[serde(default)]
+    pub drop_propose_replies: Option<u32>,
 }
 
 async fn rpc_fault(State(n): Node, Json(req): Json<FaultRequest>) -> Response {
@@ -1236,6 +1249,10 @@ async fn rpc_fault(State(n): Node, Json(req): Json<FaultRequest>) -> Response {
     if let Some(isolated) = req.isolated {
         n.faults().isolated.store(isolated, Ordering::Release);
         tracing::warn!(isolated, "fault injection: isolation changed");
+    }
+    if let Some(k) = req.drop_propose_replies {
+        n.faults().drop_propose_replies.store(k, Ordering::Release);
+        tracing::warn!(k, "fault injection: answers to forwarded writes will be dropped");
     }
     if let Some(shape) = req.link {
         n.faults().set_link(None, shape);

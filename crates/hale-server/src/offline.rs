@@ -528,6 +528,44 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/sync/status", get(status))
         .route("/sync/journal", get(list))
         .route("/sync/verify", get(verify))
+        .route("/sync/resend", axum::routing::post(resend))
+}
+
+/// `POST /sync/resend`: propose every journal entry again, from the first.
+/// Replay is exactly-once, so this changes nothing that has been applied; it
+/// is how an operator (or chaos) proves it. Answers how many were sent and
+/// how many were new.
+async fn resend(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if let Err(r) = admin(&app, &headers) {
+        return *r;
+    }
+    let (mut sent, mut new, mut from) = (0u64, 0u64, 1u64);
+    loop {
+        let journal = app.offline.journal.clone();
+        let batch = match tokio::task::spawn_blocking(move || journal.replays(from, REPLAY_BATCH_ENTRIES_MAX)).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => return FhirError::internal(e.to_string()).into_response(),
+            Err(e) => return FhirError::internal(e.to_string()).into_response(),
+        };
+        let Some(last) = batch.last().map(|e| e.seq) else { break };
+        let n = batch.len() as u64;
+        let cmd = Command {
+            references: app.cfg.references,
+            time_ms: crate::now_ms(),
+            actor: hale_store::Actor::system(),
+            kind: CommandKind::Replay(batch),
+        };
+        match app.proposer.propose(cmd).await {
+            Ok((_, Applied::Replayed(r))) => {
+                new += r.iter().filter(|r| !r.duplicate).count() as u64;
+            }
+            Ok((_, other)) => return FhirError::internal(format!("a replay answered {other:?}")).into_response(),
+            Err(e) => return FhirError::unavailable(e.to_string()).into_response(),
+        }
+        sent += n;
+        from = last + 1;
+    }
+    Json(json!({"node": app.raft.id, "sent": sent, "new": new})).into_response()
 }
 
 fn admin(app: &App, headers: &HeaderMap) -> Result<(), Box<Response>> {

@@ -58,6 +58,10 @@ pub struct ChaosArgs {
     /// Concurrent clients creating patients; a quarter as many (at least one) race bookings.
     #[arg(long, default_value_t = 8)]
     pub clients: usize,
+    /// Clinical notes saved at a cut-off site in the offline-writes phase,
+    /// which runs after the faults (0 skips it; it needs a learner).
+    #[arg(long, default_value_t = 40)]
+    pub offline_notes: usize,
     /// Also print the summary as JSON.
     #[arg(long)]
     pub json: bool,
@@ -928,16 +932,44 @@ async fn drive(
     }
     faulted?;
     let faults_done = Instant::now();
+    let offline = if a.learners > 0 && a.offline_notes > 0 {
+        eprintln!("offline writes: cutting a site off while it keeps writing ...");
+        let r = crate::chaos_offline::run(c, rng, a.offline_notes).await?;
+        eprintln!(
+            "offline writes: {} saved at the site, drained in {} s, tasks {}",
+            r["offline_writes"], r["drain_s"], r["tasks"]
+        );
+        r
+    } else {
+        json!({"skipped": true, "failures": []})
+    };
 
     eprintln!("faults done; waiting for the replicas to converge ...");
-    let applied_index = settle(c).await?;
-    let mut hashes = BTreeMap::new();
-    let mut elections = ElectionTotals::default();
-    for p in &c.procs {
-        let s = c.node_status(p.id, true).await?;
-        hashes.insert(p.id, s["content_hash"].as_str().unwrap_or("").to_string());
-        elections.add(&s);
-    }
+    // Each hash reports the applied index it reflects; compare them only when
+    // every node hashed the same index (a late audit batch can land between
+    // the settle and the hashes).
+    let mut attempt = 0;
+    let (applied_index, hashes, elections) = loop {
+        attempt += 1;
+        let applied_index = settle(c).await?;
+        let mut hashes = BTreeMap::new();
+        let mut at = BTreeMap::new();
+        let mut elections = ElectionTotals::default();
+        for p in &c.procs {
+            let s = c.node_status(p.id, true).await?;
+            hashes.insert(p.id, s["content_hash"].as_str().unwrap_or("").to_string());
+            at.insert(p.id, s["applied_index"].as_u64().unwrap_or(0));
+            elections.add(&s);
+        }
+        let same_index = at.values().all(|i| Some(i) == at.values().next());
+        if same_index || attempt >= 10 {
+            if !same_index {
+                eprintln!("the nodes kept applying while being hashed: indexes {at:?}");
+            }
+            break (applied_index, hashes, elections);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     let hashes_equal = hashes
         .values()
         .all(|h| !h.is_empty() && Some(h) == hashes.values().next());
@@ -968,6 +1000,9 @@ async fn drive(
     }
     if tally.creates_acked == 0 {
         failures.push("no create was acknowledged at all".into());
+    }
+    for f in offline["failures"].as_array().into_iter().flatten() {
+        failures.push(format!("offline writes: {}", f.as_str().unwrap_or("")));
     }
     let not_acked: u64 = tally
         .answered
@@ -1017,6 +1052,7 @@ async fn drive(
         "writes_lost": v.lost,
         "missing_by_node": v.missing_by_node.iter().map(|(id, n)| (id.to_string(), *n)).collect::<BTreeMap<_, _>>(),
         "double_bookings": v.double_bookings,
+        "offline": offline,
         "hashes_equal": hashes_equal,
         "content_hashes": hashes.iter().map(|(id, h)| (id.to_string(), h.clone())).collect::<BTreeMap<_, _>>(),
         "applied_index": applied_index,
@@ -1087,6 +1123,22 @@ fn print_summary(s: &Value, json: bool) -> Result<()> {
         n(&e["prevotes_lost"]),
         n(&e["leaderships_lost_while_running"])
     );
+    let o = &s["offline"];
+    if o["skipped"] != true {
+        println!(
+            "  offline writes:       {} at a cut-off site (SIGKILLed twice, one replay answer dropped), drained in {} s; tasks {} ({} per 1,000 writes); verify missing {}, duplicate {}; re-sent {} made {} new; {} of {} site reads audited",
+            n(&o["offline_writes"]),
+            o["drain_s"],
+            o["tasks"],
+            o["tasks_per_1000_writes"],
+            o["verify"]["missing"].as_array().map(Vec::len).unwrap_or(0),
+            o["verify"]["duplicate"],
+            o["resend"]["sent"],
+            o["resend"]["new"],
+            n(&o["read_audits"]),
+            n(&o["site_reads"]),
+        );
+    }
     println!("  writes lost:          {}", n(&s["writes_lost"]));
     println!("  double bookings:      {}", n(&s["double_bookings"]));
     println!(

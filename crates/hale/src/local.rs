@@ -469,14 +469,15 @@ impl LocalCluster {
 
     /// Cut a node off from (or reconnect it to) every other node's raft traffic.
     pub async fn isolate(&self, id: u64, isolated: bool) -> Result<()> {
+        self.fault(id, json!({ "isolated": isolated })).await
+    }
+
+    /// Inject a fault on a node (`FaultRequest` of hale-raft as JSON).
+    pub async fn fault(&self, id: u64, req: Value) -> Result<()> {
         let p = self.proc(id);
         let mut c = Client::new(&format!("http://{}", p.raft_addr), None)?;
         let r = c
-            .send(
-                "POST",
-                "/raft/fault",
-                Some(json!({ "isolated": isolated }).to_string().into_bytes()),
-            )
+            .send("POST", "/raft/fault", Some(req.to_string().into_bytes()))
             .await?;
         if r.status != 200 {
             bail!(

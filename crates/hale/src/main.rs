@@ -3,6 +3,7 @@
 mod backfill_cli;
 mod bulk_cli;
 mod chaos;
+mod chaos_offline;
 mod cluster_cli;
 mod downtime;
 mod failover;

@@ -93,6 +93,24 @@ fn chaos_with_20_faults_loses_nothing_and_replicas_agree() {
     let hashes: Vec<&Value> = s["content_hashes"].as_object().expect("hashes").values().collect();
     assert_eq!(hashes.len(), 4, "3 voters and a learner: {ctx}");
     assert!(hashes.iter().all(|h| *h == hashes[0]), "{ctx}");
+    // The offline phase: a cut-off site kept writing; every entry has one
+    // receipt, exactly the expected tasks, a re-send makes nothing new and
+    // every read at the site was audited once.
+    let o = &s["offline"];
+    let n = o["offline_writes"].as_u64().unwrap_or(0);
+    assert!(n > 40, "{ctx}");
+    assert_eq!(o["verify"]["entries"], n, "{ctx}");
+    assert_eq!(o["verify"]["receipts"], n, "{ctx}");
+    assert_eq!(o["verify"]["missing"], serde_json::json!([]), "{ctx}");
+    assert_eq!(o["verify"]["duplicate"], 0, "{ctx}");
+    assert_eq!(o["verify"]["chainOk"], true, "{ctx}");
+    assert_eq!(
+        o["tasks"],
+        serde_json::json!({"field-conflict": 5, "possible-duplicate": 1, "slot-taken": 1, "status-diverged": 1}),
+        "{ctx}"
+    );
+    assert_eq!(o["resend"]["new"], 0, "{ctx}");
+    assert_eq!(o["read_audits"], o["site_reads"], "{ctx}");
 }
 
 #[test]
