@@ -316,6 +316,10 @@ pub struct UpArgs {
     /// Load the demo health board (this many patients) through node 1.
     #[arg(long, default_value_t = 0)]
     demo_patients: usize,
+    /// Let the nodes take injected faults on their raft port (`POST /raft/fault`,
+    /// e.g. `{"isolated": true}` to cut a site off), for drills and demos.
+    #[arg(long)]
+    fault_injection: bool,
     /// Emulate these links between the nodes.
     #[command(flatten)]
     link: crate::link_args::LinkArgs,
@@ -326,7 +330,7 @@ pub async fn up(a: UpArgs) -> Result<()> {
         voters: a.nodes,
         learners: a.learners,
         data: a.data.clone(),
-        fault_injection: a.link.emulated(),
+        fault_injection: a.fault_injection || a.link.emulated(),
         extra_toml: a.link.cluster_toml(),
         demo_patients: a.demo_patients,
         log: "info".into(),
