@@ -362,6 +362,24 @@ impl Journal {
         Ok(row)
     }
 
+    /// The tentative version entry `seq` wrote, if it wrote `rtype/id`.
+    pub fn view(&self, seq: u64, rtype: &str, id: &str) -> Result<Option<Pending>, JournalError> {
+        let conn = self.rconn.lock();
+        let row = conn
+            .prepare_cached(
+                "SELECT seq, recorded_ms, view FROM entries WHERE seq = ?1 AND rtype = ?2 AND res_id = ?3 AND view IS NOT NULL",
+            )?
+            .query_row(params![seq as i64, rtype, id], |r| {
+                Ok(Pending {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    recorded_ms: r.get(1)?,
+                    json: r.get(2)?,
+                })
+            })
+            .optional()?;
+        Ok(row)
+    }
+
     /// Every resource of `rtype` with a tentative version (latest per id).
     pub fn pending_of_type(&self, rtype: &str, applied: u64) -> Result<Vec<(String, Pending)>, JournalError> {
         let conn = self.rconn.lock();

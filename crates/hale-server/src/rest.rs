@@ -529,6 +529,37 @@ impl Ctx<'_> {
 
     async fn vread(&self, rt: ResourceType, id: &str, vid: &str) -> Result<Response, FhirError> {
         self.allow(rt, false, AuditAction::Read, Some(id)).await?;
+        // `p<seq>`: a version saved in this node's site journal (the Location of a 202).
+        if let Some(seq) = vid.strip_prefix('p').and_then(|s| s.parse::<u64>().ok()) {
+            let Some(p) = self
+                .app
+                .offline
+                .journal
+                .view(seq, rt.as_str(), id)
+                .map_err(|e| FhirError::unavailable(e.to_string()))?
+            else {
+                return Err(FhirError::not_found(format!(
+                    "{rt}/{id} has no version p{seq} saved at this node"
+                )));
+            };
+            let patient = if rt == ResourceType::Patient {
+                Some(id.to_string())
+            } else {
+                patient_in(&p.json)
+            };
+            self.audit(
+                AuditAction::Read,
+                rt,
+                Some(id),
+                patient,
+                0,
+                format!("GET {rt}/{id}/_history/p{seq}"),
+            )
+            .await;
+            let mut resp = json_response(StatusCode::OK, p.json);
+            crate::offline::pending_headers(resp.headers_mut(), p.seq);
+            return Ok(resp);
+        }
         let version: u64 = vid
             .parse()
             .map_err(|_| FhirError::bad_request(format!("version '{vid}' is not a number")).at("_history"))?;

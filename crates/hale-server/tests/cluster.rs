@@ -502,6 +502,9 @@ async fn a_cut_off_site_keeps_writing_and_every_write_syncs_back_once_or_becomes
     let r = site.get(&format!("/Observation/{obs_id}"), CLIN).await;
     r.expect(200);
     assert_eq!(header(&r, "x-hale-sync"), "pending");
+    let r = site.get(&format!("/Observation/{obs_id}/_history/p1"), CLIN).await;
+    r.expect(200);
+    assert_eq!(r.body()["meta"]["versionId"], "p1");
     let r = site.get(&format!("/Observation?subject=Patient/{p}"), CLIN).await;
     r.expect(200);
     assert_eq!(
