@@ -222,6 +222,8 @@ pub struct RaftNode {
     pub elections: ElectionStats,
     /// When a leader of this node's term (or a later one) last reached it.
     leader_contact: Mutex<Option<Instant>>,
+    /// Set while a node that started with an empty log has not caught up: it grants no votes.
+    vote_withheld: std::sync::atomic::AtomicBool,
     contacts: Mutex<VecDeque<(u64, Instant)>>,
     started: Instant,
     server: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -308,6 +310,7 @@ impl RaftNode {
             log,
             elections: ElectionStats::default(),
             leader_contact: Mutex::new(None),
+            vote_withheld: std::sync::atomic::AtomicBool::new(false),
             contacts: Mutex::new(VecDeque::new()),
             started: Instant::now(),
             server: Mutex::new(None),
@@ -326,6 +329,18 @@ impl RaftNode {
             .is_initialized()
             .await
             .map_err(|e| NodeError::Fatal(e.to_string()))?;
+        if !initialized && !node.settings.bootstrap_single {
+            // No vote, no log: a new node, or one whose data was lost or wiped.
+            // Entries a quorum committed with this node's acknowledgement may now
+            // exist on only one other node; were this node to vote for a candidate
+            // that lacks them, they would be lost. So it votes again only once it
+            // has caught up with a leader.
+            node.vote_withheld.store(true, Ordering::Release);
+            tracing::info!(
+                node = node.id,
+                "started with an empty log: no votes until a leader has caught this node up"
+            );
+        }
         if !initialized && node.settings.bootstrap_single {
             let members = BTreeMap::from([(node.id, node.me.clone())]);
             node.raft
@@ -759,7 +774,21 @@ impl RaftNode {
             })
     }
 
+    /// Whether this node refuses (pre-)votes: it started with an empty log and
+    /// has not yet applied what a leader had committed when it first reached it.
+    pub fn vote_withheld(&self) -> bool {
+        self.vote_withheld.load(Ordering::Acquire)
+    }
+
     fn record_contact(&self, leader_commit: Option<u64>) {
+        if self.vote_withheld() && self.applied_index() >= leader_commit.unwrap_or(0) {
+            self.vote_withheld.store(false, Ordering::Release);
+            tracing::info!(
+                node = self.id,
+                applied = self.applied_index(),
+                "caught up with the leader after starting empty: votes again"
+            );
+        }
         let mut c = self.contacts.lock();
         c.push_back((leader_commit.unwrap_or(0), Instant::now()));
         while c.len() > CONTACTS_MAX {
@@ -974,7 +1003,10 @@ impl RaftNode {
         self.raft
             .initialize(members)
             .await
-            .map_err(|e| AdminError::Refused(format!("cannot initialise: {e}")))
+            .map_err(|e| AdminError::Refused(format!("cannot initialise: {e}")))?;
+        // The founding node holds the whole (empty) history: nothing to catch up.
+        self.vote_withheld.store(false, Ordering::Release);
+        Ok(())
     }
 
     pub async fn add_learner(&self, id: NodeId, node: HaleNode) -> Result<(), AdminError> {
@@ -1104,6 +1136,19 @@ async fn rpc_vote(State(n): Node, headers: HeaderMap, Json(req): Json<VoteReques
     if let Err(r) = n.admit(&headers) {
         return r;
     }
+    if n.vote_withheld() {
+        tracing::debug!(
+            candidate = req.vote.leader_id().voted_for(),
+            "vote refused: this node started empty and has not caught up"
+        );
+        let refused: Result<openraft::raft::VoteResponse<NodeId>, RaftError<NodeId>> =
+            Ok(openraft::raft::VoteResponse {
+                vote: req.vote,
+                vote_granted: false,
+                last_log_id: n.metrics().last_applied,
+            });
+        return Json(refused).into_response();
+    }
     Json(n.raft.vote(req).await).into_response()
 }
 
@@ -1111,9 +1156,15 @@ async fn rpc_prevote(State(n): Node, headers: HeaderMap, Json(req): Json<PreVote
     if let Err(r) = n.admit(&headers) {
         return r;
     }
-    let decision = n
-        .voter_view()
-        .and_then(|view| decide_prevote(&view, &req, n.settings.election_timeout_min_ms));
+    let decision = if n.vote_withheld() {
+        Err(
+            "this node started with an empty log (new, or its data was lost) and has not caught up with a leader yet"
+                .to_string(),
+        )
+    } else {
+        n.voter_view()
+            .and_then(|view| decide_prevote(&view, &req, n.settings.election_timeout_min_ms))
+    };
     if let Err(why) = &decision {
         tracing::debug!(candidate = req.candidate, reason = %why, "pre-vote refused");
     }
