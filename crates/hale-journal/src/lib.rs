@@ -223,6 +223,11 @@ impl Journal {
         })
     }
 
+    /// Entries not yet replayed (kept in memory: cheap on every request).
+    pub fn pending_count(&self) -> u64 {
+        self.pending_totals.lock().0
+    }
+
     pub fn node(&self) -> u64 {
         self.node
     }

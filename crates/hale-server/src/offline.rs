@@ -60,8 +60,6 @@ pub struct Offline {
     pub journal: Arc<Journal>,
     /// To the group-commit thread: writes that arrive together share one fsync.
     writer: std::sync::mpsc::SyncSender<(hale_journal::NewEntry, AppendReply)>,
-    /// Entries not yet replayed.
-    pending: AtomicU64,
     /// Highest log index at which a replayed entry committed: until this node
     /// has applied it, the entry's tentative version is still what it shows.
     settled_index: AtomicU64,
@@ -75,13 +73,11 @@ pub struct Offline {
 
 impl Offline {
     pub fn open(journal: Journal) -> Result<Offline, JournalError> {
-        let stats = journal.stats()?;
         let journal = Arc::new(journal);
         let writer = spawn_writer(journal.clone())?;
         Ok(Offline {
             journal,
             writer,
-            pending: AtomicU64::new(stats.pending),
             settled_index: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
             drained: AtomicU64::new(0),
@@ -90,7 +86,7 @@ impl Offline {
     }
 
     pub fn pending(&self) -> u64 {
-        self.pending.load(Ordering::Acquire)
+        self.journal.pending_count()
     }
 
     /// Whether a read may have to show a tentative version.
@@ -330,7 +326,6 @@ impl Ctx<'_> {
             .await
             .map_err(|_| FhirError::internal("the site journal writer stopped"))?
             .map_err(journal_error)?;
-        off.pending.fetch_add(1, Ordering::AcqRel);
         off.accepted.fetch_add(1, Ordering::Relaxed);
         let location = format!("{}/{rtype}/{id}/_history/p{}", self.base, accepted.seq);
         let mut resp = match crate::rest::prefer_return(self.headers) {
@@ -475,7 +470,6 @@ pub async fn drain_once(app: &App) -> Result<usize, String> {
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
     if batch.is_empty() {
-        app.offline.pending.store(0, Ordering::Release);
         return Ok(0);
     }
     let n = batch.len();
@@ -503,15 +497,11 @@ pub async fn drain_once(app: &App) -> Result<usize, String> {
         .count();
     let journal = app.offline.journal.clone();
     let now = crate::now_ms();
-    let stats = tokio::task::spawn_blocking(move || {
-        journal.settle(&receipts, now)?;
-        journal.stats()
-    })
-    .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| e.to_string())?;
+    tokio::task::spawn_blocking(move || journal.settle(&receipts, now))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
     app.offline.settled_index.fetch_max(index, Ordering::AcqRel);
-    app.offline.pending.store(stats.pending, Ordering::Release);
     app.offline.drained.fetch_add(settled as u64, Ordering::Relaxed);
     if !refused.is_empty() {
         app.offline.refused.store(refused.len() as u64, Ordering::Release);
