@@ -132,9 +132,12 @@ async fn replayed_log_reproduces_the_store() {
             _ => (e.log_id.index, None),
         })
         .collect();
-    let has_audit = log
-        .iter()
-        .any(|(_, cmd)| matches!(cmd.as_ref().map(|c| &c.kind), Some(hale_store::CommandKind::Audit(_))));
+    let has_audit = log.iter().any(|(_, cmd)| {
+        matches!(
+            cmd.as_ref().map(|c| &c.kind),
+            Some(hale_store::CommandKind::Audit(_) | hale_store::CommandKind::AuditOnce { .. })
+        )
+    });
     assert!(has_audit, "read audits must be in the log");
     let fresh = tempfile::tempdir().unwrap();
     let mut replayed = hale_store::StateMachine::open(fresh.path()).expect("open fresh store");
