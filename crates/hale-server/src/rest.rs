@@ -478,23 +478,9 @@ impl Ctx<'_> {
         self.allow(rt, false, AuditAction::Read, Some(id)).await?;
         // A version saved at this site while it was cut off is what it shows.
         if let Some(p) = self.pending_version(rt.as_str(), id)? {
-            let patient = if rt == ResourceType::Patient {
-                Some(id.to_string())
-            } else {
-                patient_in(&p.json)
-            };
-            self.audit(
-                AuditAction::Read,
-                rt,
-                Some(id),
-                patient,
-                0,
-                format!("GET {rt}/{id} (pending at this site)"),
-            )
-            .await;
-            let mut resp = json_response(StatusCode::OK, p.json);
-            crate::offline::pending_headers(resp.headers_mut(), p.seq);
-            return Ok(resp);
+            return Ok(self
+                .pending_response(rt, id, p, format!("GET {rt}/{id} (pending at this site)"))
+                .await);
         }
         let cur = self.app.reader.with(|c| query::read(c, rt.as_str(), id))?;
         match cur {
@@ -527,6 +513,19 @@ impl Ctx<'_> {
         }
     }
 
+    /// A tentative version from the site journal, audited as a read.
+    async fn pending_response(&self, rt: ResourceType, id: &str, p: hale_journal::Pending, detail: String) -> Response {
+        let patient = if rt == ResourceType::Patient {
+            Some(id.to_string())
+        } else {
+            patient_in(&p.json)
+        };
+        self.audit(AuditAction::Read, rt, Some(id), patient, 0, detail).await;
+        let mut resp = json_response(StatusCode::OK, p.json);
+        crate::offline::pending_headers(resp.headers_mut(), p.seq);
+        resp
+    }
+
     async fn vread(&self, rt: ResourceType, id: &str, vid: &str) -> Result<Response, FhirError> {
         self.allow(rt, false, AuditAction::Read, Some(id)).await?;
         // `p<seq>`: a version saved in this node's site journal (the Location of a 202).
@@ -542,23 +541,9 @@ impl Ctx<'_> {
                     "{rt}/{id} has no version p{seq} saved at this node"
                 )));
             };
-            let patient = if rt == ResourceType::Patient {
-                Some(id.to_string())
-            } else {
-                patient_in(&p.json)
-            };
-            self.audit(
-                AuditAction::Read,
-                rt,
-                Some(id),
-                patient,
-                0,
-                format!("GET {rt}/{id}/_history/p{seq}"),
-            )
-            .await;
-            let mut resp = json_response(StatusCode::OK, p.json);
-            crate::offline::pending_headers(resp.headers_mut(), p.seq);
-            return Ok(resp);
+            return Ok(self
+                .pending_response(rt, id, p, format!("GET {rt}/{id}/_history/p{seq}"))
+                .await);
         }
         let version: u64 = vid
             .parse()

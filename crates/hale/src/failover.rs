@@ -122,7 +122,7 @@ async fn trial(c: &mut LocalCluster, seq: Arc<AtomicU64>) -> Result<(Duration, u
 }
 
 /// Nearest-rank percentile of sorted samples.
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

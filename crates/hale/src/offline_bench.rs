@@ -7,6 +7,7 @@
 //! how long the site's journal takes to drain through the leader, and checks
 //! with `/sync/verify` that every entry has exactly one receipt.
 
+use crate::failover::percentile;
 use crate::http::Client;
 use crate::local::{LocalCluster, Spec, ADMIN_TOKEN};
 use anyhow::{bail, Context, Result};
@@ -25,14 +26,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 async fn get_json(url: &str, path: &str) -> Result<Value> {
