@@ -164,7 +164,7 @@ pub(crate) async fn run(cx: &Ctx<'_>, bundle: Value, kind: &str) -> Result<axum:
                 let i = r.op.map(|k| op_entry[k]).unwrap_or(0);
                 return Err(entry_err(i, FhirError::from_rejection(r)));
             }
-            Applied::Audited(_) | Applied::Staged { .. } | Applied::Replayed(_) => {
+            Applied::Audited(_) | Applied::Staged { .. } | Applied::Replayed(_) | Applied::Account(_) => {
                 return Err(FhirError::internal("unexpected apply result"))
             }
         }

@@ -67,6 +67,11 @@ pub async fn load_if_empty(
     let marker = app.cfg.data.join(COMPLETE_MARKER);
     if marker.exists() {
         tracing::info!("the demo health board is already loaded");
+        // A store loaded by an older build has no demo accounts yet; a cut-off
+        // replica that has them does not wait for a leader.
+        if !missing_demo_users(app)?.is_empty() && wait_for_leader(app).await {
+            add_demo_users(app).await?;
+        }
         return Ok(0);
     }
     let existing: u64 = app
@@ -95,6 +100,7 @@ pub async fn load_if_empty(
         tracing::warn!("shutting down: demo load not started; it starts at the next start");
         return Ok(0);
     }
+    add_demo_users(app).await?;
     let started = std::time::Instant::now();
     let board = hale_demo::stream(&hale_demo::DemoConfig { seed, patients, today });
     tracing::info!(patients, "generating and loading the demo health board");
@@ -155,6 +161,98 @@ pub async fn load_if_empty(
         "demo health board loaded"
     );
     Ok(loaded)
+}
+
+/// Demo staff accounts for the web UI: (user, role, full name, password).
+/// Their users match the demo bearer tokens (`config::demo_tokens`). Added
+/// through the log with the demo board, so they exist on every node once
+/// `/readyz` answers 200. Never use them with real patient data.
+pub const DEMO_USERS: &[(&str, &str, &str, &str)] = &[
+    ("dr.demo", "clinician", "Dr Demo Clinician", "demo-clinician-pw"),
+    ("clerk.demo", "clerk", "Demo Booking Clerk", "demo-clerk-pw1"),
+    ("admin.demo", "admin", "Demo IT Admin", "demo-admin-pw12"),
+];
+
+/// The demo accounts this node's store does not hold.
+fn missing_demo_users(
+    app: &App,
+) -> Result<Vec<&'static (&'static str, &'static str, &'static str, &'static str)>, DemoError> {
+    let mut out = Vec::new();
+    for u in DEMO_USERS {
+        let have = app
+            .reader
+            .with(|c| hale_store::accounts::get(c, u.0))
+            .map_err(hale_store::StoreError::from)?;
+        if have.is_none() {
+            out.push(u);
+        }
+    }
+    Ok(out)
+}
+
+/// Add the demo accounts the store lacks, retrying while the cluster cannot
+/// commit (like a batch of the board). An account another node added
+/// meanwhile counts as added.
+async fn add_demo_users(app: &App) -> Result<(), DemoError> {
+    for &(user, role, name, password) in missing_demo_users(app)? {
+        let pw = password.to_string();
+        let password_hash = tokio::task::spawn_blocking(move || crate::accounts::hash_password(&pw))
+            .await
+            .map_err(|e| DemoError::Rejected {
+                rtype: "account".into(),
+                id: user.into(),
+                why: e.to_string(),
+            })?
+            .map_err(|why| DemoError::Rejected {
+                rtype: "account".into(),
+                id: user.into(),
+                why,
+            })?;
+        let started = Instant::now();
+        let mut wait = LOAD_RETRY_WAIT_FIRST;
+        let mut attempts = 0;
+        loop {
+            if app.stopping.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            attempts += 1;
+            let op = hale_store::accounts::AccountOp::Add {
+                user: user.into(),
+                role: role.into(),
+                name: name.into(),
+                password_hash: password_hash.clone(),
+            };
+            let why = match crate::accounts::propose(app, Actor::system(), op).await {
+                Ok(Ok(())) => break,
+                Ok(Err(msg))
+                    if hale_store::accounts::rejection_kind(&msg) == hale_store::accounts::AccountRejection::Exists =>
+                {
+                    break
+                }
+                Ok(Err(why)) => {
+                    return Err(DemoError::Rejected {
+                        rtype: "account".into(),
+                        id: user.into(),
+                        why,
+                    })
+                }
+                Err(ProposeError::Unavailable(why)) => why,
+                Err(ProposeError::Stopped) if app.stopping.load(Ordering::Acquire) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            };
+            if started.elapsed() + wait > LOAD_RETRY_DEADLINE {
+                return Err(DemoError::GaveUp {
+                    attempts,
+                    secs: started.elapsed().as_secs(),
+                    why,
+                });
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(LOAD_RETRY_WAIT_MAX);
+        }
+        tracing::info!(user, role, "demo account added");
+    }
+    Ok(())
 }
 
 /// Encoded size of one op, as it counts towards [`LOAD_BATCH_BYTES_MAX`].

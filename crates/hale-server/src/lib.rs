@@ -4,6 +4,7 @@
 //! and OperationOutcome shapes on the wire, query strings). It turns requests
 //! into `hale_store` commands and queries and never writes SQL.
 
+pub mod accounts;
 pub mod audit_sink;
 pub mod auth;
 pub mod backfill;
@@ -163,6 +164,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics_text))
         .merge(cluster::routes())
         .merge(offline::routes())
+        .merge(accounts::routes())
         .route("/downtime/status", get(downtime::status))
         .route("/Communication/$staff-lists", get(outbox::staff_lists))
         .fallback(fhir)

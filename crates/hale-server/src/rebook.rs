@@ -727,7 +727,7 @@ pub async fn rebook(cx: &Ctx<'_>, body: &[u8], query: &str) -> Result<Response, 
                 ));
                 return Err(e);
             }
-            Applied::Audited(_) | Applied::Staged { .. } | Applied::Replayed(_) => {
+            Applied::Audited(_) | Applied::Staged { .. } | Applied::Replayed(_) | Applied::Account(_) => {
                 return Err(FhirError::internal("unexpected apply result"))
             }
         }

@@ -5,6 +5,7 @@
 mod common;
 
 mod http {
+    pub mod accounts;
     pub mod audit_auth;
     pub mod backfill;
     pub mod bad_input;

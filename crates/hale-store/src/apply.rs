@@ -45,6 +45,9 @@ pub enum Applied {
     Staged { group: String, seq: u32, count: u32 },
     /// Site-journal entries replayed: one receipt each, in order.
     Replayed(Vec<crate::sync::Receipt>),
+    /// An account change: done, or refused with a message saying what to do
+    /// ([`crate::accounts::rejection_kind`] classifies it).
+    Account(Result<(), String>),
 }
 
 /// Apply one command at log position `index` on `conn`, inside the caller's transaction.
@@ -119,6 +122,7 @@ pub fn apply_command(conn: &Connection, index: u64, cmd: &Command) -> Result<App
                 Applied::Audited(records.len())
             }
         }
+        CommandKind::Account(op) => Applied::Account(crate::accounts::apply(conn, op, cmd.time_ms, &cmd.actor.user)?),
     };
     Ok(applied)
 }
@@ -238,7 +242,7 @@ fn apply_part(conn: &Connection, index: u64, time_ms: i64, part: &CommandPart) -
             (records.len(), AUDITS_PER_COMMAND_MAX - 1)
         }
         CommandKind::Replay(entries) => (entries.len(), crate::sync::REPLAY_BATCH_ENTRIES_MAX),
-        CommandKind::Write(_) | CommandKind::Part(_) => (0, 0),
+        CommandKind::Write(_) | CommandKind::Part(_) | CommandKind::Account(_) => (0, 0),
     };
     if items > max {
         return refuse_parts(

@@ -93,6 +93,9 @@ pub enum CommandKind {
         seq: u64,
         records: Vec<AuditRecord>,
     },
+    /// A change to the local staff accounts ([`crate::accounts`]). The
+    /// password hash is computed before proposing, so apply stays deterministic.
+    Account(crate::accounts::AccountOp),
 }
 
 /// One site-journal entry as it is replayed ([`crate::sync`]).

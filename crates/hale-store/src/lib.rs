@@ -9,6 +9,7 @@
 //! This crate knows FHIR resources as JSON documents and search indexes, but
 //! not HTTP, raft internals or the wall clock.
 
+pub mod accounts;
 pub mod apply;
 pub mod audit;
 pub mod command;

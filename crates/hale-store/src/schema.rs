@@ -135,6 +135,18 @@ CREATE TABLE IF NOT EXISTS audit_heads(
     seq  INTEGER NOT NULL
 );
 
+-- Local staff accounts for sign-in (hale_store::accounts). password_hash is an
+-- Argon2id PHC string computed before the command was proposed.
+CREATE TABLE IF NOT EXISTS accounts(
+    user          TEXT    PRIMARY KEY,
+    role          TEXT    NOT NULL,
+    name          TEXT    NOT NULL,
+    password_hash TEXT    NOT NULL,
+    disabled      INTEGER NOT NULL,
+    updated_ms    INTEGER NOT NULL,
+    updated_by    TEXT    NOT NULL
+) WITHOUT ROWID;
+
 "#;
 
 /// Tables that make up the replicated state, in content-hash order.
@@ -155,4 +167,5 @@ pub const STATE_TABLES: &[(&str, &str)] = &[
     ("sync_heads", "node"),
     ("sync_receipts", "node, seq"),
     ("audit_heads", "node"),
+    ("accounts", "user"),
 ];

@@ -14,6 +14,7 @@ mod local;
 mod offline_bench;
 mod outage;
 mod sync_cli;
+mod user_cli;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -63,6 +64,8 @@ enum Cmd {
     DowntimePack(downtime::DowntimePackArgs),
     /// List what was entered from paper after downtime (POST /$backfill), with who entered it and when.
     Backfill(backfill_cli::BackfillArgs),
+    /// Local staff accounts for web UI sign-in: add, passwd, disable, enable, list (replicated to every node).
+    User(user_cli::UserArgs),
 }
 
 #[derive(Args)]
@@ -281,13 +284,18 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Outage(a) => rt.block_on(outage::run(a)),
         Cmd::DowntimePack(a) => downtime::run(a),
         Cmd::Backfill(a) => rt.block_on(backfill_cli::run(a)),
+        Cmd::User(a) => rt.block_on(user_cli::run(a)),
     }
 }
 
 fn init_tracing(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("HALE_LOG").unwrap_or_else(|_| "info".into());
+    // Colours only on a terminal: a log file or a pipe gets plain `key=value`
+    // fields (scripts and tests look for `user=` and `password=` of the demo users).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     if json {
         b.json().init();
@@ -401,6 +409,9 @@ async fn serve(a: ServeArgs) -> Result<()> {
     if cfg.demo.enabled {
         for t in &cfg.auth.tokens {
             tracing::info!(token = %t.token, user = %t.user, role = t.role.as_str(), "demo token");
+        }
+        for (u, r, _, p) in hale_server::demo::DEMO_USERS {
+            tracing::info!(user = %u, password = %p, role = *r, "demo user (web UI sign-in)");
         }
     }
     if cfg.auth.open_access {

@@ -521,10 +521,11 @@ impl ReqBuilder {
             && (self.path.starts_with("/cluster/")
                 || self.path.starts_with("/downtime/")
                 || self.path.starts_with("/sync/")
+                || self.path.starts_with("/admin/")
                 || self.path.starts_with("/$export-status/"))
         {
-            // Cluster administration and a bulk export's manifest are not
-            // FHIR resources: plain JSON, not schema-checked.
+            // Cluster administration, accounts and a bulk export's manifest
+            // are not FHIR resources: plain JSON, not schema-checked.
             Some(
                 serde_json::from_str(&text)
                     .unwrap_or_else(|e| panic!("{} {}: not JSON ({e}): {text}", self.method, self.path)),
