@@ -112,6 +112,17 @@ pub enum Role {
 }
 
 impl Role {
+    /// The role named `s` (`clinician`, `clerk`, `admin`, `service`).
+    pub fn parse_name(s: &str) -> Option<Role> {
+        match s {
+            "clinician" => Some(Role::Clinician),
+            "clerk" => Some(Role::Clerk),
+            "admin" => Some(Role::Admin),
+            "service" => Some(Role::Service),
+            _ => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Clinician => "clinician",

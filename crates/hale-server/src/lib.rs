@@ -277,6 +277,13 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
     resp
 }
 
+/// Serve one FHIR request made inside this process (the web UI), through
+/// exactly the path a network request takes: authorisation, read barrier,
+/// audit, the site journal.
+pub async fn handle_in_process(app: Arc<App>, req: Request) -> Response {
+    fhir(State(app), req).await
+}
+
 /// Every FHIR request: time it, bound it, count it.
 async fn fhir(State(app): State<Arc<App>>, req: Request) -> Response {
     let Ok(_permit) = app.inflight.try_acquire() else {
@@ -356,7 +363,18 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let router = node.router();
+    serve_with(node, listener, |r| r, shutdown).await
+}
+
+/// [`serve`], with the node's router passed through `wrap` first: the binary
+/// adds the web UI's routes this way, so this crate does not know the UI.
+pub async fn serve_with(
+    node: Node,
+    listener: tokio::net::TcpListener,
+    wrap: impl FnOnce(Router) -> Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let router = wrap(node.router());
     let app = node.app.clone();
     downtime::spawn_scheduler(app.clone());
     let drainer = offline::spawn_drainer(app.clone());

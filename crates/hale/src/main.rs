@@ -449,7 +449,20 @@ async fn serve(a: ServeArgs) -> Result<()> {
             app.ready.store(true, std::sync::atomic::Ordering::Release);
         });
     }
-    hale_server::serve(node, listener, shutdown_signal()).await?;
+    // The staff web UI: same process, same authorisation, audit and journal.
+    let ui = hale_ui::Ui::new(node.app.clone()).context("cannot open the web UI's session store")?;
+    tracing::info!("staff web UI at {api_url}/ui/");
+    hale_server::serve_with(
+        node,
+        listener,
+        move |fhir| {
+            hale_ui::router(ui)
+                .merge(fhir)
+                .layer(axum::middleware::from_fn(hale_ui::root_redirect))
+        },
+        shutdown_signal(),
+    )
+    .await?;
     tracing::info!("stopped");
     Ok(())
 }

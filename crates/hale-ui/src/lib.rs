@@ -1,0 +1,316 @@
+//! Hale's staff web UI: HTML pages rendered on the node the user reaches,
+//! a cut-off site replica included, with plain forms that work with
+//! JavaScript off. Styling is the NHS.UK frontend, vendored and compiled in.
+//!
+//! Architecture invariant: this crate knows HTML, cookies and forms; it does
+//! not know SQL or the store's tables. Patient data comes and goes only
+//! through [`fhir::Client`], the FHIR API's own handler called in-process as
+//! the signed-in user, so the UI can never skip authorisation, read audit or
+//! the site journal. It holds one node-local file of its own: sessions.
+
+// Page helpers return the page to show instead (`Result<_, Response>`): the
+// error *is* the answer, built once per request, so boxing it buys nothing.
+#![allow(clippy::result_large_err)]
+
+pub mod assets;
+mod chrome;
+pub mod fhir;
+mod pages;
+pub mod session;
+pub mod view;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use hale_server::auth::Principal;
+use hale_server::App;
+use std::sync::Arc;
+
+pub use chrome::Chrome;
+
+/// Largest form body the UI accepts.
+pub const FORM_BYTES_MAX: usize = 64 * 1024;
+
+/// The UI's state beside the node's.
+pub struct Ui {
+    pub app: Arc<App>,
+    pub sessions: session::Sessions,
+    /// Send `Secure` cookies with the `__Host-` prefix. Off only for plain
+    /// HTTP on a loopback address (development), where browsers would drop them.
+    pub secure_cookies: bool,
+    /// Failed sign-ins per user name, to slow guessing: (count, last failure ms).
+    pub failures: parking_lot::Mutex<std::collections::HashMap<String, (u32, i64)>>,
+}
+
+/// Why the UI could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum UiError {
+    #[error(transparent)]
+    Session(#[from] session::SessionError),
+}
+
+impl Ui {
+    pub fn new(app: Arc<App>) -> Result<Arc<Ui>, UiError> {
+        let sessions = session::Sessions::open(&app.cfg.data)?;
+        let secure_cookies = secure_cookies(&app.cfg.listen, app.cfg.base_url.as_deref());
+        Ok(Arc::new(Ui {
+            app,
+            sessions,
+            secure_cookies,
+            failures: Default::default(),
+        }))
+    }
+
+    pub fn cookie_name(&self) -> &'static str {
+        if self.secure_cookies {
+            "__Host-hale_session"
+        } else {
+            "hale_session"
+        }
+    }
+}
+
+/// `Secure` cookies unless the node serves plain HTTP on loopback.
+pub fn secure_cookies(listen: &str, base_url: Option<&str>) -> bool {
+    if base_url.is_some_and(|u| u.starts_with("https://")) {
+        return true;
+    }
+    let host = listen.rsplit_once(':').map(|(h, _)| h).unwrap_or(listen);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false);
+    !loopback
+}
+
+/// The UI's routes, all under `/ui/`, plus `/` for a browser.
+pub fn router(ui: Arc<Ui>) -> Router {
+    Router::new()
+        .route("/ui", get(|| async { Redirect::to("/ui/") }))
+        .route("/ui/", get(pages::find::page))
+        .route("/ui/find", post(pages::find::submit))
+        .route("/ui/sign-in", get(pages::signin::page).post(pages::signin::submit))
+        .route("/ui/sign-out", post(pages::signin::sign_out))
+        .route("/ui/patient/{id}", get(pages::record::page))
+        .route("/ui/patient/{id}/print", get(pages::record::print))
+        .route(
+            "/ui/patient/{id}/note",
+            get(pages::note::page).post(pages::note::submit),
+        )
+        .route(
+            "/ui/patient/{id}/observation",
+            get(pages::note::obs_page).post(pages::note::obs_submit),
+        )
+        .route("/ui/clinics", get(pages::clinic::index))
+        .route("/ui/clinic/{id}", get(pages::clinic::list))
+        .route("/ui/clinic/{id}/print", get(pages::clinic::print))
+        .route("/ui/appointment/{id}/status", post(pages::clinic::set_status))
+        .route("/ui/book", get(pages::book::slots))
+        .route("/ui/book/check", get(pages::book::check))
+        .route("/ui/book/confirm", post(pages::book::confirm))
+        .route("/ui/outage", get(pages::outage::page))
+        .route("/ui/outage/declare", post(pages::outage::declare))
+        .route("/ui/outage/postpone", post(pages::outage::postpone))
+        .route("/ui/outage/rebook", post(pages::outage::rebook))
+        .route("/ui/ops", get(pages::ops::page))
+        .route("/ui/assets/{tag}/ui.css", get(assets::css))
+        .route("/ui/assets/images/{name}", get(assets::image))
+        .layer(axum::middleware::from_fn(security_headers))
+        .with_state(ui)
+}
+
+/// `GET /` from a browser goes to the UI; FHIR clients keep their answer.
+pub fn wants_html(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/html"))
+}
+
+pub async fn root_redirect(req: Request, next: Next) -> Response {
+    if req.method() == Method::GET && req.uri().path() == "/" && wants_html(req.headers()) {
+        return Redirect::to("/ui/").into_response();
+    }
+    next.run(req).await
+}
+
+/// Headers on every UI response: a strict CSP with no inline script, no
+/// framing, no referrer, and `no-store` unless an asset says otherwise.
+async fn security_headers(req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    let set = |h: &mut HeaderMap, k: &'static str, v: &'static str| {
+        h.insert(k, HeaderValue::from_static(v));
+    };
+    set(
+        h,
+        "content-security-policy",
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    );
+    set(h, "x-content-type-options", "nosniff");
+    set(h, "referrer-policy", "no-referrer");
+    set(h, "x-frame-options", "DENY");
+    set(h, "cross-origin-opener-policy", "same-origin");
+    if !h.contains_key(header::CACHE_CONTROL) {
+        set(h, "cache-control", "no-store");
+    }
+    resp
+}
+
+/// A signed-in user on a request.
+pub struct Signed {
+    pub principal: Principal,
+    pub csrf: String,
+    pub session_id: String,
+    pub name: String,
+}
+
+pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// The session on this request, or a redirect to sign in.
+pub fn signed_in(ui: &Ui, headers: &HeaderMap) -> Result<Signed, Response> {
+    let to_sign_in = || Redirect::to("/ui/sign-in").into_response();
+    let Some(id) = cookie(headers, ui.cookie_name()) else {
+        return Err(to_sign_in());
+    };
+    let s = match ui.sessions.touch(id, hale_server::now_ms()) {
+        Ok(Some(s)) => s,
+        Ok(None) => return Err(Redirect::to("/ui/sign-in?expired=1").into_response()),
+        Err(e) => return Err(error_page(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())),
+    };
+    // The account must still be live: a disabled user's sessions end at once.
+    let Some(principal) = hale_server::accounts::active(&ui.app, &s.user) else {
+        let _ = ui.sessions.end_user(&s.user);
+        return Err(to_sign_in());
+    };
+    let name = ui
+        .app
+        .reader
+        .with(|c| hale_store::accounts::get(c, &s.user))
+        .ok()
+        .flatten()
+        .map(|a| a.name)
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| s.user.clone());
+    Ok(Signed {
+        principal,
+        csrf: s.csrf,
+        session_id: id.to_string(),
+        name,
+    })
+}
+
+/// A state-changing request: from this origin, with the session's token.
+pub fn check_post(ui: &Ui, headers: &HeaderMap, form: &Form) -> Result<Signed, Response> {
+    same_origin(headers)?;
+    let s = signed_in(ui, headers)?;
+    match form.get("csrf") {
+        Some(t) if session::same_secret(t, &s.csrf) => Ok(s),
+        _ => Err(error_page(
+            StatusCode::FORBIDDEN,
+            "This form has expired or did not come from Hale. Go back, reload the page and try again.",
+        )),
+    }
+}
+
+/// Refuse a cross-site POST: `Sec-Fetch-Site` when the browser sends it,
+/// else `Origin` against `Host`.
+pub fn same_origin(headers: &HeaderMap) -> Result<(), Response> {
+    let get = |k: &str| headers.get(k).and_then(|v| v.to_str().ok());
+    if let Some(site) = get("sec-fetch-site") {
+        if site != "same-origin" && site != "none" {
+            return Err(error_page(
+                StatusCode::FORBIDDEN,
+                "This request came from another site, so Hale refused it.",
+            ));
+        }
+    }
+    if let (Some(origin), Some(host)) = (get("origin"), get("host")) {
+        let o = origin
+            .strip_prefix("https://")
+            .or_else(|| origin.strip_prefix("http://"))
+            .unwrap_or(origin);
+        if o != host {
+            return Err(error_page(
+                StatusCode::FORBIDDEN,
+                "This request came from another site, so Hale refused it.",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A parsed `application/x-www-form-urlencoded` body or query.
+#[derive(Debug, Default)]
+pub struct Form(pub Vec<(String, String)>);
+
+impl Form {
+    pub fn parse(bytes: &[u8]) -> Form {
+        Form(form_urlencoded::parse(bytes).into_owned().collect())
+    }
+
+    pub fn get(&self, k: &str) -> Option<&str> {
+        self.0.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self, k: &str) -> String {
+        self.get(k).unwrap_or("").trim().to_string()
+    }
+}
+
+/// Read a form body within [`FORM_BYTES_MAX`].
+pub async fn read_form(req: Request) -> Result<(HeaderMap, Form), Response> {
+    let (parts, body) = req.into_parts();
+    match axum::body::to_bytes(body, FORM_BYTES_MAX).await {
+        Ok(b) => Ok((parts.headers, Form::parse(&b))),
+        Err(_) => Err(error_page(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("The form was larger than {FORM_BYTES_MAX} bytes. Shorten it and try again."),
+        )),
+    }
+}
+
+/// A plain page for errors before a session exists.
+pub fn error_page(status: StatusCode, message: &str) -> Response {
+    let html = chrome::render_error(status, message);
+    (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
+}
+
+pub(crate) fn html(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response()
+}
+
+pub(crate) type UiState = State<Arc<Ui>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_are_secure_except_on_loopback_http() {
+        for (listen, base, expect) in [
+            ("127.0.0.1:8080", None, false),
+            ("[::1]:8080", None, false),
+            ("localhost:8080", None, false),
+            ("0.0.0.0:8080", None, true),
+            ("10.1.2.3:8080", None, true),
+            ("127.0.0.1:8080", Some("https://hale.trust.nhs.uk"), true),
+        ] {
+            assert_eq!(secure_cookies(listen, base), expect, "{listen} {base:?}");
+        }
+    }
+}
