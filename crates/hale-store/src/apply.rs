@@ -1215,9 +1215,28 @@ pub fn allowed_next(from: &str) -> &'static [&'static str] {
             "cancelled",
             "entered-in-error",
         ],
-        "checked-in" => &["checked-in", "arrived", "fulfilled", "cancelled", "entered-in-error"],
-        "arrived" => &["arrived", "checked-in", "fulfilled", "cancelled", "entered-in-error"],
-        "fulfilled" => &["fulfilled", "entered-in-error"],
+        // Arrival and check-in set in error are undone at the desk (back to booked);
+        // the slot stays held throughout, so no capacity changes hands.
+        "checked-in" => &[
+            "checked-in",
+            "arrived",
+            "booked",
+            "fulfilled",
+            "noshow",
+            "cancelled",
+            "entered-in-error",
+        ],
+        "arrived" => &[
+            "arrived",
+            "checked-in",
+            "booked",
+            "fulfilled",
+            "noshow",
+            "cancelled",
+            "entered-in-error",
+        ],
+        // "Seen" clicked on the wrong row is undone to where the patient was.
+        "fulfilled" => &["fulfilled", "checked-in", "arrived", "entered-in-error"],
         // A non-attendance recorded in error (paper shows the patient came) is corrected directly.
         "noshow" => &[
             "noshow",

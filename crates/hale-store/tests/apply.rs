@@ -143,6 +143,24 @@ fn booking_rules() {
         Err(RejectKind::Unprocessable),
         "busy",
     );
+    // A check-in clicked in error is undone back to booked; the slot stays held.
+    check(
+        vec![
+            put("Appointment", "a1", appt("p1", "checked-in")),
+            put("Appointment", "a1", appt("p1", "booked")),
+        ],
+        Ok(WriteStatus::Updated),
+        "busy",
+    );
+    // "Seen" clicked in error goes back to checked in, not to booked.
+    check(
+        vec![
+            put("Appointment", "a1", appt("p1", "fulfilled")),
+            put("Appointment", "a1", appt("p1", "checked-in")),
+        ],
+        Ok(WriteStatus::Updated),
+        "busy",
+    );
     // A proposed appointment does not hold the slot.
     check(
         vec![put("Appointment", "a1", appt("p1", "proposed"))],

@@ -1,0 +1,647 @@
+//! Rendered HTML, checked with an HTML parser: a real node with the demo
+//! board, the UI router called in-process (no network), as a browser would.
+//!
+//! What is checked: the patient banner and NHS-number formatting, escaping of
+//! patient-supplied text, error summaries linked to their fields, CSRF and
+//! cross-site refusals, sessions (sign-in, sign-out, disabled accounts),
+//! headers, roles, and that viewing a record leaves an AuditEvent.
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use axum::Router;
+use hale_server::auth::Principal;
+use hale_server::config::{demo_tokens, Config, Role};
+use scraper::{Html, Selector};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use tower::ServiceExt;
+
+struct Env {
+    _dir: tempfile::TempDir,
+    app: Arc<hale_server::App>,
+    router: Router,
+}
+
+async fn env() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config {
+        data: dir.path().to_path_buf(),
+        listen: "127.0.0.1:0".into(),
+        ..Config::default()
+    };
+    cfg.auth.tokens = demo_tokens();
+    let node = hale_server::Node::start(cfg, "http://127.0.0.1:9".into())
+        .await
+        .unwrap();
+    let today = chrono::Utc::now().date_naive();
+    hale_server::demo::load_if_empty(&node.app, 60, 7, today).await.unwrap();
+    let app = node.app.clone();
+    let ui = hale_ui::Ui::new(app.clone()).unwrap();
+    let router = hale_ui::router(ui).merge(node.router());
+    // The node's audit task keeps running for the test's life.
+    std::mem::forget(node);
+    Env { _dir: dir, app, router }
+}
+
+struct Page {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: String,
+}
+
+impl Page {
+    fn doc(&self) -> Html {
+        Html::parse_document(&self.body)
+    }
+
+    fn select_all(&self, css: &str) -> Vec<String> {
+        let d = self.doc();
+        let sel = Selector::parse(css).unwrap();
+        d.select(&sel)
+            .map(|e| {
+                e.text()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect()
+    }
+
+    fn text(&self, css: &str) -> String {
+        self.select_all(css)
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| panic!("no element matches {css} in:\n{}", self.body))
+    }
+
+    fn attr(&self, css: &str, attr: &str) -> Option<String> {
+        let d = self.doc();
+        let sel = Selector::parse(css).unwrap();
+        d.select(&sel)
+            .next()
+            .and_then(|e| e.value().attr(attr).map(str::to_string))
+    }
+
+    fn location(&self) -> String {
+        self.headers
+            .get(header::LOCATION)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default()
+    }
+}
+
+/// A browser: keeps cookies, sends forms.
+struct Browser<'a> {
+    env: &'a Env,
+    cookies: Vec<(String, String)>,
+}
+
+impl<'a> Browser<'a> {
+    fn new(env: &'a Env) -> Browser<'a> {
+        Browser { env, cookies: vec![] }
+    }
+
+    async fn send(&mut self, req: Request<Body>) -> Page {
+        let resp = self.env.router.clone().oneshot(req).await.unwrap();
+        let (parts, body) = resp.into_parts();
+        for v in parts.headers.get_all(header::SET_COOKIE) {
+            let c = v.to_str().unwrap();
+            let (kv, _) = c.split_once(';').unwrap_or((c, ""));
+            let (k, val) = kv.split_once('=').unwrap();
+            self.cookies.retain(|(n, _)| n != k);
+            if !val.is_empty() && !c.contains("Max-Age=0") {
+                self.cookies.push((k.to_string(), val.to_string()));
+            }
+        }
+        let bytes = axum::body::to_bytes(body, 64 << 20).await.unwrap();
+        Page {
+            status: parts.status,
+            headers: parts.headers,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+        }
+    }
+
+    fn cookie_header(&self) -> String {
+        self.cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    async fn get(&mut self, uri: &str) -> Page {
+        let req = Request::get(uri)
+            .header(header::COOKIE, self.cookie_header())
+            .header(header::ACCEPT, "text/html")
+            .body(Body::empty())
+            .unwrap();
+        self.send(req).await
+    }
+
+    async fn post_with(&mut self, uri: &str, form: &[(&str, &str)], extra: &[(&str, &str)]) -> Page {
+        let body: String = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form)
+            .finish();
+        let mut b = Request::post(uri)
+            .header(header::COOKIE, self.cookie_header())
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::HOST, "127.0.0.1:8080");
+        for (k, v) in extra {
+            b = b.header(*k, *v);
+        }
+        self.send(b.body(Body::from(body)).unwrap()).await
+    }
+
+    async fn post(&mut self, uri: &str, form: &[(&str, &str)]) -> Page {
+        self.post_with(
+            uri,
+            form,
+            &[("origin", "http://127.0.0.1:8080"), ("sec-fetch-site", "same-origin")],
+        )
+        .await
+    }
+
+    async fn sign_in(&mut self, user: &str, password: &str) -> Page {
+        let p = self.get("/ui/sign-in").await;
+        let token = p.attr("input[name=csrf]", "value").unwrap();
+        self.post(
+            "/ui/sign-in",
+            &[("csrf", &token), ("user", user), ("password", password)],
+        )
+        .await
+    }
+
+    /// The CSRF token of the signed-in session (from any page's forms).
+    async fn csrf(&mut self) -> String {
+        self.get("/ui/").await.attr("input[name=csrf]", "value").unwrap()
+    }
+}
+
+fn demo_password(user: &str) -> &'static str {
+    hale_server::demo::DEMO_USERS
+        .iter()
+        .find(|u| u.0 == user)
+        .map(|u| u.3)
+        .unwrap()
+}
+
+/// A FHIR request as the demo admin, in-process.
+async fn fhir(env: &Env, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(header::AUTHORIZATION, "Bearer demo-admin");
+    let body = match body {
+        Some(v) => {
+            b = b.header(header::CONTENT_TYPE, "application/fhir+json");
+            Body::from(v.to_string())
+        }
+        None => Body::empty(),
+    };
+    let resp = env.router.clone().oneshot(b.body(body).unwrap()).await.unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), 64 << 20).await.unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+fn nhs_with_check(first_nine: &str) -> String {
+    let d: Vec<u32> = first_nine.chars().map(|c| c.to_digit(10).unwrap()).collect();
+    let sum: u32 = d.iter().enumerate().map(|(i, x)| x * (10 - i as u32)).sum();
+    let check = (11 - sum % 11) % 11;
+    assert_ne!(check, 10, "pick another prefix");
+    format!("{first_nine}{check}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_sessions_and_csrf() {
+    let env = env().await;
+    let mut b = Browser::new(&env);
+    // Not signed in: every page sends you to sign in.
+    let p = b.get("/ui/").await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER);
+    assert_eq!(p.location(), "/ui/sign-in");
+    // The sign-in page: headers and the form.
+    let p = b.get("/ui/sign-in").await;
+    assert_eq!(p.status, StatusCode::OK);
+    let csp = p.headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    assert_eq!(p.headers["cache-control"], "no-store");
+    assert_eq!(p.headers["x-frame-options"], "DENY");
+    assert!(p.select_all("script").is_empty(), "no scripts at all");
+    // A wrong password: an error summary whose link goes to the field.
+    let p = b.sign_in("dr.demo", "not the password").await;
+    assert_eq!(p.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(p.text(".nhsuk-error-summary__title"), "There is a problem");
+    let href = p.attr(".nhsuk-error-summary__list a", "href").unwrap();
+    assert_eq!(href, "#password");
+    assert!(p.attr("input#password", "name").is_some(), "the link's target exists");
+    assert!(p.text("title").starts_with("Error:"));
+    // The right one: a session cookie, HttpOnly and SameSite=Strict (no
+    // `Secure` on plain-HTTP loopback, so the name has no `__Host-` prefix).
+    let p = b.sign_in("dr.demo", demo_password("dr.demo")).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.body);
+    let set: Vec<String> = p
+        .headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    let session = set
+        .iter()
+        .find(|c| c.starts_with("hale_session="))
+        .expect("session cookie");
+    assert!(session.contains("HttpOnly") && session.contains("SameSite=Strict") && session.contains("Path=/"));
+    let p = b.get("/ui/").await;
+    assert_eq!(p.status, StatusCode::OK);
+    assert!(p.text("header").contains("Dr Demo Clinician"));
+    // Every form carries the session's token; a POST without it is refused.
+    let token = b.csrf().await;
+    let p = b.post("/ui/find", &[("q", "smith")]).await;
+    assert_eq!(p.status, StatusCode::FORBIDDEN);
+    let p = b.post("/ui/find", &[("csrf", "0000"), ("q", "smith")]).await;
+    assert_eq!(p.status, StatusCode::FORBIDDEN);
+    // Cross-site, even with the right token.
+    let p = b
+        .post_with(
+            "/ui/find",
+            &[("csrf", &token), ("q", "smith")],
+            &[("sec-fetch-site", "cross-site")],
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::FORBIDDEN);
+    let p = b
+        .post_with(
+            "/ui/find",
+            &[("csrf", &token), ("q", "smith")],
+            &[("origin", "https://evil.example")],
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::FORBIDDEN);
+    let p = b.post("/ui/find", &[("csrf", &token), ("q", "smith")]).await;
+    assert_eq!(p.status, StatusCode::OK);
+    // Sign out ends the session on the server, not just in the browser.
+    let id = b.cookies.iter().find(|c| c.0 == "hale_session").unwrap().1.clone();
+    let p = b.post("/ui/sign-out", &[("csrf", &token)]).await;
+    assert_eq!(p.location(), "/ui/sign-in");
+    b.cookies.push(("hale_session".into(), id));
+    let p = b.get("/ui/").await;
+    assert!(p.location().starts_with("/ui/sign-in"), "{}", p.location());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_account_loses_its_session_at_once() {
+    let env = env().await;
+    let mut b = Browser::new(&env);
+    b.sign_in("clerk.demo", demo_password("clerk.demo")).await;
+    assert_eq!(b.get("/ui/").await.status, StatusCode::OK);
+    let admin = Principal {
+        user: "admin.demo".into(),
+        role: Role::Admin,
+    };
+    hale_server::accounts::propose(
+        &env.app,
+        admin.actor(),
+        hale_store::accounts::AccountOp::Disable {
+            user: "clerk.demo".into(),
+        },
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let p = b.get("/ui/").await;
+    assert_eq!(p.location(), "/ui/sign-in");
+    let p = b.sign_in("clerk.demo", demo_password("clerk.demo")).await;
+    assert_eq!(p.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn find_by_nhs_number_opens_the_record_with_the_banner() {
+    let env = env().await;
+    let (_, bundle) = fhir(&env, "GET", "/Patient?_count=1&_sort=_id", None).await;
+    let p = &bundle["entry"][0]["resource"];
+    let id = p["id"].as_str().unwrap();
+    let nhs = p["identifier"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["system"] == "https://fhir.nhs.uk/Id/nhs-number")
+        .unwrap()["value"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut b = Browser::new(&env);
+    b.sign_in("dr.demo", demo_password("dr.demo")).await;
+    let token = b.csrf().await;
+    // Type it with spaces, press Enter: straight to the record, and the
+    // number is not in the URL.
+    let spaced = format!("{} {} {}", &nhs[..3], &nhs[3..6], &nhs[6..]);
+    let r = b.post("/ui/find", &[("csrf", &token), ("q", &spaced)]).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(r.location(), format!("/ui/patient/{id}"));
+    assert!(!r.location().contains(&nhs));
+    let rec = b.get(&r.location()).await;
+    assert_eq!(rec.status, StatusCode::OK);
+    assert_eq!(rec.headers["cache-control"], "no-store");
+    assert_eq!(rec.text("#nhs-number"), spaced, "NHS number as 3-3-4");
+    let name = rec.text("#patient-name");
+    let family = p["name"][0]["family"].as_str().unwrap().to_uppercase();
+    assert!(name.starts_with(&format!("{family}, ")), "{name}");
+    let banner = rec.text("#patient-banner");
+    let born = chrono::NaiveDate::parse_from_str(p["birthDate"].as_str().unwrap(), "%Y-%m-%d").unwrap();
+    assert!(
+        banner.contains(&format!("Born {}", born.format("%d-%b-%Y"))),
+        "{banner}"
+    );
+    assert!(banner.contains("Gender"), "{banner}");
+    assert!(banner.contains("Address"), "{banner}");
+    assert!(
+        [
+            "Known allergies",
+            "No known allergies",
+            "Allergies not recorded",
+            "Allergies unavailable"
+        ]
+        .iter()
+        .any(|l| banner.contains(l)),
+        "{banner}"
+    );
+    // Every section says how current it is.
+    let asof = rec.select_all(".hale-section .hale-asof");
+    assert!(asof.len() >= 8, "{asof:?}");
+    assert!(asof.iter().all(|a| a.starts_with("Up to date at ")), "{asof:?}");
+    // A wrong check digit: an error linked to the box, not a search.
+    let mut bad = nhs.clone().into_bytes();
+    bad[9] = if bad[9] == b'0' { b'1' } else { bad[9] - 1 };
+    let bad = String::from_utf8(bad).unwrap();
+    let r = b.post("/ui/find", &[("csrf", &token), ("q", &bad)]).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.attr(".nhsuk-error-summary__list a", "href").unwrap(), "#q");
+    assert!(r.text(".nhsuk-error-summary__list").contains("check digit"));
+    assert_eq!(r.attr("input#q", "aria-describedby").unwrap(), "q-hint q-error");
+    // A name and date of birth: a results table with the patient in it.
+    let q = format!(
+        "{}, {} {}",
+        p["name"][0]["family"].as_str().unwrap(),
+        p["name"][0]["given"][0].as_str().unwrap(),
+        born.format("%d/%m/%Y")
+    );
+    let r = b.post("/ui/find", &[("csrf", &token), ("q", &q)]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let rows = r.select_all("table tbody tr");
+    assert!(rows.iter().any(|row| row.contains(&spaced)), "{q}: {rows:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patient_supplied_text_is_escaped_everywhere() {
+    let env = env().await;
+    let nasty = "<script>alert(1)</script>";
+    let nhs = nhs_with_check("999000123");
+    let (st, created) = fhir(
+        &env,
+        "POST",
+        "/Patient",
+        Some(json!({"resourceType": "Patient",
+            "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs}],
+            "name": [{"use": "official", "family": nasty, "given": ["<img src=x onerror=alert(2)>"]}],
+            "gender": "female", "birthDate": "1970-01-01",
+            "address": [{"line": ["1 <b>Bold</b> St"], "city": "\"Quote\" & Co", "postalCode": "G1 1AA"}]})),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().unwrap();
+    let mut b = Browser::new(&env);
+    b.sign_in("dr.demo", demo_password("dr.demo")).await;
+    let rec = b.get(&format!("/ui/patient/{id}")).await;
+    assert_eq!(rec.status, StatusCode::OK);
+    assert!(rec.select_all("script").is_empty(), "a script element got through");
+    assert!(rec.select_all("img").is_empty(), "an img element got through");
+    assert!(rec.select_all("#patient-banner b").is_empty());
+    assert!(rec
+        .text("#patient-name")
+        .starts_with("<SCRIPT>ALERT(1)</SCRIPT>, <img src=x onerror=alert(2)>"));
+    assert!(rec.text("#patient-banner").contains("1 <b>Bold</b> St, \"Quote\" & Co"));
+    // A note with markup is stored and shown as text.
+    let token = b.csrf().await;
+    let r = b
+        .post(
+            &format!("/ui/patient/{id}/note"),
+            &[("csrf", &token), ("note", "<script>alert(3)</script> seen")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let rec = b.get(&format!("/ui/patient/{id}")).await;
+    assert!(rec.select_all("script").is_empty());
+    assert!(rec.text("#section-notes").contains("<script>alert(3)</script> seen"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notes_and_observations_show_errors_by_field_and_save() {
+    let env = env().await;
+    let mut b = Browser::new(&env);
+    b.sign_in("dr.demo", demo_password("dr.demo")).await;
+    let token = b.csrf().await;
+    let r = b
+        .post("/ui/patient/pat-000002/note", &[("csrf", &token), ("note", "  ")])
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.attr(".nhsuk-error-summary__list a", "href").unwrap(), "#note");
+    assert!(r.text("#note-error").contains("Enter the note"));
+    let r = b
+        .post(
+            "/ui/patient/pat-000002/observation",
+            &[("csrf", &token), ("pulse", "fast"), ("temp", "52")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let links: Vec<String> = {
+        let d = r.doc();
+        let sel = Selector::parse(".nhsuk-error-summary__list a").unwrap();
+        d.select(&sel)
+            .map(|e| e.value().attr("href").unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(links, vec!["#pulse", "#temp"]);
+    assert_eq!(
+        r.attr("input#pulse", "value").unwrap(),
+        "fast",
+        "what was typed is kept"
+    );
+    let r = b
+        .post(
+            "/ui/patient/pat-000002/observation",
+            &[("csrf", &token), ("pulse", "72"), ("systolic", "128")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    let rec = b.get("/ui/patient/pat-000002").await;
+    let vitals = rec.text("#section-vitals");
+    assert!(vitals.contains("Heart rate 72 beats/minute"), "{vitals}");
+    assert!(vitals.contains("Dr Demo Clinician"), "{vitals}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clerks_see_no_clinical_sections_and_check_in_with_undo() {
+    let env = env().await;
+    let mut b = Browser::new(&env);
+    b.sign_in("clerk.demo", demo_password("clerk.demo")).await;
+    let rec = b.get("/ui/patient/pat-000001").await;
+    assert_eq!(rec.status, StatusCode::OK);
+    assert!(rec.select_all("#section-notes").is_empty());
+    assert!(rec.select_all("#section-results").is_empty());
+    assert!(!rec.select_all("#section-upcoming").is_empty());
+    assert!(rec.text("#patient-banner").contains("Allergies unavailable"));
+    // A clerk cannot open the note form's write path either (the API refuses).
+    let token = b.csrf().await;
+    let r = b
+        .post("/ui/patient/pat-000001/note", &[("csrf", &token), ("note", "x")])
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.body.contains("may not change DocumentReference"), "{}", r.body);
+    // Today's list of a clinic with appointments; one click checks in.
+    let today = hale_sched::uktime::uk_date(hale_server::now_ms());
+    let (_, bundle) = fhir(
+        &env,
+        "GET",
+        &format!("/Appointment?date={today}&status=booked&_count=1"),
+        None,
+    )
+    .await;
+    let appt = &bundle["entry"][0]["resource"];
+    let Some(appt_id) = appt["id"].as_str() else {
+        eprintln!("no booked appointment today on this board; nothing to check in");
+        return;
+    };
+    let loc = appt["participant"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|p| p["actor"]["reference"].as_str().filter(|r| r.starts_with("Location/")))
+        .unwrap()
+        .trim_start_matches("Location/loc-")
+        .to_string();
+    let sched = format!("sched-{loc}");
+    let list = b.get(&format!("/ui/clinic/{sched}?date={today}")).await;
+    assert_eq!(list.status, StatusCode::OK, "{}", list.body);
+    assert_eq!(list.text(&format!("#status-{appt_id}")), "Booked");
+    let back = format!("/ui/clinic/{sched}?date={today}");
+    let r = b
+        .post(
+            &format!("/ui/appointment/{appt_id}/status"),
+            &[("csrf", &token), ("status", "checked-in"), ("back", &back)],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    let after = b.get(r.location().split('#').next().unwrap()).await;
+    assert_eq!(after.text(&format!("#status-{appt_id}")), "Checked in");
+    assert!(after.text("#flash").contains("Checked in"));
+    let undo_status = after.attr("#flash input[name=status]", "value").unwrap();
+    assert_eq!(undo_status, "booked");
+    let r = b
+        .post(
+            &format!("/ui/appointment/{appt_id}/status"),
+            &[("csrf", &token), ("status", &undo_status), ("back", &back)],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    let again = b.get(&back).await;
+    assert_eq!(again.text(&format!("#status-{appt_id}")), "Booked");
+    // An open redirect through `back` goes nowhere but the clinic lists.
+    let r = b
+        .post(
+            &format!("/ui/appointment/{appt_id}/status"),
+            &[
+                ("csrf", &token),
+                ("status", "arrived"),
+                ("back", "https://evil.example/"),
+            ],
+        )
+        .await;
+    assert!(r.location().starts_with("/ui/clinics"), "{}", r.location());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewing_a_record_in_the_ui_leaves_an_audit_event_for_the_user() {
+    let env = env().await;
+    let mut b = Browser::new(&env);
+    b.sign_in("dr.demo", demo_password("dr.demo")).await;
+    let rec = b.get("/ui/patient/pat-000003").await;
+    assert_eq!(rec.status, StatusCode::OK);
+    let start = std::time::Instant::now();
+    loop {
+        let (_, bundle) = fhir(&env, "GET", "/AuditEvent?patient=Patient/pat-000003&_count=50", None).await;
+        let hit = bundle["entry"].as_array().into_iter().flatten().any(|e| {
+            let s = e["resource"].to_string();
+            s.contains("dr.demo") && s.contains("\"read\"")
+        });
+        if hit {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "no read AuditEvent for dr.demo on Patient/pat-000003: {bundle}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn booking_refuses_a_slot_taken_meanwhile() {
+    let env = env().await;
+    let mut b = Browser::new(&env);
+    b.sign_in("clerk.demo", demo_password("clerk.demo")).await;
+    let token = b.csrf().await;
+    let page = b.get("/ui/book?patient=pat-000004&clinic=sched-qeh-cardiology").await;
+    assert_eq!(page.status, StatusCode::OK);
+    let href = page.attr("a[href^='/ui/book/check']", "href").expect("a free slot");
+    let slot = href
+        .split("slot=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap()
+        .to_string();
+    let check = b.get(&href).await;
+    assert!(check.text(".nhsuk-summary-list").contains("Cardiology"));
+    // Someone else books it between "check" and "confirm".
+    let r = b
+        .post(
+            "/ui/book/confirm",
+            &[("csrf", &token), ("patient", "pat-000005"), ("slot", &slot)],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let r = b
+        .post(
+            "/ui/book/confirm",
+            &[("csrf", &token), ("patient", "pat-000004"), ("slot", &slot)],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert!(r.text("main").contains("That slot was taken"), "{}", r.body);
+    assert!(
+        r.attr("main a[href^='/ui/book?']", "href").is_some(),
+        "a way to choose another"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stylesheet_is_compiled_in_without_fonts_or_other_hosts() {
+    let env = env().await;
+    let mut b = Browser::new(&env);
+    let page = b.get("/ui/sign-in").await;
+    let href = page.attr("link[rel=stylesheet]", "href").unwrap();
+    assert_eq!(href, format!("/ui/assets/{}/ui.css", hale_ui::assets::CSS_TAG));
+    let css = b.get(&href).await;
+    assert_eq!(css.status, StatusCode::OK);
+    assert!(css.headers["cache-control"].to_str().unwrap().contains("immutable"));
+    assert!(!css.body.contains("@font-face"));
+    assert!(!css.body.contains("https://"));
+    assert!(css.body.contains(".nhsuk-header"), "the NHS.UK frontend is in it");
+    assert!(b.get("/ui/assets/000000000000/ui.css").await.status == StatusCode::NOT_FOUND);
+}
