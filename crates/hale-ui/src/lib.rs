@@ -153,7 +153,9 @@ async fn security_headers(req: Request, next: Next) -> Response {
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
     );
     set(h, "x-content-type-options", "nosniff");
-    set(h, "referrer-policy", "no-referrer");
+    // Same-origin only: no URL leaves for another site, and form posts still
+    // carry a real `Origin` (with `no-referrer` browsers send `Origin: null`).
+    set(h, "referrer-policy", "same-origin");
     set(h, "x-frame-options", "DENY");
     set(h, "cross-origin-opener-policy", "same-origin");
     if !h.contains_key(header::CACHE_CONTROL) {
@@ -238,6 +240,11 @@ pub fn same_origin(headers: &HeaderMap) -> Result<(), Response> {
                 "This request came from another site, so Hale refused it.",
             ));
         }
+    }
+    // A browser that sends Fetch Metadata has said where the request came
+    // from; `Origin` is checked when it does not (older browsers).
+    if get("sec-fetch-site").is_some() {
+        return Ok(());
     }
     if let (Some(origin), Some(host)) = (get("origin"), get("host")) {
         let o = origin

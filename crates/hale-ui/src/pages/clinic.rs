@@ -268,7 +268,7 @@ async fn show(
         flash,
         error: (!a.ok()).then(|| a.problem()),
         print,
-        as_of: as_of(&a),
+        as_of: as_of(&a, ui.app.raft.cut_off().is_some()),
         printed: chrono::Utc::now().format("%d-%b-%Y %H:%M").to_string(),
     })
 }

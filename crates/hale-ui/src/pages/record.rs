@@ -88,19 +88,30 @@ struct Record {
     printed: String,
 }
 
-/// "How current": confirmed with the cluster now, or this site's copy as of when.
-pub fn as_of(a: &Answer) -> String {
+/// Data at most this far behind the data centres still counts as current.
+pub const CURRENT_WITHIN_MS: u64 = 5_000;
+
+/// "How current": confirmed with the cluster now, a site copy that is
+/// seconds behind, or this site's copy as of when it last heard.
+/// `cut_off`: this node knows it cannot reach a majority, so nothing it
+/// holds is called current, however recent its last contact.
+pub fn as_of(a: &Answer, cut_off: bool) -> String {
     let now = hale_server::now_ms();
     let f = a.consistency();
-    match f.consistency.as_str() {
-        "stale" | "bounded" => match f.staleness_ms {
-            Some(ms) => format!(
-                "This site's copy, as of {}: may be out of date.",
-                uk_hm(now - ms as i64)
-            ),
-            None => "This site's copy: may be out of date.".into(),
-        },
-        _ => format!("Up to date at {}.", uk_hm(now)),
+    match (f.consistency.as_str(), f.staleness_ms) {
+        ("linearizable", _) if !cut_off => format!("Up to date at {}.", uk_hm(now)),
+        (_, Some(ms)) if ms <= CURRENT_WITHIN_MS && !cut_off => {
+            format!(
+                "Up to date at {} (this site's copy, at most {} s behind).",
+                uk_hm(now),
+                ms.div_ceil(1000)
+            )
+        }
+        (_, Some(ms)) => format!(
+            "This site's copy, as of {}: may be out of date.",
+            uk_hm(now - ms as i64)
+        ),
+        (_, None) => "This site's copy; it has not heard from the data centres, so it may be out of date.".into(),
     }
 }
 
@@ -110,6 +121,7 @@ fn pending_tag(r: &Value) -> Option<(&'static str, String)> {
 }
 
 fn section(
+    cut_off: bool,
     id: &'static str,
     title: &'static str,
     headers: &[&'static str],
@@ -123,7 +135,7 @@ fn section(
         headers: headers.to_vec(),
         rows: vec![],
         empty,
-        as_of: as_of(a),
+        as_of: as_of(a, cut_off),
         error: None,
     };
     if !a.ok() {
@@ -187,6 +199,7 @@ async fn show(
     }
     let p = &patient.body;
     let clinical = c.clinical();
+    let cut_off = c.degraded.is_some();
     let subj = format!("patient=Patient/{pid}");
     let appts_url = format!("/Appointment?{subj}&_sort=date&_count=200");
     let appts = fhir.get(&appts_url);
@@ -247,6 +260,7 @@ async fn show(
     let mut sections = Vec::new();
     if let Some(a) = &flags {
         let mut sec = section(
+            cut_off,
             "alerts",
             "Alerts",
             &["Alert", "Category", "Since"],
@@ -277,6 +291,7 @@ async fn show(
     }
     if let Some(a) = &allergies {
         sections.push(section(
+            cut_off,
             "allergies",
             "Allergies",
             &["Substance", "Reaction", "Criticality", "Recorded"],
@@ -303,6 +318,7 @@ async fn show(
     }
     if let Some(a) = &problems {
         sections.push(section(
+            cut_off,
             "problems",
             "Problems",
             &["Problem", "Status", "Since"],
@@ -323,6 +339,7 @@ async fn show(
     }
     if let Some(a) = &meds {
         sections.push(section(
+            cut_off,
             "medicines",
             "Current medicines",
             &["Medicine", "Dose", "Since"],
@@ -343,6 +360,7 @@ async fn show(
     }
     if let Some(a) = &results {
         sections.push(section(
+            cut_off,
             "results",
             "Latest results",
             &["Test", "Result", "Flag", "Reference range", "Taken"],
@@ -387,6 +405,7 @@ async fn show(
     }
     if let Some(a) = &vitals {
         sections.push(section(
+            cut_off,
             "vitals",
             "Observations",
             &["Observation", "Value", "Taken", "By"],
@@ -408,6 +427,7 @@ async fn show(
     }
     if let Some(a) = &imaging {
         sections.push(section(
+            cut_off,
             "imaging",
             "Imaging reports",
             &["Study", "Report", "Date"],
@@ -427,25 +447,33 @@ async fn show(
         ));
     }
     if let Some(a) = &notes {
-        sections.push(section("notes", "Notes", &["Note", "Date"], "No notes.", a, |r| {
-            let att = &r["content"][0]["attachment"];
-            let text = att["data"]
-                .as_str()
-                .and_then(view::base64_text)
-                .unwrap_or_else(|| r["description"].as_str().unwrap_or("").to_string());
-            let title = r["description"]
-                .as_str()
-                .or_else(|| att["title"].as_str())
-                .unwrap_or("Note");
-            vec![
-                Cell {
-                    text: format!("{title}: {text}"),
-                    tag: pending_tag(r),
-                    ..Default::default()
-                },
-                Cell::new(first_date(r, &["date"])),
-            ]
-        }));
+        sections.push(section(
+            cut_off,
+            "notes",
+            "Notes",
+            &["Note", "Date"],
+            "No notes.",
+            a,
+            |r| {
+                let att = &r["content"][0]["attachment"];
+                let text = att["data"]
+                    .as_str()
+                    .and_then(view::base64_text)
+                    .unwrap_or_else(|| r["description"].as_str().unwrap_or("").to_string());
+                let title = r["description"]
+                    .as_str()
+                    .or_else(|| att["title"].as_str())
+                    .unwrap_or("Note");
+                vec![
+                    Cell {
+                        text: format!("{title}: {text}"),
+                        tag: pending_tag(r),
+                        ..Default::default()
+                    },
+                    Cell::new(first_date(r, &["date"])),
+                ]
+            },
+        ));
     }
     let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
     let split = |upcoming: bool| {
@@ -472,6 +500,7 @@ async fn show(
         ]
     };
     let mut upcoming = section(
+        cut_off,
         "upcoming",
         "Upcoming appointments",
         &["When", "Clinic", "Status"],
@@ -480,6 +509,7 @@ async fn show(
         appt_row,
     );
     let mut past = section(
+        cut_off,
         "past",
         "Past appointments",
         &["When", "Clinic", "Status"],
@@ -490,13 +520,7 @@ async fn show(
     if appts.ok() {
         let all = appts.entries();
         upcoming.rows = all.iter().copied().filter(split(true)).map(appt_row).collect();
-        past.rows = all
-            .iter()
-            .rev()
-            .copied()
-            .filter(split(false))
-            .map(appt_row)
-            .collect();
+        past.rows = all.iter().rev().copied().filter(split(false)).map(appt_row).collect();
     }
     sections.push(upcoming);
     sections.push(past);
