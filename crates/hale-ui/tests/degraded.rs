@@ -296,6 +296,23 @@ async fn a_cut_off_site_shows_the_banner_signs_in_and_saves_a_note_that_syncs() 
     assert!(notes.contains("Saved here, waiting to sync"), "{notes}");
     assert!(first(&page, "#degraded-text").unwrap().contains("1 change saved here"));
 
+    // The same field changed on both sides while cut off: a conflict for a person.
+    let mut pat = p.clone();
+    pat["telecom"] = json!([{"system": "phone", "value": "0141 496 0001"}]);
+    let req = Request::put(format!("/Patient/{pid}"))
+        .header(header::AUTHORIZATION, "Bearer demo-admin")
+        .header(header::CONTENT_TYPE, "application/fhir+json")
+        .header("x-hale-offline", "accept")
+        .header(header::IF_MATCH, "W/\"1\"")
+        .body(Body::from(pat.to_string()))
+        .unwrap();
+    let (s, _, body) = call(&site.fhir, req).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+    let mut there = p.clone();
+    there["telecom"] = json!([{"system": "phone", "value": "0141 496 0002"}]);
+    let (s, v) = admin(&leader.fhir, "PUT", &format!("/Patient/{pid}"), there).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+
     // Heal: the journal drains through the leader, once; the banner goes.
     site.app
         .raft
@@ -333,6 +350,9 @@ async fn a_cut_off_site_shows_the_banner_signs_in_and_saves_a_note_that_syncs() 
     let notes = first(&page, "#section-notes").unwrap();
     assert!(notes.contains("Cut-off note"), "{notes}");
     assert!(!notes.contains("waiting to sync"), "synced: {notes}");
+    let review = first(&page, "#needs-review").expect("the clash is shown on the record");
+    assert!(review.contains("1 change saved at a cut-off site clashed"), "{review}");
+    assert!(review.contains("QEH"), "{review}");
 }
 
 /// `Data as of HH:MM. ...`

@@ -84,6 +84,8 @@ struct Record {
     b: Banner,
     sections: Vec<Section>,
     flash: Option<String>,
+    /// Changes saved at a cut-off site that clashed with the record (open sync-conflict Tasks).
+    review: Vec<String>,
     print: bool,
     printed: String,
 }
@@ -524,6 +526,26 @@ async fn show(
     }
     sections.push(upcoming);
     sections.push(past);
+    let review = if clinical {
+        let t = fhir
+            .get(&format!(
+                "/Task?{subj}&code={}&status=requested&_count=50",
+                super::q(&format!("{}|", hale_store::sync::SYNC_CONFLICT_SYSTEM))
+            ))
+            .await;
+        t.entries()
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} ({})",
+                    r["description"].as_str().unwrap_or("A change saved offline"),
+                    r["owner"]["display"].as_str().unwrap_or("a site")
+                )
+            })
+            .collect()
+    } else {
+        vec![]
+    };
     let mut c = c;
     c.title = format!("{} – record", view::banner_name(p));
     render(&Record {
@@ -535,6 +557,7 @@ async fn show(
             "pending" => "Saved on this site. It is waiting to sync with the data centres.".to_string(),
             _ => "Saved.".to_string(),
         }),
+        review,
         print,
         printed: chrono::Utc::now().format("%d-%b-%Y %H:%M").to_string(),
     })
