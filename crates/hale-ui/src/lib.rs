@@ -117,6 +117,10 @@ pub fn router(ui: Arc<Ui>) -> Router {
         .route("/ui/outage/declare", post(pages::outage::declare))
         .route("/ui/outage/postpone", post(pages::outage::postpone))
         .route("/ui/outage/rebook", post(pages::outage::rebook))
+        .route(
+            "/ui/outage/backfill",
+            get(pages::backfill::page).post(pages::backfill::submit),
+        )
         .route("/ui/ops", get(pages::ops::page))
         .route("/ui/assets/{tag}/ui.css", get(assets::css))
         .route("/ui/assets/images/{name}", get(assets::image))

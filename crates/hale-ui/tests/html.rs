@@ -645,3 +645,69 @@ async fn the_stylesheet_is_compiled_in_without_fonts_or_other_hosts() {
     assert!(css.body.contains(".nhsuk-header"), "the NHS.UK frontend is in it");
     assert!(b.get("/ui/assets/000000000000/ui.css").await.status == StatusCode::NOT_FOUND);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paper_backfill_keeps_the_written_time_and_author() {
+    let env = env().await;
+    let (_, bundle) = fhir(&env, "GET", "/Patient?_id=pat-000006", None).await;
+    let p = &bundle["entry"][0]["resource"];
+    let nhs = p["identifier"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["system"] == "https://fhir.nhs.uk/Id/nhs-number")
+        .unwrap()["value"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut b = Browser::new(&env);
+    b.sign_in("clerk.demo", demo_password("clerk.demo")).await;
+    assert_eq!(b.get("/ui/outage/backfill").await.status, StatusCode::FORBIDDEN);
+    let mut b = Browser::new(&env);
+    b.sign_in("admin.demo", demo_password("admin.demo")).await;
+    let token = b.csrf().await;
+    let r = b
+        .post(
+            "/ui/outage/backfill",
+            &[
+                ("csrf", &token),
+                ("nhs", "123"),
+                ("when", "31/12/2999 10:00"),
+                ("author", ""),
+                ("text", ""),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let links: Vec<String> = {
+        let d = r.doc();
+        let sel = Selector::parse(".nhsuk-error-summary__list a").unwrap();
+        d.select(&sel)
+            .map(|e| e.value().attr("href").unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(links, vec!["#nhs", "#when", "#author", "#text"]);
+    let r = b
+        .post(
+            "/ui/outage/backfill",
+            &[
+                ("csrf", &token),
+                ("nhs", &nhs),
+                ("when", "01/12/2026 14:30"),
+                ("author", "Staff Nurse Paper"),
+                ("text", "Obs stable on paper chart"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let (_, found) = fhir(
+        &env,
+        "GET",
+        "/DocumentReference?patient=Patient/pat-000006&_tag=https://hale.health/fhir/CodeSystem/tag|downtime-backfill",
+        None,
+    )
+    .await;
+    let doc = &found["entry"][0]["resource"];
+    assert_eq!(doc["date"], "2026-12-01T14:30:00Z", "{found}");
+    assert_eq!(doc["author"][0]["display"], "Staff Nurse Paper");
+}

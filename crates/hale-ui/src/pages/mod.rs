@@ -1,5 +1,6 @@
 //! One module per screen.
 
+pub mod backfill;
 pub mod book;
 pub mod clinic;
 pub mod find;
