@@ -200,9 +200,15 @@ for (const mode of MODES) {
       await tabTo(page, (f) => f.tag === 'summary', 'the "Declare a new incident" summary');
       await page.keyboard.press('Enter');
       const [y, m, d] = tomorrow.split('-');
+      // The date field's segment order follows the browser's locale: probe it
+      // by typing 01 02 2000, then go back into the field and type the day.
+      await tabTo(page, (f) => f.id === 'start', '#start');
+      await page.keyboard.type('01022000');
+      const dayFirst = (await page.inputValue('#start')) === '2000-02-01';
+      await page.keyboard.press('Shift+Tab'); await page.keyboard.press('Shift+Tab'); await page.keyboard.press('Shift+Tab');
       for (const id of ['start', 'end']) {
         await tabTo(page, (f) => f.id === id, `#${id}`);
-        await page.keyboard.type(`${d}${m}${y}`); // en-GB: dd mm yyyy
+        await page.keyboard.type(dayFirst ? `${d}${m}${y}` : `${m}${d}${y}`);
         assert.equal(await page.inputValue(`#${id}`), tomorrow, `keyboard typed the date into #${id}`);
       }
       await tabTo(page, (f) => f.id === 'sites', '#sites');
@@ -320,7 +326,7 @@ test('axe: 0 violations (WCAG 2.2 AA tags) on every screen and state, screenshot
   await axe(page, 'observation with error');
   await page.goto(srv.url + '/ui/clinics');
   await axe(page, 'clinics');
-  const clinicUrl = `${srv.url}/ui/clinic/sched-qeh-dermatology?date=${today}`;
+  const clinicUrl = `${srv.url}/ui/clinic/sched-qeh-cardiology?date=${today}`;
   await page.goto(clinicUrl);
   await axe(page, 'clinic list');
   await screenshot(page, 'clinic-list');
@@ -334,9 +340,9 @@ test('axe: 0 violations (WCAG 2.2 AA tags) on every screen and state, screenshot
     await axe(page, 'clinic list after a click (flash)');
     await clickNav(page, page.getByRole('button', { name: 'Undo' }));
   } else {
-    assert.fail('no "Arrived" button on the dermatology list today');
+    assert.fail('no "Arrived" button on the cardiology list today');
   }
-  await page.goto(`${srv.url}/ui/clinic/sched-qeh-dermatology/print?date=${today}`);
+  await page.goto(`${srv.url}/ui/clinic/sched-qeh-cardiology/print?date=${today}`);
   await axe(page, 'clinic print view');
   // Book, check answers, then the same slot again: the refusal.
   await page.goto(`${srv.url}/ui/book?patient=pat-000040`);
