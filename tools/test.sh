@@ -2,7 +2,8 @@
 # The whole test suite: installs the system tools the tests use when they are
 # missing (poppler-utils to read PDFs, Python's aiosmtpd as a real SMTP
 # server, the official FHIR R4 examples from npm), checks that the generated
-# FHIR tables are current, then runs `cargo test --workspace`. Extra arguments go to cargo test.
+# FHIR tables are current, then runs `cargo test --workspace`, then the browser tests
+# (tests/browser, headless Chromium). Extra arguments go to cargo test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,3 +43,15 @@ python3 tools/gen_fhir_defs.py --check
 python3 tools/gen_fhir_schema_subset.py --check
 
 cargo test --workspace "$@"
+
+# Browser stage: the staff web UI in headless Chromium (system package, driven
+# by playwright-core; axe-core for accessibility). See tests/browser/.
+if [ ! -x /usr/bin/chromium ]; then
+  echo "== installing chromium (headless browser for the UI tests)"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver fonts-liberation
+fi
+echo "== browser tests (tests/browser)"
+( cd tests/browser && npm ci --no-audit --no-fund )
+cargo build -p hale
+( cd tests/browser && HALE_BIN="$PWD/../../target/debug/hale" node --test --test-concurrency=1 )
