@@ -108,7 +108,7 @@ struct ErrorPage<'a> {
     message: &'a str,
 }
 
-pub fn render_error(status: StatusCode, message: &str) -> String {
+pub fn render_error(ui: Option<&Ui>, status: StatusCode, message: &str) -> String {
     let title = match status {
         StatusCode::FORBIDDEN => "You cannot do this",
         StatusCode::NOT_FOUND => "Page not found",
@@ -116,7 +116,7 @@ pub fn render_error(status: StatusCode, message: &str) -> String {
         _ => "There is a problem",
     };
     ErrorPage {
-        c: Chrome::anonymous(None, title),
+        c: Chrome::anonymous(ui, title),
         status: status.as_u16(),
         message,
     }

@@ -196,7 +196,7 @@ pub fn signed_in(ui: &Ui, headers: &HeaderMap) -> Result<Signed, Response> {
     let s = match ui.sessions.touch(id, hale_server::now_ms()) {
         Ok(Some(s)) => s,
         Ok(None) => return Err(Redirect::to("/ui/sign-in?expired=1").into_response()),
-        Err(e) => return Err(error_page(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())),
+        Err(e) => return Err(error_page(ui, StatusCode::SERVICE_UNAVAILABLE, &e.to_string())),
     };
     // The account must still be live: a disabled user's sessions end at once.
     let Some(principal) = hale_server::accounts::active(&ui.app, &s.user) else {
@@ -227,6 +227,7 @@ pub fn check_post(ui: &Ui, headers: &HeaderMap, form: &Form) -> Result<Signed, R
     match form.get("csrf") {
         Some(t) if session::same_secret(t, &s.csrf) => Ok(s),
         _ => Err(error_page(
+            ui,
             StatusCode::FORBIDDEN,
             "This form has expired or did not come from Hale. Go back, reload the page and try again.",
         )),
@@ -239,7 +240,7 @@ pub fn same_origin(headers: &HeaderMap) -> Result<(), Response> {
     let get = |k: &str| headers.get(k).and_then(|v| v.to_str().ok());
     if let Some(site) = get("sec-fetch-site") {
         if site != "same-origin" && site != "none" {
-            return Err(error_page(
+            return Err(plain_error_page(
                 StatusCode::FORBIDDEN,
                 "This request came from another site, so Hale refused it.",
             ));
@@ -256,7 +257,7 @@ pub fn same_origin(headers: &HeaderMap) -> Result<(), Response> {
             .or_else(|| origin.strip_prefix("http://"))
             .unwrap_or(origin);
         if o != host {
-            return Err(error_page(
+            return Err(plain_error_page(
                 StatusCode::FORBIDDEN,
                 "This request came from another site, so Hale refused it.",
             ));
@@ -288,16 +289,22 @@ pub async fn read_form(req: Request) -> Result<(HeaderMap, Form), Response> {
     let (parts, body) = req.into_parts();
     match axum::body::to_bytes(body, FORM_BYTES_MAX).await {
         Ok(b) => Ok((parts.headers, Form::parse(&b))),
-        Err(_) => Err(error_page(
+        Err(_) => Err(plain_error_page(
             StatusCode::PAYLOAD_TOO_LARGE,
             &format!("The form was larger than {FORM_BYTES_MAX} bytes. Shorten it and try again."),
         )),
     }
 }
 
-/// A plain page for errors before a session exists.
-pub fn error_page(status: StatusCode, message: &str) -> Response {
-    let html = chrome::render_error(status, message);
+/// An error page, with the degraded banner when this node is cut off.
+pub fn error_page(ui: &Ui, status: StatusCode, message: &str) -> Response {
+    let html = chrome::render_error(Some(ui), status, message);
+    (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
+}
+
+/// An error page where no UI state is at hand (an unreadable form body).
+pub fn plain_error_page(status: StatusCode, message: &str) -> Response {
+    let html = chrome::render_error(None, status, message);
     (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
 }
 

@@ -270,6 +270,11 @@ async fn a_cut_off_site_shows_the_banner_signs_in_and_saves_a_note_that_syncs() 
     let re = regex_lite(&text);
     assert!(re, "banner text: {text}");
     assert!(text.ends_with("0 changes saved here, waiting to sync."), "{text}");
+    // Error pages carry the banner too.
+    let (s, _, page) = b.get(&site.ui, "/ui/patient/no-such-patient").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(first(&page, "#degraded-text").is_some(), "banner on an error page");
+    let (_, _, page) = b.get(&site.ui, &format!("/ui/patient/{pid}")).await;
     // Sections say they are the site's copy.
     let asof = first(&page, "#section-notes .hale-asof").unwrap();
     assert!(asof.starts_with("This site's copy"), "{asof}");

@@ -53,8 +53,9 @@ fn fields(form: Option<&crate::Form>, errors: &[FieldError]) -> Vec<Field> {
         .collect()
 }
 
-fn admin(s: &Signed) -> Option<Response> {
-    (s.principal.role != Role::Admin).then(|| error_page(StatusCode::FORBIDDEN, "Paper backfill needs the admin role."))
+fn admin(ui: &crate::Ui, s: &Signed) -> Option<Response> {
+    (s.principal.role != Role::Admin)
+        .then(|| error_page(ui, StatusCode::FORBIDDEN, "Paper backfill needs the admin role."))
 }
 
 pub async fn page(State(ui): UiState, Query(qs): Query<HashMap<String, String>>, headers: HeaderMap) -> Response {
@@ -62,7 +63,7 @@ pub async fn page(State(ui): UiState, Query(qs): Query<HashMap<String, String>>,
         Ok(s) => s,
         Err(r) => return r,
     };
-    if let Some(r) = admin(&s) {
+    if let Some(r) = admin(&ui, &s) {
         return r;
     }
     render(&Backfill {
@@ -96,7 +97,7 @@ pub async fn submit(State(ui): UiState, req: Request) -> Response {
         Ok(s) => s,
         Err(r) => return r,
     };
-    if let Some(r) = admin(&s) {
+    if let Some(r) = admin(&ui, &s) {
         return r;
     }
     let fhir = Client {

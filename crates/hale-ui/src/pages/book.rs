@@ -99,6 +99,7 @@ pub async fn slots(State(ui): UiState, Query(qs): Query<HashMap<String, String>>
     let rebook = qs.get("rebook").filter(|r| valid_id(r)).cloned();
     if !valid_id(&id) {
         return error_page(
+            &ui,
             StatusCode::BAD_REQUEST,
             "Choose a patient first: find them, then book from their record.",
         );
@@ -109,7 +110,7 @@ pub async fn slots(State(ui): UiState, Query(qs): Query<HashMap<String, String>>
     };
     let p = fhir.get(&format!("/Patient/{}", q(&id))).await;
     if !p.ok() {
-        return error_page(p.status, &p.problem());
+        return error_page(&ui, p.status, &p.problem());
     }
     let scheds = fhir.get("/Schedule?_count=1000&active=true").await;
     let mut clinics: Vec<(String, String)> = scheds
@@ -184,7 +185,7 @@ pub async fn check(State(ui): UiState, Query(qs): Query<HashMap<String, String>>
     let id = qs.get("patient").cloned().unwrap_or_default();
     let slot = qs.get("slot").cloned().unwrap_or_default();
     if !valid_id(&id) || !valid_id(&slot) {
-        return error_page(StatusCode::BAD_REQUEST, "Choose a patient and a free slot first.");
+        return error_page(&ui, StatusCode::BAD_REQUEST, "Choose a patient and a free slot first.");
     }
     let fhir = Client {
         app: ui.app.clone(),
@@ -193,10 +194,10 @@ pub async fn check(State(ui): UiState, Query(qs): Query<HashMap<String, String>>
     let (pu, su) = (format!("/Patient/{}", q(&id)), format!("/Slot/{}", q(&slot)));
     let (p, sl) = tokio::join!(fhir.get(&pu), fhir.get(&su));
     if !p.ok() {
-        return error_page(p.status, &p.problem());
+        return error_page(&ui, p.status, &p.problem());
     }
     if !sl.ok() {
-        return error_page(sl.status, &sl.problem());
+        return error_page(&ui, sl.status, &sl.problem());
     }
     let schedule = view::ref_id(&sl.body["schedule"], "Schedule").unwrap_or("").to_string();
     let sc = fhir.get(&format!("/Schedule/{}", q(&schedule))).await;
@@ -226,7 +227,7 @@ pub async fn confirm(State(ui): UiState, req: Request) -> Response {
     let slot = form.text("slot");
     let rebook = Some(form.text("rebook")).filter(|r| valid_id(r));
     if !valid_id(&id) || !valid_id(&slot) {
-        return error_page(StatusCode::BAD_REQUEST, "Choose a patient and a free slot first.");
+        return error_page(&ui, StatusCode::BAD_REQUEST, "Choose a patient and a free slot first.");
     }
     let fhir = Client {
         app: ui.app.clone(),
@@ -234,7 +235,7 @@ pub async fn confirm(State(ui): UiState, req: Request) -> Response {
     };
     let sl = fhir.get(&format!("/Slot/{}", q(&slot))).await;
     if !sl.ok() {
-        return error_page(sl.status, &sl.problem());
+        return error_page(&ui, sl.status, &sl.problem());
     }
     let again = format!(
         "/ui/book?patient={}&clinic={}{}",
@@ -243,7 +244,7 @@ pub async fn confirm(State(ui): UiState, req: Request) -> Response {
         rebook.as_ref().map(|r| format!("&rebook={}", q(r))).unwrap_or_default()
     );
     if sl.body["status"] != "free" {
-        return taken(&again);
+        return taken(&ui, &again);
     }
     let schedule = view::ref_id(&sl.body["schedule"], "Schedule").unwrap_or("").to_string();
     let sc = fhir.get(&format!("/Schedule/{}", q(&schedule))).await;
@@ -270,22 +271,28 @@ pub async fn confirm(State(ui): UiState, req: Request) -> Response {
     }
     let w = fhir.write(Method::POST, "/Appointment", &appt, None).await;
     if w.status == StatusCode::CONFLICT || w.status == StatusCode::PRECONDITION_FAILED {
-        return taken(&again);
+        return taken(&ui, &again);
     }
     if !w.ok() {
-        return error_page(w.status, &format!("The appointment was not booked: {}", w.problem()));
+        return error_page(
+            &ui,
+            w.status,
+            &format!("The appointment was not booked: {}", w.problem()),
+        );
     }
     let saved = if w.pending() { "pending" } else { "ok" };
     Redirect::to(&format!("/ui/patient/{}?saved={saved}#section-upcoming", q(&id))).into_response()
 }
 
-fn taken(again: &str) -> Response {
+fn taken(ui: &crate::Ui, again: &str) -> Response {
     let msg =
         "That slot was taken by someone else a moment ago, so this appointment was not booked. Choose another slot.";
-    let mut r = crate::html(crate::chrome::render_error(StatusCode::CONFLICT, msg).replace(
-        "<a href=\"/ui/\">Go to find a patient</a>",
-        &format!("<a href=\"{}\">Choose another slot</a>", again.replace('&', "&amp;")),
-    ));
+    let mut r = crate::html(
+        crate::chrome::render_error(Some(ui), StatusCode::CONFLICT, msg).replace(
+            "<a href=\"/ui/\">Go to find a patient</a>",
+            &format!("<a href=\"{}\">Choose another slot</a>", again.replace('&', "&amp;")),
+        ),
+    );
     *r.status_mut() = StatusCode::CONFLICT;
     r.into_response()
 }

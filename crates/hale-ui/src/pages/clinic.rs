@@ -182,7 +182,7 @@ async fn show(
     let day = day_of(&qs);
     let sched = fhir.get(&format!("/Schedule/{}", q(&id))).await;
     if !sched.ok() {
-        return error_page(sched.status, &sched.problem());
+        return error_page(&ui, sched.status, &sched.problem());
     }
     let Some(loc) = sched.body["actor"]
         .as_array()
@@ -191,6 +191,7 @@ async fn show(
         .find_map(|a| view::ref_id(a, "Location"))
     else {
         return error_page(
+            &ui,
             StatusCode::NOT_FOUND,
             "This clinic's schedule names no location, so it has no clinic list.",
         );
@@ -297,6 +298,7 @@ pub async fn set_status(State(ui): UiState, Path(id): Path<String>, req: Request
     let to = form.text("status");
     if !ACTIONS.iter().any(|(st, _)| *st == to) && to != "booked" {
         return error_page(
+            &ui,
             StatusCode::BAD_REQUEST,
             &format!("'{to}' is not a status the clinic list sets."),
         );
@@ -314,7 +316,7 @@ pub async fn set_status(State(ui): UiState, Path(id): Path<String>, req: Request
     let path = format!("/Appointment/{}", q(&id));
     let cur = fhir.get(&path).await;
     if !cur.ok() {
-        return error_page(cur.status, &cur.problem());
+        return error_page(&ui, cur.status, &cur.problem());
     }
     let mut appt = cur.body.clone();
     let from = appt["status"].as_str().unwrap_or("booked").to_string();
@@ -323,6 +325,7 @@ pub async fn set_status(State(ui): UiState, Path(id): Path<String>, req: Request
     let w = fhir.write(Method::PUT, &path, &appt, version.as_deref()).await;
     if !w.ok() {
         return error_page(
+            &ui,
             if w.status == StatusCode::PRECONDITION_FAILED {
                 StatusCode::CONFLICT
             } else {

@@ -35,7 +35,7 @@ pub fn q(s: &str) -> String {
 pub fn render<T: askama::Template>(t: &T) -> axum::response::Response {
     match t.render() {
         Ok(s) => crate::html(s),
-        Err(e) => crate::error_page(
+        Err(e) => crate::plain_error_page(
             axum::http::StatusCode::INTERNAL_SERVER_ERROR,
             &format!("The page could not be drawn ({e}). Tell IT."),
         ),

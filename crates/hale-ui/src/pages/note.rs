@@ -38,7 +38,7 @@ async fn patient(ui: &Arc<Ui>, s: &Signed, id: &str) -> Result<(Client, Value), 
     };
     let p = fhir.get(&format!("/Patient/{}", q(id))).await;
     if !p.ok() {
-        return Err(error_page(p.status, &p.problem()));
+        return Err(error_page(ui, p.status, &p.problem()));
     }
     let body = p.body.clone();
     Ok((fhir, body))

@@ -40,7 +40,7 @@ pub async fn page(State(ui): UiState, headers: HeaderMap) -> Response {
         Err(r) => return r,
     };
     if s.principal.role != Role::Admin {
-        return error_page(StatusCode::FORBIDDEN, "Operations status needs the admin role.");
+        return error_page(&ui, StatusCode::FORBIDDEN, "Operations status needs the admin role.");
     }
     let cs = ui.app.raft.cluster_status().await;
     let members = cs

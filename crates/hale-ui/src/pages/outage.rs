@@ -96,6 +96,7 @@ fn admin(ui: &Ui, headers: &HeaderMap) -> Result<Signed, Response> {
     let s = signed_in(ui, headers)?;
     if s.principal.role != Role::Admin {
         return Err(error_page(
+            ui,
             StatusCode::FORBIDDEN,
             "The outage console needs the admin role. Ask IT if you need it.",
         ));
@@ -333,6 +334,7 @@ async fn admin_post(ui: &Ui, req: Request) -> Result<(Signed, crate::Form), Resp
     let s = check_post(ui, &headers, &form)?;
     if s.principal.role != Role::Admin {
         return Err(error_page(
+            ui,
             StatusCode::FORBIDDEN,
             "The outage console needs the admin role.",
         ));
@@ -352,6 +354,7 @@ pub async fn declare(State(ui): UiState, req: Request) -> Response {
     let day = |k: &str| chrono::NaiveDate::parse_from_str(&form.text(k), "%Y-%m-%d").ok();
     let Some(start) = day("start") else {
         return error_page(
+            &ui,
             StatusCode::BAD_REQUEST,
             "Enter the first day affected, like 2026-12-02.",
         );
@@ -363,6 +366,7 @@ pub async fn declare(State(ui): UiState, req: Request) -> Response {
     if let Some(e) = end {
         if e < start {
             return error_page(
+                &ui,
                 StatusCode::BAD_REQUEST,
                 "The last day must be on or after the first day.",
             );
@@ -400,7 +404,11 @@ pub async fn declare(State(ui): UiState, req: Request) -> Response {
     };
     let w = fhir.write(Method::POST, "/Basic", &b, None).await;
     if !w.ok() {
-        return error_page(w.status, &format!("The incident was not declared: {}", w.problem()));
+        return error_page(
+            &ui,
+            w.status,
+            &format!("The incident was not declared: {}", w.problem()),
+        );
     }
     back(w.body["id"].as_str().unwrap_or(""), "Incident declared.")
 }
@@ -429,7 +437,7 @@ pub async fn postpone(State(ui): UiState, req: Request) -> Response {
     ]});
     let w = fhir.write(Method::POST, "/Appointment/$postpone", &body, None).await;
     if !w.ok() {
-        return error_page(w.status, &format!("Nothing was postponed: {}", w.problem()));
+        return error_page(&ui, w.status, &format!("Nothing was postponed: {}", w.problem()));
     }
     let n = w.body["parameter"]
         .as_array()
@@ -461,7 +469,7 @@ pub async fn rebook(State(ui): UiState, req: Request) -> Response {
     ]});
     let w = fhir.write(Method::POST, "/Appointment/$rebook", &body, None).await;
     if !w.ok() {
-        return error_page(w.status, &format!("The rebooking did not run: {}", w.problem()));
+        return error_page(&ui, w.status, &format!("The rebooking did not run: {}", w.problem()));
     }
     let plan = flatten(&w.body);
     let msg = if commit {

@@ -197,7 +197,7 @@ async fn show(
         } else {
             patient.status
         };
-        return error_page(status, &patient.problem());
+        return error_page(&ui, status, &patient.problem());
     }
     let p = &patient.body;
     let clinical = c.clinical();

@@ -148,7 +148,7 @@ pub async fn submit(State(ui): UiState, req: Request) -> Response {
     ui.failures.lock().remove(&user);
     let id = match ui.sessions.create(&principal.user, principal.role.as_str(), now) {
         Ok(id) => id,
-        Err(e) => return error_page(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        Err(e) => return error_page(&ui, StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     };
     tracing::info!(user = %principal.user, role = principal.role.as_str(), "web UI sign-in");
     let mut resp = Redirect::to("/ui/").into_response();
