@@ -146,7 +146,15 @@ pub async fn root_redirect(req: Request, next: Next) -> Response {
 /// Headers on every UI response: a strict CSP with no inline script, no
 /// framing, no referrer, and `no-store` unless an asset says otherwise.
 async fn security_headers(req: Request, next: Next) -> Response {
+    let gzip = req
+        .headers()
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("gzip")));
     let mut resp = next.run(req).await;
+    if gzip {
+        resp = gzip_html(resp).await;
+    }
     let h = resp.headers_mut();
     let set = |h: &mut HeaderMap, k: &'static str, v: &'static str| {
         h.insert(k, HeaderValue::from_static(v));
@@ -166,6 +174,45 @@ async fn security_headers(req: Request, next: Next) -> Response {
         set(h, "cache-control", "no-store");
     }
     resp
+}
+
+/// Pages larger than this are sent gzip-compressed when the browser takes it.
+const GZIP_BYTES_MIN: usize = 1024;
+
+/// Compress an HTML page (assets come pre-compressed).
+async fn gzip_html(resp: Response) -> Response {
+    use std::io::Write;
+    let is_html = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/html"));
+    if !is_html || resp.headers().contains_key(header::CONTENT_ENCODING) {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 16 << 20).await else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "page too large").into_response();
+    };
+    if bytes.len() < GZIP_BYTES_MIN {
+        return Response::from_parts(parts, axum::body::Body::from(bytes));
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::with_capacity(bytes.len() / 4), flate2::Compression::fast());
+    if gz.write_all(&bytes).is_err() {
+        return Response::from_parts(parts, axum::body::Body::from(bytes));
+    }
+    match gz.finish() {
+        Ok(z) => {
+            parts
+                .headers
+                .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            parts
+                .headers
+                .insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Response::from_parts(parts, axum::body::Body::from(z))
+        }
+        Err(_) => Response::from_parts(parts, axum::body::Body::from(bytes)),
+    }
 }
 
 /// A signed-in user on a request.

@@ -711,3 +711,28 @@ async fn paper_backfill_keeps_the_written_time_and_author() {
     assert_eq!(doc["date"], "2026-12-01T14:30:00Z", "{found}");
     assert_eq!(doc["author"][0]["display"], "Staff Nurse Paper");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_are_gzipped_when_the_browser_takes_it() {
+    use std::io::Read;
+    let env = env().await;
+    let mut b = Browser::new(&env);
+    b.sign_in("clerk.demo", demo_password("clerk.demo")).await;
+    let req = Request::get("/ui/clinics")
+        .header(header::COOKIE, b.cookie_header())
+        .header(header::ACCEPT_ENCODING, "gzip, deflate, br")
+        .body(Body::empty())
+        .unwrap();
+    let resp = env.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.headers()[header::CONTENT_ENCODING], "gzip");
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    let z = axum::body::to_bytes(resp.into_body(), 1 << 24).await.unwrap();
+    let mut html = String::new();
+    flate2::read::GzDecoder::new(&z[..]).read_to_string(&mut html).unwrap();
+    assert!(
+        html.contains("Clinic lists") && html.len() > z.len(),
+        "{} -> {}",
+        html.len(),
+        z.len()
+    );
+}
