@@ -26,6 +26,17 @@ pub struct Postponed {
     pub rebooked: bool,
 }
 
+/// Rows of each staff list shown on the console.
+pub const CALLS_SHOWN_MAX: usize = 200;
+
+pub struct CallRow {
+    pub list: String,
+    pub who: String,
+    pub phone: String,
+    pub appointment: String,
+    pub why: String,
+}
+
 pub struct Conflict {
     pub kind: String,
     pub description: String,
@@ -45,7 +56,7 @@ struct Console {
     postponed: Vec<Postponed>,
     plan: Vec<(String, String)>,
     calls_summary: String,
-    calls: Vec<(String, String, String)>,
+    calls: Vec<CallRow>,
     packs: Vec<(String, String)>,
     conflicts: Vec<Conflict>,
 }
@@ -241,19 +252,27 @@ async fn console(
     if let Some(obj) = lists.as_object() {
         for (name, v) in obj {
             if let Some(rows) = v.as_array() {
-                counts.push(format!("{}: {}", name.replace('-', " "), rows.len()));
-                for r in rows.iter().take(100) {
-                    let who = r["patientName"]
-                        .as_str()
-                        .or_else(|| r["patient"].as_str())
-                        .unwrap_or("")
-                        .to_string();
-                    let why = r["reason"]
-                        .as_str()
-                        .or_else(|| r["why"].as_str())
-                        .unwrap_or("")
-                        .to_string();
-                    calls.push((name.replace('-', " "), who, why));
+                counts.push(format!("{}: {}", name.replace('_', " "), rows.len()));
+                for r in rows.iter().take(CALLS_SHOWN_MAX) {
+                    let nhs = r["nhs_number"].as_str().map(view::nhs_334).unwrap_or_default();
+                    calls.push(CallRow {
+                        list: name.replace('_', " "),
+                        who: format!("{} {}", r["name"].as_str().unwrap_or(""), nhs)
+                            .trim()
+                            .to_string(),
+                        phone: r["phones"]
+                            .as_array()
+                            .map(|p| p.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
+                            .unwrap_or_default(),
+                        appointment: format!(
+                            "{} {}",
+                            r["appointment"].as_str().unwrap_or(""),
+                            r["clinic"].as_str().unwrap_or("")
+                        )
+                        .trim()
+                        .to_string(),
+                        why: r["reason"].as_str().unwrap_or("").to_string(),
+                    });
                 }
             }
         }
