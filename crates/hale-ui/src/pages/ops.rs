@@ -19,6 +19,7 @@ pub struct Member {
     pub lag: String,
     pub contact: String,
     pub elections: String,
+    pub lost: String,
 }
 
 #[derive(Template)]
@@ -31,6 +32,7 @@ struct Ops {
     term: u64,
     members: Vec<Member>,
     journal: Vec<(String, String)>,
+    packs: Vec<(String, String)>,
     sessions: i64,
 }
 
@@ -64,6 +66,11 @@ pub async fn page(State(ui): UiState, headers: HeaderMap) -> Response {
                 .as_ref()
                 .map(|e| e.elections_started.to_string())
                 .unwrap_or_default(),
+            lost: m
+                .elections
+                .as_ref()
+                .map(|e| e.leaderships_lost.to_string())
+                .unwrap_or_default(),
         })
         .collect();
     let journal = match hale_server::offline::status_json(&ui.app) {
@@ -92,7 +99,27 @@ pub async fn page(State(ui): UiState, headers: HeaderMap) -> Response {
             .collect(),
         Err(e) => vec![("error".into(), e)],
     };
+    let now = hale_server::now_ms();
+    let packs = ui
+        .app
+        .downtime
+        .snapshot(now)
+        .into_iter()
+        .map(|p| {
+            let age = match p.age_s {
+                Some(a) if a < 120 => format!("{a} s old"),
+                Some(a) => format!("{} min old", a / 60),
+                None => "none made yet".into(),
+            };
+            let err = p
+                .last_error
+                .map(|e| format!("; last attempt failed: {e}"))
+                .unwrap_or_default();
+            (p.site, format!("{age}{err}"))
+        })
+        .collect();
     render(&Ops {
+        packs,
         c: Chrome::new(&ui, &s, "Operations status", "ops"),
         answered_by: cs.answered_by,
         at: uk_hm(hale_server::now_ms()),
