@@ -736,3 +736,108 @@ async fn pages_are_gzipped_when_the_browser_takes_it() {
         z.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outage_console_runs_the_recovery_and_ops_shows_the_cluster() {
+    let env = env().await;
+    let mut clerk = Browser::new(&env);
+    clerk.sign_in("clerk.demo", demo_password("clerk.demo")).await;
+    assert_eq!(clerk.get("/ui/outage").await.status, StatusCode::FORBIDDEN);
+    assert_eq!(clerk.get("/ui/ops").await.status, StatusCode::FORBIDDEN);
+    let mut b = Browser::new(&env);
+    b.sign_in("admin.demo", demo_password("admin.demo")).await;
+    let ops = b.get("/ui/ops").await;
+    assert_eq!(ops.status, StatusCode::OK);
+    assert!(ops.text("table").contains("voter"), "{}", ops.body);
+    let token = b.csrf().await;
+    // Tomorrow (a weekday board has clinics most days; the demo books 28 days ahead).
+    let tomorrow = hale_sched::uktime::uk_date(hale_server::now_ms()).succ_opt().unwrap();
+    let day = tomorrow.format("%Y-%m-%d").to_string();
+    let r = b
+        .post(
+            "/ui/outage/declare",
+            &[
+                ("csrf", &token),
+                ("start", &day),
+                ("end", &day),
+                ("sites", "qeh"),
+                ("description", "PAS down"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let incident = r
+        .location()
+        .split("incident=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap()
+        .to_string();
+    let r = b
+        .post(
+            "/ui/outage/postpone",
+            &[("csrf", &token), ("incident", &incident), ("clinic_runs", "false")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    assert!(r.location().contains("msg=Postponed"), "{}", r.location());
+    let console = b.get(&r.location()).await;
+    assert_eq!(console.status, StatusCode::OK);
+    let report = console.text("#step-postponed + form ~ dl, .nhsuk-summary-list");
+    assert!(report.contains("total"), "{report}");
+    let postponed = console.select_all("table[aria-labelledby=postponed-list] tbody tr");
+    let plan = b
+        .post(
+            "/ui/outage/rebook",
+            &[("csrf", &token), ("incident", &incident), ("commit", "false")],
+        )
+        .await;
+    assert_eq!(plan.status, StatusCode::OK);
+    assert!(plan.text(".hale-flash").contains("nothing has changed yet"));
+    assert!(plan.text("main").contains("placed"), "{}", plan.body);
+    if !postponed.is_empty() {
+        // One postponed appointment, rebooked by hand: open it, choose, confirm.
+        let link = console.attr("a[href^='/ui/book?patient=']", "href").unwrap();
+        let book = b.get(&link.replace("&amp;", "&")).await;
+        assert_eq!(book.status, StatusCode::OK);
+        assert!(book.text("h2.nhsuk-heading-l").starts_with("Rebook"), "{}", book.body);
+        let choose = book
+            .attr("a[href^='/ui/book/check']", "href")
+            .expect("a free slot offered");
+        let check = b.get(&choose.replace("&amp;", "&")).await;
+        assert!(check.text(".nhsuk-summary-list").contains("Replaces"));
+        let slot = check.attr("input[name=slot]", "value").unwrap();
+        let patient = check.attr("input[name=patient]", "value").unwrap();
+        let rebook = check.attr("input[name=rebook]", "value").unwrap();
+        let done = b
+            .post(
+                "/ui/book/confirm",
+                &[
+                    ("csrf", &token),
+                    ("patient", &patient),
+                    ("slot", &slot),
+                    ("rebook", &rebook),
+                ],
+            )
+            .await;
+        assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.body);
+        let (_, found) = fhir(
+            &env,
+            "GET",
+            &format!("/Appointment?rebooked-from=Appointment/{rebook}"),
+            None,
+        )
+        .await;
+        assert_eq!(found["total"], 1, "{found}");
+    }
+    let committed = b
+        .post(
+            "/ui/outage/rebook",
+            &[("csrf", &token), ("incident", &incident), ("commit", "true")],
+        )
+        .await;
+    assert_eq!(committed.status, StatusCode::OK);
+    assert!(committed.text(".hale-flash").contains("committed"));
+}
