@@ -831,6 +831,10 @@ async fn the_outage_console_runs_the_recovery_and_ops_shows_the_cluster() {
         )
         .await;
         assert_eq!(found["total"], 1, "{found}");
+        let console = b.get(&format!("/ui/outage?incident={incident}")).await;
+        let rows = console.select_all("table[aria-labelledby=postponed-list] tbody tr");
+        assert_eq!(rows.len(), postponed.len(), "only the postponed are listed");
+        assert_eq!(rows.iter().filter(|r| r.contains("Rebooked")).count(), 1, "{rows:?}");
     }
     let committed = b
         .post(

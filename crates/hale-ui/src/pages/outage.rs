@@ -26,6 +26,9 @@ pub struct Postponed {
     pub rebooked: bool,
 }
 
+/// Postponed appointments looked up per search for a rebooking made by hand.
+pub const REBOOK_LOOKUP_IDS: usize = 50;
+
 /// Rows of each staff list shown on the console.
 pub const CALLS_SHOWN_MAX: usize = 200;
 
@@ -210,14 +213,17 @@ async fn console(
                 q(&incident)
             ))
             .await;
-        for r in a.entries() {
+        // The search finds the postponed (cancelled) appointments and their
+        // rebookings, which point back with `rebooked-from`.
+        let entries = a.entries();
+        let rebooked: std::collections::HashSet<&str> = entries
+            .iter()
+            .flat_map(|r| r["extension"].as_array().into_iter().flatten())
+            .filter(|e| e["url"] == codes::EXT_REBOOKED_FROM)
+            .filter_map(|e| view::ref_id(&e["valueReference"], "Appointment"))
+            .collect();
+        for r in entries.iter().filter(|r| r["status"] == "cancelled") {
             let id = r["id"].as_str().unwrap_or("").to_string();
-            let again = fhir
-                .get(&format!(
-                    "/Appointment?rebooked-from=Appointment/{}&_count=1&_summary=count",
-                    q(&id)
-                ))
-                .await;
             postponed.push(Postponed {
                 patient: r["participant"]
                     .as_array()
@@ -228,9 +234,31 @@ async fn console(
                     .to_string(),
                 when: r["start"].as_str().map(view::date_time).unwrap_or_default(),
                 clinic: r["serviceType"].get(0).map(view::concept).unwrap_or_default(),
-                rebooked: again.body["total"].as_u64().unwrap_or(0) > 0,
+                rebooked: rebooked.contains(id.as_str()),
                 id,
             });
+        }
+        // Rebooked by hand from this console carry `rebooked-from` but no incident tag.
+        let open: Vec<String> = postponed.iter().filter(|p| !p.rebooked).map(|p| p.id.clone()).collect();
+        for chunk in open.chunks(REBOOK_LOOKUP_IDS) {
+            let refs: Vec<String> = chunk.iter().map(|id| format!("Appointment/{id}")).collect();
+            let found = fhir
+                .get(&format!(
+                    "/Appointment?rebooked-from={}&_count={}&_elements=extension",
+                    q(&refs.join(",")),
+                    REBOOK_LOOKUP_IDS * 2
+                ))
+                .await;
+            let done: std::collections::HashSet<String> = found
+                .entries()
+                .iter()
+                .flat_map(|r| r["extension"].as_array().cloned().unwrap_or_default())
+                .filter(|e| e["url"] == codes::EXT_REBOOKED_FROM)
+                .filter_map(|e| view::ref_id(&e["valueReference"], "Appointment").map(str::to_string))
+                .collect();
+            for p in postponed.iter_mut().filter(|p| done.contains(&p.id)) {
+                p.rebooked = true;
+            }
         }
     }
     // Staff call lists and downtime packs: the same handlers the API serves.
