@@ -707,6 +707,7 @@ mod tests {
             time_ms: 0,
             actor: Actor::system(),
             kind: CommandKind::Audit(vec![hale_store::command::AuditRecord {
+                purpose: None,
                 time_ms: 0,
                 actor: Actor::system(),
                 action: hale_store::command::AuditAction::Read,

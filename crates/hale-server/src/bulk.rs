@@ -551,6 +551,7 @@ fn spawn_job(app: &App, job: Arc<Job>, plan: Plan, base: String, audit_rt: Resou
         };
         audit
             .record(hale_store::AuditRecord {
+                purpose: None,
                 time_ms: finished_ms,
                 actor: job.owner.actor(),
                 action: AuditAction::Read,

@@ -445,6 +445,7 @@ impl Ctx<'_> {
         self.app
             .audit
             .record(AuditRecord {
+                purpose: None,
                 time_ms: now_ms(),
                 actor: self.principal.actor(),
                 action,

@@ -503,6 +503,7 @@ impl<'a> Cx<'a> {
                             // The client is shown the existing resource: that is a read.
                             let patient = self.patient_of(rt, &cur.1, cur.0)?;
                             self.audit(&AuditRecord {
+                                purpose: None,
                                 time_ms: self.time_ms,
                                 actor: self.actor.clone(),
                                 action: AuditAction::Read,
@@ -607,6 +608,7 @@ impl<'a> Cx<'a> {
         }
         let patient = self.patient_of(rt, id, rid)?;
         self.audit(&AuditRecord {
+            purpose: None,
             time_ms: self.time_ms,
             actor: self.actor.clone(),
             action,
@@ -738,6 +740,7 @@ impl<'a> Cx<'a> {
             .prepare_cached("DELETE FROM refs WHERE rid = ?1")?
             .execute([cur.rid])?;
         self.audit(&AuditRecord {
+            purpose: None,
             time_ms: self.time_ms,
             actor: self.actor.clone(),
             action: AuditAction::Delete,
@@ -962,6 +965,7 @@ impl<'a> Cx<'a> {
         let rid = self.store_version(rt, id, version, "PUT", &json, Some(cur.rid))?;
         self.reindex(rt, rid, &resource)?;
         self.audit(&AuditRecord {
+            purpose: None,
             time_ms: self.time_ms,
             actor: self.actor.clone(),
             action: AuditAction::Update,
@@ -999,6 +1003,7 @@ impl<'a> Cx<'a> {
             });
         let why = r.issues.first().map(|i| i.diagnostics.as_str()).unwrap_or("rejected");
         self.audit(&AuditRecord {
+            purpose: None,
             time_ms: self.time_ms,
             actor: self.actor.clone(),
             action,
@@ -1018,24 +1023,22 @@ impl<'a> Cx<'a> {
         assert!(self.index < (1u64 << 43), "log index too large for the audit sequence");
         let seq = ((self.index << 20) | self.audit_pos) as i64;
         self.audit_pos += 1;
-        self.conn
-            .prepare_cached(
-                "INSERT INTO audit(seq, time_ms, user, role, action, rtype, res_id, patient, outcome, detail)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )?
-            .execute(params![
+        crate::audit::append(
+            self.conn,
+            &crate::audit::ChainRow {
                 seq,
-                r.time_ms,
-                r.actor.user,
-                r.actor.role,
-                r.action.code(),
-                r.rtype,
-                r.id,
-                r.patient,
-                r.outcome as i64,
-                r.detail
-            ])?;
-        Ok(())
+                time_ms: r.time_ms,
+                user: r.actor.user.clone(),
+                role: r.actor.role.clone(),
+                action: r.action.code().to_string(),
+                rtype: r.rtype.clone(),
+                res_id: r.id.clone(),
+                patient: r.patient.clone(),
+                outcome: r.outcome as i64,
+                detail: r.detail.clone(),
+                purpose: r.purpose.clone(),
+            },
+        )
     }
 }
 

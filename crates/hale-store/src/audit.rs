@@ -4,17 +4,334 @@
 //! data writes one; at tens of thousands of reads a second a full resource
 //! (history row, index rows) per read would cost more than the read itself.
 //! One narrow row with three indexes keeps auditing cheap enough to be always on.
+//!
+//! The rows form a hash chain ([`chain_hash`]), computed in apply so every
+//! replica holds the same chain and the same head (`audit_chain`); [`verify`]
+//! recomputes it and names the first row that does not match.
 
 use crate::query::{Current, Found, SearchPage};
 use hale_fhir::search::{DateOp, Predicate, SearchQuery};
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params_from_iter, Connection, OptionalExtension, Row};
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 
 /// Identifier system for Hale user names in `AuditEvent.agent.who`.
 pub const USER_SYSTEM: &str = "https://hale.health/fhir/Id/user";
 
-const COLS: &str = "seq, time_ms, user, role, action, rtype, res_id, patient, outcome, detail";
+/// Code system of `AuditEvent.purposeOfEvent` (and the `purpose` search).
+pub const PURPOSE_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/v3-ActReason";
+
+const COLS: &str = "seq, time_ms, user, role, action, rtype, res_id, patient, outcome, detail, purpose";
+
+/// The `prev_hash` of the first audit row.
+pub const GENESIS: [u8; 32] = [0; 32];
+
+/// One audit row's fields, as hashed into the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainRow {
+    pub seq: i64,
+    pub time_ms: i64,
+    pub user: String,
+    pub role: String,
+    pub action: String,
+    pub rtype: String,
+    pub res_id: Option<String>,
+    pub patient: Option<String>,
+    pub outcome: i64,
+    pub detail: String,
+    pub purpose: Option<String>,
+}
+
+impl ChainRow {
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<ChainRow> {
+        Ok(ChainRow {
+            seq: r.get(0)?,
+            time_ms: r.get(1)?,
+            user: r.get(2)?,
+            role: r.get(3)?,
+            action: r.get(4)?,
+            rtype: r.get(5)?,
+            res_id: r.get(6)?,
+            patient: r.get(7)?,
+            outcome: r.get(8)?,
+            detail: r.get(9)?,
+            purpose: r.get(10)?,
+        })
+    }
+}
+
+/// `SHA-256(prev ‖ canonical(row))`. The canonical bytes are the fields in
+/// column order, each tagged (0 NULL, 1 integer as 8 bytes big-endian, 3 text
+/// as its length in 8 bytes big-endian then UTF-8), after a version label, so
+/// no two different rows encode alike. Changing this changes every hash: a
+/// new label and a schema migration would be needed.
+pub fn chain_hash(prev: &[u8; 32], row: &ChainRow) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"hale-audit-chain-v1\0");
+    h.update(prev);
+    let int = |h: &mut Sha256, v: i64| {
+        h.update([1u8]);
+        h.update(v.to_be_bytes());
+    };
+    let text = |h: &mut Sha256, v: Option<&str>| match v {
+        None => h.update([0u8]),
+        Some(t) => {
+            h.update([3u8]);
+            h.update((t.len() as u64).to_be_bytes());
+            h.update(t.as_bytes());
+        }
+    };
+    int(&mut h, row.seq);
+    int(&mut h, row.time_ms);
+    text(&mut h, Some(&row.user));
+    text(&mut h, Some(&row.role));
+    text(&mut h, Some(&row.action));
+    text(&mut h, Some(&row.rtype));
+    text(&mut h, row.res_id.as_deref());
+    text(&mut h, row.patient.as_deref());
+    int(&mut h, row.outcome);
+    text(&mut h, Some(&row.detail));
+    text(&mut h, row.purpose.as_deref());
+    h.finalize().into()
+}
+
+/// Lower-case hex of a hash.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 || !s.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+/// The head of the audit chain: the last row's `seq` and hash (hex).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChainHead {
+    pub seq: i64,
+    pub hash: String,
+}
+
+/// The stored head (None while there are no audit rows).
+pub fn head(conn: &Connection) -> rusqlite::Result<Option<ChainHead>> {
+    conn.prepare_cached("SELECT seq, hash FROM audit_chain WHERE id = 1")?
+        .query_row([], |r| {
+            Ok(ChainHead {
+                seq: r.get(0)?,
+                hash: r.get(1)?,
+            })
+        })
+        .optional()
+}
+
+/// Append one row to the audit table, chained onto the stored head (inside
+/// apply's transaction). Deterministic: the hash depends only on the row and
+/// the head, which the log decides.
+pub(crate) fn append(conn: &Connection, row: &ChainRow) -> rusqlite::Result<()> {
+    let prev = match head(conn)? {
+        None => GENESIS,
+        Some(h) => {
+            // seq comes from (log index, position): apply only moves forward.
+            assert!(
+                row.seq > h.seq,
+                "audit seq {} does not follow the chain head {}",
+                row.seq,
+                h.seq
+            );
+            unhex(&h.hash).expect("the audit chain head is 64 hex digits")
+        }
+    };
+    let hash = chain_hash(&prev, row);
+    conn.prepare_cached(
+        "INSERT INTO audit(seq, time_ms, user, role, action, rtype, res_id, patient, outcome, detail, purpose, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )?
+    .execute(rusqlite::params![
+        row.seq,
+        row.time_ms,
+        row.user,
+        row.role,
+        row.action,
+        row.rtype,
+        row.res_id,
+        row.patient,
+        row.outcome,
+        row.detail,
+        row.purpose,
+        &prev[..],
+        &hash[..]
+    ])?;
+    conn.prepare_cached("INSERT OR REPLACE INTO audit_chain(id, seq, hash) VALUES (1, ?1, ?2)")?
+        .execute(rusqlite::params![row.seq, hex(&hash)])?;
+    Ok(())
+}
+
+/// Rows handled per step by [`rechain`] and [`verify`].
+const CHAIN_STEP_ROWS: usize = 10_000;
+
+/// Compute the chain over every audit row in `seq` order and store it with its
+/// head (the migration to schema version 3; inside the caller's transaction).
+/// The same rows give the same chain on every replica, whenever it runs.
+pub(crate) fn rechain(conn: &Connection) -> rusqlite::Result<u64> {
+    let mut prev = GENESIS;
+    let mut after = i64::MIN;
+    let mut n = 0u64;
+    loop {
+        let rows: Vec<ChainRow> = conn
+            .prepare_cached(&format!(
+                "SELECT {COLS} FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+            ))?
+            .query_map(rusqlite::params![after, CHAIN_STEP_ROWS as i64], ChainRow::from_row)?
+            .collect::<rusqlite::Result<_>>()?;
+        let Some(last) = rows.last() else { break };
+        after = last.seq;
+        for row in &rows {
+            let hash = chain_hash(&prev, row);
+            conn.prepare_cached("UPDATE audit SET prev_hash = ?1, hash = ?2 WHERE seq = ?3")?
+                .execute(rusqlite::params![&prev[..], &hash[..], row.seq])?;
+            prev = hash;
+            n += 1;
+        }
+    }
+    if n > 0 {
+        conn.execute(
+            "INSERT OR REPLACE INTO audit_chain(id, seq, hash) VALUES (1, ?1, ?2)",
+            rusqlite::params![after, hex(&prev)],
+        )?;
+    }
+    Ok(n)
+}
+
+/// The first thing [`verify`] found wrong.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum ChainFault {
+    /// The row's fields no longer give its stored hash: the row (or its hash)
+    /// was edited after it was recorded.
+    RowEdited { seq: i64, stored: String, computed: String },
+    /// The row's `prev_hash` is not the hash of the row before it: a row
+    /// before it was deleted, inserted or moved, or its `prev_hash` edited.
+    LinkBroken { seq: i64, stored: String, expected: String },
+    /// The row has no hash at all (written outside apply).
+    Unhashed { seq: i64 },
+    /// The stored head is not the last row: rows at the end were deleted, or
+    /// the head was edited.
+    HeadMismatch {
+        head: Option<ChainHead>,
+        last: Option<ChainHead>,
+    },
+}
+
+impl std::fmt::Display for ChainFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChainFault::RowEdited { seq, stored, computed } => write!(
+                f,
+                "audit row {seq} was changed after it was recorded: its fields hash to {computed}, its stored hash is {stored}"
+            ),
+            ChainFault::LinkBroken { seq, stored, expected } => write!(
+                f,
+                "audit row {seq} does not follow the row before it: its prev_hash is {stored}, the row before hashes to {expected} (a row before it was deleted, inserted or moved)"
+            ),
+            ChainFault::Unhashed { seq } => write!(f, "audit row {seq} has no hash: it was not written by apply"),
+            ChainFault::HeadMismatch { head, last } => {
+                let show = |h: &Option<ChainHead>| match h {
+                    Some(h) => format!("row {} ({})", h.seq, h.hash),
+                    None => "none".to_string(),
+                };
+                write!(
+                    f,
+                    "the chain head is {}, but the last audit row is {}: rows at the end were deleted or the head was edited",
+                    show(head),
+                    show(last)
+                )
+            }
+        }
+    }
+}
+
+/// What [`verify`] found: the rows checked, the head recomputed, and the
+/// first fault (None: the chain is intact).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ChainReport {
+    pub rows: u64,
+    pub head: Option<ChainHead>,
+    pub fault: Option<ChainFault>,
+}
+
+/// Recompute the audit chain from the first row and compare it with the
+/// stored hashes and head. Read-only; stops at the first fault. It detects
+/// edited, deleted, inserted and reordered rows and a head that does not
+/// match; it cannot detect the tail and the head cut back together, which
+/// needs a head kept elsewhere (another replica's, or one written down).
+pub fn verify(conn: &Connection) -> rusqlite::Result<ChainReport> {
+    let mut prev = GENESIS;
+    let mut after = i64::MIN;
+    let mut n = 0u64;
+    let mut last: Option<ChainHead> = None;
+    loop {
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {COLS}, prev_hash, hash FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+        ))?;
+        let rows: Vec<(ChainRow, Option<Vec<u8>>, Option<Vec<u8>>)> = stmt
+            .query_map(rusqlite::params![after, CHAIN_STEP_ROWS as i64], |r| {
+                Ok((ChainRow::from_row(r)?, r.get(11)?, r.get(12)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        if rows.is_empty() {
+            break;
+        }
+        for (row, stored_prev, stored_hash) in rows {
+            after = row.seq;
+            let fault = |f| ChainReport {
+                rows: n,
+                head: last.clone(),
+                fault: Some(f),
+            };
+            let (Some(stored_prev), Some(stored_hash)) = (stored_prev, stored_hash) else {
+                return Ok(fault(ChainFault::Unhashed { seq: row.seq }));
+            };
+            if stored_prev != prev {
+                return Ok(fault(ChainFault::LinkBroken {
+                    seq: row.seq,
+                    stored: hex(&stored_prev),
+                    expected: hex(&prev),
+                }));
+            }
+            let computed = chain_hash(&prev, &row);
+            if stored_hash != computed {
+                return Ok(fault(ChainFault::RowEdited {
+                    seq: row.seq,
+                    stored: hex(&stored_hash),
+                    computed: hex(&computed),
+                }));
+            }
+            prev = computed;
+            n += 1;
+            last = Some(ChainHead {
+                seq: row.seq,
+                hash: hex(&prev),
+            });
+        }
+    }
+    let stored = head(conn)?;
+    let fault = (stored != last).then(|| ChainFault::HeadMismatch {
+        head: stored,
+        last: last.clone(),
+    });
+    Ok(ChainReport {
+        rows: n,
+        head: last,
+        fault,
+    })
+}
 
 fn subtype(action: &str) -> (&'static str, &'static str) {
     match action {
@@ -37,6 +354,7 @@ fn render(r: &Row<'_>) -> rusqlite::Result<Found> {
     let patient: Option<String> = r.get(7)?;
     let outcome: i64 = r.get(8)?;
     let detail: String = r.get(9)?;
+    let purpose: Option<String> = r.get(10)?;
     let when = hale_fhir::date::format_instant_ms(time_ms);
     let (code, display) = subtype(&action);
     let mut entity = Vec::new();
@@ -75,6 +393,9 @@ fn render(r: &Row<'_>) -> rusqlite::Result<Found> {
     if !entity.is_empty() {
         v["entity"] = Value::Array(entity);
     }
+    if let Some(p) = purpose {
+        v["purposeOfEvent"] = json!([{"coding": [{"system": PURPOSE_SYSTEM, "code": p}]}]);
+    }
     Ok(Found {
         rtype: "AuditEvent".into(),
         id,
@@ -94,7 +415,9 @@ pub(crate) fn read(conn: &Connection, id: &str) -> rusqlite::Result<Option<Curre
 }
 
 /// AuditEvent search over the audit table: `patient`, `agent`, `date`,
-/// `action`, `outcome`, `_id`. Other parameters match nothing.
+/// `action`, `outcome`, `purpose` (Hale's), `_id`. Other parameters match
+/// nothing. Sorted by time (`date`, `_lastUpdated`) or `_id`, newest first
+/// unless the first sort key says otherwise.
 pub(crate) fn search(conn: &Connection, q: &SearchQuery) -> rusqlite::Result<SearchPage> {
     let mut conds: Vec<String> = Vec::new();
     let mut args: Vec<SqlValue> = Vec::new();
@@ -109,6 +432,7 @@ pub(crate) fn search(conn: &Connection, q: &SearchQuery) -> rusqlite::Result<Sea
             "date" | "_lastUpdated" => "time_ms",
             "action" => "action",
             "outcome" => "outcome",
+            "purpose" => "purpose",
             "_id" => "seq",
             _ => {
                 conds.push("0".into());
@@ -157,11 +481,17 @@ pub(crate) fn search(conn: &Connection, q: &SearchQuery) -> rusqlite::Result<Sea
     }
     let desc = q.sort.first().map(|k| k.descending).unwrap_or(true);
     let dir = if desc { "DESC" } else { "ASC" };
+    let by_seq = q.sort.first().is_some_and(|k| k.param == "_id");
     let limit = arg(&mut args, SqlValue::Integer((q.count + 1) as i64));
     let offset = arg(&mut args, SqlValue::Integer(q.offset as i64));
     let sql = format!(
-        "SELECT {COLS} FROM audit WHERE {} ORDER BY time_ms {dir}, seq {dir} LIMIT {limit} OFFSET {offset}",
-        conds.join(" AND ")
+        "SELECT {COLS} FROM audit WHERE {} ORDER BY {}seq {dir} LIMIT {limit} OFFSET {offset}",
+        conds.join(" AND "),
+        if by_seq {
+            String::new()
+        } else {
+            format!("time_ms {dir}, ")
+        }
     );
     let mut stmt = conn.prepare_cached(&sql)?;
     let mut matches: Vec<Found> = stmt

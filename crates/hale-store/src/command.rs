@@ -312,4 +312,9 @@ pub struct AuditRecord {
     pub outcome: u8,
     /// What was asked: method and path, or the search query.
     pub detail: String,
+    /// The purpose of use the request stated (a v3 PurposeOfUse code such as
+    /// `TREAT` or `ETREAT`), when it stated one. Left out of the encoding when
+    /// None, so commands logged before it existed decode and encode alike.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
 }

@@ -156,14 +156,7 @@ impl StateMachine {
                     [schema::SCHEMA_VERSION],
                 )?;
             }
-            Some(1) => {
-                // Version 1 differs only in history holding a copy of the current JSON.
-                conn.execute_batch(&format!(
-                    "BEGIN; {} UPDATE meta SET value = {} WHERE key = 'schema_version'; COMMIT;",
-                    schema::MIGRATE_1_TO_2,
-                    schema::SCHEMA_VERSION
-                ))?;
-            }
+            Some(v @ (1 | 2)) => migrate(&conn, v)?,
             Some(v) if v != schema::SCHEMA_VERSION => {
                 return Err(StoreError::SchemaVersion {
                     path,
@@ -292,12 +285,10 @@ impl StateMachine {
             .conn
             .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
             .optional()?;
-        if found == Some(1) {
-            self.conn.execute_batch(&format!(
-                "BEGIN; {} UPDATE meta SET value = {} WHERE key = 'schema_version'; COMMIT;",
-                schema::MIGRATE_1_TO_2,
-                schema::SCHEMA_VERSION
-            ))?;
+        if let Some(v @ (1 | 2)) = found {
+            // Version 2 lacks the audit chain's table, which the migration fills.
+            self.conn.execute_batch(schema::DDL)?;
+            migrate(&self.conn, v)?;
         } else if found != Some(schema::SCHEMA_VERSION) {
             return Err(StoreError::SchemaVersion {
                 path: src.to_path_buf(),
@@ -331,6 +322,35 @@ impl StateMachine {
     pub fn content_hash(&self) -> Result<String, StoreError> {
         Ok(hash::content_hash(&self.conn)?)
     }
+}
+
+/// Bring a store of schema version 1 or 2 to the current version, in one
+/// transaction (after the DDL has run, so every table exists). Version 1
+/// differs in history holding a copy of the current JSON; version 2 in audit
+/// rows without `purpose` and the hash chain, which is computed here over the
+/// rows in `seq` order: the same rows give the same chain on every replica.
+fn migrate(conn: &Connection, from: i64) -> Result<(), StoreError> {
+    let tx = conn.unchecked_transaction()?;
+    if from < 2 {
+        tx.execute_batch(schema::MIGRATE_1_TO_2)?;
+    }
+    if from < 3 {
+        let has_chain: bool = tx.query_row(
+            "SELECT COUNT(*) > 0 FROM pragma_table_info('audit') WHERE name = 'hash'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_chain {
+            tx.execute_batch(schema::MIGRATE_2_TO_3)?;
+        }
+        audit::rechain(&tx)?;
+    }
+    tx.execute(
+        "UPDATE meta SET value = ?1 WHERE key = 'schema_version'",
+        [schema::SCHEMA_VERSION],
+    )?;
+    tx.commit()?;
+    Ok(())
 }
 
 /// How a [`StateMachine`] commits.

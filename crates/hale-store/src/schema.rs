@@ -6,7 +6,13 @@
 /// Bumped when the schema changes incompatibly; checked on open.
 /// 2: a history row's JSON is NULL for the version whose JSON is in
 /// `resources` (see `history` below); a version-1 store is migrated on open.
-pub const SCHEMA_VERSION: i64 = 2;
+/// 3: audit rows carry `purpose`, `prev_hash` and `hash` (the hash chain,
+/// [`crate::audit::chain_hash`]) and `audit_chain` holds its head; a version-2
+/// store is migrated on open ([`MIGRATE_2_TO_3`], then the chain is computed
+/// over its rows in `seq` order). The version is bumped, rather than columns
+/// added quietly, so that an older build refuses a version-3 store instead of
+/// appending rows without hashes, which would break the chain.
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Turns a version-1 store into a version-2 one: the copies history held of
 /// the JSON in `resources` are dropped. For a deleted resource that is its
@@ -19,6 +25,14 @@ WHERE hid IN (
     WHERE h.version = CASE WHEN r.deleted = 0 THEN r.version ELSE r.version - 1 END
       AND h.method != 'DELETE'
 );
+"#;
+
+/// The columns schema version 3 adds to `audit` (at the end, as in [`DDL`], so
+/// a migrated store hashes like a new one). The chain is filled in afterwards.
+pub const MIGRATE_2_TO_3: &str = r#"
+ALTER TABLE audit ADD COLUMN purpose TEXT;
+ALTER TABLE audit ADD COLUMN prev_hash BLOB;
+ALTER TABLE audit ADD COLUMN hash BLOB;
 "#;
 
 pub const DDL: &str = r#"
@@ -84,6 +98,10 @@ CREATE INDEX IF NOT EXISTS refs_dst ON refs(dst_type, dst_id, rid);
 CREATE INDEX IF NOT EXISTS refs_rid ON refs(rid, dst_type, dst_id);
 
 -- Audit trail, rendered as FHIR AuditEvent on read. seq = (log index << 20) | position.
+-- purpose: the purpose of use the request stated (a v3 PurposeOfUse code).
+-- prev_hash, hash: the hash chain (32 bytes each, hale_store::audit::chain_hash):
+-- hash = SHA-256(prev_hash || the row's other fields), prev_hash = the hash of
+-- the row before in seq order (zeros for the first). Computed in apply.
 CREATE TABLE IF NOT EXISTS audit(
     seq     INTEGER PRIMARY KEY,
     time_ms INTEGER NOT NULL,
@@ -94,7 +112,10 @@ CREATE TABLE IF NOT EXISTS audit(
     res_id  TEXT,
     patient TEXT,
     outcome INTEGER NOT NULL,
-    detail  TEXT    NOT NULL
+    detail  TEXT    NOT NULL,
+    purpose TEXT,
+    prev_hash BLOB,
+    hash    BLOB
 );
 CREATE INDEX IF NOT EXISTS audit_patient ON audit(patient, time_ms) WHERE patient IS NOT NULL;
 CREATE INDEX IF NOT EXISTS audit_user    ON audit(user, time_ms);
@@ -135,6 +156,15 @@ CREATE TABLE IF NOT EXISTS audit_heads(
     seq  INTEGER NOT NULL
 );
 
+-- The head of the audit hash chain: the last row's seq and hash (hex); one row,
+-- none while the audit table is empty. Replicated state, so every replica that
+-- applied the same entries holds the same head.
+CREATE TABLE IF NOT EXISTS audit_chain(
+    id   INTEGER PRIMARY KEY CHECK (id = 1),
+    seq  INTEGER NOT NULL,
+    hash TEXT    NOT NULL
+);
+
 -- Local staff accounts for sign-in (hale_store::accounts). password_hash is an
 -- Argon2id PHC string computed before the command was proposed.
 CREATE TABLE IF NOT EXISTS accounts(
@@ -163,6 +193,7 @@ pub const STATE_TABLES: &[(&str, &str)] = &[
     ("idx", "rid, rtype, param, s, v, lo, hi"),
     ("refs", "rid, dst_type, dst_id"),
     ("audit", "seq"),
+    ("audit_chain", "id"),
     ("command_parts", "\"group\", seq"),
     ("sync_heads", "node"),
     ("sync_receipts", "node, seq"),

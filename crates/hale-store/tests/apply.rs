@@ -363,6 +363,7 @@ fn replay_gives_identical_hash() {
         cmd(
             99,
             CommandKind::Audit(vec![hale_store::AuditRecord {
+                purpose: None,
                 time_ms: 5,
                 actor: actor(),
                 action: hale_store::AuditAction::Read,
