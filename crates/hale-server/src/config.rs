@@ -28,6 +28,8 @@ pub struct Config {
     /// (`enforce`, the default) or may point elsewhere (`off`, for loading other
     /// systems' data). Carried in each command, so replicas apply it alike.
     pub references: References,
+    /// TLS on the API: certificate and key files (PEM). Off unless both are set.
+    pub tls: TlsSettings,
 }
 
 impl Default for Config {
@@ -44,6 +46,35 @@ impl Default for Config {
             outage: crate::outage::OutageSettings::default(),
             notify: crate::outbox::NotifySettings::default(),
             references: References::Enforce,
+            tls: TlsSettings::default(),
+        }
+    }
+}
+
+/// `[tls]`: serve the API over TLS with this certificate chain and key
+/// (PEM files, reloaded on SIGHUP).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    /// The certificate chain, leaf first.
+    pub cert: Option<PathBuf>,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+}
+
+impl TlsSettings {
+    /// Whether TLS is configured (both files named).
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some() && self.key.is_some()
+    }
+
+    /// The two files, `None` when neither is set, an error when only one is.
+    pub fn files(&self) -> Result<Option<(&std::path::Path, &std::path::Path)>, String> {
+        match (&self.cert, &self.key) {
+            (Some(c), Some(k)) => Ok(Some((c, k))),
+            (None, None) => Ok(None),
+            (Some(_), None) => Err("TLS needs both a certificate and a key: the certificate is set (tls.cert, HALE_TLS_CERT or --tls-cert) but the key is not (tls.key, HALE_TLS_KEY or --tls-key)".into()),
+            (None, Some(_)) => Err("TLS needs both a certificate and a key: the key is set (tls.key, HALE_TLS_KEY or --tls-key) but the certificate is not (tls.cert, HALE_TLS_CERT or --tls-cert)".into()),
         }
     }
 }

@@ -24,6 +24,7 @@ pub mod outage;
 pub mod outbox;
 pub mod rebook;
 mod rest;
+pub mod tls;
 pub mod wire;
 
 use crate::audit_sink::AuditSink;
@@ -84,6 +85,8 @@ pub fn now_ms() -> i64 {
 pub struct Node {
     pub app: Arc<App>,
     pub audit_task: tokio::task::JoinHandle<()>,
+    /// TLS on the API, when `[tls]` is configured (loaded before the node starts).
+    pub tls: Option<Arc<tls::Tls>>,
 }
 
 /// Why a node could not start.
@@ -99,6 +102,8 @@ pub enum StartError {
     Config(String),
     #[error("cannot open the site journal: {0}")]
     Journal(#[from] hale_journal::JournalError),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 impl Node {
@@ -108,11 +113,14 @@ impl Node {
     pub async fn start(cfg: Config, api_url: String) -> Result<Node, StartError> {
         downtime::validate(&cfg.downtime).map_err(StartError::Config)?;
         outbox::validate(&cfg.notify, &cfg.outage).map_err(StartError::Config)?;
+        let tls = tls::Tls::from_settings(&cfg.tls).map_err(StartError::Tls)?;
         let raft = RaftNode::start(&cfg.data, cfg.cluster.clone(), api_url)
             .await
             .map_err(Box::new)?;
         let reader = Arc::new(Reader::open(&cfg.data, cfg.limits.readers)?);
-        Node::with_parts(cfg, raft, reader)
+        let mut node = Node::with_parts(cfg, raft, reader)?;
+        node.tls = tls;
+        Ok(node)
     }
 
     pub fn with_parts(cfg: Config, raft: Arc<RaftNode>, reader: Arc<Reader>) -> Result<Node, StartError> {
@@ -149,7 +157,11 @@ impl Node {
             inflight: tokio::sync::Semaphore::new(cfg_inflight),
             downtime: downtime::DowntimeState::default(),
         });
-        Ok(Node { app, audit_task })
+        Ok(Node {
+            app,
+            audit_task,
+            tls: None,
+        })
     }
 
     pub fn router(&self) -> Router {
@@ -376,6 +388,11 @@ pub async fn serve_with(
 ) -> std::io::Result<()> {
     let router = wrap(node.router());
     let app = node.app.clone();
+    let tls = match node.tls.clone() {
+        Some(t) => Some(t),
+        None => tls::Tls::from_settings(&app.cfg.tls).map_err(std::io::Error::other)?,
+    };
+    let app_timeout_ms = app.cfg.limits.request_timeout_ms;
     downtime::spawn_scheduler(app.clone());
     let drainer = offline::spawn_drainer(app.clone());
     // Patient notifications: only when `[notify]` configures an adapter; delivers while leader.
@@ -388,14 +405,21 @@ pub async fn serve_with(
             stop.signal();
         }
     };
-    let served = axum::serve(listener, router).with_graceful_shutdown(shutdown).await;
+    let served = match tls {
+        // Open connections get as long as a request may take, and a little more.
+        Some(tls) => {
+            let drain_max = std::time::Duration::from_millis(app_timeout_ms + 5_000);
+            tls::serve(listener, router, tls, shutdown, drain_max).await
+        }
+        None => axum::serve(listener, router).with_graceful_shutdown(shutdown).await,
+    };
     drainer.abort();
     // In-flight sends finish and are recorded before the write path stops.
     if let Some(w) = notify_worker {
         w.stop().await;
     }
     served?;
-    let Node { app, audit_task } = node;
+    let Node { app, audit_task, .. } = node;
     let raft = app.raft.clone();
     drop(app);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), audit_task).await;

@@ -55,7 +55,7 @@ pub enum UiError {
 impl Ui {
     pub fn new(app: Arc<App>) -> Result<Arc<Ui>, UiError> {
         let sessions = session::Sessions::open(&app.cfg.data)?;
-        let secure_cookies = secure_cookies(&app.cfg.listen, app.cfg.base_url.as_deref());
+        let secure_cookies = secure_cookies(&app.cfg.listen, app.cfg.base_url.as_deref(), app.cfg.tls.enabled());
         Ok(Arc::new(Ui {
             app,
             sessions,
@@ -74,8 +74,8 @@ impl Ui {
 }
 
 /// `Secure` cookies unless the node serves plain HTTP on loopback.
-pub fn secure_cookies(listen: &str, base_url: Option<&str>) -> bool {
-    if base_url.is_some_and(|u| u.starts_with("https://")) {
+pub fn secure_cookies(listen: &str, base_url: Option<&str>, tls: bool) -> bool {
+    if tls || base_url.is_some_and(|u| u.starts_with("https://")) {
         return true;
     }
     let host = listen.rsplit_once(':').map(|(h, _)| h).unwrap_or(listen);
@@ -367,15 +367,18 @@ mod tests {
 
     #[test]
     fn cookies_are_secure_except_on_loopback_http() {
-        for (listen, base, expect) in [
-            ("127.0.0.1:8080", None, false),
-            ("[::1]:8080", None, false),
-            ("localhost:8080", None, false),
-            ("0.0.0.0:8080", None, true),
-            ("10.1.2.3:8080", None, true),
-            ("127.0.0.1:8080", Some("https://hale.trust.nhs.uk"), true),
+        for (listen, base, tls, expect) in [
+            ("127.0.0.1:8080", None, false, false),
+            ("[::1]:8080", None, false, false),
+            ("localhost:8080", None, false, false),
+            ("0.0.0.0:8080", None, false, true),
+            ("10.1.2.3:8080", None, false, true),
+            ("127.0.0.1:8080", Some("https://hale.trust.nhs.uk"), false, true),
+            // TLS on the API: browsers keep secure cookies on loopback over https.
+            ("127.0.0.1:8080", None, true, true),
+            ("[::1]:8080", None, true, true),
         ] {
-            assert_eq!(secure_cookies(listen, base), expect, "{listen} {base:?}");
+            assert_eq!(secure_cookies(listen, base, tls), expect, "{listen} {base:?} {tls}");
         }
     }
 }

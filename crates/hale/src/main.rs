@@ -2,6 +2,7 @@
 
 mod backfill_cli;
 mod bulk_cli;
+mod cert_cli;
 mod chaos;
 mod chaos_offline;
 mod cluster_cli;
@@ -66,6 +67,8 @@ enum Cmd {
     Backfill(backfill_cli::BackfillArgs),
     /// Local staff accounts for web UI sign-in: add, passwd, disable, enable, list (replicated to every node).
     User(user_cli::UserArgs),
+    /// TLS certificates: `init` a cluster CA, `issue` node and server certificates signed by it.
+    Cert(cert_cli::CertArgs),
 }
 
 #[derive(Args)]
@@ -107,6 +110,13 @@ struct ServeArgs {
     /// it). Env: HALE_REFERENTIAL_INTEGRITY.
     #[arg(long, value_parser = ["enforce", "off"])]
     referential_integrity: Option<String>,
+    /// Serve the API over TLS with this certificate chain (PEM; reloaded on SIGHUP). Needs --tls-key.
+    /// Env: HALE_TLS_CERT.
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert. Env: HALE_TLS_KEY.
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
     /// Accept fault injection on the raft port (chaos testing only; never in production).
     #[arg(long, hide = true)]
     fault_injection: bool,
@@ -285,6 +295,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::DowntimePack(a) => downtime::run(a),
         Cmd::Backfill(a) => rt.block_on(backfill_cli::run(a)),
         Cmd::User(a) => rt.block_on(user_cli::run(a)),
+        Cmd::Cert(a) => cert_cli::run(a),
     }
 }
 
@@ -386,6 +397,19 @@ fn load_config(a: &ServeArgs) -> Result<Config> {
     if a.fault_injection {
         cfg.cluster.fault_injection = true;
     }
+    if let Some(v) = env("HALE_TLS_CERT") {
+        cfg.tls.cert = Some(v.into());
+    }
+    if let Some(v) = env("HALE_TLS_KEY") {
+        cfg.tls.key = Some(v.into());
+    }
+    if let Some(v) = &a.tls_cert {
+        cfg.tls.cert = Some(v.clone());
+    }
+    if let Some(v) = &a.tls_key {
+        cfg.tls.key = Some(v.clone());
+    }
+    cfg.tls.files().map_err(anyhow::Error::msg)?;
     // A lone node bootstraps itself; a node meant for a cluster waits for `hale cluster`.
     cfg.cluster.bootstrap_single = a.bootstrap || (cfg.cluster.listen.is_none() && cfg.cluster.node_id == 1);
     if cfg.demo.enabled && cfg.demo.patients > hale_demo::MAX_PATIENTS {
@@ -431,6 +455,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
     })?;
     let api_url = match &cfg.base_url {
         Some(u) => u.trim_end_matches('/').to_string(),
+        None if cfg.tls.enabled() => format!("https://{}", listener.local_addr()?),
         None => format!("http://{}", listener.local_addr()?),
     };
     let node = hale_server::Node::start(cfg.clone(), api_url.clone())
