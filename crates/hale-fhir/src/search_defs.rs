@@ -62,10 +62,32 @@ static HALE_PARAMS: &[(ResourceType, SearchParamDef)] = &[
             url: "https://hale.health/fhir/SearchParameter/Communication-about",
         },
     ),
+    // R4 has no purpose-of-use search (R5 adds `purpose`); privacy officers
+    // review emergency ("break the glass") access by it.
+    (
+        ResourceType::AuditEvent,
+        SearchParamDef {
+            name: "purpose",
+            kind: ParamKind::Token,
+            path: "AuditEvent.purposeOfEvent",
+            targets: &[],
+            components: &[],
+            url: "https://hale.health/fhir/SearchParameter/AuditEvent-purpose",
+        },
+    ),
 ];
 
 /// AuditEvents are audit rows, not stored resources, and are searched by these only.
-const AUDIT_EVENT_PARAMS: &[&str] = &["_id", "_lastUpdated", "patient", "agent", "date", "action", "outcome"];
+const AUDIT_EVENT_PARAMS: &[&str] = &[
+    "_id",
+    "_lastUpdated",
+    "patient",
+    "agent",
+    "date",
+    "action",
+    "outcome",
+    "purpose",
+];
 
 /// One parameter ready to extract: its definition and parsed expressions.
 struct Compiled {
@@ -809,7 +831,7 @@ impl Parser {
             let sortable = |d: &&SearchParamDef| {
                 !matches!(d.kind, ParamKind::Composite | ParamKind::Special)
                     && supported(self.rtype, d.name)
-                    && (self.rtype != ResourceType::AuditEvent || matches!(d.name, "_id" | "_lastUpdated"))
+                    && (self.rtype != ResourceType::AuditEvent || matches!(d.name, "_id" | "_lastUpdated" | "date"))
             };
             match find(self.rtype, name).filter(sortable) {
                 Some(def) => {

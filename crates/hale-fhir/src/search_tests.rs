@@ -823,7 +823,7 @@ fn query_unsupported() {
     check_query(
         AuditEvent,
         "entity=Patient/1",
-        "error not-supported entity: search parameter 'entity' is not supported on AuditEvent: AuditEvent are searched by _id, _lastUpdated, patient, agent, date, action, outcome only",
+        "error not-supported entity: search parameter 'entity' is not supported on AuditEvent: AuditEvent are searched by _id, _lastUpdated, patient, agent, date, action, outcome, purpose only",
     );
     check_strict(
         Patient,

@@ -94,6 +94,7 @@ fn role_named(s: &str) -> Option<Role> {
         "clerk" => Role::Clerk,
         "admin" => Role::Admin,
         "service" => Role::Service,
+        "privacy-officer" => Role::PrivacyOfficer,
         _ => return None,
     })
 }

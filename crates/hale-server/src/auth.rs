@@ -133,8 +133,13 @@ pub fn authorize(p: &Principal, rt: ResourceType, write: bool) -> Result<(), Fhi
             ),
         ));
     }
+    // The audit trail is read by admins and privacy officers only: who looked
+    // at a patient is itself sensitive. A privacy officer sees the trail and
+    // whose record it is (Patient), nothing clinical, and changes nothing.
     let ok = match p.role {
-        Role::Admin | Role::Service => true,
+        Role::Admin => true,
+        Role::Service => rt != ResourceType::AuditEvent,
+        Role::PrivacyOfficer => !write && matches!(rt, ResourceType::AuditEvent | ResourceType::Patient),
         Role::Clinician => rt != ResourceType::AuditEvent,
         Role::Clerk => rt != ResourceType::AuditEvent && !clinical(rt),
     };
@@ -171,7 +176,19 @@ mod tests {
         check(Role::Clerk, ResourceType::DocumentReference, false);
         check(Role::Clerk, ResourceType::Observation, false);
         check(Role::Admin, ResourceType::AuditEvent, true);
-        check(Role::Service, ResourceType::AuditEvent, true);
+        check(Role::Service, ResourceType::AuditEvent, false);
+        check(Role::PrivacyOfficer, ResourceType::AuditEvent, true);
+        check(Role::PrivacyOfficer, ResourceType::Patient, true);
+        check(Role::PrivacyOfficer, ResourceType::Observation, false);
+        check(Role::PrivacyOfficer, ResourceType::Appointment, false);
+        let po = Principal {
+            user: "u".into(),
+            role: Role::PrivacyOfficer,
+        };
+        assert!(
+            authorize(&po, ResourceType::Patient, true).is_err(),
+            "a privacy officer writes nothing"
+        );
         check(Role::Clerk, ResourceType::Basic, true);
         check(Role::Clerk, ResourceType::Communication, true);
     }

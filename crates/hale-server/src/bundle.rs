@@ -236,6 +236,9 @@ fn plan_entry(cx: &Ctx<'_>, e: &Value, new_id: Option<String>) -> Result<Planned
     let (path, query) = url.split_once('?').unwrap_or((url, ""));
     let segs: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
     let rt = resource_type(segs.first().copied().unwrap_or(""))?;
+    if rt == ResourceType::AuditEvent && crate::rest::audit_event_write(method, &segs[1..]) {
+        return Err(crate::rest::audit_events_append_only(method, url));
+    }
     let resource = e.get("resource");
     let check = |write: bool| authorize(cx.principal, rt, write);
     match (method, segs.as_slice()) {

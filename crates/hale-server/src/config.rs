@@ -140,16 +140,21 @@ pub enum Role {
     Clerk,
     Admin,
     Service,
+    /// Reviews the audit trail ("who looked at this patient"): reads AuditEvent
+    /// and Patient demographics, nothing clinical, and writes nothing.
+    #[serde(rename = "privacy-officer")]
+    PrivacyOfficer,
 }
 
 impl Role {
-    /// The role named `s` (`clinician`, `clerk`, `admin`, `service`).
+    /// The role named `s` (`clinician`, `clerk`, `admin`, `service`, `privacy-officer`).
     pub fn parse_name(s: &str) -> Option<Role> {
         match s {
             "clinician" => Some(Role::Clinician),
             "clerk" => Some(Role::Clerk),
             "admin" => Some(Role::Admin),
             "service" => Some(Role::Service),
+            "privacy-officer" => Some(Role::PrivacyOfficer),
             _ => None,
         }
     }
@@ -160,6 +165,7 @@ impl Role {
             Role::Clerk => "clerk",
             Role::Admin => "admin",
             Role::Service => "service",
+            Role::PrivacyOfficer => "privacy-officer",
         }
     }
 }

@@ -48,6 +48,9 @@ pub async fn dispatch(app: &App, req: Request) -> Handled {
         Ok(p) => p,
         Err(e) => return ("other", Err(e)),
     };
+    if let Err(e) = purpose_of_use(&headers) {
+        return ("other", Err(e));
+    }
     let cx = Ctx {
         app,
         headers: &headers,
@@ -108,6 +111,18 @@ pub async fn dispatch(app: &App, req: Request) -> Handled {
                 Ok(rt) => rt,
                 Err(e) => return ("other", Err(e)),
             };
+            if rt == ResourceType::AuditEvent && audit_event_write(m.as_str(), rest) {
+                let id = rest.first().copied().filter(|_| rest.len() == 1);
+                let action = match m {
+                    Method::POST => AuditAction::Create,
+                    Method::DELETE => AuditAction::Delete,
+                    _ => AuditAction::Update,
+                };
+                // An attempt on the audit trail is itself worth a row.
+                let detail = format!("refused: {m} {}", parts.uri.path());
+                cx.audit(action, rt, id, None, 4, detail).await;
+                return ("other", Err(audit_events_append_only(m.as_str(), parts.uri.path())));
+            }
             match (m, rest) {
                 (Method::GET, []) => ("search-type", cx.search(rt, &query).await),
                 (Method::POST, ["_search"]) => {
@@ -221,6 +236,51 @@ pub async fn dispatch(app: &App, req: Request) -> Handled {
             )),
         ),
     }
+}
+
+/// Whether `method` on `AuditEvent/{rest}` would create, change or delete an
+/// audit record (reads, searches and `$validate` are not).
+pub(crate) fn audit_event_write(method: &str, rest: &[&str]) -> bool {
+    match method {
+        "PUT" | "PATCH" | "DELETE" => true,
+        "POST" => rest.is_empty(),
+        _ => false,
+    }
+}
+
+/// The answer to any write of an AuditEvent: 405. The audit trail is
+/// append-only and written by the server alone, for every role: a client's
+/// own AuditEvent would sit in the trail beside the server's as if the server
+/// had seen it, so POST is refused too.
+pub(crate) fn audit_events_append_only(method: &str, path: &str) -> FhirError {
+    FhirError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        IssueCode::NotSupported,
+        format!(
+            "{method} is not allowed on {path}: audit events cannot be changed or deleted, and only the server records them; the audit trail can be read and searched (GET)"
+        ),
+    )
+}
+
+/// Header naming the purpose of use of a request (a v3 PurposeOfUse code such
+/// as `TREAT`, or `ETREAT` for emergency access); recorded on its audit rows.
+pub const PURPOSE_HEADER: &str = "x-hale-purpose-of-use";
+
+/// The request's stated purpose of use: None when the header is absent, 400
+/// when it is not a code (letters, digits and '-', at most 32).
+pub fn purpose_of_use(headers: &HeaderMap) -> Result<Option<String>, FhirError> {
+    let Some(v) = headers.get(PURPOSE_HEADER) else {
+        return Ok(None);
+    };
+    let s = v.to_str().unwrap_or("").trim();
+    let ok = !s.is_empty() && s.len() <= 32 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if !ok {
+        return Err(FhirError::bad_request(format!(
+            "X-Hale-Purpose-Of-Use must be a purpose-of-use code such as TREAT or ETREAT (letters, digits and '-', at most 32), not '{}'",
+            s.chars().take(40).collect::<String>()
+        )));
+    }
+    Ok(Some(s.to_string()))
 }
 
 /// The types a search's chains and reverse chains look into.
@@ -445,7 +505,7 @@ impl Ctx<'_> {
         self.app
             .audit
             .record(AuditRecord {
-                purpose: None,
+                purpose: purpose_of_use(self.headers).ok().flatten(),
                 time_ms: now_ms(),
                 actor: self.principal.actor(),
                 action,

@@ -231,7 +231,7 @@ async fn with_referential_integrity_off_every_official_example_loads() {
         .find(|((t, _), _)| t == "AuditEvent")
         .expect("an AuditEvent example");
     let r = srv.put(&format!("/AuditEvent/{}", key.1), ADMIN, audit).await;
-    assert_eq!(r.status, 400, "AuditEvent write: {}", r.text);
+    assert_eq!(r.status, 405, "AuditEvent write: {}", r.text);
     assert_eq!(r.body()["issue"][0]["code"], "not-supported");
     assert_eq!(r.body()["resourceType"], "OperationOutcome");
     eprintln!(

@@ -7,6 +7,7 @@ mod common;
 mod http {
     pub mod accounts;
     pub mod audit_auth;
+    pub mod audit_trail;
     pub mod backfill;
     pub mod bad_input;
     pub mod booking;

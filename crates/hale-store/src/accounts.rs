@@ -11,7 +11,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
 /// Roles an account may have (the same names as bearer-token roles).
-pub const ROLES: &[&str] = &["clinician", "clerk", "admin", "service"];
+pub const ROLES: &[&str] = &["clinician", "clerk", "admin", "service", "privacy-officer"];
 /// Longest display name, in characters.
 pub const NAME_CHARS_MAX: usize = 200;
 /// Longest stored password hash, in bytes.

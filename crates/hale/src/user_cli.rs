@@ -29,7 +29,7 @@ enum UserCmd {
     Add {
         /// The sign-in name: lower-case letters, digits, '.', '_' or '-' (e.g. j.smith).
         user: String,
-        /// clinician, clerk, admin or service.
+        /// clinician, clerk, admin, service or privacy-officer.
         #[arg(long)]
         role: String,
         /// The full name colleagues see (e.g. "Dr Jane Smith").

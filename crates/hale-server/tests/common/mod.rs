@@ -21,6 +21,8 @@ use tokio::sync::oneshot;
 pub const CLIN: &str = "t-clin";
 pub const CLERK: &str = "t-clerk";
 pub const ADMIN: &str = "t-admin";
+/// A privacy officer (`po.pat`): reads the audit trail and Patients only.
+pub const PRIVACY: &str = "t-privacy";
 
 pub const NHS_SYSTEM: &str = "https://fhir.nhs.uk/Id/nhs-number";
 pub const CATEGORY_SYSTEM: &str = "https://hale.health/fhir/CodeSystem/appointment-category";
@@ -76,6 +78,11 @@ pub fn test_config(dir: &Path) -> Config {
             token: ADMIN.into(),
             user: "admin.ada".into(),
             role: Role::Admin,
+        },
+        TokenEntry {
+            token: PRIVACY.into(),
+            user: "po.pat".into(),
+            role: Role::PrivacyOfficer,
         },
     ];
     cfg
