@@ -52,7 +52,14 @@ fn help_for_every_command_exits_zero_and_names_its_flags() {
                 "--demo",
                 "--demo-patients",
                 "HALE_CONFIG",
+                "--tls-cert",
+                "--tls-key",
             ],
+        ),
+        (&["cert", "--help"], &["init", "issue"]),
+        (
+            &["cert", "issue", "--help"],
+            &["--dir", "--name", "--node-id", "--role", "--dns", "--ip", "--force"],
         ),
         (
             &["import", "--help"],
@@ -1222,4 +1229,292 @@ fn an_import_that_stopped_carries_on_where_it_stopped_when_run_again() {
         let r = s.get(&format!("/Location?name={name}"), Some(CLIN_TOKEN));
         assert_eq!(matches(&r.json()).len(), 1, "Location {name} once: {}", r.text());
     }
+}
+
+// ---------------------------------------------------------------------------
+// TLS on the API: `hale cert`, `--tls-cert`/`--tls-key`, reload on SIGHUP
+
+/// A blocking TLS client connection to 127.0.0.1 that trusts `ca.pem`.
+struct TlsConn {
+    stream: std::io::BufReader<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>>,
+}
+
+impl TlsConn {
+    fn connect(port: u16, ca_pem: &Path) -> std::io::Result<TlsConn> {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls::pki_types::CertificateDer::pem_file_iter(ca_pem).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let cfg =
+            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).unwrap();
+        let tcp = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        tcp.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+        let mut stream = rustls::StreamOwned::new(conn, tcp);
+        while stream.conn.is_handshaking() {
+            stream.conn.complete_io(&mut stream.sock)?;
+        }
+        Ok(TlsConn {
+            stream: std::io::BufReader::new(stream),
+        })
+    }
+
+    /// The serial number of the certificate the server presented.
+    fn peer_serial(&self) -> String {
+        let conn = &self.stream.get_ref().conn;
+        hale_server::tls::serial_hex(&conn.peer_certificates().unwrap()[0]).unwrap()
+    }
+
+    /// GET on this (kept-alive) connection: status, lower-cased header lines, body.
+    fn get(&mut self, path: &str) -> std::io::Result<(u16, Vec<String>, String)> {
+        use std::io::{BufRead, Read, Write};
+        write!(
+            self.stream.get_mut(),
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer demo-admin\r\n\r\n"
+        )?;
+        self.stream.get_mut().flush()?;
+        let mut status_line = String::new();
+        self.stream.read_line(&mut status_line)?;
+        let status: u16 = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("not an HTTP answer: {status_line:?}")))?;
+        let mut headers = Vec::new();
+        loop {
+            let mut l = String::new();
+            self.stream.read_line(&mut l)?;
+            let l = l.trim_end().to_ascii_lowercase();
+            if l.is_empty() {
+                break;
+            }
+            headers.push(l);
+        }
+        let header = |n: &str| {
+            headers.iter().find_map(|h| {
+                h.strip_prefix(n)
+                    .and_then(|v| v.strip_prefix(':'))
+                    .map(|v| v.trim().to_string())
+            })
+        };
+        let mut body = Vec::new();
+        if let Some(len) = header("content-length") {
+            body.resize(len.parse().unwrap(), 0);
+            self.stream.read_exact(&mut body)?;
+        } else if header("transfer-encoding").as_deref() == Some("chunked") {
+            loop {
+                let mut size = String::new();
+                self.stream.read_line(&mut size)?;
+                let n = usize::from_str_radix(size.trim(), 16).unwrap();
+                let mut chunk = vec![0; n + 2];
+                self.stream.read_exact(&mut chunk)?;
+                if n == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..n]);
+            }
+        }
+        Ok((status, headers, String::from_utf8_lossy(&body).into_owned()))
+    }
+}
+
+#[test]
+fn tls_serves_with_hsts_and_a_sighup_reload_keeps_open_connections() {
+    let dir = tempdir();
+    let certs = dir.path().join("certs");
+    let mut cmd = hale_cmd(dir.path());
+    cmd.args(["cert", "init", "--dir"]).arg(&certs);
+    run(cmd, dir.path(), "cert-init").assert_success("hale cert init");
+    let issue = |label: &str, force: bool| {
+        let mut cmd = hale_cmd(dir.path());
+        cmd.args(["cert", "issue", "--dir"]).arg(&certs).args([
+            "--name",
+            "node1",
+            "--ip",
+            "127.0.0.1",
+            "--dns",
+            "localhost",
+            "--node-id",
+            "1",
+            "--role",
+            "voter",
+        ]);
+        if force {
+            cmd.arg("--force");
+        }
+        run(cmd, dir.path(), label)
+    };
+    issue("cert-issue", false).assert_success("hale cert issue");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for key in ["ca-key.pem", "node1-key.pem"] {
+            let mode = std::fs::metadata(certs.join(key)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{key}");
+        }
+    }
+    let again = issue("cert-issue-again", false);
+    assert!(!again.status.success());
+    assert!(again.stderr.contains("--force"), "{}", again.stderr);
+
+    let port = free_port();
+    let mut cmd = hale_cmd(dir.path());
+    cmd.args(["serve", "--demo", "--demo-patients", "20", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data")
+        .arg(dir.path().join("data"))
+        .arg("--tls-cert")
+        .arg(certs.join("node1.pem"))
+        .arg("--tls-key")
+        .arg(certs.join("node1-key.pem"));
+    let s = Server::spawn(cmd, port, dir.path(), "tls-serve");
+    let ca = certs.join("ca.pem");
+    let deadline = std::time::Instant::now() + scaled(READY_WAIT);
+    loop {
+        if let Ok(mut c) = TlsConn::connect(port, &ca) {
+            if matches!(c.get("/readyz"), Ok((200, _, _))) {
+                break;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "not ready over TLS\n{}", s.logs());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        s.stderr().contains(&format!("https://127.0.0.1:{port}/")),
+        "{}",
+        s.logs()
+    );
+
+    let mut open = TlsConn::connect(port, &ca).unwrap();
+    let first = open.peer_serial();
+    let (status, headers, body) = open.get("/metadata").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        headers.contains(&"strict-transport-security: max-age=31536000".to_string()),
+        "{headers:?}"
+    );
+    // Plain HTTP to the TLS port gets no HTTP answer.
+    assert!(
+        !matches!(try_request(port, "GET", "/readyz", None, None), Ok(r) if r.status == 200),
+        "plain HTTP must not be served on the TLS port"
+    );
+
+    issue("cert-reissue", true).assert_success("hale cert issue --force");
+    s.signal("HUP");
+    let deadline = std::time::Instant::now() + scaled(std::time::Duration::from_secs(10));
+    let second = loop {
+        let serial = TlsConn::connect(port, &ca).unwrap().peer_serial();
+        if serial != first {
+            break serial;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGHUP did not load the new certificate\n{}",
+            s.logs()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(
+        s.stderr().contains(&second),
+        "the reload logs the new serial\n{}",
+        s.logs()
+    );
+    let mut fresh = TlsConn::connect(port, &ca).unwrap();
+    assert_eq!(fresh.get("/metadata").unwrap().0, 200);
+    // The connection opened before the reload is still served.
+    assert_eq!(open.get("/metadata").unwrap().0, 200);
+    assert_eq!(open.peer_serial(), first);
+
+    // A broken key is refused on SIGHUP; the server keeps the certificate it has.
+    std::fs::write(certs.join("node1-key.pem"), "not a key").unwrap();
+    s.signal("HUP");
+    let deadline = std::time::Instant::now() + scaled(std::time::Duration::from_secs(10));
+    while !s.stderr().contains("could not reload the TLS certificate") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload error logged\n{}",
+            s.logs()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let mut after = TlsConn::connect(port, &ca).unwrap();
+    assert_eq!(after.peer_serial(), second);
+    assert_eq!(after.get("/healthz").unwrap().0, 200);
+
+    let mut s = s;
+    s.signal("TERM");
+    let st = s
+        .wait_exit()
+        .unwrap_or_else(|| panic!("no exit after SIGTERM\n{}", s.logs()));
+    assert_eq!(st.code(), Some(0), "{}", s.logs());
+}
+
+#[test]
+fn tls_needs_both_files_and_a_matching_key() {
+    let dir = tempdir();
+    let certs = dir.path().join("certs");
+    let mut cmd = hale_cmd(dir.path());
+    cmd.args(["cert", "init", "--dir"]).arg(&certs);
+    run(cmd, dir.path(), "cert-init").assert_success("hale cert init");
+    let mut cmd = hale_cmd(dir.path());
+    cmd.args(["cert", "issue", "--dir"])
+        .arg(&certs)
+        .args(["--name", "api", "--dns", "localhost"]);
+    run(cmd, dir.path(), "cert-issue").assert_success("hale cert issue");
+    let serve = |label: &str, args: &[&std::ffi::OsStr]| {
+        let mut cmd = hale_cmd(dir.path());
+        cmd.args(["serve", "--demo", "--demo-patients", "1", "--listen"])
+            .arg(format!("127.0.0.1:{}", free_port()))
+            .args(args);
+        run(cmd, dir.path(), label)
+    };
+    let (cert, key, ca_key) = (
+        certs.join("api.pem"),
+        certs.join("api-key.pem"),
+        certs.join("ca-key.pem"),
+    );
+    let out = serve("only-cert", &["--tls-cert".as_ref(), cert.as_os_str()]);
+    assert!(!out.status.success());
+    assert!(
+        out.stderr.contains("TLS needs both a certificate and a key"),
+        "{}",
+        out.stderr
+    );
+    let out = serve(
+        "wrong-key",
+        &[
+            "--tls-cert".as_ref(),
+            cert.as_os_str(),
+            "--tls-key".as_ref(),
+            ca_key.as_os_str(),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        out.stderr.contains("the TLS key does not belong to the certificate"),
+        "{}",
+        out.stderr
+    );
+    let missing = dir.path().join("missing.pem");
+    let out = serve(
+        "missing",
+        &[
+            "--tls-cert".as_ref(),
+            missing.as_os_str(),
+            "--tls-key".as_ref(),
+            key.as_os_str(),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        out.stderr.contains("cannot read the TLS certificate file"),
+        "{}",
+        out.stderr
+    );
 }

@@ -58,6 +58,8 @@ const HALE_ENV: &[&str] = &[
     "HALE_LOG_JSON",
     "HALE_URL",
     "HALE_TOKEN",
+    "HALE_TLS_CERT",
+    "HALE_TLS_KEY",
 ];
 
 /// A free loopback port: bind port 0, read the port, release it.
