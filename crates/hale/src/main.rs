@@ -1,5 +1,6 @@
 //! The `hale` command: CLI and glue. Business rules live in the crates.
 
+mod audit_cli;
 mod backfill_cli;
 mod bulk_cli;
 mod cert_cli;
@@ -69,6 +70,8 @@ enum Cmd {
     User(user_cli::UserArgs),
     /// TLS certificates: `init` a cluster CA, `issue` node and server certificates signed by it.
     Cert(cert_cli::CertArgs),
+    /// The audit trail's hash chain: `verify` a data directory's rows against it.
+    Audit(audit_cli::AuditArgs),
 }
 
 #[derive(Args)]
@@ -296,6 +299,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Backfill(a) => rt.block_on(backfill_cli::run(a)),
         Cmd::User(a) => rt.block_on(user_cli::run(a)),
         Cmd::Cert(a) => cert_cli::run(a),
+        Cmd::Audit(a) => audit_cli::run(a),
     }
 }
 

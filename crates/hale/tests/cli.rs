@@ -57,6 +57,7 @@ fn help_for_every_command_exits_zero_and_names_its_flags() {
             ],
         ),
         (&["cert", "--help"], &["init", "issue"]),
+        (&["audit", "verify", "--help"], &["--data", "HALE_DATA"]),
         (
             &["cert", "issue", "--help"],
             &["--dir", "--name", "--node-id", "--role", "--dns", "--ip", "--force"],
@@ -604,6 +605,64 @@ fn sigterm_stops_the_server_cleanly() {
         .unwrap_or_else(|| panic!("server did not exit within {EXIT_WAIT:?} of SIGTERM\n{}", s.logs()));
     assert_eq!(st.code(), Some(0), "SIGTERM must end in exit code 0\n{}", s.logs());
     assert!(nothing_listens(s.port), "the port is released");
+}
+
+/// `hale audit verify` passes on the chain a server wrote, and names the row
+/// that was edited in the stopped data directory.
+#[test]
+fn audit_verify_detects_an_edited_row() {
+    let dir = tempdir();
+    let mut s = configured_server(dir.path(), free_port(), "audit");
+    let nhs = &nhs_numbers(999_000_600, 1)[0];
+    let r = s.put(
+        "/Patient/audit-1",
+        Some(CLIN_TOKEN),
+        &patient(Some("audit-1"), nhs, "Audited"),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    for _ in 0..3 {
+        assert_eq!(s.get("/Patient/audit-1", Some(CLIN_TOKEN)).status, 200);
+    }
+    // SIGTERM drains the read audit before exit.
+    s.signal("TERM");
+    let st = s
+        .wait_exit()
+        .unwrap_or_else(|| panic!("server did not exit\n{}", s.logs()));
+    assert_eq!(st.code(), Some(0), "{}", s.logs());
+
+    let data = dir.path().join("data");
+    let verify = |label: &str| {
+        let mut cmd = hale_cmd(dir.path());
+        cmd.args(["audit", "verify", "--data"]).arg(&data);
+        run(cmd, dir.path(), label)
+    };
+    let ok = verify("verify-ok");
+    ok.assert_success("audit verify of an untouched store");
+    assert!(ok.stdout.contains("audit chain OK"), "{}", ok.stdout);
+
+    let conn = hale_store::rusqlite::Connection::open(data.join(hale_store::DB_FILE)).unwrap();
+    let (rows, seq): (i64, i64) = conn
+        .query_row(
+            "SELECT (SELECT COUNT(*) FROM audit), (SELECT MIN(seq) FROM audit WHERE action = 'R' AND user = 'dr.e2e')",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("a read was audited");
+    assert!(ok.stdout.contains(&format!("{rows} rows")), "{}", ok.stdout);
+    conn.execute(
+        "UPDATE audit SET user = 'someone.else', outcome = 0 WHERE seq = ?1",
+        [seq],
+    )
+    .unwrap();
+    drop(conn);
+
+    let bad = verify("verify-bad");
+    assert!(!bad.status.success(), "an edited row must fail verify: {}", bad.stdout);
+    assert!(
+        bad.stderr.contains(&format!("audit row {seq} was changed")),
+        "names the row: {}",
+        bad.stderr
+    );
 }
 
 // ---------------------------------------------------------------------------
