@@ -166,6 +166,14 @@ pub struct NodeStatus {
     pub content_hash: Option<String>,
     #[serde(default)]
     pub elections: ElectionCounts,
+    /// The head of the audit hash chain (last audit row's seq and hash), read
+    /// on `/raft/status` with the log index it reflects (`audit_head_index`;
+    /// equal to `applied_index` when the content hash was asked for). Replicas
+    /// at the same index hold the same head: apply computes it.
+    #[serde(default)]
+    pub audit_head: Option<hale_store::audit::ChainHead>,
+    #[serde(default)]
+    pub audit_head_index: Option<u64>,
 }
 
 /// One member as the cluster status reports it.
@@ -905,6 +913,8 @@ impl RaftNode {
             isolated: self.faults().isolated(),
             content_hash: None,
             elections: self.election_counts(),
+            audit_head: None,
+            audit_head_index: None,
         }
     }
 
@@ -1256,21 +1266,30 @@ async fn rpc_status(State(n): Node, headers: HeaderMap, Json(with_hash): Json<bo
     }
     // Status answers even when isolated: the chaos harness reads it from outside.
     let mut status = n.node_status();
-    if with_hash {
-        // Hashing reads the whole store: off the async threads and outside the
-        // apply lock, or a status poll starves this node's heartbeats and
-        // elections (seen under a CPU hog: a follower stalled for over a second
-        // and a needless election followed). The applied index is then the one
-        // the hash reflects.
-        let dir = n.sm.data_dir().to_path_buf();
-        match tokio::task::spawn_blocking(move || hale_store::content_hash_at(&dir)).await {
-            Ok(Ok((applied, hash))) => {
+    // Hashing reads the whole store: off the async threads and outside the
+    // apply lock, or a status poll starves this node's heartbeats and
+    // elections (seen under a CPU hog: a follower stalled for over a second
+    // and a needless election followed). The applied index is then the one
+    // the hash reflects. The audit chain head (a primary-key read) comes from
+    // the same read transaction, so both reflect the same index.
+    let dir = n.sm.data_dir().to_path_buf();
+    let read = move || -> Result<_, hale_store::StoreError> {
+        let snap = hale_store::export::Snapshot::open(&dir)?;
+        let head = snap.audit_head()?;
+        let hash = if with_hash { Some(snap.content_hash()?) } else { None };
+        Ok((snap.last_applied(), hash, head))
+    };
+    match tokio::task::spawn_blocking(read).await {
+        Ok(Ok((applied, hash, head))) => {
+            if let Some(hash) = hash {
                 status.applied_index = applied;
                 status.content_hash = Some(hash);
             }
-            Ok(Err(e)) => tracing::warn!(error = %e, "could not hash the store for a status request"),
-            Err(e) => tracing::warn!(error = %e, "the store hash task failed"),
+            status.audit_head = head;
+            status.audit_head_index = Some(applied);
         }
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not read the store for a status request"),
+        Err(e) => tracing::warn!(error = %e, "the store status task failed"),
     }
     Json(status).into_response()
 }

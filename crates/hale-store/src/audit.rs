@@ -266,6 +266,9 @@ pub struct ChainReport {
     pub fault: Option<ChainFault>,
 }
 
+/// A row as stored: its fields, `prev_hash` and `hash`.
+type StoredRow = (ChainRow, Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// Recompute the audit chain from the first row and compare it with the
 /// stored hashes and head. Read-only; stops at the first fault. It detects
 /// edited, deleted, inserted and reordered rows and a head that does not
@@ -280,7 +283,7 @@ pub fn verify(conn: &Connection) -> rusqlite::Result<ChainReport> {
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {COLS}, prev_hash, hash FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2"
         ))?;
-        let rows: Vec<(ChainRow, Option<Vec<u8>>, Option<Vec<u8>>)> = stmt
+        let rows: Vec<StoredRow> = stmt
             .query_map(rusqlite::params![after, CHAIN_STEP_ROWS as i64], |r| {
                 Ok((ChainRow::from_row(r)?, r.get(11)?, r.get(12)?))
             })?

@@ -119,6 +119,11 @@ impl Snapshot {
         Ok(n)
     }
 
+    /// The head of the audit hash chain (see [`crate::audit::head`]).
+    pub fn audit_head(&self) -> rusqlite::Result<Option<crate::audit::ChainHead>> {
+        crate::audit::head(&self.conn)
+    }
+
     /// The content hash of the snapshot (see [`crate::hash`]).
     pub fn content_hash(&self) -> Result<String, StoreError> {
         Ok(crate::hash::content_hash(&self.conn)?)

@@ -949,15 +949,17 @@ async fn drive(
     // every node hashed the same index (a late audit batch can land between
     // the settle and the hashes).
     let mut attempt = 0;
-    let (applied_index, hashes, elections) = loop {
+    let (applied_index, hashes, audit_heads, elections) = loop {
         attempt += 1;
         let applied_index = settle(c).await?;
         let mut hashes = BTreeMap::new();
+        let mut audit_heads = BTreeMap::new();
         let mut at = BTreeMap::new();
         let mut elections = ElectionTotals::default();
         for p in &c.procs {
             let s = c.node_status(p.id, true).await?;
             hashes.insert(p.id, s["content_hash"].as_str().unwrap_or("").to_string());
+            audit_heads.insert(p.id, s["audit_head"].clone());
             at.insert(p.id, s["applied_index"].as_u64().unwrap_or(0));
             elections.add(&s);
         }
@@ -966,13 +968,18 @@ async fn drive(
             if !same_index {
                 eprintln!("the nodes kept applying while being hashed: indexes {at:?}");
             }
-            break (applied_index, hashes, elections);
+            break (applied_index, hashes, audit_heads, elections);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     let hashes_equal = hashes
         .values()
         .all(|h| !h.is_empty() && Some(h) == hashes.values().next());
+    // The audit chain heads, compared explicitly (the content hash covers them
+    // too): apply computes the chain, so replicas at one index hold one head.
+    let audit_heads_equal = audit_heads
+        .values()
+        .all(|h| h.is_object() && Some(h) == audit_heads.values().next());
     let tally = std::mem::take(&mut *w.tally.lock().expect("tally"));
     eprintln!(
         "converged at index {applied_index}; checking {} acknowledged writes and {} raced slots on {} nodes ...",
@@ -997,6 +1004,9 @@ async fn drive(
     }
     if !hashes_equal {
         failures.push(format!("the replicas' content hashes differ: {hashes:?}"));
+    }
+    if !audit_heads_equal {
+        failures.push(format!("the replicas' audit chain heads differ: {audit_heads:?}"));
     }
     if tally.creates_acked == 0 {
         failures.push("no create was acknowledged at all".into());
@@ -1055,6 +1065,8 @@ async fn drive(
         "offline": offline,
         "hashes_equal": hashes_equal,
         "content_hashes": hashes.iter().map(|(id, h)| (id.to_string(), h.clone())).collect::<BTreeMap<_, _>>(),
+        "audit_heads_equal": audit_heads_equal,
+        "audit_heads": audit_heads.iter().map(|(id, h)| (id.to_string(), h.clone())).collect::<BTreeMap<_, _>>(),
         "applied_index": applied_index,
         "data_dir": c.data().display().to_string(),
         "faults_elapsed_s": round1(faults_done.duration_since(started).as_secs_f64()),
@@ -1145,6 +1157,18 @@ fn print_summary(s: &Value, json: bool) -> Result<()> {
         "  content hashes equal: {} (applied index {})",
         if s["hashes_equal"] == true { "yes" } else { "NO" },
         s["applied_index"]
+    );
+    println!(
+        "  audit heads equal:    {} ({})",
+        if s["audit_heads_equal"] == true { "yes" } else { "NO" },
+        s["audit_heads"]
+            .as_object()
+            .and_then(|m| m.values().next())
+            .map_or("-".into(), |h| format!(
+                "row {} hash {}",
+                h["seq"],
+                h["hash"].as_str().unwrap_or("")
+            ))
     );
     println!(
         "  elapsed:              {} s ({} s of faults)",

@@ -83,6 +83,7 @@ fn chaos_with_20_faults_loses_nothing_and_replicas_agree() {
     assert_eq!(s["writes_lost"], 0, "{ctx}");
     assert_eq!(s["double_bookings"], 0, "{ctx}");
     assert_eq!(s["hashes_equal"], true, "{ctx}");
+    assert_eq!(s["audit_heads_equal"], true, "{ctx}");
     assert_eq!(s["faults"]["total"], 20, "{ctx}");
     // Seed 7 schedules 6 leader kills, 7 follower kills, 3 isolations and 4 wipes.
     assert!(s["leader_kills"].as_u64().unwrap_or(0) >= 3, "{ctx}");
