@@ -788,8 +788,17 @@ impl RaftNode {
         self.vote_withheld.load(Ordering::Acquire)
     }
 
+    /// A leader reached this node. `leader_commit` is the commit index an
+    /// AppendEntries carried; `None` for a snapshot chunk, which says nothing
+    /// about what is committed.
     fn record_contact(&self, leader_commit: Option<u64>) {
-        if self.vote_withheld() && self.applied_index() >= leader_commit.unwrap_or(0) {
+        // Votes come back only once this node has applied a commit index a
+        // leader stated. A snapshot chunk must not count: the first one arrives
+        // long before the snapshot is installed, and an empty node that voted
+        // during the transfer could elect a candidate missing entries this node
+        // had acknowledged before it was wiped (the slow chaos run lost 26
+        // acknowledged writes that way: every wipe re-syncs from a snapshot).
+        if self.vote_withheld() && leader_commit.is_some_and(|c| self.applied_index() >= c) {
             self.vote_withheld.store(false, Ordering::Release);
             tracing::info!(
                 node = self.id,
@@ -1345,5 +1354,35 @@ impl Proposer for RaftProposer {
 
     fn last_applied(&self) -> u64 {
         self.0.applied_index()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_empty_node_votes_again_only_after_applying_a_commit_a_leader_stated() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = RaftSettings {
+            node_id: 2,
+            listen: None,
+            bootstrap_single: false,
+            ..RaftSettings::default()
+        };
+        let n = RaftNode::start(dir.path(), settings, "http://127.0.0.1:9".into())
+            .await
+            .unwrap();
+        assert!(n.vote_withheld(), "started with an empty log");
+        // A snapshot chunk: nothing is installed yet, so nothing is caught up.
+        n.record_contact(None);
+        assert!(n.vote_withheld(), "a snapshot chunk must not give the vote back");
+        // An append stating commit 5 while this node has applied nothing.
+        n.record_contact(Some(5));
+        assert!(n.vote_withheld());
+        // A leader whose commit this node has applied.
+        n.record_contact(Some(n.applied_index()));
+        assert!(!n.vote_withheld());
+        n.shutdown().await;
     }
 }
