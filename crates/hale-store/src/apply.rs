@@ -1238,8 +1238,9 @@ pub fn allowed_next(from: &str) -> &'static [&'static str] {
             "cancelled",
             "entered-in-error",
         ],
-        // "Seen" clicked on the wrong row is undone to where the patient was.
-        "fulfilled" => &["fulfilled", "checked-in", "arrived", "entered-in-error"],
+        // "Seen" clicked on the wrong row is undone to checked in (the desk
+        // marks "seen" only from checked in).
+        "fulfilled" => &["fulfilled", "checked-in", "entered-in-error"],
         // A non-attendance recorded in error (paper shows the patient came) is corrected directly.
         "noshow" => &[
             "noshow",

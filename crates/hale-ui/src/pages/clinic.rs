@@ -31,7 +31,7 @@ pub const ACTIONS: &[(&str, &str)] = &[
 pub fn actions_for(status: &str) -> Vec<(&'static str, &'static str)> {
     let next: &[&str] = match status {
         "booked" | "pending" | "proposed" => &["arrived", "checked-in", "noshow"],
-        "arrived" => &["checked-in", "fulfilled", "noshow"],
+        "arrived" => &["checked-in", "noshow"],
         "checked-in" => &["fulfilled"],
         _ => &[],
     };
