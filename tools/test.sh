@@ -42,7 +42,10 @@ export HALE_R4_EXAMPLES="$PWD/$EXAMPLES_DIR/package"
 python3 tools/gen_fhir_defs.py --check
 python3 tools/gen_fhir_schema_subset.py --check
 
-cargo test --workspace "$@"
+# --no-fail-fast: one failing test binary must not hide the others; the
+# browser stage runs too, and the script fails at the end if anything failed.
+status=0
+cargo test --workspace --no-fail-fast "$@" || status=$?
 
 # Browser stage: the staff web UI in headless Chromium (system package, driven
 # by playwright-core; axe-core for accessibility). See tests/browser/.
@@ -54,4 +57,8 @@ fi
 echo "== browser tests (tests/browser)"
 ( cd tests/browser && npm ci --no-audit --no-fund )
 cargo build -p hale
-( cd tests/browser && HALE_BIN="$PWD/../../target/debug/hale" node --test --test-concurrency=1 )
+( cd tests/browser && HALE_BIN="$PWD/../../target/debug/hale" node --test --test-concurrency=1 ) || status=$?
+if [ "$status" != 0 ]; then
+  echo "error: the test suite failed (see the failures above; cargo test prints a list at its end)" >&2
+fi
+exit "$status"

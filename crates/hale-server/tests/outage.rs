@@ -549,13 +549,18 @@ async fn outage_on_one_day_at_two_sites() {
         assert_eq!(old_site, new_site, "same site");
         // Time rules: not before the minimum lead, within every hard deadline still open.
         assert!(start >= run_at + 24 * 3_600_000, "at least 24 h after the run");
-        let earliest = uk_date(run_at + 24 * 3_600_000);
         let new_day = uk_date(start);
         let date = |url: &str| {
             ext(old, url)
                 .and_then(|e| e["valueDate"].as_str())
                 .map(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").unwrap())
         };
+        // The earliest possible new date: the minimum lead, and a chemotherapy regimen
+        // window's first day (a hard lower bound). A deadline before it cannot be met.
+        let regimen_start = ext(old, codes::EXT_REGIMEN_WINDOW)
+            .and_then(|w| w["valuePeriod"]["start"].as_str())
+            .map(|s| NaiveDate::parse_from_str(&s[..10], "%Y-%m-%d").unwrap());
+        let earliest = uk_date(run_at + 24 * 3_600_000).max(regimen_start.unwrap_or(NaiveDate::MIN));
         for (d, days) in [
             (date(codes::EXT_RTT_REFERRAL_DATE), 126),
             (date(codes::EXT_DECISION_TO_TREAT_DATE), 31),
