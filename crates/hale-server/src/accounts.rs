@@ -81,10 +81,7 @@ fn read_account(app: &App, user: &str) -> Option<Account> {
 }
 
 fn principal(a: &Account) -> Option<Principal> {
-    Some(Principal {
-        user: a.user.clone(),
-        role: role_named(&a.role)?,
-    })
+    Some(Principal::new(a.user.clone(), role_named(&a.role)?))
 }
 
 /// The role an account's `role` column names (see [`hale_store::accounts::ROLES`]).

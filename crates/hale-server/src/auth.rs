@@ -6,13 +6,31 @@ use axum::http::{HeaderMap, StatusCode};
 use hale_fhir::{IssueCode, ResourceType};
 use std::collections::HashMap;
 
+/// Who is asking, as authentication established it. Authorisation
+/// ([`authorize`], and the patient-level checks) decides from this alone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     pub user: String,
     pub role: Role,
+    /// The hospital site the user works at (a Location id or site code), when
+    /// known: from the token's claims, the static token entry or the account.
+    pub site: Option<String>,
+    /// The patient a `patient/` SMART token is bound to (its launch context):
+    /// such a token sees that patient's compartment only.
+    pub patient: Option<String>,
 }
 
 impl Principal {
+    /// A principal with no site and no patient context.
+    pub fn new(user: impl Into<String>, role: Role) -> Principal {
+        Principal {
+            user: user.into(),
+            role,
+            site: None,
+            patient: None,
+        }
+    }
+
     pub fn actor(&self) -> hale_store::Actor {
         hale_store::Actor {
             user: self.user.clone(),
@@ -43,8 +61,8 @@ impl Authenticator {
                 (
                     t.token.clone(),
                     Principal {
-                        user: t.user.clone(),
-                        role: t.role,
+                        site: t.site.clone(),
+                        ..Principal::new(t.user.clone(), t.role)
                     },
                 )
             })
@@ -75,10 +93,7 @@ impl Authenticator {
         });
         let role = role.and_then(Role::parse_name);
         match (same, user, role) {
-            (true, Some(user), Some(role)) if !user.is_empty() => Ok(Principal {
-                user: user.to_string(),
-                role,
-            }),
+            (true, Some(user), Some(role)) if !user.is_empty() => Ok(Principal::new(user, role)),
             _ => Err(unauthorized("this header is for Hale's own web UI; use a bearer token")),
         }
     }
@@ -100,10 +115,7 @@ impl Authenticator {
                     unauthorized("the bearer token is not recognised; ask an administrator for a valid token")
                 })
             }
-            None if self.open_access => Ok(Principal {
-                user: "anonymous".into(),
-                role: Role::Admin,
-            }),
+            None if self.open_access => Ok(Principal::new("anonymous", Role::Admin)),
             None => Err(unauthorized(
                 "this server needs a bearer token: send 'Authorization: Bearer <token>'",
             )),
@@ -163,7 +175,7 @@ mod tests {
     use super::*;
 
     fn check(role: Role, rt: ResourceType, expect: bool) {
-        let p = Principal { user: "u".into(), role };
+        let p = Principal::new("u", role);
         assert_eq!(authorize(&p, rt, false).is_ok(), expect, "{role:?} {rt}");
     }
 
@@ -181,10 +193,7 @@ mod tests {
         check(Role::PrivacyOfficer, ResourceType::Patient, true);
         check(Role::PrivacyOfficer, ResourceType::Observation, false);
         check(Role::PrivacyOfficer, ResourceType::Appointment, false);
-        let po = Principal {
-            user: "u".into(),
-            role: Role::PrivacyOfficer,
-        };
+        let po = Principal::new("u", Role::PrivacyOfficer);
         assert!(
             authorize(&po, ResourceType::Patient, true).is_err(),
             "a privacy officer writes nothing"
@@ -201,7 +210,7 @@ mod tests {
             (Role::Clinician, false),
             (Role::Clerk, false),
         ] {
-            let p = Principal { user: "u".into(), role };
+            let p = Principal::new("u", role);
             assert_eq!(authorize(&p, ResourceType::Basic, true).is_ok(), ok, "{role:?}");
             assert!(
                 authorize(&p, ResourceType::Basic, false).is_ok(),

@@ -131,6 +131,9 @@ pub struct TokenEntry {
     pub token: String,
     pub user: String,
     pub role: Role,
+    /// The site the user works at (used for patient-level access).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,16 +199,19 @@ pub fn demo_tokens() -> Vec<TokenEntry> {
             token: "demo-clinician".into(),
             user: "dr.demo".into(),
             role: Role::Clinician,
+            site: None,
         },
         TokenEntry {
             token: "demo-clerk".into(),
             user: "clerk.demo".into(),
             role: Role::Clerk,
+            site: None,
         },
         TokenEntry {
             token: "demo-admin".into(),
             user: "admin.demo".into(),
             role: Role::Admin,
+            site: None,
         },
     ]
 }

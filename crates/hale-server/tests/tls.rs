@@ -59,6 +59,7 @@ fn config(dir: &Path, cert: Option<PathBuf>, key: Option<PathBuf>) -> Config {
         token: "t-admin".into(),
         user: "admin.ada".into(),
         role: Role::Admin,
+        site: None,
     }];
     cfg.tls.cert = cert;
     cfg.tls.key = key;

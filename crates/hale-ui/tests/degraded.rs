@@ -199,10 +199,7 @@ async fn a_cut_off_site_shows_the_banner_signs_in_and_saves_a_note_that_syncs() 
     // An account, added once at the data centres, replicated to the site.
     let password = "site-nurse-password";
     let hash = hale_server::accounts::hash_password(password).unwrap();
-    let admin_p = Principal {
-        user: "admin.demo".into(),
-        role: Role::Admin,
-    };
+    let admin_p = Principal::new("admin.demo", Role::Admin);
     hale_server::accounts::propose(
         &leader.app,
         admin_p.actor(),

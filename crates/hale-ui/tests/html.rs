@@ -299,10 +299,7 @@ async fn a_disabled_account_loses_its_session_at_once() {
     let mut b = Browser::new(&env);
     b.sign_in("clerk.demo", demo_password("clerk.demo")).await;
     assert_eq!(b.get("/ui/").await.status, StatusCode::OK);
-    let admin = Principal {
-        user: "admin.demo".into(),
-        role: Role::Admin,
-    };
+    let admin = Principal::new("admin.demo", Role::Admin);
     hale_server::accounts::propose(
         &env.app,
         admin.actor(),

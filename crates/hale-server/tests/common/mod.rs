@@ -68,21 +68,25 @@ pub fn test_config(dir: &Path) -> Config {
             token: CLIN.into(),
             user: "dr.who".into(),
             role: Role::Clinician,
+            site: None,
         },
         TokenEntry {
             token: CLERK.into(),
             user: "clerk.kent".into(),
             role: Role::Clerk,
+            site: None,
         },
         TokenEntry {
             token: ADMIN.into(),
             user: "admin.ada".into(),
             role: Role::Admin,
+            site: None,
         },
         TokenEntry {
             token: PRIVACY.into(),
             user: "po.pat".into(),
             role: Role::PrivacyOfficer,
+            site: None,
         },
     ];
     cfg

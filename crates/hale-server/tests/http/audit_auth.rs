@@ -280,6 +280,7 @@ async fn every_read_path_is_audited() {
                 token: format!("t-u{i}"),
                 user: format!("user{i}"),
                 role: Role::Clinician,
+                site: None,
             });
         }
     })

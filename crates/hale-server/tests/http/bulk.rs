@@ -19,6 +19,7 @@ async fn server() -> TestServer {
                 token: token.into(),
                 user: user.into(),
                 role: Role::Service,
+                site: None,
             });
         }
     })
