@@ -47,6 +47,10 @@ pub enum IssueCode {
     Exception,
     Timeout,
     Informational,
+    /// Something was withheld that break-glass would show: Hale uses it only
+    /// for that, and every such issue carries `details` v3-ActReason#BTG (the
+    /// HL7 break-the-glass OperationOutcome example).
+    Suppressed,
 }
 
 impl IssueCode {
@@ -74,6 +78,7 @@ impl IssueCode {
             IssueCode::Exception => "exception",
             IssueCode::Timeout => "timeout",
             IssueCode::Informational => "informational",
+            IssueCode::Suppressed => "suppressed",
         }
     }
 }
@@ -129,6 +134,13 @@ impl Issue {
         });
         if let Some(e) = &self.expression {
             v["expression"] = json!([e]);
+        }
+        if self.code == IssueCode::Suppressed {
+            v["details"] = json!({"coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/v3-ActReason",
+                "code": "BTG",
+                "display": "break the glass"
+            }]});
         }
         v
     }

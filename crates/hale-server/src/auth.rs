@@ -62,6 +62,7 @@ impl Authenticator {
                     t.token.clone(),
                     Principal {
                         site: t.site.clone(),
+                        patient: t.patient.clone(),
                         ..Principal::new(t.user.clone(), t.role)
                     },
                 )

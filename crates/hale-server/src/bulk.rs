@@ -170,6 +170,13 @@ fn forbidden(msg: impl Into<String>) -> FhirError {
 /// Who may start an export: every record of every patient leaves the
 /// server, so only systems (service) and administrators.
 fn may_export(p: &Principal) -> Result<(), FhirError> {
+    // A patient-context token sees one patient's compartment; a bulk export
+    // is many patients' records (access.rs), whatever its role.
+    if let Some(own) = &p.patient {
+        return Err(forbidden(format!(
+            "this token is for Patient/{own} and may not start a bulk export: that needs a service or admin token without a patient context"
+        )));
+    }
     match p.role {
         Role::Admin | Role::Service => Ok(()),
         _ => Err(forbidden(format!(

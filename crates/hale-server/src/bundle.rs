@@ -118,6 +118,12 @@ pub(crate) async fn run(cx: &Ctx<'_>, bundle: Value, kind: &str) -> Result<axum:
         }
         let plan = conditional
             .and_then(|()| plan_entry(cx, &e, new_ids[i].take()))
+            .and_then(|plan| match &plan {
+                // Patient-level access for each write, before anything is
+                // proposed: a transaction with one refused entry writes nothing.
+                Planned::Write(op) => cx.check_write(op).map(|()| plan),
+                _ => Ok(plan),
+            })
             .unwrap_or_else(|err| Planned::Invalid(entry_err(i, err)));
         if transaction {
             if let Planned::Invalid(err) = plan {
@@ -183,6 +189,10 @@ pub(crate) async fn run(cx: &Ctx<'_>, bundle: Value, kind: &str) -> Result<axum:
                 let cur = cx.app.reader.with(|c| query::read(c, rt.as_str(), &id))?;
                 match cur {
                     Some(Current::Live(f)) => {
+                        if let Err(e) = cx.check_shown(rt, &id, f.json.as_deref().unwrap_or("{}")).await {
+                            error_entry(&mut b, &entry_err(i, e));
+                            continue;
+                        }
                         cx.audit(
                             AuditAction::Read,
                             rt,

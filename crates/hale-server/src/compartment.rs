@@ -67,6 +67,9 @@ impl Ctx<'_> {
         let Some(Current::Live(patient)) = patient else {
             return Err(FhirError::not_found(format!("Patient/{id} does not exist")));
         };
+        // The whole record: a clinician needs a legitimate relationship (or
+        // break-glass), a patient-context token must be this patient's.
+        self.check_record(ResourceType::Patient, id).await?;
         // Only types that hold something referring to this patient can be in
         // its compartment (every compartment parameter is a reference).
         let referring: BTreeSet<String> = self
@@ -142,6 +145,14 @@ impl Ctx<'_> {
                 }
             }
         }
+        // Resources that also belong to other patients, and what they refer
+        // to, follow patient-level access too.
+        let mut suppressed = self.filter_shown(&mut found, false);
+        for p in self.filter_shown(&mut included, false) {
+            if !suppressed.contains(&p) {
+                suppressed.push(p);
+            }
+        }
         let mut b = BundleWriter::new(json!({
             "resourceType": "Bundle",
             "type": "searchset",
@@ -168,6 +179,9 @@ impl Ctx<'_> {
                     withheld.join(", ")
                 ),
             ));
+        }
+        if !suppressed.is_empty() {
+            notes.push(self.withheld_issue(&suppressed));
         }
         if truncated {
             notes.push(Issue::warning(

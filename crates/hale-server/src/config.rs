@@ -30,6 +30,8 @@ pub struct Config {
     pub references: References,
     /// TLS on the API: certificate and key files (PEM). Off unless both are set.
     pub tls: TlsSettings,
+    /// Patient-level access: legitimate relationship, break-glass (`[access]`).
+    pub access: crate::access::AccessSettings,
 }
 
 impl Default for Config {
@@ -47,6 +49,7 @@ impl Default for Config {
             notify: crate::outbox::NotifySettings::default(),
             references: References::Enforce,
             tls: TlsSettings::default(),
+            access: crate::access::AccessSettings::default(),
         }
     }
 }
@@ -134,6 +137,10 @@ pub struct TokenEntry {
     /// The site the user works at (used for patient-level access).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub site: Option<String>,
+    /// A patient context: the token sees this patient's compartment only (as
+    /// a SMART `patient/` token does). For development and tests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patient: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -192,6 +199,11 @@ impl Default for DemoSettings {
     }
 }
 
+/// The site the demo clinician works at (a site of the demo board), for
+/// patient-level access: its patients booked there are in a legitimate
+/// relationship, others need break-glass.
+pub const DEMO_SITE: &str = "QEH";
+
 /// Tokens installed by `--demo` when the config names none. Printed at start.
 pub fn demo_tokens() -> Vec<TokenEntry> {
     vec![
@@ -199,19 +211,22 @@ pub fn demo_tokens() -> Vec<TokenEntry> {
             token: "demo-clinician".into(),
             user: "dr.demo".into(),
             role: Role::Clinician,
-            site: None,
+            site: Some(DEMO_SITE.into()),
+            patient: None,
         },
         TokenEntry {
             token: "demo-clerk".into(),
             user: "clerk.demo".into(),
             role: Role::Clerk,
             site: None,
+            patient: None,
         },
         TokenEntry {
             token: "demo-admin".into(),
             user: "admin.demo".into(),
             role: Role::Admin,
             site: None,
+            patient: None,
         },
     ]
 }

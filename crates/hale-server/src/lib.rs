@@ -4,6 +4,7 @@
 //! and OperationOutcome shapes on the wire, query strings). It turns requests
 //! into `hale_store` commands and queries and never writes SQL.
 
+pub mod access;
 pub mod accounts;
 pub mod audit_sink;
 pub mod auth;
@@ -66,6 +67,8 @@ pub struct App {
     pub bulk: bulk::BulkJobs,
     /// The site journal: writes accepted while the cluster could not commit.
     pub offline: offline::Offline,
+    /// Patient-level access: break-glass episodes this node started.
+    pub access: access::Access,
 }
 
 static LAST_MS: AtomicI64 = AtomicI64::new(0);
@@ -110,7 +113,11 @@ impl Node {
     /// Open the store in `cfg.data` and start replication (a single node is a
     /// cluster of one). `api_url` is how other nodes and tools reach this
     /// node's API; it is recorded in the cluster membership.
-    pub async fn start(cfg: Config, api_url: String) -> Result<Node, StartError> {
+    pub async fn start(mut cfg: Config, api_url: String) -> Result<Node, StartError> {
+        // The demo clinician works at a demo site, in the UI too (see access.rs).
+        if cfg.demo.enabled && cfg.access.site.is_none() && matches!(cfg.cluster.site.as_str(), "" | "local") {
+            cfg.access.site = Some(config::DEMO_SITE.into());
+        }
         downtime::validate(&cfg.downtime).map_err(StartError::Config)?;
         outbox::validate(&cfg.notify, &cfg.outage).map_err(StartError::Config)?;
         let tls = tls::Tls::from_settings(&cfg.tls).map_err(StartError::Tls)?;
@@ -156,6 +163,7 @@ impl Node {
             stopping: AtomicBool::new(false),
             inflight: tokio::sync::Semaphore::new(cfg_inflight),
             downtime: downtime::DowntimeState::default(),
+            access: access::Access::default(),
         });
         Ok(Node {
             app,

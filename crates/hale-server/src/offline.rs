@@ -181,6 +181,8 @@ impl Ctx<'_> {
     /// that opted in, saved in the site journal when the cluster cannot commit.
     pub(crate) async fn write_one(&self, mut op: WriteOp, seen: Option<Seen>) -> Result<Response, FhirError> {
         let opt_in = opted_in(self.headers)?;
+        // Patient-level access before the journal too (access.rs).
+        self.check_write_audited(&op).await?;
         let off = &self.app.offline;
         if opt_in && (off.pending() > 0 || self.app.raft.cut_off().is_some()) {
             return self.journal_write(op, seen).await;

@@ -1462,6 +1462,7 @@ async fn staff_lists_inner(app: &Arc<App>, headers: &HeaderMap, query: &str) -> 
         headers,
         principal: &principal,
         base: String::new(),
+        gate: Default::default(),
     };
     cx.audit(
         AuditAction::Execute,

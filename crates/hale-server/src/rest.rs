@@ -56,6 +56,7 @@ pub async fn dispatch(app: &App, req: Request) -> Handled {
         headers: &headers,
         principal: &principal,
         base: base_url(app, &headers),
+        gate: Default::default(),
     };
 
     match (method.clone(), segs.as_slice()) {
@@ -168,6 +169,23 @@ pub async fn dispatch(app: &App, req: Request) -> Handled {
                         Err(e) => return ("validate", Err(e)),
                     };
                     ("validate", cx.validate_op(rt, id, &body).await)
+                }
+                (Method::POST, [id, "$break-glass"]) if rt == ResourceType::Patient => {
+                    let body = match read_body(app, body).await {
+                        Ok(b) => b,
+                        Err(e) => return ("break-glass", Err(e)),
+                    };
+                    ("break-glass", cx.break_glass(id, &body).await)
+                }
+                (Method::GET, ["$break-glass"]) if rt == ResourceType::AuditEvent => {
+                    ("break-glass-review", cx.break_glass_review(&query).await)
+                }
+                (Method::POST, [id, "$break-glass-close"]) if rt == ResourceType::AuditEvent => {
+                    let body = match read_body(app, body).await {
+                        Ok(b) => b,
+                        Err(e) => return ("break-glass-review", Err(e)),
+                    };
+                    ("break-glass-review", cx.break_glass_close(id, &body).await)
                 }
                 (Method::GET, ["_history"]) => ("history-type", cx.history(rt, None, &query).await),
                 (Method::GET, [id]) if !id.starts_with('$') => ("read", cx.read(rt, id, &query).await),
@@ -463,6 +481,8 @@ pub struct Ctx<'a> {
     pub headers: &'a HeaderMap,
     pub principal: &'a Principal,
     pub base: String,
+    /// Patient-level access decisions made for this request (access.rs).
+    pub gate: crate::access::Gate,
 }
 
 impl Ctx<'_> {
@@ -502,23 +522,60 @@ impl Ctx<'_> {
         if !rt.is_patient_data() && outcome == 0 {
             return;
         }
+        // What this request showed under break-glass is audited with purpose
+        // BTG and the episode's reason: on this row when it names the
+        // patient, else on a row of its own per patient.
+        let (btg, others) = if outcome == 0 {
+            self.btg_for_audit(patient.as_deref())
+        } else {
+            (None, Vec::new())
+        };
+        let time_ms = now_ms();
+        let (purpose, detail_here) = match &btg {
+            Some(reason) => (
+                Some(hale_store::audit::BTG.to_string()),
+                format!("{detail} [break-glass: {reason}]"),
+            ),
+            None => (purpose_of_use(self.headers).ok().flatten(), detail.clone()),
+        };
         self.app
             .audit
             .record(AuditRecord {
-                purpose: purpose_of_use(self.headers).ok().flatten(),
-                time_ms: now_ms(),
+                purpose,
+                time_ms,
                 actor: self.principal.actor(),
                 action,
                 rtype: rt.as_str().into(),
                 id: id.map(str::to_string),
                 patient,
                 outcome,
-                detail,
+                detail: detail_here,
             })
             .await;
+        for (p, reason) in others {
+            self.app
+                .audit
+                .record(AuditRecord {
+                    purpose: Some(hale_store::audit::BTG.to_string()),
+                    time_ms,
+                    actor: self.principal.actor(),
+                    action,
+                    rtype: rt.as_str().into(),
+                    id: None,
+                    patient: Some(p),
+                    outcome,
+                    detail: format!("{detail} [break-glass: {reason}]"),
+                })
+                .await;
+        }
     }
 
     pub async fn propose(&self, kind: CommandKind) -> Result<Applied, FhirError> {
+        // Every single write is checked against patient-level access here
+        // (Bundles check each entry before they get this far).
+        if let CommandKind::Write(op) = &kind {
+            self.check_write_audited(op).await?;
+        }
         let cmd = self.command(kind);
         match self.app.proposer.propose(cmd).await {
             Ok((_, applied)) => Ok(applied),
@@ -539,14 +596,15 @@ impl Ctx<'_> {
         self.allow(rt, false, AuditAction::Read, Some(id)).await?;
         // A version saved at this site while it was cut off is what it shows.
         if let Some(p) = self.pending_version(rt.as_str(), id)? {
-            return Ok(self
+            return self
                 .pending_response(rt, id, p, format!("GET {rt}/{id} (pending at this site)"))
-                .await);
+                .await;
         }
         let cur = self.app.reader.with(|c| query::read(c, rt.as_str(), id))?;
         match cur {
             Some(Current::Live(f)) => {
                 let json = f.json.as_deref().unwrap_or("{}");
+                self.check_shown(rt, id, json).await?;
                 let patient = if rt == ResourceType::Patient {
                     Some(id.to_string())
                 } else {
@@ -575,7 +633,14 @@ impl Ctx<'_> {
     }
 
     /// A tentative version from the site journal, audited as a read.
-    async fn pending_response(&self, rt: ResourceType, id: &str, p: hale_journal::Pending, detail: String) -> Response {
+    async fn pending_response(
+        &self,
+        rt: ResourceType,
+        id: &str,
+        p: hale_journal::Pending,
+        detail: String,
+    ) -> Result<Response, FhirError> {
+        self.check_shown(rt, id, &p.json).await?;
         let patient = if rt == ResourceType::Patient {
             Some(id.to_string())
         } else {
@@ -584,7 +649,7 @@ impl Ctx<'_> {
         self.audit(AuditAction::Read, rt, Some(id), patient, 0, detail).await;
         let mut resp = json_response(StatusCode::OK, p.json);
         crate::offline::pending_headers(resp.headers_mut(), p.seq);
-        resp
+        Ok(resp)
     }
 
     async fn vread(&self, rt: ResourceType, id: &str, vid: &str) -> Result<Response, FhirError> {
@@ -602,9 +667,9 @@ impl Ctx<'_> {
                     "{rt}/{id} has no version p{seq} saved at this node"
                 )));
             };
-            return Ok(self
+            return self
                 .pending_response(rt, id, p, format!("GET {rt}/{id}/_history/p{seq}"))
-                .await);
+                .await;
         }
         let version: u64 = vid
             .parse()
@@ -612,6 +677,7 @@ impl Ctx<'_> {
         let found = self.app.reader.with(|c| query::vread(c, rt.as_str(), id, version))?;
         match found {
             Some(f) if f.json.is_some() => {
+                self.check_shown(rt, id, f.json.as_deref().unwrap_or("{}")).await?;
                 let patient = if rt == ResourceType::Patient {
                     Some(id.to_string())
                 } else {
@@ -726,6 +792,7 @@ impl Ctx<'_> {
             rtype: rt.as_str().into(),
             id: id.into(),
         };
+        self.check_write_audited(&op).await?;
         let written = single(self.propose(CommandKind::Write(op)).await?)?;
         let mut resp = Response::new(Body::empty());
         *resp.status_mut() = StatusCode::NO_CONTENT;
@@ -817,6 +884,22 @@ impl Ctx<'_> {
             )));
         }
         let has_more = rows.len() > count;
+        let mut rows = rows;
+        match id {
+            // An instance's history: every version it had must be one the
+            // user may see (a version may have named another patient).
+            Some(id) => {
+                for f in rows.iter().take(count) {
+                    if let Some(json) = f.json.as_deref() {
+                        self.check_shown(rt, id, json).await?;
+                    }
+                }
+            }
+            // A type's history: what the user may not see is left out.
+            None => {
+                self.filter_shown(&mut rows, false);
+            }
+        }
         if rt.is_patient_data() {
             let (patient, shown) = patients_shown(rows.iter().take(count));
             let what = id.map(|i| format!("{rt}/{i}")).unwrap_or_else(|| rt.to_string());
@@ -886,11 +969,31 @@ impl Ctx<'_> {
         // the role must be allowed to read that type.
         let mut crossed = Vec::new();
         chained_types(&parsed.clauses, &mut crossed);
-        for t in crossed {
+        for &t in &crossed {
             authorize(self.principal, t, false)?;
+        }
+        // Patient-level access: a compartment or a search bound to one
+        // patient is checked first (403); a patient-context token searches
+        // its own compartment only.
+        if let Some(pid) = patient {
+            self.check_record(rt, pid).await?;
+        }
+        let gated = self.check_search(&parsed, &crossed).await?;
+        if let (Some(own), None) = (self.principal.patient.as_deref(), &parsed.compartment) {
+            parsed.compartment = hale_fhir::search::Compartment::patient(rt, own);
         }
         let mut page = self.app.reader.with(|c| query::search(c, &parsed))?;
         let pending_note = self.merge_pending(&parsed, &mut page)?;
+        let mut suppressed = self.filter_shown(&mut page.matches, gated);
+        for p in self.filter_shown(&mut page.included, false) {
+            if !suppressed.contains(&p) {
+                suppressed.push(p);
+            }
+        }
+        if !suppressed.is_empty() {
+            // A total would count what is not shown.
+            page.total = None;
+        }
         // Included resources follow the role rules of their own types.
         let mut withheld: Vec<String> = Vec::new();
         page.included.retain(|f| {
@@ -941,7 +1044,7 @@ impl Ctx<'_> {
                 json.as_deref().or(f.json.as_deref()),
             );
         }
-        if !parsed.ignored.is_empty() || !withheld.is_empty() || pending_note.is_some() {
+        if !parsed.ignored.is_empty() || !withheld.is_empty() || pending_note.is_some() || !suppressed.is_empty() {
             let mut issues: Vec<Issue> = parsed
                 .ignored
                 .iter()
@@ -959,6 +1062,9 @@ impl Ctx<'_> {
                         withheld.join(", ")
                     ),
                 ));
+            }
+            if !suppressed.is_empty() {
+                issues.push(self.withheld_issue(&suppressed));
             }
             let oo = hale_fhir::outcome::operation_outcome(&issues).to_string();
             b.entry(json!({"search": {"mode": "outcome"}}), Some(&oo));

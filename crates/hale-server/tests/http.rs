@@ -5,6 +5,7 @@
 mod common;
 
 mod http {
+    pub mod access;
     pub mod accounts;
     pub mod audit_auth;
     pub mod audit_trail;

@@ -60,6 +60,7 @@ fn config(dir: &Path, cert: Option<PathBuf>, key: Option<PathBuf>) -> Config {
         user: "admin.ada".into(),
         role: Role::Admin,
         site: None,
+        patient: None,
     }];
     cfg.tls.cert = cert;
     cfg.tls.key = key;

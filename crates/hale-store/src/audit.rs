@@ -376,12 +376,29 @@ fn render(r: &Row<'_>) -> rusqlite::Result<Found> {
         None => entity.push(json!({"description": detail})),
     }
     let id = seq.to_string();
+    // A break-glass start is a DICOM "Emergency Override Started" security
+    // alert (the HL7 break-glass AuditEvent example); a review closing one is
+    // a security alert with Hale's subtype.
+    let (event_type, event_subtype) = match break_glass_kind(&action, &rtype, &detail) {
+        Some(BreakGlassRow::Start) => (
+            json!({"system": DCM_SYSTEM, "code": "110113", "display": "Security Alert"}),
+            json!([{"system": DCM_SYSTEM, "code": "110127", "display": "Emergency Override Started"}]),
+        ),
+        Some(BreakGlassRow::Close) => (
+            json!({"system": DCM_SYSTEM, "code": "110113", "display": "Security Alert"}),
+            json!([{"system": BREAK_GLASS_EVENT_SYSTEM, "code": "review-closed", "display": "Break-glass review closed"}]),
+        ),
+        None => (
+            json!({"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "RESTful Operation"}),
+            json!([{"system": "http://hl7.org/fhir/restful-interaction", "code": code, "display": display}]),
+        ),
+    };
     let mut v = json!({
         "resourceType": "AuditEvent",
         "id": id,
         "meta": {"versionId": "1", "lastUpdated": when},
-        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "RESTful Operation"},
-        "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": code, "display": display}],
+        "type": event_type,
+        "subtype": event_subtype,
         "action": action,
         "recorded": when,
         "outcome": outcome.to_string(),
@@ -545,4 +562,235 @@ pub(crate) fn for_each_since(
 pub fn count(conn: &Connection) -> rusqlite::Result<u64> {
     conn.query_row("SELECT COUNT(*) FROM audit", [], |r| r.get::<_, i64>(0))
         .map(|n| n as u64)
+}
+
+// ---------------------------------------------------------------------------
+// Break-glass episodes
+//
+// DESIGN: an episode is not a table of its own but rows of the audit trail,
+// which is already replicated through the log, hash-chained, spooled to disk
+// at a cut-off site and committed there exactly once (`AuditOnce`). The start
+// row (action E, type Patient, purpose BTG, detail `$break-glass <until_ms>:
+// <reason>`) is the episode; each access under it is an ordinary audit row by
+// the same user on the same patient with purpose BTG inside its window; a
+// privacy officer's review closes it with a row (action E, type AuditEvent,
+// res_id = the start row's seq, detail `$break-glass-close: <note>`). So the
+// review state is derived from append-only rows and needs no schema change.
+
+/// DICOM code system (AuditEvent type and subtype of break-glass rows).
+pub const DCM_SYSTEM: &str = "http://dicom.nema.org/resources/ontology/DCM";
+/// Hale's subtype system for break-glass review events.
+pub const BREAK_GLASS_EVENT_SYSTEM: &str = "https://hale.health/fhir/CodeSystem/break-glass-event";
+/// `purpose` of a break-glass start and of every access under one.
+pub const BTG: &str = "BTG";
+/// Detail prefix of a break-glass start row.
+pub const BREAK_GLASS_START: &str = "$break-glass ";
+/// Detail prefix of a row closing an episode's review.
+pub const BREAK_GLASS_CLOSE: &str = "$break-glass-close";
+/// Episodes listed at most per review page.
+pub const BREAK_GLASS_LIST_MAX: usize = 500;
+/// Accesses shown at most per episode.
+pub const BREAK_GLASS_ACCESSES_MAX: usize = 1_000;
+
+enum BreakGlassRow {
+    Start,
+    Close,
+}
+
+fn break_glass_kind(action: &str, rtype: &str, detail: &str) -> Option<BreakGlassRow> {
+    if action != "E" {
+        return None;
+    }
+    if rtype == "Patient" && detail.starts_with(BREAK_GLASS_START) {
+        Some(BreakGlassRow::Start)
+    } else if rtype == "AuditEvent" && detail.starts_with(BREAK_GLASS_CLOSE) {
+        Some(BreakGlassRow::Close)
+    } else {
+        None
+    }
+}
+
+/// The detail of a break-glass start row.
+pub fn break_glass_detail(until_ms: i64, reason: &str) -> String {
+    format!("{BREAK_GLASS_START}{until_ms}: {reason}")
+}
+
+/// `(until_ms, reason)` from a start row's detail.
+fn parse_start(detail: &str) -> Option<(i64, String)> {
+    let rest = detail.strip_prefix(BREAK_GLASS_START)?;
+    let (until, reason) = rest.split_once(": ")?;
+    Some((until.parse().ok()?, reason.to_string()))
+}
+
+/// The review that closed an episode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakGlassClose {
+    pub seq: i64,
+    pub time_ms: i64,
+    pub user: String,
+    pub note: String,
+}
+
+/// One break-glass episode, from its start row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakGlass {
+    /// The start row's seq: the episode's id (`AuditEvent/<seq>`).
+    pub seq: i64,
+    pub time_ms: i64,
+    pub until_ms: i64,
+    pub user: String,
+    pub role: String,
+    pub patient: String,
+    pub reason: String,
+    pub closed: Option<BreakGlassClose>,
+}
+
+const START_WHERE: &str = "action = 'E' AND rtype = 'Patient' AND purpose = 'BTG' AND detail LIKE '$break-glass %'";
+
+fn episode_row(r: &Row<'_>) -> rusqlite::Result<Option<BreakGlass>> {
+    let detail: String = r.get(5)?;
+    let Some((until_ms, reason)) = parse_start(&detail) else {
+        return Ok(None);
+    };
+    let patient: Option<String> = r.get(4)?;
+    Ok(Some(BreakGlass {
+        seq: r.get(0)?,
+        time_ms: r.get(1)?,
+        until_ms,
+        user: r.get(2)?,
+        role: r.get(3)?,
+        patient: patient.unwrap_or_default(),
+        reason,
+        closed: None,
+    }))
+}
+
+fn close_of(conn: &Connection, seq: i64) -> rusqlite::Result<Option<BreakGlassClose>> {
+    conn.prepare_cached(
+        "SELECT seq, time_ms, user, detail FROM audit WHERE action = 'E' AND rtype = 'AuditEvent' AND res_id = ?1 AND detail LIKE '$break-glass-close%' ORDER BY seq LIMIT 1",
+    )?
+    .query_row([seq.to_string()], |r| {
+        let detail: String = r.get(3)?;
+        Ok(BreakGlassClose {
+            seq: r.get(0)?,
+            time_ms: r.get(1)?,
+            user: r.get(2)?,
+            note: detail
+                .strip_prefix(BREAK_GLASS_CLOSE)
+                .unwrap_or("")
+                .trim_start_matches(':')
+                .trim()
+                .to_string(),
+        })
+    })
+    .optional()
+}
+
+/// The episode started by row `seq`, with its review state.
+pub fn break_glass(conn: &Connection, seq: i64) -> rusqlite::Result<Option<BreakGlass>> {
+    let e = conn
+        .prepare_cached(&format!(
+            "SELECT seq, time_ms, user, role, patient, detail FROM audit WHERE seq = ?1 AND {START_WHERE}"
+        ))?
+        .query_row([seq], episode_row)
+        .optional()?
+        .flatten();
+    match e {
+        Some(mut e) => {
+            e.closed = close_of(conn, e.seq)?;
+            Ok(Some(e))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Episodes newest first, with their review state; `open` None lists all,
+/// Some(true) only those no review has closed, Some(false) only closed ones.
+/// `patient`/`user` narrow the list.
+pub fn break_glass_list(
+    conn: &Connection,
+    open: Option<bool>,
+    patient: Option<&str>,
+    user: Option<&str>,
+    limit: usize,
+) -> rusqlite::Result<Vec<BreakGlass>> {
+    let mut sql = format!("SELECT seq, time_ms, user, role, patient, detail FROM audit WHERE {START_WHERE}");
+    let mut args: Vec<SqlValue> = Vec::new();
+    if let Some(p) = patient {
+        args.push(SqlValue::Text(p.into()));
+        sql.push_str(&format!(" AND patient = ?{}", args.len()));
+    }
+    if let Some(u) = user {
+        args.push(SqlValue::Text(u.into()));
+        sql.push_str(&format!(" AND user = ?{}", args.len()));
+    }
+    sql.push_str(" ORDER BY seq DESC");
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows: Vec<BreakGlass> = stmt
+        .query_map(params_from_iter(args.iter()), episode_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?
+        .into_iter()
+        .flatten()
+        .collect();
+    let mut out = Vec::new();
+    for mut e in rows {
+        e.closed = close_of(conn, e.seq)?;
+        let keep = match open {
+            None => true,
+            Some(true) => e.closed.is_none(),
+            Some(false) => e.closed.is_some(),
+        };
+        if keep {
+            out.push(e);
+            if out.len() >= limit {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The newest episode of `user` on `patient` still running at `now_ms`
+/// (started at most `window_ms` ago).
+pub fn break_glass_active(
+    conn: &Connection,
+    user: &str,
+    patient: &str,
+    now_ms: i64,
+    window_ms: i64,
+) -> rusqlite::Result<Option<BreakGlass>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT seq, time_ms, user, role, patient, detail FROM audit WHERE patient = ?1 AND time_ms >= ?2 AND user = ?3 AND {START_WHERE} ORDER BY time_ms DESC LIMIT 20"
+    ))?;
+    let rows = stmt
+        .query_map(
+            rusqlite::params![patient, now_ms.saturating_sub(window_ms), user],
+            episode_row,
+        )?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows
+        .into_iter()
+        .flatten()
+        .find(|e| e.time_ms <= now_ms && now_ms < e.until_ms))
+}
+
+/// What was seen under an episode: the audit rows of its user on its patient
+/// with purpose BTG from its start to its end (the start row included), as
+/// AuditEvents in the order recorded.
+pub fn break_glass_accesses(conn: &Connection, e: &BreakGlass, limit: usize) -> rusqlite::Result<Vec<Found>> {
+    conn.prepare_cached(&format!(
+        "SELECT {COLS} FROM audit WHERE patient = ?1 AND time_ms BETWEEN ?2 AND ?3 AND user = ?4 AND purpose = 'BTG' ORDER BY seq LIMIT ?5"
+    ))?
+    .query_map(
+        rusqlite::params![e.patient, e.time_ms, e.until_ms, e.user, limit as i64],
+        render,
+    )?
+    .collect()
+}
+
+/// An audit row as AuditEvent, by seq.
+pub fn event(conn: &Connection, seq: i64) -> rusqlite::Result<Option<Found>> {
+    conn.prepare_cached(&format!("SELECT {COLS} FROM audit WHERE seq = ?1"))?
+        .query_row([seq], render)
+        .optional()
 }

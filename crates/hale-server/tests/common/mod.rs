@@ -69,26 +69,34 @@ pub fn test_config(dir: &Path) -> Config {
             user: "dr.who".into(),
             role: Role::Clinician,
             site: None,
+            patient: None,
         },
         TokenEntry {
             token: CLERK.into(),
             user: "clerk.kent".into(),
             role: Role::Clerk,
             site: None,
+            patient: None,
         },
         TokenEntry {
             token: ADMIN.into(),
             user: "admin.ada".into(),
             role: Role::Admin,
             site: None,
+            patient: None,
         },
         TokenEntry {
             token: PRIVACY.into(),
             user: "po.pat".into(),
             role: Role::PrivacyOfficer,
             site: None,
+            patient: None,
         },
     ];
+    // Patient-level access (legitimate relationship) is on by default; the
+    // tests of other features use site-less clinician tokens, so it is off
+    // here and on in tests/http/access.rs.
+    cfg.access.legitimate_relationship = false;
     cfg
 }
 

@@ -281,6 +281,7 @@ async fn every_read_path_is_audited() {
                 user: format!("user{i}"),
                 role: Role::Clinician,
                 site: None,
+                patient: None,
             });
         }
     })

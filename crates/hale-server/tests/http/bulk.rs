@@ -20,6 +20,7 @@ async fn server() -> TestServer {
                 user: user.into(),
                 role: Role::Service,
                 site: None,
+                patient: None,
             });
         }
     })
