@@ -4,6 +4,8 @@
 //! - [`state_machine`]: committed entries applied to `hale_store`; snapshots
 //!   are SQLite files.
 //! - [`network`]: raft RPC over HTTP with JSON bodies, fault injection.
+//! - [`peer_tls`]: mutual TLS between nodes, identities from certificates.
+//! - [`forward`]: the origin of a forwarded write and the leader's check of it.
 //! - [`node`]: a running node: write forwarding, read consistency, membership.
 //!
 //! This crate knows raft and the store's `Command`, not FHIR or HTTP routes
@@ -14,9 +16,11 @@
 #![allow(clippy::result_large_err)]
 
 pub mod election;
+pub mod forward;
 pub mod log_store;
 pub mod network;
 pub mod node;
+pub mod peer_tls;
 pub mod state_machine;
 pub mod types;
 

@@ -17,6 +17,7 @@
 //! emulates slow links (round trip, jitter, a bandwidth cap), since these
 //! machines have no `netem`.
 
+use crate::peer_tls::{peer_of, Peer, PeerTls};
 use crate::types::{HaleNode, NodeId, TypeConfig};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -38,6 +39,10 @@ use std::time::{Duration, Instant};
 
 /// Header carrying the shared cluster secret on every raft RPC.
 pub const SECRET_HEADER: &str = "x-hale-cluster-secret";
+/// Header naming the sending node (checked against its certificate under mTLS).
+pub const FROM_HEADER: &str = "x-hale-raft-from";
+/// Header naming the node a request is meant for (a node refuses one meant for another).
+pub const TO_HEADER: &str = "x-hale-raft-to";
 /// Largest raft RPC body accepted (a snapshot chunk or a batch of entries).
 pub const RPC_BODY_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Idle keep-alive connections kept per peer.
@@ -175,6 +180,8 @@ pub enum SendError {
     Decode(String, String),
     #[error("this node is isolated by fault injection")]
     Isolated,
+    #[error("{0} answered as {1}, not as node {2}")]
+    WrongPeer(String, String, NodeId),
 }
 
 impl SendError {
@@ -247,9 +254,13 @@ impl PeerStats {
 
 /// The shared HTTP client for raft traffic.
 pub struct NetClient {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<PeerConnector, Full<Bytes>>,
     pub faults: Arc<Faults>,
     secret: Option<String>,
+    /// This node's id, sent as [`FROM_HEADER`] (none for a tool).
+    me: Option<NodeId>,
+    /// Raft mTLS: present this certificate, check the server's.
+    tls: bool,
     /// When each peer last answered an RPC of ours.
     last_heard: Mutex<BTreeMap<NodeId, Instant>>,
     /// Per peer address: measured round trip and throughput (AppendEntries only).
@@ -262,10 +273,23 @@ pub struct NetClient {
 }
 
 impl NetClient {
-    pub fn new(faults: Arc<Faults>, secret: Option<String>, append_bytes_max: usize) -> NetClient {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_millis(500)));
+    /// A node's client: `me` is its id (none for a tool such as the chaos
+    /// harness), `tls` its raft mTLS configuration (none: plain HTTP).
+    pub fn new(
+        faults: Arc<Faults>,
+        secret: Option<String>,
+        append_bytes_max: usize,
+        me: Option<NodeId>,
+        tls: Option<&PeerTls>,
+    ) -> NetClient {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_millis(500)));
+        http.enforce_http(false);
+        let connector = PeerConnector {
+            http,
+            tls: tls.map(|t| tokio_rustls::TlsConnector::from(t.client.clone())),
+        };
         let client = Client::builder(hyper_util::rt::TokioExecutor::new())
             .pool_max_idle_per_host(IDLE_CONNECTIONS_PER_PEER_MAX)
             .pool_idle_timeout(Duration::from_secs(30))
@@ -274,6 +298,8 @@ impl NetClient {
             client,
             faults,
             secret,
+            me,
+            tls: tls.is_some(),
             last_heard: Mutex::new(BTreeMap::new()),
             stats: Mutex::new(BTreeMap::new()),
             acks: Mutex::new(BTreeMap::new()),
@@ -330,10 +356,17 @@ impl NetClient {
             return Err(SendError::Isolated);
         }
         let sent_bytes = bytes.len();
-        let mut req = hyper::Request::post(format!("http://{addr}{path}"))
+        let scheme = if self.tls { "https" } else { "http" };
+        let mut req = hyper::Request::post(format!("{scheme}://{addr}{path}"))
             .header(hyper::header::CONTENT_TYPE, "application/json");
         if let Some(s) = &self.secret {
             req = req.header(SECRET_HEADER, s);
+        }
+        if let Some(me) = self.me {
+            req = req.header(FROM_HEADER, me);
+        }
+        if let Some(t) = target {
+            req = req.header(TO_HEADER, t);
         }
         let req = req
             .body(Full::new(Bytes::from(bytes)))
@@ -355,6 +388,16 @@ impl NetClient {
                 }
             })?;
             let status = resp.status();
+            if self.tls {
+                // The server proved a node name in the handshake; it must be the node meant.
+                let answered = resp.extensions().get::<Peer>().copied();
+                if let Some(t) = target {
+                    if answered.and_then(|p| p.node_id()) != Some(t) {
+                        let who = answered.map_or_else(|| "an unnamed peer".to_string(), |p| p.to_string());
+                        return Err(SendError::WrongPeer(addr.into(), who, t));
+                    }
+                }
+            }
             let body = resp
                 .into_body()
                 .collect()
@@ -403,6 +446,108 @@ impl NetClient {
             Err(_) => {}
         }
         out
+    }
+}
+
+/// A connection to a peer: plain TCP, or TLS with the peer's proven identity.
+pub enum PeerStream {
+    Plain(tokio::net::TcpStream),
+    Tls(
+        Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+        Option<Peer>,
+    ),
+}
+
+impl tokio::io::AsyncRead for PeerStream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            PeerStream::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            PeerStream::Tls(s, _) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for PeerStream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            PeerStream::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            PeerStream::Tls(s, _) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            PeerStream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            PeerStream::Tls(s, _) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            PeerStream::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            PeerStream::Tls(s, _) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+impl hyper_util::client::legacy::connect::Connection for PeerStream {
+    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
+        let c = hyper_util::client::legacy::connect::Connected::new();
+        match self {
+            // Every response on this connection carries the server's identity.
+            PeerStream::Tls(_, Some(peer)) => c.extra(*peer),
+            _ => c,
+        }
+    }
+}
+
+/// TCP, then (with raft mTLS) the TLS handshake: the client certificate
+/// goes out, the server's chain and node name are checked.
+#[derive(Clone)]
+pub struct PeerConnector {
+    http: HttpConnector,
+    tls: Option<tokio_rustls::TlsConnector>,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower_service::Service<hyper::Uri> for PeerConnector {
+    type Response = hyper_util::rt::TokioIo<PeerStream>;
+    type Error = BoxError;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), BoxError>> {
+        self.http.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: hyper::Uri) -> Self::Future {
+        let tcp = self.http.call(uri);
+        let tls = self.tls.clone();
+        Box::pin(async move {
+            let tcp = tcp.await?.into_inner();
+            let Some(tls) = tls else {
+                return Ok(hyper_util::rt::TokioIo::new(PeerStream::Plain(tcp)));
+            };
+            // The verifier checks the name the server's certificate claims; this one is only sent as SNI.
+            let name = rustls::pki_types::ServerName::try_from("raft.hale").expect("a valid DNS name");
+            let stream = tls.connect(name, tcp).await?;
+            let peer = peer_of(stream.get_ref().1.peer_certificates());
+            Ok(hyper_util::rt::TokioIo::new(PeerStream::Tls(Box::new(stream), peer)))
+        })
     }
 }
 

@@ -2,14 +2,19 @@
 //! raft RPC listener, write forwarding, read consistency and membership.
 
 use crate::election::{decide_prevote, ElectionCounts, ElectionStats, Jitter, PreVoteReply, PreVoteRequest, VoterView};
+use crate::forward::{check_forwarded, origin_of, ForwardRequest, UserCheck};
 use crate::log_store::LogStore;
-use crate::network::{Faults, LinkShape, NetClient, NetworkFactory, RPC_BODY_BYTES_MAX, SECRET_HEADER};
+use crate::network::{
+    Faults, LinkShape, NetClient, NetworkFactory, FROM_HEADER, RPC_BODY_BYTES_MAX, SECRET_HEADER, TO_HEADER,
+};
+use crate::peer_tls::{secret_eq, Peer, PeerTls, PeerTlsFiles};
 use crate::state_machine::StateMachineStore;
 use crate::types::{HaleNode, NodeId, Raft, RaftMetrics, TypeConfig};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use axum::Extension;
 use axum::{Json, Router};
 use hale_store::apply::Applied;
 use hale_store::command::Command;
@@ -64,12 +69,17 @@ pub struct RaftSettings {
     pub leader_wait_ms: u64,
     /// How long a linearizable read waits for the leader's confirmation and for this node to catch up.
     pub read_timeout_ms: u64,
-    /// Accept `POST /raft/fault` (chaos testing only).
+    /// Accept `POST /raft/fault` (chaos testing only). Only a build with the
+    /// `fault-injection` cargo feature has the route; elsewhere turning this
+    /// on is a start-up error.
     pub fault_injection: bool,
-    /// Emulate this link to every peer from the start (needs `fault_injection`).
+    /// Emulate this link to every peer from the start (slow WAN links on one machine).
     pub emulate_link: Option<LinkShape>,
-    /// Shared secret required on every raft RPC (recommended across data centres).
+    /// Shared secret required on every raft RPC (compared in constant time).
     pub cluster_secret: Option<String>,
+    /// Raft over mutual TLS (`[cluster.tls]`): the cluster CA, and this
+    /// node's certificate (naming `node-<id>.<role>.hale`) and key.
+    pub tls: Option<PeerTlsFiles>,
 }
 
 impl Default for RaftSettings {
@@ -93,6 +103,7 @@ impl Default for RaftSettings {
             fault_injection: false,
             emulate_link: None,
             cluster_secret: None,
+            tls: None,
         }
     }
 }
@@ -136,9 +147,35 @@ pub struct ReadInfo {
 /// The answer to a forwarded write.
 #[derive(Debug, Serialize, Deserialize)]
 enum ForwardReply {
-    Done { index: u64, applied: Applied },
+    Done {
+        index: u64,
+        applied: Applied,
+    },
     NotLeader,
     Unavailable(String),
+    /// The leader would not append it (its origin did not check out): nothing was written.
+    Refused(String),
+}
+
+/// Why the leader did not commit a command it was asked to propose itself.
+enum HereError {
+    /// Leadership moved before anything was appended: safe to send elsewhere.
+    NotLeader(String),
+    Failed(ProposeError),
+}
+
+/// The raft RPCs, for deciding who may send which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rpc {
+    Append,
+    Vote,
+    PreVote,
+    Snapshot,
+    Propose,
+    ReadIndex,
+    Status,
+    #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
+    Fault,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -235,11 +272,38 @@ pub struct RaftNode {
     contacts: Mutex<VecDeque<(u64, Instant)>>,
     started: Instant,
     server: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Raft mTLS, when `[cluster.tls]` is configured.
+    tls: Option<Arc<PeerTls>>,
+    /// The server's check of forwarded users (none: user writes forwarded here are refused).
+    user_check: Mutex<Option<Arc<dyn UserCheck>>>,
 }
 
 impl RaftNode {
     /// Open the log and store in `dir`, start openraft and (with `listen`) the RPC listener.
     pub async fn start(dir: &Path, settings: RaftSettings, api_url: String) -> Result<Arc<RaftNode>, NodeError> {
+        if settings.fault_injection && !cfg!(feature = "fault-injection") {
+            return Err(NodeError::Config(
+                "fault injection is for test builds: this hale was built without the `fault-injection` feature (cargo build --features fault-injection)".into(),
+            ));
+        }
+        let tls = match &settings.tls {
+            Some(files) => {
+                let tls = PeerTls::load(files).map_err(NodeError::Config)?;
+                match tls.me {
+                    Peer::Node { id, .. } if id == settings.node_id => {}
+                    other => {
+                        return Err(NodeError::Config(format!(
+                            "raft mTLS: the certificate {} is for {other}, but this is node {}; issue one with `hale cert issue --node-id {} --role voter|learner`",
+                            files.cert.display(),
+                            settings.node_id,
+                            settings.node_id
+                        )))
+                    }
+                }
+                Some(Arc::new(tls))
+            }
+            None => None,
+        };
         let listener = match &settings.listen {
             Some(addr) => Some(
                 tokio::net::TcpListener::bind(addr)
@@ -262,11 +326,6 @@ impl RaftNode {
             site: settings.site.clone(),
         };
         check_timing(&settings)?;
-        if settings.emulate_link.is_some() && !settings.fault_injection {
-            return Err(NodeError::Config(
-                "emulate_link is fault injection: turn on fault_injection (--fault-injection) to use it".into(),
-            ));
-        }
         let config = openraft::Config {
             cluster_name: "hale".into(),
             // openraft's own election timer is off (the `election` driver decides
@@ -298,6 +357,8 @@ impl RaftNode {
             faults,
             settings.cluster_secret.clone(),
             settings.append_bytes_max,
+            Some(settings.node_id),
+            tls.as_deref(),
         ));
         let raft = Raft::new(
             settings.node_id,
@@ -322,14 +383,19 @@ impl RaftNode {
             contacts: Mutex::new(VecDeque::new()),
             started: Instant::now(),
             server: Mutex::new(None),
+            tls,
+            user_check: Mutex::new(None),
         });
         if let Some(listener) = listener {
             let router = node.router();
-            let handle = tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, router).await {
-                    tracing::error!(error = %e, "raft RPC listener stopped");
-                }
-            });
+            let handle = match &node.tls {
+                Some(tls) => tokio::spawn(crate::peer_tls::serve(listener, router, tls.server.clone())),
+                None => tokio::spawn(async move {
+                    if let Err(e) = axum::serve(listener, router).await {
+                        tracing::error!(error = %e, "raft RPC listener stopped");
+                    }
+                }),
+            };
             *node.server.lock() = Some(handle);
         }
         let initialized = node
@@ -609,45 +675,24 @@ impl RaftNode {
 
     /// Commit `cmd` on a quorum (forwarding it to the leader if need be) and
     /// return its log index and outcome. A command whose encoding exceeds
-    /// `command_bytes_max` goes into the log as parts, proposed in order; it
-    /// takes effect, all or nothing, when its last part applies.
+    /// `command_bytes_max` goes into the log as parts, proposed in order by
+    /// the leader; it takes effect, all or nothing, when its last part
+    /// applies. A forwarded command goes whole, with its [`Origin`]
+    /// (`forward`), which the leader checks before it appends anything.
+    ///
+    /// [`Origin`]: crate::forward::Origin
     pub async fn propose(&self, cmd: Command) -> Result<(u64, Applied), ProposeError> {
-        let group = uuid::Uuid::new_v4().to_string();
-        let mut parts = split_command(&cmd, self.settings.command_bytes_max, &group).map_err(|e| {
-            ProposeError::Unavailable(format!(
-                "the write was not committed: it cannot be put in the log ({e})"
-            ))
-        })?;
-        if parts.len() == 1 {
-            return self.propose_entry(parts.pop().expect("one part")).await;
-        }
-        let count = parts.len();
-        tracing::debug!(group, parts = count, "proposing a large command in parts");
-        let mut last = None;
-        for (i, part) in parts.into_iter().enumerate() {
-            // A part is never re-proposed: a duplicate would refuse the whole
-            // command. On failure the staged parts are purged by a later command.
-            match self.propose_entry(part).await {
-                Ok(done) => last = Some(done),
-                Err(ProposeError::Unavailable(why)) if i + 1 < count => {
-                    return Err(ProposeError::Unavailable(format!(
-                        "the write was not committed (part {} of {count} of a large write failed, so none of it takes effect): {why}",
-                        i + 1
-                    )))
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        let (index, applied) = last.expect("at least two parts");
-        debug_assert!(
-            !matches!(applied, Applied::Staged { .. }),
-            "the last part applies the whole command"
-        );
-        Ok((index, applied))
-    }
-
-    /// Commit one log entry's command.
-    async fn propose_entry(&self, cmd: Command) -> Result<(u64, Applied), ProposeError> {
+        // Fail early on a command that cannot be put in the log; the count of
+        // parts also bounds how long the leader may take with it.
+        let parts = split_command(&cmd, self.settings.command_bytes_max, "-")
+            .map_err(|e| {
+                ProposeError::Unavailable(format!(
+                    "the write was not committed: it cannot be put in the log ({e})"
+                ))
+            })?
+            .len() as u64;
+        let origin = origin_of(&cmd);
+        let forward = ForwardRequest { cmd, origin };
         let start = Instant::now();
         let leader_wait = Duration::from_millis(self.settings.leader_wait_ms);
         let mut last_problem = String::from("no leader is known");
@@ -660,38 +705,21 @@ impl RaftNode {
             }
             let m = self.metrics();
             match m.current_leader {
-                Some(l) if l == self.id => {
-                    if let Some(problem) = self.quorum_problem(&m) {
-                        return Err(ProposeError::Unavailable(problem));
-                    }
-                    let timeout = Duration::from_millis(self.settings.write_timeout_ms);
-                    match tokio::time::timeout(timeout, self.raft.client_write(cmd.clone())).await {
-                        Ok(Ok(resp)) => {
-                            let applied = resp.data.0.expect("a command entry always has an apply outcome");
-                            return Ok((resp.log_id.index, applied));
-                        }
-                        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
-                            last_problem = "leadership moved during the write".into();
-                        }
-                        Ok(Err(e)) => return Err(ProposeError::Unavailable(format!("the write was not committed: {e}"))),
-                        Err(_) => {
-                            return Err(ProposeError::Unavailable(format!(
-                                "the write was not committed on a quorum within {} ms. It may still commit: read it back before retrying",
-                                self.settings.write_timeout_ms
-                            )))
-                        }
-                    }
-                }
+                Some(l) if l == self.id => match self.propose_here(&forward.cmd).await {
+                    Ok(done) => return Ok(done),
+                    Err(HereError::NotLeader(why)) => last_problem = why,
+                    Err(HereError::Failed(e)) => return Err(e),
+                },
                 Some(l) => {
                     let Some(leader) = m.membership_config.membership().get_node(&l).cloned() else {
                         last_problem = format!("leader {l} is not in the membership");
                         tokio::time::sleep(Duration::from_millis(20)).await;
                         continue;
                     };
-                    let timeout = Duration::from_millis(self.settings.write_timeout_ms + 1_000);
+                    let timeout = Duration::from_millis(self.settings.write_timeout_ms * parts + 1_000);
                     match self
                         .net
-                        .post::<_, ForwardReply>(Some(l), &leader.raft_addr, "/raft/propose", &cmd, timeout)
+                        .post::<_, ForwardReply>(Some(l), &leader.raft_addr, "/raft/propose", &forward, timeout)
                         .await
                     {
                         Ok(ForwardReply::Done { index, applied }) => {
@@ -705,6 +733,11 @@ impl RaftNode {
                         }
                         Ok(ForwardReply::NotLeader) => last_problem = format!("node {l} is no longer the leader"),
                         Ok(ForwardReply::Unavailable(why)) => return Err(ProposeError::Unavailable(why)),
+                        Ok(ForwardReply::Refused(why)) => {
+                            return Err(ProposeError::Unavailable(format!(
+                                "the leader (node {l}) refused to append this write, and nothing was written: {why}"
+                            )))
+                        }
                         Err(e) if e.not_delivered() => last_problem = format!("leader {l}: {e}"),
                         Err(e) => {
                             return Err(ProposeError::Unavailable(format!(
@@ -717,6 +750,80 @@ impl RaftNode {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// On the leader: append `cmd` (in parts if it is large) and wait for it
+    /// to commit and apply.
+    async fn propose_here(&self, cmd: &Command) -> Result<(u64, Applied), HereError> {
+        let m = self.metrics();
+        if m.current_leader != Some(self.id) {
+            return Err(HereError::NotLeader("this node is no longer the leader".into()));
+        }
+        if let Some(problem) = self.quorum_problem(&m) {
+            return Err(HereError::Failed(ProposeError::Unavailable(problem)));
+        }
+        let group = uuid::Uuid::new_v4().to_string();
+        let mut parts = split_command(cmd, self.settings.command_bytes_max, &group).map_err(|e| {
+            HereError::Failed(ProposeError::Unavailable(format!(
+                "the write was not committed: it cannot be put in the log ({e})"
+            )))
+        })?;
+        let count = parts.len();
+        if count > 1 {
+            tracing::debug!(group, parts = count, "proposing a large command in parts");
+        }
+        let timeout = Duration::from_millis(self.settings.write_timeout_ms);
+        let mut last = None;
+        for (i, part) in parts.drain(..).enumerate() {
+            // A part is never re-proposed: a duplicate would refuse the whole
+            // command. On failure the staged parts are purged by a later command.
+            let failed = |why: String| {
+                if count > 1 {
+                    format!(
+                        "the write was not committed (part {} of {count} of a large write failed, so none of it takes effect): {why}",
+                        i + 1
+                    )
+                } else {
+                    why
+                }
+            };
+            match tokio::time::timeout(timeout, self.raft.client_write(part)).await {
+                Ok(Ok(resp)) => {
+                    let applied = resp.data.0.expect("a command entry always has an apply outcome");
+                    last = Some((resp.log_id.index, applied));
+                }
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) if i == 0 => {
+                    return Err(HereError::NotLeader("leadership moved during the write".into()));
+                }
+                Ok(Err(e)) => {
+                    return Err(HereError::Failed(ProposeError::Unavailable(failed(format!(
+                        "the write was not committed: {e}"
+                    )))))
+                }
+                Err(_) => {
+                    return Err(HereError::Failed(ProposeError::Unavailable(failed(format!(
+                        "the write was not committed on a quorum within {} ms. It may still commit: read it back before retrying",
+                        self.settings.write_timeout_ms
+                    )))))
+                }
+            }
+        }
+        let (index, applied) = last.expect("at least one part");
+        debug_assert!(
+            !matches!(applied, Applied::Staged { .. }),
+            "the last part applies the whole command"
+        );
+        Ok((index, applied))
+    }
+
+    /// Install the server's check of forwarded users (see [`crate::forward`]).
+    pub fn set_user_check(&self, check: Arc<dyn UserCheck>) {
+        *self.user_check.lock() = Some(check);
+    }
+
+    /// Whether raft RPC runs over mutual TLS.
+    pub fn mtls(&self) -> bool {
+        self.tls.is_some()
     }
 
     // ----------------------------------------------------------------- reads
@@ -1066,27 +1173,88 @@ impl RaftNode {
 
     /// The raft RPC routes, served on the raft listener.
     pub fn router(self: &Arc<Self>) -> Router {
-        Router::new()
+        let router = Router::new()
             .route("/raft/append", post(rpc_append))
             .route("/raft/vote", post(rpc_vote))
             .route("/raft/prevote", post(rpc_prevote))
             .route("/raft/snapshot", post(rpc_snapshot))
             .route("/raft/propose", post(rpc_propose))
             .route("/raft/read-index", post(rpc_read_index))
-            .route("/raft/status", post(rpc_status))
-            .route("/raft/fault", post(rpc_fault))
+            .route("/raft/status", post(rpc_status));
+        // The fault-injection route exists only in test builds: elsewhere it is a 404.
+        #[cfg(feature = "fault-injection")]
+        let router = router.route("/raft/fault", post(rpc_fault));
+        router
             .layer(DefaultBodyLimit::max(RPC_BODY_BYTES_MAX))
             .with_state(self.clone())
     }
 
-    fn admit(&self, headers: &HeaderMap) -> Result<(), Response> {
+    /// May this request go on? The cluster secret (constant time), then,
+    /// under mTLS, the sender as its certificate proves it: the node id it
+    /// claims (header, and `claimed` from the body) must be its own, and only
+    /// voter certificates may take part in elections and replicate as leader.
+    fn admit(
+        &self,
+        peer: Option<Peer>,
+        headers: &HeaderMap,
+        rpc: Rpc,
+        claimed: Option<NodeId>,
+    ) -> Result<(), Response> {
+        let forbidden = |why: String| Err((StatusCode::FORBIDDEN, format!("{why}\n")).into_response());
         if let Some(secret) = &self.settings.cluster_secret {
-            let got = headers.get(SECRET_HEADER).and_then(|v| v.to_str().ok());
-            if got != Some(secret.as_str()) {
+            let got = headers.get(SECRET_HEADER).map(|v| v.as_bytes()).unwrap_or_default();
+            if !secret_eq(got, secret.as_bytes()) {
                 return Err((StatusCode::UNAUTHORIZED, "missing or wrong cluster secret\n").into_response());
             }
         }
-        if self.faults().isolated() {
+        if self.tls.is_some() {
+            let Some(peer) = peer else {
+                return forbidden("raft RPC needs a client certificate from the cluster CA".into());
+            };
+            let header_id =
+                |name: &str| -> Result<Option<NodeId>, Response> {
+                    match headers.get(name) {
+                        None => Ok(None),
+                        Some(v) => v.to_str().ok().and_then(|v| v.parse().ok()).map(Some).ok_or_else(|| {
+                            (StatusCode::BAD_REQUEST, format!("{name} is not a node id\n")).into_response()
+                        }),
+                    }
+                };
+            if let Some(to) = header_id(TO_HEADER)? {
+                if to != self.id {
+                    return Err((
+                        StatusCode::MISDIRECTED_REQUEST,
+                        format!("this is node {}, not node {to}\n", self.id),
+                    )
+                        .into_response());
+                }
+            }
+            for (what, id) in [("the request", header_id(FROM_HEADER)?), ("the message", claimed)] {
+                if let Some(id) = id {
+                    if peer.node_id() != Some(id) {
+                        return forbidden(format!(
+                            "the client certificate is {peer}, but {what} claims to come from node {id}"
+                        ));
+                    }
+                }
+            }
+            match rpc {
+                Rpc::Append | Rpc::Vote | Rpc::PreVote | Rpc::Snapshot => {
+                    if !matches!(peer, Peer::Node { voter: true, .. }) {
+                        return forbidden(format!(
+                            "{peer} may not vote, campaign or replicate as a leader: that needs a voter certificate"
+                        ));
+                    }
+                }
+                Rpc::Propose | Rpc::ReadIndex => {
+                    if peer == Peer::Operator {
+                        return forbidden("an operator certificate may read status only".into());
+                    }
+                }
+                Rpc::Status | Rpc::Fault => {}
+            }
+        }
+        if !matches!(rpc, Rpc::Status | Rpc::Fault) && self.faults().isolated() {
             return Err((StatusCode::SERVICE_UNAVAILABLE, "isolated by fault injection\n").into_response());
         }
         Ok(())
@@ -1131,9 +1299,20 @@ fn state_name(s: ServerState, voter: bool) -> &'static str {
 }
 
 type Node = State<Arc<RaftNode>>;
+/// The sender's identity from its client certificate (none without mTLS).
+type PeerExt = Option<Extension<Peer>>;
 
-async fn rpc_append(State(n): Node, headers: HeaderMap, Json(req): Json<AppendEntriesRequest<TypeConfig>>) -> Response {
-    if let Err(r) = n.admit(&headers) {
+fn peer(p: PeerExt) -> Option<Peer> {
+    p.map(|Extension(p)| p)
+}
+
+async fn rpc_append(
+    State(n): Node,
+    p: PeerExt,
+    headers: HeaderMap,
+    Json(req): Json<AppendEntriesRequest<TypeConfig>>,
+) -> Response {
+    if let Err(r) = n.admit(peer(p), &headers, Rpc::Append, req.vote.leader_id().voted_for()) {
         return r;
     }
     let commit = req.leader_commit.map(|l| l.index);
@@ -1151,8 +1330,8 @@ async fn rpc_append(State(n): Node, headers: HeaderMap, Json(req): Json<AppendEn
     Json(res).into_response()
 }
 
-async fn rpc_vote(State(n): Node, headers: HeaderMap, Json(req): Json<VoteRequest<NodeId>>) -> Response {
-    if let Err(r) = n.admit(&headers) {
+async fn rpc_vote(State(n): Node, p: PeerExt, headers: HeaderMap, Json(req): Json<VoteRequest<NodeId>>) -> Response {
+    if let Err(r) = n.admit(peer(p), &headers, Rpc::Vote, req.vote.leader_id().voted_for()) {
         return r;
     }
     if n.vote_withheld() {
@@ -1171,8 +1350,8 @@ async fn rpc_vote(State(n): Node, headers: HeaderMap, Json(req): Json<VoteReques
     Json(n.raft.vote(req).await).into_response()
 }
 
-async fn rpc_prevote(State(n): Node, headers: HeaderMap, Json(req): Json<PreVoteRequest>) -> Response {
-    if let Err(r) = n.admit(&headers) {
+async fn rpc_prevote(State(n): Node, p: PeerExt, headers: HeaderMap, Json(req): Json<PreVoteRequest>) -> Response {
+    if let Err(r) = n.admit(peer(p), &headers, Rpc::PreVote, Some(req.candidate)) {
         return r;
     }
     let decision = if n.vote_withheld() {
@@ -1197,10 +1376,11 @@ async fn rpc_prevote(State(n): Node, headers: HeaderMap, Json(req): Json<PreVote
 
 async fn rpc_snapshot(
     State(n): Node,
+    p: PeerExt,
     headers: HeaderMap,
     Json(req): Json<InstallSnapshotRequest<TypeConfig>>,
 ) -> Response {
-    if let Err(r) = n.admit(&headers) {
+    if let Err(r) = n.admit(peer(p), &headers, Rpc::Snapshot, req.vote.leader_id().voted_for()) {
         return r;
     }
     n.record_contact(None);
@@ -1222,31 +1402,34 @@ async fn rpc_snapshot(
     Json(n.raft.install_snapshot(req).await).into_response()
 }
 
-async fn rpc_propose(State(n): Node, headers: HeaderMap, Json(cmd): Json<Command>) -> Response {
-    if let Err(r) = n.admit(&headers) {
+async fn rpc_propose(State(n): Node, p: PeerExt, headers: HeaderMap, Json(req): Json<ForwardRequest>) -> Response {
+    let peer = peer(p);
+    if let Err(r) = n.admit(peer, &headers, Rpc::Propose, None) {
         return r;
     }
     let m = n.metrics();
     if m.current_leader != Some(n.id) {
         return Json(ForwardReply::NotLeader).into_response();
     }
-    if let Some(problem) = n.quorum_problem(&m) {
-        return Json(ForwardReply::Unavailable(problem)).into_response();
+    // The leader takes no forwarded actor on trust (see `forward`).
+    let users = n.user_check.lock().clone();
+    if let Err(why) = check_forwarded(&req.cmd, &req.origin, peer, users.as_deref()).await {
+        tracing::warn!(
+            from = ?peer,
+            user = %req.cmd.actor.user,
+            role = %req.cmd.actor.role,
+            reason = %why,
+            "refused a forwarded write"
+        );
+        return Json(ForwardReply::Refused(why)).into_response();
     }
-    let timeout = Duration::from_millis(n.settings.write_timeout_ms);
-    let reply = match tokio::time::timeout(timeout, n.raft.client_write(cmd)).await {
-        Ok(Ok(resp)) => ForwardReply::Done {
-            index: resp.log_id.index,
-            applied: resp.data.0.expect("a command entry always has an apply outcome"),
-        },
+    let reply = match n.propose_here(&req.cmd).await {
+        Ok((index, applied)) => ForwardReply::Done { index, applied },
         // Not appended: the forwarding node may safely send it elsewhere.
-        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => ForwardReply::NotLeader,
-        Ok(Err(e)) => ForwardReply::Unavailable(format!("the write was not committed: {e}")),
-        Err(_) => ForwardReply::Unavailable(format!(
-            "the write was not committed on a quorum within {} ms. It may still commit: read it back before retrying",
-            n.settings.write_timeout_ms
-        )),
+        Err(HereError::NotLeader(_)) => ForwardReply::NotLeader,
+        Err(HereError::Failed(e)) => ForwardReply::Unavailable(e.to_string()),
     };
+    #[cfg(feature = "fault-injection")]
     if n.settings.fault_injection
         && matches!(reply, ForwardReply::Done { .. })
         && n.faults()
@@ -1260,18 +1443,16 @@ async fn rpc_propose(State(n): Node, headers: HeaderMap, Json(cmd): Json<Command
     Json(reply).into_response()
 }
 
-async fn rpc_read_index(State(n): Node, headers: HeaderMap) -> Response {
-    if let Err(r) = n.admit(&headers) {
+async fn rpc_read_index(State(n): Node, p: PeerExt, headers: HeaderMap) -> Response {
+    if let Err(r) = n.admit(peer(p), &headers, Rpc::ReadIndex, None) {
         return r;
     }
     Json(n.leader_read_index().await).into_response()
 }
 
-async fn rpc_status(State(n): Node, headers: HeaderMap, Json(with_hash): Json<bool>) -> Response {
-    if let Some(secret) = &n.settings.cluster_secret {
-        if headers.get(SECRET_HEADER).and_then(|v| v.to_str().ok()) != Some(secret.as_str()) {
-            return (StatusCode::UNAUTHORIZED, "missing or wrong cluster secret\n").into_response();
-        }
+async fn rpc_status(State(n): Node, p: PeerExt, headers: HeaderMap, Json(with_hash): Json<bool>) -> Response {
+    if let Err(r) = n.admit(peer(p), &headers, Rpc::Status, None) {
+        return r;
     }
     // Status answers even when isolated: the chaos harness reads it from outside.
     let mut status = n.node_status();
@@ -1317,7 +1498,11 @@ pub struct FaultRequest {
     pub drop_propose_replies: Option<u32>,
 }
 
-async fn rpc_fault(State(n): Node, Json(req): Json<FaultRequest>) -> Response {
+#[cfg(feature = "fault-injection")]
+async fn rpc_fault(State(n): Node, p: PeerExt, headers: HeaderMap, Json(req): Json<FaultRequest>) -> Response {
+    if let Err(r) = n.admit(peer(p), &headers, Rpc::Fault, None) {
+        return r;
+    }
     if !n.settings.fault_injection {
         return (
             StatusCode::FORBIDDEN,

@@ -18,6 +18,7 @@ pub mod config;
 pub mod consistency;
 pub mod demo;
 pub mod downtime;
+pub mod forward;
 mod interactions;
 pub mod metrics;
 pub mod offline;
@@ -165,6 +166,9 @@ impl Node {
             downtime: downtime::DowntimeState::default(),
             access: access::Access::default(),
         });
+        // The leader re-authenticates the users behind forwarded writes.
+        app.raft
+            .set_user_check(Arc::new(forward::ForwardedUsers(Arc::downgrade(&app))));
         Ok(Node {
             app,
             audit_task,
@@ -188,6 +192,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/downtime/status", get(downtime::status))
         .route("/Communication/$staff-lists", get(outbox::staff_lists))
         .fallback(fhir)
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            forward::capture_origin,
+        ))
         .with_state(app)
 }
 
@@ -301,7 +309,8 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
 /// exactly the path a network request takes: authorisation, read barrier,
 /// audit, the site journal.
 pub async fn handle_in_process(app: Arc<App>, req: Request) -> Response {
-    fhir(State(app), req).await
+    let origin = forward::origin_of_request(&app, req.headers()).await;
+    hale_raft::forward::with_origin(origin, fhir(State(app), req)).await
 }
 
 /// Every FHIR request: time it, bound it, count it.

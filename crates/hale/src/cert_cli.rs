@@ -1,5 +1,6 @@
 //! `hale cert init|issue`: a cluster CA and the certificates it signs (rcgen),
-//! for TLS on the API now and for raft mTLS later.
+//! for TLS on the API and for raft mTLS between nodes (a node certificate
+//! names `node-<id>.<role>.hale`; see hale-raft `peer_tls`).
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
@@ -59,8 +60,13 @@ struct IssueArgs {
     #[arg(long, requires = "role")]
     node_id: Option<u64>,
     /// For a node's certificate: voter (data centre) or learner (hospital site).
+    /// Only voter certificates may vote or lead; promoting a learner needs a voter certificate.
     #[arg(long, value_enum, requires = "node_id")]
     role: Option<Role>,
+    /// A certificate for tools on the raft port (status, fault injection):
+    /// names `operator.hale`.
+    #[arg(long, conflicts_with = "node_id")]
+    operator: bool,
     /// DNS names clients use to reach this server (repeatable or comma-separated).
     #[arg(long, value_delimiter = ',')]
     dns: Vec<String>,
@@ -84,7 +90,7 @@ pub fn run(a: CertArgs) -> Result<()> {
 
 /// The DNS name that identifies a node and its role in its certificate.
 pub fn node_name(node_id: u64, voter: bool) -> String {
-    format!("node-{node_id}.{}.hale", if voter { "voter" } else { "learner" })
+    hale_raft::peer_tls::node_name(node_id, voter)
 }
 
 fn validity(p: &mut CertificateParams, days: u32) -> Result<()> {
@@ -104,22 +110,7 @@ fn validity(p: &mut CertificateParams, days: u32) -> Result<()> {
 
 fn init(a: &InitArgs) -> Result<()> {
     let (cert_path, key_path) = (a.dir.join("ca.pem"), a.dir.join("ca-key.pem"));
-    refuse_overwrite(&[&cert_path, &key_path], a.force)?;
-    let key = KeyPair::generate().context("cannot generate a key")?;
-    let mut p = CertificateParams::default();
-    p.distinguished_name = DistinguishedName::new();
-    p.distinguished_name.push(DnType::CommonName, a.cn.as_str());
-    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    p.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    validity(&mut p, a.days)?;
-    let cert = p.self_signed(&key).context("cannot create the CA certificate")?;
-    std::fs::create_dir_all(&a.dir).with_context(|| format!("cannot create {}", a.dir.display()))?;
-    write_file(&key_path, &key.serialize_pem(), true, a.force)?;
-    write_file(&cert_path, &cert.pem(), false, a.force)?;
+    let cert = new_ca(&a.dir, &a.cn, a.days, a.force)?;
     println!(
         "CA \"{}\" (serial {}), valid {} days:\n  {}  certificate: give it to clients and nodes\n  {}  private key: keep it offline",
         a.cn,
@@ -128,6 +119,56 @@ fn init(a: &InitArgs) -> Result<()> {
         cert_path.display(),
         key_path.display()
     );
+    Ok(())
+}
+
+/// Create the CA in `dir`: `ca.pem` and `ca-key.pem`.
+fn new_ca(dir: &Path, cn: &str, days: u32, force: bool) -> Result<rcgen::Certificate> {
+    let (cert_path, key_path) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
+    refuse_overwrite(&[&cert_path, &key_path], force)?;
+    let key = KeyPair::generate().context("cannot generate a key")?;
+    let mut p = CertificateParams::default();
+    p.distinguished_name = DistinguishedName::new();
+    p.distinguished_name.push(DnType::CommonName, cn);
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    validity(&mut p, days)?;
+    let cert = p.self_signed(&key).context("cannot create the CA certificate")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    write_file(&key_path, &key.serialize_pem(), true, force)?;
+    write_file(&cert_path, &cert.pem(), false, force)?;
+    Ok(cert)
+}
+
+/// The certificates `hale up` and the chaos harness give a local cluster:
+/// a CA in `dir` and, for each `(node id, voter)`, `node-<id>.pem` naming it,
+/// plus `operator.pem` for the harness itself. Files already there are kept
+/// (a resumed cluster keeps its certificates).
+pub fn local_cluster_certs(dir: &Path, nodes: &[(u64, bool)]) -> Result<()> {
+    if !dir.join("ca.pem").exists() {
+        new_ca(dir, "Hale local cluster CA", 3650, true)?;
+    }
+    let loopback = vec![
+        SanType::DnsName("localhost".try_into().context("localhost")?),
+        SanType::IpAddress([127, 0, 0, 1].into()),
+    ];
+    let mut wanted: Vec<(String, String)> = nodes
+        .iter()
+        .map(|(id, voter)| (format!("node-{id}"), node_name(*id, *voter)))
+        .collect();
+    wanted.push(("operator".into(), hale_raft::peer_tls::OPERATOR_NAME.into()));
+    for (name, identity) in wanted {
+        if dir.join(format!("{name}.pem")).exists() && dir.join(format!("{name}-key.pem")).exists() {
+            continue;
+        }
+        let mut sans = loopback.clone();
+        sans.push(SanType::DnsName(identity.try_into().context("node name")?));
+        sign(dir, &name, sans, 3650, true)?;
+    }
     Ok(())
 }
 
@@ -156,42 +197,16 @@ fn issue(a: &IssueArgs) -> Result<()> {
             node_name(id, role == Role::Voter).try_into().context("node name")?,
         ));
     }
+    if a.operator {
+        sans.push(SanType::DnsName(
+            hale_raft::peer_tls::OPERATOR_NAME.try_into().context("operator name")?,
+        ));
+    }
     if sans.is_empty() {
-        bail!("name at least one --dns or --ip that clients use to reach the server (or --node-id and --role)");
+        bail!("name at least one --dns or --ip that clients use to reach the server (or --node-id and --role, or --operator)");
     }
     let (cert_path, key_path) = (a.dir.join(format!("{name}.pem")), a.dir.join(format!("{name}-key.pem")));
-    refuse_overwrite(&[&cert_path, &key_path], a.force)?;
-
-    let ca_cert_path = a.dir.join("ca.pem");
-    let ca_key_path = a.dir.join("ca-key.pem");
-    let ca_pem = std::fs::read_to_string(&ca_cert_path).with_context(|| {
-        format!(
-            "cannot read the CA certificate {}; create the CA first with `hale cert init --dir {}`",
-            ca_cert_path.display(),
-            a.dir.display()
-        )
-    })?;
-    let ca_key_pem = std::fs::read_to_string(&ca_key_path)
-        .with_context(|| format!("cannot read the CA key {}", ca_key_path.display()))?;
-    let ca_key = KeyPair::from_pem(&ca_key_pem)
-        .with_context(|| format!("{} is not a private key in PEM", ca_key_path.display()))?;
-    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)
-        .with_context(|| format!("{} is not a CA certificate in PEM", ca_cert_path.display()))?;
-
-    let key = KeyPair::generate().context("cannot generate a key")?;
-    let mut p = CertificateParams::default();
-    p.distinguished_name = DistinguishedName::new();
-    p.distinguished_name.push(DnType::CommonName, name);
-    p.subject_alt_names = sans;
-    p.is_ca = IsCa::ExplicitNoCa;
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    // Server for the API; client too, for raft mTLS between nodes.
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-    p.use_authority_key_identifier_extension = true;
-    validity(&mut p, a.days)?;
-    let cert = p.signed_by(&key, &issuer).context("cannot sign the certificate")?;
-    write_file(&key_path, &key.serialize_pem(), true, a.force)?;
-    write_file(&cert_path, &cert.pem(), false, a.force)?;
+    let (cert, p) = sign(&a.dir, name, sans, a.days, a.force)?;
     let names: Vec<String> = p
         .subject_alt_names
         .iter()
@@ -212,6 +227,50 @@ fn issue(a: &IssueArgs) -> Result<()> {
         key_path.display()
     );
     Ok(())
+}
+
+/// Sign a certificate for `sans` with the CA in `dir`: `dir/NAME.pem` and `dir/NAME-key.pem`.
+fn sign(
+    dir: &Path,
+    name: &str,
+    sans: Vec<SanType>,
+    days: u32,
+    force: bool,
+) -> Result<(rcgen::Certificate, CertificateParams)> {
+    let (cert_path, key_path) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}-key.pem")));
+    refuse_overwrite(&[&cert_path, &key_path], force)?;
+
+    let ca_cert_path = dir.join("ca.pem");
+    let ca_key_path = dir.join("ca-key.pem");
+    let ca_pem = std::fs::read_to_string(&ca_cert_path).with_context(|| {
+        format!(
+            "cannot read the CA certificate {}; create the CA first with `hale cert init --dir {}`",
+            ca_cert_path.display(),
+            dir.display()
+        )
+    })?;
+    let ca_key_pem = std::fs::read_to_string(&ca_key_path)
+        .with_context(|| format!("cannot read the CA key {}", ca_key_path.display()))?;
+    let ca_key = KeyPair::from_pem(&ca_key_pem)
+        .with_context(|| format!("{} is not a private key in PEM", ca_key_path.display()))?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)
+        .with_context(|| format!("{} is not a CA certificate in PEM", ca_cert_path.display()))?;
+
+    let key = KeyPair::generate().context("cannot generate a key")?;
+    let mut p = CertificateParams::default();
+    p.distinguished_name = DistinguishedName::new();
+    p.distinguished_name.push(DnType::CommonName, name);
+    p.subject_alt_names = sans;
+    p.is_ca = IsCa::ExplicitNoCa;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    // Server for the API; client too, for raft mTLS between nodes.
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    p.use_authority_key_identifier_extension = true;
+    validity(&mut p, days)?;
+    let cert = p.signed_by(&key, &issuer).context("cannot sign the certificate")?;
+    write_file(&key_path, &key.serialize_pem(), true, force)?;
+    write_file(&cert_path, &cert.pem(), false, force)?;
+    Ok((cert, p))
 }
 
 fn refuse_overwrite(paths: &[&Path], force: bool) -> Result<()> {

@@ -798,6 +798,7 @@ pub async fn run(a: ChaosArgs) -> Result<()> {
         learners: a.learners,
         data: data.clone(),
         fault_injection: true,
+        mtls: true,
         extra_toml: format!("{SNAPSHOT_TOML}{}", a.link.cluster_toml()),
         demo_patients: 0,
         log: "warn".into(),

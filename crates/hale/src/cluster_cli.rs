@@ -318,8 +318,13 @@ pub struct UpArgs {
     demo_patients: usize,
     /// Let the nodes take injected faults on their raft port (`POST /raft/fault`,
     /// e.g. `{"isolated": true}` to cut a site off), for drills and demos.
+    /// Only a test build has it (`cargo build -p hale --features fault-injection`).
     #[arg(long)]
     fault_injection: bool,
+    /// Raft RPC in plain HTTP. By default the nodes talk mutual TLS, with a CA
+    /// and node certificates `hale up` creates in DATA/certs.
+    #[arg(long)]
+    insecure_raft: bool,
     /// Emulate these links between the nodes.
     #[command(flatten)]
     link: crate::link_args::LinkArgs,
@@ -330,7 +335,8 @@ pub async fn up(a: UpArgs) -> Result<()> {
         voters: a.nodes,
         learners: a.learners,
         data: a.data.clone(),
-        fault_injection: a.fault_injection || a.link.emulated(),
+        fault_injection: a.fault_injection,
+        mtls: !a.insecure_raft,
         extra_toml: a.link.cluster_toml(),
         demo_patients: a.demo_patients,
         log: "info".into(),

@@ -25,8 +25,11 @@ pub struct Spec {
     pub voters: usize,
     pub learners: usize,
     pub data: PathBuf,
-    /// Hidden `--fault-injection` on every node (chaos only).
+    /// Hidden `--fault-injection` on every node (chaos only; needs a build
+    /// with the `fault-injection` feature).
     pub fault_injection: bool,
+    /// Raft over mutual TLS: a CA and node certificates under `<data>/certs`.
+    pub mtls: bool,
     /// Extra TOML appended to every node's config (timeouts, snapshot policy).
     pub extra_toml: String,
     /// Demo patients loaded through node 1 (0: none).
@@ -60,6 +63,9 @@ pub struct LocalCluster {
     pub procs: Vec<Proc>,
     exe: PathBuf,
     spec: Spec,
+    /// Talks to the nodes' raft ports (status, faults): with the operator
+    /// certificate under mTLS.
+    raft: hale_raft::network::NetClient,
 }
 
 /// Sites of the demo: voters in two data centres and a tie-breaker, learners at hospitals.
@@ -141,7 +147,31 @@ impl LocalCluster {
             });
         }
         drop(held);
-        Ok(LocalCluster { procs, exe, spec })
+        let tls = if spec.mtls {
+            let certs = spec.data.join("certs");
+            let nodes: Vec<(u64, bool)> = procs.iter().map(|p| (p.id, p.voter)).collect();
+            crate::cert_cli::local_cluster_certs(&certs, &nodes)
+                .with_context(|| format!("cannot create the cluster's certificates in {}", certs.display()))?;
+            let files = hale_raft::peer_tls::PeerTlsFiles {
+                ca: certs.join("ca.pem"),
+                cert: certs.join("operator.pem"),
+                key: certs.join("operator-key.pem"),
+            };
+            Some(hale_raft::peer_tls::PeerTls::load(&files).map_err(anyhow::Error::msg)?)
+        } else {
+            None
+        };
+        let raft = hale_raft::network::NetClient::new(Default::default(), None, 1 << 20, None, tls.as_ref());
+        Ok(LocalCluster { procs, exe, spec, raft })
+    }
+
+    /// POST to a node's raft port; the answer's body, or why not.
+    async fn raft_post(&self, id: u64, path: &str, body: Vec<u8>, timeout: Duration) -> Result<bytes::Bytes> {
+        let p = self.proc(id);
+        self.raft
+            .post_raw(None, &p.raft_addr, path, body, timeout, false)
+            .await
+            .map_err(|e| anyhow::anyhow!("node {id}: {e}"))
     }
 
     /// Start every node and form the cluster. The caller stops the nodes if this fails.
@@ -193,13 +223,25 @@ impl LocalCluster {
              tokens = [\n  {{ token = \"demo-clinician\", user = \"dr.demo\", role = \"clinician\" }},\n  \
              {{ token = \"demo-clerk\", user = \"clerk.demo\", role = \"clerk\" }},\n  \
              {{ token = \"{ADMIN_TOKEN}\", user = \"admin.demo\", role = \"admin\" }},\n]\n\n\
-             [cluster]\nnode_id = {id}\nlisten = \"{raft}\"\nsite = \"{site}\"\nbootstrap_single = false\nfault_injection = {fi}\n{extra}\n",
+             [cluster]\nnode_id = {id}\nlisten = \"{raft}\"\nsite = \"{site}\"\nbootstrap_single = false\nfault_injection = {fi}\n{tls}{extra}\n",
             api = p.api_addr,
             data = p.dir.display().to_string().replace('\\', "/"),
             id = p.id,
             raft = p.raft_addr,
             site = p.site,
             fi = self.spec.fault_injection,
+            tls = if self.spec.mtls {
+                let certs = self.spec.data.join("certs");
+                let path = |f: String| certs.join(f).display().to_string().replace('\\', "/");
+                format!(
+                    "tls = {{ ca = \"{}\", cert = \"{}\", key = \"{}\" }}\n",
+                    path("ca.pem".into()),
+                    path(format!("node-{}.pem", p.id)),
+                    path(format!("node-{}-key.pem", p.id))
+                )
+            } else {
+                String::new()
+            },
             extra = self.spec.extra_toml,
         )
     }
@@ -388,18 +430,12 @@ impl LocalCluster {
 
     /// A node's own raft status (works even while it is isolated).
     pub async fn node_status(&self, id: u64, with_hash: bool) -> Result<Value> {
-        let p = self.proc(id);
-        let mut c = Client::new(&format!("http://{}", p.raft_addr), None)?;
-        let r = tokio::time::timeout(
-            Duration::from_secs(if with_hash { 60 } else { 2 }),
-            c.send("POST", "/raft/status", Some(with_hash.to_string().into_bytes())),
-        )
-        .await
-        .context("status request timed out")??;
-        if r.status != 200 {
-            bail!("node {id} status: HTTP {}", r.status);
-        }
-        r.json()
+        let timeout = Duration::from_secs(if with_hash { 60 } else { 2 });
+        let body = self
+            .raft_post(id, "/raft/status", with_hash.to_string().into_bytes(), timeout)
+            .await
+            .with_context(|| format!("node {id} status"))?;
+        serde_json::from_slice(&body).with_context(|| format!("node {id} status is not JSON"))
     }
 
     /// The leader as the running, non-isolated nodes agree on it (the highest term wins).
@@ -474,18 +510,9 @@ impl LocalCluster {
 
     /// Inject a fault on a node (`FaultRequest` of hale-raft as JSON).
     pub async fn fault(&self, id: u64, req: Value) -> Result<()> {
-        let p = self.proc(id);
-        let mut c = Client::new(&format!("http://{}", p.raft_addr), None)?;
-        let r = c
-            .send("POST", "/raft/fault", Some(req.to_string().into_bytes()))
-            .await?;
-        if r.status != 200 {
-            bail!(
-                "node {id} refused fault injection: HTTP {} {}",
-                r.status,
-                String::from_utf8_lossy(&r.body)
-            );
-        }
+        self.raft_post(id, "/raft/fault", req.to_string().into_bytes(), Duration::from_secs(10))
+            .await
+            .with_context(|| format!("node {id} refused fault injection"))?;
         Ok(())
     }
 

@@ -51,6 +51,7 @@ pub async fn run(entries: usize, connections: usize, json_out: bool) -> Result<(
         learners: 1,
         data: data.clone(),
         fault_injection: true,
+        mtls: true,
         extra_toml: String::new(),
         demo_patients: 0,
         log: "warn".into(),

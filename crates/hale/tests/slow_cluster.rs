@@ -105,10 +105,27 @@ impl Drop for Group {
     }
 }
 
-fn raft_status(raft_port: u16, with_hash: bool) -> Option<Value> {
-    let body: &[u8] = if with_hash { b"true" } else { b"false" };
-    let r = try_request(raft_port, "POST", "/raft/status", None, Some(body)).ok()?;
-    (r.status == 200).then(|| r.json())
+/// A node's raft status, asked over mTLS with the operator certificate
+/// `hale up` made in `data/certs`.
+fn raft_status(data: &Path, raft_port: u16, with_hash: bool) -> Option<Value> {
+    let certs = data.join("certs");
+    let tls = hale_raft::peer_tls::PeerTls::load(&hale_raft::peer_tls::PeerTlsFiles {
+        ca: certs.join("ca.pem"),
+        cert: certs.join("operator.pem"),
+        key: certs.join("operator-key.pem"),
+    })
+    .ok()?;
+    let client = hale_raft::network::NetClient::new(Default::default(), None, 1 << 20, None, Some(&tls));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    let body = if with_hash { b"true".to_vec() } else { b"false".to_vec() };
+    let addr = format!("127.0.0.1:{raft_port}");
+    let answer = rt
+        .block_on(client.post_raw(None, &addr, "/raft/status", body, Duration::from_secs(60), false))
+        .ok()?;
+    serde_json::from_slice(&answer).ok()
 }
 
 /// `(api port, raft port)` of every node, from `hale up`'s banner.
@@ -192,7 +209,7 @@ fn hale_up_forms_and_loads_the_board_under_a_cpu_hog_and_a_wan() {
         text.contains("Hale cluster is up").then(|| nodes_from_banner(&text))
     });
     assert_eq!(nodes.len(), 5, "{}", read_lossy(&out_path));
-    let formed = raft_status(nodes[0].1, false).expect("node 1 answers");
+    let formed = raft_status(&data, nodes[0].1, false).expect("node 1 answers");
     let formed_term = formed["term"].as_u64().expect("term");
     eprintln!(
         "formed in {:.1} s at term {formed_term}",
@@ -214,7 +231,7 @@ fn hale_up_forms_and_loads_the_board_under_a_cpu_hog_and_a_wan() {
             // what they applied and hold the board.
             let quick: Vec<Value> = nodes
                 .iter()
-                .map(|(_, raft)| raft_status(*raft, false))
+                .map(|(_, raft)| raft_status(&data, *raft, false))
                 .collect::<Option<_>>()?;
             let applied = quick[0]["applied_index"].as_u64()?;
             if quick.iter().any(|s| s["applied_index"].as_u64() != Some(applied)) {
@@ -222,7 +239,7 @@ fn hale_up_forms_and_loads_the_board_under_a_cpu_hog_and_a_wan() {
             }
             let all: Vec<Value> = nodes
                 .iter()
-                .map(|(_, raft)| raft_status(*raft, true))
+                .map(|(_, raft)| raft_status(&data, *raft, true))
                 .collect::<Option<_>>()?;
             let hash = all[0]["content_hash"].as_str()?;
             let same = all.iter().all(|s| s["content_hash"].as_str() == Some(hash));

@@ -1,0 +1,131 @@
+//! The user behind a forwarded write.
+//!
+//! A node that is not the leader forwards each write to it (hale-raft
+//! `/raft/propose`) with its origin ([`hale_raft::forward::Origin`]). This
+//! module supplies both ends: [`origin_of_request`] captures the origin of an
+//! API request (its `Authorization` header, or the web UI's signed-in local
+//! account), and [`ForwardedUsers`] is the leader's check: it authenticates
+//! the forwarded credential with this node's own [`Authenticator`], rebuilds
+//! the actor from it and refuses a command whose actor differs, or whose
+//! kind or resource types that user may not write. Nothing refused is appended.
+//!
+//! [`Authenticator`]: crate::auth::Authenticator
+
+use crate::auth::{authorize, Principal, IN_PROCESS_HEADER};
+use crate::config::Role;
+use crate::App;
+use axum::extract::{Request, State};
+use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::Response;
+use hale_fhir::ResourceType;
+use hale_raft::forward::{CheckFuture, Origin, UserCheck};
+use hale_store::command::{Command, CommandKind};
+use std::str::FromStr;
+use std::sync::{Arc, Weak};
+
+/// The origin of what a request proposes: a web-UI request made in-process
+/// for a signed-in account is that account's session; anything else
+/// carries its `Authorization` header (none under open access).
+pub async fn origin_of_request(app: &App, headers: &HeaderMap) -> Origin {
+    if headers.contains_key(IN_PROCESS_HEADER) {
+        if let Ok(p) = app.auth.authenticate(headers).await {
+            return Origin::Session {
+                user: p.user,
+                role: p.role.as_str().into(),
+            };
+        }
+    }
+    Origin::Request {
+        authorization: headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+    }
+}
+
+/// Middleware: every request runs with its origin set, so a write it
+/// proposes carries it to the leader.
+pub async fn capture_origin(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let origin = origin_of_request(&app, req.headers()).await;
+    hale_raft::forward::with_origin(origin, next.run(req)).await
+}
+
+/// The leader's check of forwarded users (installed on the raft node).
+pub struct ForwardedUsers(pub Weak<App>);
+
+impl UserCheck for ForwardedUsers {
+    fn check<'a>(&'a self, cmd: &'a Command, origin: &'a Origin) -> CheckFuture<'a> {
+        Box::pin(self.check_now(cmd, origin))
+    }
+}
+
+impl ForwardedUsers {
+    async fn check_now(&self, cmd: &Command, origin: &Origin) -> Result<(), String> {
+        let app = self.0.upgrade().ok_or("the server is stopping")?;
+        let principal = match origin {
+            Origin::Request { authorization } => {
+                let mut headers = HeaderMap::new();
+                if let Some(a) = authorization {
+                    let v = a
+                        .parse()
+                        .map_err(|_| "the forwarded Authorization header is not a valid header value")?;
+                    headers.insert(axum::http::header::AUTHORIZATION, v);
+                }
+                app.auth.authenticate(&headers).await.map_err(|e| {
+                    format!(
+                        "the forwarded credential does not authenticate on the leader: {}",
+                        why(&e)
+                    )
+                })?
+            }
+            // A web-UI session lives on the node that signed the user in; the
+            // leader holds the replicated accounts: the account must exist, be
+            // enabled and have the role the session states.
+            Origin::Session { user, role } => {
+                let p = crate::accounts::active(&app, user)
+                    .ok_or_else(|| format!("'{user}' is not an enabled local account on the leader"))?;
+                if p.role.as_str() != role {
+                    return Err(format!(
+                        "the session states role '{role}' for '{user}', but the account has role '{}'",
+                        p.role.as_str()
+                    ));
+                }
+                p
+            }
+            Origin::Node => return Err("not a user origin".into()),
+        };
+        check_command(&principal, cmd)
+    }
+}
+
+fn why(e: &crate::wire::FhirError) -> String {
+    e.issues
+        .iter()
+        .map(|i| i.diagnostics.as_str())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The command must act as `p`, and be a kind and types `p` may write.
+pub fn check_command(p: &Principal, cmd: &Command) -> Result<(), String> {
+    let actor = p.actor();
+    if cmd.actor != actor {
+        return Err(format!(
+            "the command acts as '{}' with role '{}', but its credential is '{}' with role '{}'",
+            cmd.actor.user, cmd.actor.role, actor.user, actor.role
+        ));
+    }
+    let ops = match &cmd.kind {
+        CommandKind::Write(op) => std::slice::from_ref(op),
+        CommandKind::Transaction(ops) | CommandKind::Batch(ops) => ops.as_slice(),
+        CommandKind::Account(_) if p.role == Role::Admin => return Ok(()),
+        CommandKind::Account(_) => return Err(format!("'{}' may not change staff accounts", p.user)),
+        _ => return Err("this kind of command is not a user's".into()),
+    };
+    for op in ops {
+        let rt = ResourceType::from_str(op.rtype()).map_err(|_| format!("'{}' is not a resource type", op.rtype()))?;
+        authorize(p, rt, true).map_err(|e| why(&e))?;
+    }
+    Ok(())
+}
