@@ -74,6 +74,11 @@ impl Chrome {
         matches!(self.role, Role::Clinician | Role::Admin | Role::Service)
     }
 
+    /// Reviews break-glass access and the audit trail.
+    pub fn privacy(&self) -> bool {
+        self.role == Role::PrivacyOfficer
+    }
+
     pub fn role_name(&self) -> &'static str {
         self.role.as_str()
     }

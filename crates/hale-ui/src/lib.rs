@@ -106,6 +106,10 @@ pub fn router(ui: Arc<Ui>) -> Router {
             "/ui/patient/{id}/observation",
             get(pages::note::obs_page).post(pages::note::obs_submit),
         )
+        .route("/ui/patient/{id}/break-glass", post(pages::privacy::break_glass))
+        .route("/ui/break-glass", get(pages::privacy::review))
+        .route("/ui/break-glass/{id}/close", post(pages::privacy::close))
+        .route("/ui/who-looked", get(pages::privacy::who_looked))
         .route("/ui/clinics", get(pages::clinic::index))
         .route("/ui/clinic/{id}", get(pages::clinic::list))
         .route("/ui/clinic/{id}/print", get(pages::clinic::print))

@@ -263,6 +263,38 @@ async fn a_cut_off_site_shows_the_banner_signs_in_and_saves_a_note_that_syncs() 
         first(&page, "#degraded-banner h2").unwrap(),
         "Cut off from the data centres."
     );
+    // The nurse has no legitimate relationship with this new patient (no
+    // appointment at QEH): the record offers break-glass, which works while
+    // cut off (the episode is this node's, its audit spooled to disk).
+    assert!(first(&page, "#break-glass").is_some(), "break-glass offered: {page}");
+    assert!(
+        first(&page, "#section-notes").is_none(),
+        "no clinical sections without it"
+    );
+    let csrf = attr(&page, "#break-glass input[name=csrf]", "value").unwrap();
+    let (s, loc, body) = b
+        .post(
+            &site.ui,
+            &format!("/ui/patient/{pid}/break-glass"),
+            &[("csrf", &csrf), ("reason", "short")],
+        )
+        .await;
+    assert_eq!(s, StatusCode::SEE_OTHER, "{body}");
+    assert!(loc.contains("btg-error"), "{loc}");
+    let (s, loc, body) = b
+        .post(
+            &site.ui,
+            &format!("/ui/patient/{pid}/break-glass"),
+            &[
+                ("csrf", &csrf),
+                ("reason", "Collapsed in the waiting room, no records here"),
+            ],
+        )
+        .await;
+    assert_eq!(s, StatusCode::SEE_OTHER, "{body}");
+    assert!(loc.contains("saved=break-glass"), "{loc}");
+    let (_, _, page) = b.get(&site.ui, &format!("/ui/patient/{pid}")).await;
+    assert!(first(&page, "#break-glass").is_none(), "{page}");
     let text = first(&page, "#degraded-text").unwrap();
     let re = regex_lite(&text);
     assert!(re, "banner text: {text}");
@@ -355,6 +387,47 @@ async fn a_cut_off_site_shows_the_banner_signs_in_and_saves_a_note_that_syncs() 
     let review = first(&page, "#needs-review").expect("the clash is shown on the record");
     assert!(review.contains("1 change saved at a cut-off site clashed"), "{review}");
     assert!(review.contains("QEH"), "{review}");
+
+    // The break-glass episode and the accesses under it reached the data
+    // centres once: one start event, each access with purpose BTG.
+    let app = site.app.clone();
+    wait_for("the site's audit spool to drain", || app.audit.spooled_batches() == 0).await;
+    let btg_events = || async {
+        let (s, v) = admin(
+            &leader.fhir,
+            "GET",
+            &format!("/AuditEvent?patient=Patient/{pid}&purpose=BTG&_count=200"),
+            Value::Null,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        v["entry"].as_array().cloned().unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut events = btg_events().await;
+    while std::time::Instant::now() < deadline
+        && !events.iter().any(|e| e["resource"]["subtype"][0]["code"] == "110127")
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        events = btg_events().await;
+    }
+    let starts = events
+        .iter()
+        .filter(|e| e["resource"]["subtype"][0]["code"] == "110127")
+        .count();
+    assert_eq!(starts, 1, "one break-glass start at the data centres: {events:?}");
+    assert!(events.len() >= 2, "accesses under break-glass audited: {events:?}");
+    for e in &events {
+        assert_eq!(e["resource"]["agent"][0]["who"]["display"], "nurse.qeh");
+    }
+    // Nothing lands twice when the spool is retried.
+    tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
+    let again = btg_events().await;
+    let starts_again = again
+        .iter()
+        .filter(|e| e["resource"]["subtype"][0]["code"] == "110127")
+        .count();
+    assert_eq!(starts_again, 1, "{again:?}");
 }
 
 /// `Data as of HH:MM. ...`

@@ -23,6 +23,13 @@ struct Env {
 }
 
 async fn env() -> Env {
+    env_with(false).await
+}
+
+/// With `relationship`, patient-level access is on and the UI's users work
+/// at the demo site; without, these tests see any record (the other tests
+/// are about pages, not access).
+async fn env_with(relationship: bool) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = Config {
         data: dir.path().to_path_buf(),
@@ -30,6 +37,8 @@ async fn env() -> Env {
         ..Config::default()
     };
     cfg.auth.tokens = demo_tokens();
+    cfg.access.legitimate_relationship = relationship;
+    cfg.access.site = Some(hale_server::config::DEMO_SITE.into());
     let node = hale_server::Node::start(cfg, "http://127.0.0.1:9".into())
         .await
         .unwrap();
@@ -841,4 +850,106 @@ async fn the_outage_console_runs_the_recovery_and_ops_shows_the_cluster() {
         .await;
     assert_eq!(committed.status, StatusCode::OK);
     assert!(committed.text(".hale-flash").contains("committed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn break_glass_from_the_record_page_and_its_review_by_a_privacy_officer() {
+    let env = env_with(true).await;
+    // A patient with no appointment anywhere: no legitimate relationship.
+    let (s, p) = fhir(
+        &env,
+        "POST",
+        "/Patient",
+        Some(json!({"resourceType": "Patient", "name": [{"family": "Glass", "given": ["Bea"]}], "birthDate": "1990-04-05"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{p}");
+    let pid = p["id"].as_str().unwrap().to_string();
+    let mut b = Browser::new(&env);
+    b.sign_in("dr.demo", demo_password("dr.demo")).await;
+    let rec = b.get(&format!("/ui/patient/{pid}")).await;
+    assert_eq!(rec.status, StatusCode::OK);
+    let refusal = rec.text("#break-glass");
+    assert!(refusal.contains("no legitimate relationship"), "{refusal}");
+    assert!(rec.select_all("#section-notes").is_empty(), "no clinical sections");
+    assert!(!rec.body.contains("Write a note"), "no clinical actions");
+    let token = rec.attr("#break-glass input[name=csrf]", "value").unwrap();
+    // Too short a reason: back to the form with an error.
+    let r = b
+        .post(
+            &format!("/ui/patient/{pid}/break-glass"),
+            &[("csrf", &token), ("reason", "quick")],
+        )
+        .await;
+    let again = b.get(&r.location()).await;
+    assert!(again.text("#break-glass").contains("at least 10 characters"));
+    let r = b
+        .post(
+            &format!("/ui/patient/{pid}/break-glass"),
+            &[
+                ("csrf", &token),
+                ("reason", "<b>Chest pain</b> in ED, GP records unavailable"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    let rec = b.get(&r.location()).await;
+    assert!(rec.select_all("#break-glass").is_empty());
+    assert!(!rec.select_all("#section-notes").is_empty(), "the record opens");
+    assert!(rec.text(".hale-flash").contains("broke the glass"));
+    // A clinician cannot see the review pages.
+    assert_eq!(b.get("/ui/break-glass").await.status, StatusCode::FORBIDDEN);
+    assert_eq!(b.get("/ui/who-looked").await.status, StatusCode::FORBIDDEN);
+
+    // A privacy officer reviews it.
+    let hash = hale_server::accounts::hash_password("privacy-officer-pw").unwrap();
+    hale_server::accounts::propose(
+        &env.app,
+        Principal::new("admin.demo", Role::Admin).actor(),
+        hale_store::accounts::AccountOp::Add {
+            user: "po.demo".into(),
+            role: "privacy-officer".into(),
+            name: "Privacy Officer".into(),
+            password_hash: hash,
+        },
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let mut po = Browser::new(&env);
+    po.sign_in("po.demo", "privacy-officer-pw").await;
+    let start = std::time::Instant::now();
+    let list = loop {
+        let list = po.get("/ui/break-glass").await;
+        assert_eq!(list.status, StatusCode::OK, "{}", list.body);
+        if !list.select_all("#episodes").is_empty() || start.elapsed() > std::time::Duration::from_secs(20) {
+            break list;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let row = list.text("#episodes tbody tr");
+    assert!(row.contains("dr.demo") && row.contains(&pid), "{row}");
+    assert!(
+        row.contains("<b>Chest pain</b> in ED"),
+        "escaped text shown as text: {row}"
+    );
+    assert!(!list.body.contains("<b>Chest pain"), "never raw HTML");
+    let action = list.attr("#episodes form", "action").unwrap();
+    let token = list.attr("#episodes form input[name=csrf]", "value").unwrap();
+    let r = po
+        .post(&action, &[("csrf", &token), ("note", "ED attendance confirmed")])
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let open = po.get("/ui/break-glass").await;
+    assert!(!open.select_all("#no-episodes").is_empty(), "{}", open.body);
+    let closed = po.get("/ui/break-glass?status=closed").await;
+    assert!(closed.text("#episodes").contains("ED attendance confirmed"));
+    // Who looked at this patient: the accesses under break-glass.
+    let looked = po.get(&format!("/ui/who-looked?patient={pid}&purpose=BTG")).await;
+    assert_eq!(looked.status, StatusCode::OK);
+    let rows = looked.select_all("#looks tbody tr");
+    assert!(
+        rows.iter().any(|r| r.contains("dr.demo") && r.contains("BTG")),
+        "{rows:?}"
+    );
 }

@@ -7,6 +7,7 @@ pub mod find;
 pub mod note;
 pub mod ops;
 pub mod outage;
+pub mod privacy;
 pub mod record;
 pub mod signin;
 

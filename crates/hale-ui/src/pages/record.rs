@@ -88,6 +88,11 @@ struct Record {
     review: Vec<String>,
     print: bool,
     printed: String,
+    /// The server refused the clinical record for want of a legitimate
+    /// relationship: its words, with the break-glass form.
+    btg: Option<String>,
+    btg_error: bool,
+    btg_hours: u32,
 }
 
 /// Data at most this far behind the data centres still counts as current.
@@ -240,6 +245,17 @@ async fn show(
         )
     } else {
         (appts.await, None, None, None, None, None, None, None, None)
+    };
+    // No legitimate relationship: the clinical sections are refused alike;
+    // show the refusal and the break-glass form instead of nine errors.
+    let btg = flags
+        .as_ref()
+        .filter(|a| super::privacy::offers_break_glass(a))
+        .map(|a| a.problem().split(". To open").next().unwrap_or("").to_string() + ".");
+    let (flags, allergies, problems, meds, results, vitals, imaging, notes) = if btg.is_some() {
+        (None, None, None, None, None, None, None, None)
+    } else {
+        (flags, allergies, problems, meds, results, vitals, imaging, notes)
     };
     let allergy_label = match &allergies {
         None => "Allergies unavailable",
@@ -526,7 +542,7 @@ async fn show(
     }
     sections.push(upcoming);
     sections.push(past);
-    let review = if clinical {
+    let review = if clinical && btg.is_none() {
         let t = fhir
             .get(&format!(
                 "/Task?{subj}&code={}&status=requested&_count=50",
@@ -555,8 +571,14 @@ async fn show(
         sections,
         flash: q.get("saved").map(|k| match k.as_str() {
             "pending" => "Saved on this site. It is waiting to sync with the data centres.".to_string(),
+            "break-glass" => {
+                "You broke the glass for this record. Your access is recorded and will be reviewed.".to_string()
+            }
             _ => "Saved.".to_string(),
         }),
+        btg_error: q.contains_key("btg-error"),
+        btg,
+        btg_hours: ui.app.cfg.access.break_glass_hours,
         review,
         print,
         printed: chrono::Utc::now().format("%d-%b-%Y %H:%M").to_string(),
