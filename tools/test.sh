@@ -38,6 +38,11 @@ if [ ! -f "$EXAMPLES_DIR/package/Patient-example.json" ]; then
 fi
 export HALE_R4_EXAMPLES="$PWD/$EXAMPLES_DIR/package"
 
+# A real OpenID provider (npm oidc-provider, pinned in tests/oidc/package-lock.json)
+# that crates/hale-server/tests/oidc.rs starts on loopback.
+echo "== installing the test OpenID provider (tests/oidc)"
+( cd tests/oidc && npm ci --no-audit --no-fund --silent )
+
 # Generated FHIR tables must match the official definitions they come from.
 python3 tools/gen_fhir_defs.py --check
 python3 tools/gen_fhir_schema_subset.py --check

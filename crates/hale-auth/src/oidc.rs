@@ -185,10 +185,20 @@ struct CacheFile {
     /// Seconds since the epoch of the fetch.
     fetched_at_secs: u64,
     keys: JwkSet,
+    #[serde(default)]
+    endpoints: Option<Endpoints>,
+}
+
+/// Where clients get tokens, from the provider's discovery document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoints {
+    pub authorization_endpoint: String,
+    pub token_endpoint: String,
 }
 
 struct Keys {
     jwks_uri: Option<String>,
+    endpoints: Option<Endpoints>,
     set: JwkSet,
     fetched: Option<Instant>,
 }
@@ -216,6 +226,7 @@ impl Validator {
         let algorithms = settings.check()?;
         let mut keys = Keys {
             jwks_uri: settings.jwks_uri.clone(),
+            endpoints: None,
             set: JwkSet { keys: Vec::new() },
             fetched: None,
         };
@@ -224,6 +235,7 @@ impl Validator {
                 Ok(bytes) => match serde_json::from_slice::<CacheFile>(&bytes) {
                     Ok(c) if c.issuer == settings.issuer => {
                         keys.jwks_uri = keys.jwks_uri.or(Some(c.jwks_uri));
+                        keys.endpoints = c.endpoints;
                         keys.set = c.keys;
                     }
                     Ok(_) => tracing::warn!(path = %path.display(), "the JWKS cache is for another issuer; ignored"),
@@ -270,13 +282,29 @@ impl Validator {
         }
         *last = Some(Instant::now());
         let timeout = Duration::from_millis(self.settings.fetch_timeout_ms.max(1));
-        let uri = match self.keys.read().await.jwks_uri.clone() {
-            Some(u) => u,
-            None => {
-                let u = self.discover(timeout).await?;
-                self.keys.write().await.jwks_uri = Some(u.clone());
-                u
-            }
+        let (known_uri, known_endpoints) = {
+            let k = self.keys.read().await;
+            (k.jwks_uri.clone(), k.endpoints.clone())
+        };
+        let (uri, endpoints) = match (known_uri, known_endpoints) {
+            (Some(u), Some(e)) => (u, Some(e)),
+            (known, _) => match self.discover(timeout).await {
+                Ok((u, e)) => {
+                    let u = known.unwrap_or(u);
+                    let mut k = self.keys.write().await;
+                    k.jwks_uri = Some(u.clone());
+                    k.endpoints = e.clone();
+                    (u, e)
+                }
+                // A configured jwks_uri works without discovery.
+                Err(why) => match known {
+                    Some(u) => {
+                        tracing::warn!(error = %why, "OpenID discovery failed; using the configured jwks_uri");
+                        (u, None)
+                    }
+                    None => return Err(why),
+                },
+            },
         };
         self.fetches.fetch_add(1, Ordering::Relaxed);
         let body = tokio::time::timeout(timeout, self.fetcher.get(&uri))
@@ -289,6 +317,7 @@ impl Validator {
                 jwks_uri: uri.clone(),
                 fetched_at_secs: now_secs(),
                 keys: set.clone(),
+                endpoints,
             };
             if let Err(e) = write_atomically(path, &serde_json::to_vec_pretty(&file).unwrap_or_default()) {
                 tracing::warn!(path = %path.display(), error = %e, "could not save the JWKS cache");
@@ -301,7 +330,7 @@ impl Validator {
         Ok(())
     }
 
-    async fn discover(&self, timeout: Duration) -> Result<String, String> {
+    async fn discover(&self, timeout: Duration) -> Result<(String, Option<Endpoints>), String> {
         let url = format!(
             "{}/.well-known/openid-configuration",
             self.settings.issuer.trim_end_matches('/')
@@ -316,10 +345,23 @@ impl Validator {
                 doc["issuer"], self.settings.issuer
             ));
         }
-        doc["jwks_uri"]
+        let jwks_uri = doc["jwks_uri"]
             .as_str()
             .map(str::to_string)
-            .ok_or_else(|| format!("{url} has no jwks_uri"))
+            .ok_or_else(|| format!("{url} has no jwks_uri"))?;
+        let endpoints = match (doc["authorization_endpoint"].as_str(), doc["token_endpoint"].as_str()) {
+            (Some(a), Some(t)) => Some(Endpoints {
+                authorization_endpoint: a.into(),
+                token_endpoint: t.into(),
+            }),
+            _ => None,
+        };
+        Ok((jwks_uri, endpoints))
+    }
+
+    /// The provider's authorisation and token endpoints, once discovered.
+    pub async fn endpoints(&self) -> Option<Endpoints> {
+        self.keys.read().await.endpoints.clone()
     }
 
     /// Whether the cached keys are older than `cache_max_age_secs` (or were never fetched).

@@ -146,8 +146,8 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/admin/users/{user}/enable", post(enable))
 }
 
-fn admin(app: &App, headers: &HeaderMap) -> Result<Principal, FhirError> {
-    let p = app.auth.authenticate(headers)?;
+async fn admin(app: &App, headers: &HeaderMap) -> Result<Principal, FhirError> {
+    let p = app.auth.authenticate(headers).await?;
     if p.role != Role::Admin {
         return Err(FhirError::new(
             StatusCode::FORBIDDEN,
@@ -176,7 +176,7 @@ pub fn account_json(a: &Account) -> Value {
 }
 
 async fn list_users(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    if let Err(e) = admin(&app, &headers) {
+    if let Err(e) = admin(&app, &headers).await {
         return e.into_response();
     }
     match app.reader.with(hale_store::accounts::list) {
@@ -235,7 +235,7 @@ async fn change(app: &App, p: &Principal, op: AccountOp, status: StatusCode, don
 }
 
 async fn add_user(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
-    let p = match admin(&app, &headers) {
+    let p = match admin(&app, &headers).await {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
@@ -253,7 +253,7 @@ async fn add_user(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -
 }
 
 async fn passwd(State(app): State<Arc<App>>, Path(user): Path<String>, headers: HeaderMap, body: Body) -> Response {
-    let p = match admin(&app, &headers) {
+    let p = match admin(&app, &headers).await {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
@@ -269,14 +269,14 @@ async fn passwd(State(app): State<Arc<App>>, Path(user): Path<String>, headers: 
 }
 
 async fn disable(State(app): State<Arc<App>>, Path(user): Path<String>, headers: HeaderMap) -> Response {
-    match admin(&app, &headers) {
+    match admin(&app, &headers).await {
         Ok(p) => change(&app, &p, AccountOp::Disable { user }, StatusCode::OK, "disabled").await,
         Err(e) => e.into_response(),
     }
 }
 
 async fn enable(State(app): State<Arc<App>>, Path(user): Path<String>, headers: HeaderMap) -> Response {
-    match admin(&app, &headers) {
+    match admin(&app, &headers).await {
         Ok(p) => change(&app, &p, AccountOp::Enable { user }, StatusCode::OK, "enabled").await,
         Err(e) => e.into_response(),
     }

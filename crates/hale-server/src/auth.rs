@@ -1,10 +1,13 @@
-//! Bearer tokens mapped to users and roles, and what each role may touch.
+//! Who is asking (static development tokens, the trust's OpenID provider,
+//! the web UI's in-process calls) and what each role and scope may touch.
 
 use crate::config::{AuthConfig, Role};
 use crate::wire::FhirError;
 use axum::http::{HeaderMap, StatusCode};
+use hale_auth::{Grant, Op, Scopes, Validator};
 use hale_fhir::{IssueCode, ResourceType};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Who is asking, as authentication established it. Authorisation
 /// ([`authorize`], and the patient-level checks) decides from this alone.
@@ -18,6 +21,10 @@ pub struct Principal {
     /// The patient a `patient/` SMART token is bound to (its launch context):
     /// such a token sees that patient's compartment only.
     pub patient: Option<String>,
+    /// The SMART scopes an OpenID access token was granted; `None` for
+    /// principals that scopes do not limit (static development tokens, local
+    /// web-UI accounts), whose role alone decides.
+    pub scopes: Option<Arc<Scopes>>,
 }
 
 impl Principal {
@@ -28,6 +35,7 @@ impl Principal {
             role,
             site: None,
             patient: None,
+            scopes: None,
         }
     }
 
@@ -42,6 +50,8 @@ impl Principal {
 pub struct Authenticator {
     tokens: HashMap<String, Principal>,
     open_access: bool,
+    /// Access tokens from the trust's OpenID provider, when `[auth.oidc]` is set.
+    oidc: Option<Arc<Validator>>,
     /// Random per process, never sent anywhere: marks a request the web UI
     /// makes in-process on behalf of a signed-in user ([`IN_PROCESS_HEADER`]).
     in_process_secret: String,
@@ -53,7 +63,13 @@ pub struct Authenticator {
 pub const IN_PROCESS_HEADER: &str = "x-hale-in-process";
 
 impl Authenticator {
+    /// Static tokens and open access only (no OpenID provider).
     pub fn new(cfg: &AuthConfig) -> Authenticator {
+        Authenticator::with_oidc(cfg, None)
+    }
+
+    /// With `oidc`, bearer JWTs are validated against the provider's keys.
+    pub fn with_oidc(cfg: &AuthConfig, oidc: Option<Arc<Validator>>) -> Authenticator {
         let tokens = cfg
             .tokens
             .iter()
@@ -72,8 +88,14 @@ impl Authenticator {
         Authenticator {
             tokens,
             open_access: cfg.open_access,
+            oidc,
             in_process_secret,
         }
+    }
+
+    /// The OpenID validator, when configured.
+    pub fn oidc(&self) -> Option<&Arc<Validator>> {
+        self.oidc.as_ref()
     }
 
     /// The [`IN_PROCESS_HEADER`] value that makes an in-process request act
@@ -99,7 +121,7 @@ impl Authenticator {
         }
     }
 
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, FhirError> {
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, FhirError> {
         if let Some(v) = headers.get(IN_PROCESS_HEADER) {
             return self.in_process(v.to_str().unwrap_or(""));
         }
@@ -111,10 +133,19 @@ impl Authenticator {
                 let token = h
                     .strip_prefix("Bearer ")
                     .or_else(|| h.strip_prefix("bearer "))
-                    .ok_or_else(|| unauthorized("the Authorization header must be 'Bearer <token>'"))?;
-                self.tokens.get(token.trim()).cloned().ok_or_else(|| {
-                    unauthorized("the bearer token is not recognised; ask an administrator for a valid token")
-                })
+                    .ok_or_else(|| unauthorized("the Authorization header must be 'Bearer <token>'"))?
+                    .trim();
+                if let Some(p) = self.tokens.get(token) {
+                    return Ok(p.clone());
+                }
+                match &self.oidc {
+                    Some(v) if token.bytes().filter(|&b| b == b'.').count() == 2 => {
+                        self.principal_of_jwt(v, token).await
+                    }
+                    _ => Err(invalid_token(
+                        "the bearer token is not recognised; ask an administrator for a valid token",
+                    )),
+                }
             }
             None if self.open_access => Ok(Principal::new("anonymous", Role::Admin)),
             None => Err(unauthorized(
@@ -122,6 +153,155 @@ impl Authenticator {
             )),
         }
     }
+
+    async fn principal_of_jwt(&self, v: &Validator, token: &str) -> Result<Principal, FhirError> {
+        let t = v.validate(token).await.map_err(|e| {
+            tracing::info!(error = %e, "bearer token refused");
+            invalid_token(&format!("{e}; get a new token from the identity provider"))
+        })?;
+        let system_only = !t.scopes.granted().is_empty()
+            && t.scopes
+                .granted()
+                .iter()
+                .all(|s| s.context == hale_auth::Context::System);
+        let role = match t.role.as_deref() {
+            Some(r) => Role::parse_name(r).ok_or_else(|| {
+                forbidden(format!(
+                    "the token's role '{r}' is not a Hale role (clinician, clerk, admin, service, privacy-officer); map it with [auth.oidc] role_map"
+                ))
+            })?,
+            // A backend client with system scopes only and no user role acts as a service.
+            None if system_only => Role::Service,
+            None => {
+                return Err(forbidden(format!(
+                    "the token carries no role claim '{}'; the identity provider must state the user's Hale role",
+                    v.settings().role_claim
+                )))
+            }
+        };
+        let patient = if t.scopes.has_patient_scope() {
+            Some(t.patient.clone().ok_or_else(|| {
+                forbidden(format!(
+                    "the token has patient/ scopes but no patient launch context (claim '{}')",
+                    v.settings().patient_claim
+                ))
+            })?)
+        } else {
+            None
+        };
+        Ok(Principal {
+            user: t.user,
+            role,
+            site: t.site,
+            patient,
+            scopes: Some(Arc::new(t.scopes)),
+        })
+    }
+}
+
+/// Fetches the provider's discovery document and keys with the HTTP client
+/// the outbox already uses (https with the webpki roots).
+pub struct HttpFetch {
+    pub timeout_ms: u64,
+}
+
+/// Largest discovery document or JWKS read.
+const OIDC_BODY_BYTES_MAX: usize = 1024 * 1024;
+
+impl hale_auth::Fetch for HttpFetch {
+    fn get<'a>(
+        &'a self,
+        url: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<u8>, String>> + Send + 'a>> {
+        Box::pin(async move {
+            let uri: axum::http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+            let (scheme, authority) = match (uri.scheme_str(), uri.authority()) {
+                (Some(s), Some(a)) => (s, a.as_str()),
+                _ => return Err(format!("{url} is not an absolute http(s) URL")),
+            };
+            let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+            let timeout = std::time::Duration::from_millis(self.timeout_ms.max(1));
+            let ep = hale_notify::http::Endpoint::new(&format!("{scheme}://{authority}"), timeout, timeout)?;
+            let r = ep
+                .request(
+                    axum::http::Method::GET,
+                    path,
+                    &[(axum::http::header::ACCEPT, "application/json".into())],
+                    None,
+                )
+                .await
+                .map_err(|e| format!("GET {url}: {e}"))?;
+            if r.status != 200 {
+                return Err(format!("GET {url} answered {}", r.status));
+            }
+            if r.body.len() > OIDC_BODY_BYTES_MAX {
+                return Err(format!(
+                    "GET {url}: the answer is larger than {OIDC_BODY_BYTES_MAX} bytes"
+                ));
+            }
+            Ok(r.body.to_vec())
+        })
+    }
+}
+
+/// The OpenID validator for `cfg`, with its key cache in the data directory.
+pub fn oidc_validator(cfg: &AuthConfig, data: &std::path::Path) -> Result<Option<Arc<Validator>>, String> {
+    let Some(settings) = &cfg.oidc else { return Ok(None) };
+    let fetch = Arc::new(HttpFetch {
+        timeout_ms: settings.fetch_timeout_ms,
+    });
+    let cache = data.join("oidc-jwks.json");
+    Validator::new(settings.clone(), fetch, Some(cache)).map(|v| Some(Arc::new(v)))
+}
+
+/// Keep the provider's keys fresh: fetch at start (a failure is logged and the
+/// cached keys serve), then whenever the copy is older than its maximum age.
+pub fn spawn_key_refresh(v: Arc<Validator>) {
+    tokio::spawn(async move {
+        loop {
+            if v.stale().await {
+                if let Err(e) = v.refresh(true).await {
+                    let cached = v.key_count().await;
+                    tracing::warn!(error = %e, keys_cached = cached, "could not fetch the identity provider's keys; cached keys still serve");
+                }
+            }
+            let wait_secs = v.settings().cache_max_age_secs.clamp(5, 3600) / 4;
+            tokio::time::sleep(std::time::Duration::from_secs(wait_secs.max(1))).await;
+        }
+    });
+}
+
+/// Refuse to start with development authentication on a network address:
+/// static tokens and open access identify nobody individually, so they only
+/// serve on loopback (DSPT B2.a: every user individually identified).
+pub fn check_listen(cfg: &AuthConfig, listen: &str) -> Result<(), String> {
+    let loopback = match listen.parse::<std::net::SocketAddr>() {
+        Ok(a) => a.ip().is_loopback(),
+        Err(_) => listen.starts_with("localhost:"),
+    };
+    if loopback {
+        return Ok(());
+    }
+    if cfg.open_access {
+        return Err(format!(
+            "open_access serves anyone as an administrator, so it is refused on {listen}: listen on 127.0.0.1, or turn open_access off"
+        ));
+    }
+    if !cfg.tokens.is_empty() {
+        return Err(format!(
+            "static bearer tokens are for development and only serve on loopback, not on {listen}: configure [auth.oidc] with the trust's identity provider and remove [[auth.tokens]], or listen on 127.0.0.1"
+        ));
+    }
+    Ok(())
+}
+
+/// A present but unusable bearer token: 401 with `error="invalid_token"`.
+fn invalid_token(msg: &str) -> FhirError {
+    FhirError::new(StatusCode::UNAUTHORIZED, IssueCode::Security, msg)
+}
+
+fn forbidden(msg: String) -> FhirError {
+    FhirError::new(StatusCode::FORBIDDEN, IssueCode::Forbidden, msg)
 }
 
 fn unauthorized(msg: &str) -> FhirError {
@@ -133,8 +313,72 @@ fn clinical(rt: ResourceType) -> bool {
     rt.is_clinical()
 }
 
-/// May `p` read (or, with `write`, change) resources of type `rt`?
+/// May `p` do `op` on resources of type `rt`? The role's rights intersected
+/// with the token's SMART scopes (SMART scopes delegate: they never widen a
+/// role). A grant by a `patient/` scope holds only within the principal's
+/// launch patient's compartment, which the patient-level checks enforce.
+pub fn authorize_op(p: &Principal, rt: ResourceType, op: Op) -> Result<(), FhirError> {
+    authorize_role(p, rt, op.is_write())?;
+    let Some(scopes) = &p.scopes else { return Ok(()) };
+    match scopes.decide(rt.as_str(), op) {
+        Grant::Granted => Ok(()),
+        Grant::PatientCompartment if p.patient.is_some() => Ok(()),
+        _ => Err(scope_refusal(p, rt, &[op])),
+    }
+}
+
+/// May `p` read (or, with `write`, change) resources of type `rt` at all?
+/// For scopes, reading needs `r` or `s`, and changing needs `c`, `u` or `d`;
+/// the exact interaction is checked by [`authorize_op`] where it is known.
 pub fn authorize(p: &Principal, rt: ResourceType, write: bool) -> Result<(), FhirError> {
+    authorize_role(p, rt, write)?;
+    let Some(scopes) = &p.scopes else { return Ok(()) };
+    let ops: &[Op] = if write {
+        &[Op::Create, Op::Update, Op::Delete]
+    } else {
+        &[Op::Read, Op::Search]
+    };
+    let ok = ops.iter().any(|&op| match scopes.decide(rt.as_str(), op) {
+        Grant::Granted => true,
+        Grant::PatientCompartment => p.patient.is_some(),
+        Grant::Denied => false,
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(scope_refusal(p, rt, ops))
+    }
+}
+
+fn scope_refusal(p: &Principal, rt: ResourceType, ops: &[Op]) -> FhirError {
+    let granted = p.scopes.as_deref().map(Scopes::to_claim).unwrap_or_default();
+    let wanted: Vec<&str> = ops
+        .iter()
+        .map(|op| match op {
+            Op::Create => "create",
+            Op::Read => "read",
+            Op::Update => "update",
+            Op::Delete => "delete",
+            Op::Search => "search",
+        })
+        .collect();
+    FhirError::new(
+        StatusCode::FORBIDDEN,
+        IssueCode::Forbidden,
+        format!(
+            "the token's scopes ({}) do not allow {} on {rt}; ask for a scope such as user/{rt}.cruds",
+            if granted.is_empty() {
+                "none for FHIR resources".to_string()
+            } else {
+                granted
+            },
+            wanted.join(" or ")
+        ),
+    )
+}
+
+/// The role's rights alone.
+fn authorize_role(p: &Principal, rt: ResourceType, write: bool) -> Result<(), FhirError> {
     if write && rt.admin_writes_only() && p.role != Role::Admin {
         return Err(FhirError::new(
             StatusCode::FORBIDDEN,
@@ -201,6 +445,66 @@ mod tests {
         );
         check(Role::Clerk, ResourceType::Basic, true);
         check(Role::Clerk, ResourceType::Communication, true);
+    }
+
+    #[test]
+    fn development_authentication_serves_on_loopback_only() {
+        let tokens = AuthConfig {
+            tokens: crate::config::demo_tokens(),
+            ..AuthConfig::default()
+        };
+        let open = AuthConfig {
+            open_access: true,
+            ..AuthConfig::default()
+        };
+        let oidc_only = AuthConfig::default();
+        for (cfg, listen, ok) in [
+            (&tokens, "127.0.0.1:8080", true),
+            (&tokens, "[::1]:8080", true),
+            (&tokens, "localhost:8080", true),
+            (&tokens, "0.0.0.0:8080", false),
+            (&tokens, "10.1.2.3:8080", false),
+            (&open, "127.0.0.1:0", true),
+            (&open, "0.0.0.0:8080", false),
+            (&oidc_only, "0.0.0.0:8080", true),
+        ] {
+            assert_eq!(
+                check_listen(cfg, listen).is_ok(),
+                ok,
+                "{listen} {:?}",
+                check_listen(cfg, listen)
+            );
+        }
+    }
+
+    #[test]
+    fn scopes_narrow_a_role_and_never_widen_it() {
+        let with = |role, scopes: &str, patient: Option<&str>| Principal {
+            scopes: Some(Arc::new(Scopes::parse(scopes))),
+            patient: patient.map(str::to_string),
+            ..Principal::new("u", role)
+        };
+        let p = with(Role::Clinician, "user/Patient.r", None);
+        assert!(authorize_op(&p, ResourceType::Patient, Op::Read).is_ok());
+        assert!(authorize_op(&p, ResourceType::Patient, Op::Search).is_err());
+        assert!(authorize_op(&p, ResourceType::Patient, Op::Create).is_err());
+        assert!(authorize(&p, ResourceType::Patient, true).is_err());
+        // A clerk's role still forbids clinical types whatever the scope says.
+        let clerk = with(Role::Clerk, "user/*.cruds", None);
+        assert!(authorize_op(&clerk, ResourceType::Observation, Op::Read).is_err());
+        assert!(authorize_op(&clerk, ResourceType::Appointment, Op::Update).is_ok());
+        // patient/ scopes need the launch patient.
+        let pat = with(Role::Clinician, "patient/*.rs", Some("p1"));
+        assert!(authorize_op(&pat, ResourceType::Observation, Op::Search).is_ok());
+        let no_ctx = with(Role::Clinician, "patient/*.rs", None);
+        assert!(authorize_op(&no_ctx, ResourceType::Observation, Op::Search).is_err());
+        // No scopes at all (a static token or a web-UI account): the role decides.
+        assert!(authorize_op(
+            &Principal::new("u", Role::Clinician),
+            ResourceType::Observation,
+            Op::Delete
+        )
+        .is_ok());
     }
 
     #[test]

@@ -8,11 +8,12 @@
 //! resolved by a strict search on this node to its one match; none or several
 //! fail the entry (412). Apply then re-checks that the target still exists.
 
-use crate::auth::authorize;
+use crate::auth::{authorize, authorize_op};
 use crate::rest::{parse_json, resource_type, valid_id, Ctx, Handled};
 use crate::wire::{self, json_response, BundleWriter, FhirError};
 use axum::body::Bytes;
 use axum::http::StatusCode;
+use hale_auth::Op;
 use hale_fhir::validate::{validate_bundle_shell, validate_resource};
 use hale_fhir::{IssueCode, ResourceType};
 use hale_store::apply::Applied;
@@ -228,6 +229,15 @@ pub(crate) async fn run(cx: &Ctx<'_>, bundle: Value, kind: &str) -> Result<axum:
                 Err(e) => error_entry(&mut b, &entry_err(i, e)),
             },
             Planned::Write(_) => match results.remove(&i) {
+                // A conditional create that matched: its answer shows the
+                // match, which must be one the user may see.
+                Some(Ok(w)) if w.status == WriteStatus::Existing => {
+                    let rt = w.rtype.parse().unwrap_or(ResourceType::Patient);
+                    match cx.check_shown(rt, &w.id, w.json.as_deref().unwrap_or("{}")).await {
+                        Ok(()) => written_entry(cx, &mut b, &w),
+                        Err(e) => error_entry(&mut b, &entry_err(i, e)),
+                    }
+                }
                 Some(Ok(w)) => written_entry(cx, &mut b, &w),
                 Some(Err(r)) => error_entry(&mut b, &entry_err(i, FhirError::from_rejection(r))),
                 None => error_entry(&mut b, &FhirError::internal("entry was not processed")),
@@ -250,10 +260,10 @@ fn plan_entry(cx: &Ctx<'_>, e: &Value, new_id: Option<String>) -> Result<Planned
         return Err(crate::rest::audit_events_append_only(method, url));
     }
     let resource = e.get("resource");
-    let check = |write: bool| authorize(cx.principal, rt, write);
+    let check = |op: Op| authorize_op(cx.principal, rt, op);
     match (method, segs.as_slice()) {
         ("POST", [_]) => {
-            check(true)?;
+            check(Op::Create)?;
             let resource = resource.ok_or_else(|| FhirError::new(StatusCode::BAD_REQUEST, IssueCode::Required, "a POST entry needs a resource"))?;
             validate_resource(resource, Some(rt)).map_err(FhirError::invalid)?;
             let id = new_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
@@ -267,7 +277,7 @@ fn plan_entry(cx: &Ctx<'_>, e: &Value, new_id: Option<String>) -> Result<Planned
             Ok(Planned::Write(WriteOp::Create { rtype: rt.as_str().into(), id, resource: resource.clone(), if_none_exist }))
         }
         ("PUT", [_, id]) if query.is_empty() => {
-            check(true)?;
+            check(Op::Update)?;
             let resource = resource.ok_or_else(|| FhirError::new(StatusCode::BAD_REQUEST, IssueCode::Required, "a PUT entry needs a resource"))?;
             validate_resource(resource, Some(rt)).map_err(FhirError::invalid)?;
             if !valid_id(id) {
@@ -285,15 +295,15 @@ fn plan_entry(cx: &Ctx<'_>, e: &Value, new_id: Option<String>) -> Result<Planned
             Ok(Planned::Write(WriteOp::Update { rtype: rt.as_str().into(), id: id.to_string(), resource, if_match }))
         }
         ("DELETE", [_, id]) if query.is_empty() => {
-            check(true)?;
+            check(Op::Delete)?;
             Ok(Planned::Write(WriteOp::Delete { rtype: rt.as_str().into(), id: id.to_string() }))
         }
         ("GET", [_, id]) if query.is_empty() => {
-            check(false)?;
+            check(Op::Read)?;
             Ok(Planned::Read(rt, id.to_string()))
         }
         ("GET", [_]) => {
-            check(false)?;
+            check(Op::Search)?;
             // Parse now, so that a bad search fails this entry (and a transaction) up front.
             let pairs = crate::rest::query_pairs(query);
             hale_fhir::search::parse_query(rt, &pairs, crate::rest::prefer_strict(cx.headers))

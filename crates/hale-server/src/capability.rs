@@ -27,7 +27,7 @@ pub const COMMON_PARAMS: &[(&str, &str, &str)] = &[
     ("_tag", "token", "Tags in meta.tag (e.g. downtime-backfill)"),
 ];
 
-pub fn capability_statement(base: &str, date: &str) -> Value {
+pub fn capability_statement(base: &str, date: &str, security: Value) -> Value {
     let resources: Vec<Value> = ResourceType::ALL
         .iter()
         .map(|&rt| {
@@ -114,9 +114,7 @@ pub fn capability_statement(base: &str, date: &str) -> Value {
         "format": ["application/fhir+json", "json"],
         "rest": [{
             "mode": "server",
-            "security": {
-                "description": "Bearer tokens mapped to a user and a role (clinician, clerk, admin, service) by the server's configuration."
-            },
+            "security": security,
             "resource": resources,
             "interaction": [{"code": "transaction"}, {"code": "batch"}],
             "operation": [{

@@ -26,10 +26,11 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/cluster/remove", post(remove))
 }
 
-fn admin(app: &App, headers: &HeaderMap) -> Result<(), Box<Response>> {
+async fn admin(app: &App, headers: &HeaderMap) -> Result<(), Box<Response>> {
     let p = app
         .auth
         .authenticate(headers)
+        .await
         .map_err(|e| Box::new(e.into_response()))?;
     match p.role {
         Role::Admin | Role::Service => Ok(()),
@@ -60,14 +61,14 @@ fn admin_error(e: AdminError) -> Response {
 }
 
 async fn status(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    if let Err(r) = admin(&app, &headers) {
+    if let Err(r) = admin(&app, &headers).await {
         return *r;
     }
     Json(app.raft.cluster_status().await).into_response()
 }
 
 async fn init(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    if let Err(r) = admin(&app, &headers) {
+    if let Err(r) = admin(&app, &headers).await {
         return *r;
     }
     match app.raft.init().await {
@@ -100,7 +101,7 @@ fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Box<Response>
 }
 
 async fn add_learner(State(app): State<Arc<App>>, headers: HeaderMap, bytes: axum::body::Bytes) -> Response {
-    if let Err(r) = admin(&app, &headers) {
+    if let Err(r) = admin(&app, &headers).await {
         return *r;
     }
     let req: LearnerReq = match body(&bytes) {
@@ -119,7 +120,7 @@ async fn add_learner(State(app): State<Arc<App>>, headers: HeaderMap, bytes: axu
 }
 
 async fn promote(State(app): State<Arc<App>>, headers: HeaderMap, bytes: axum::body::Bytes) -> Response {
-    if let Err(r) = admin(&app, &headers) {
+    if let Err(r) = admin(&app, &headers).await {
         return *r;
     }
     let req: NodeReq = match body(&bytes) {
@@ -133,7 +134,7 @@ async fn promote(State(app): State<Arc<App>>, headers: HeaderMap, bytes: axum::b
 }
 
 async fn remove(State(app): State<Arc<App>>, headers: HeaderMap, bytes: axum::body::Bytes) -> Response {
-    if let Err(r) = admin(&app, &headers) {
+    if let Err(r) = admin(&app, &headers).await {
         return *r;
     }
     let req: NodeReq = match body(&bytes) {

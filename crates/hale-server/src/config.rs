@@ -125,7 +125,11 @@ pub struct AuthConfig {
     /// Let requests without a token in, as user "anonymous" with the admin role.
     /// For demos on a laptop only: the server logs a warning at start and every minute.
     pub open_access: bool,
+    /// Static bearer tokens: for development, served on loopback only.
     pub tokens: Vec<TokenEntry>,
+    /// `[auth.oidc]`: access tokens (JWTs) from the trust's OpenID provider.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oidc: Option<hale_auth::OidcSettings>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

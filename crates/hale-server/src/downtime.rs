@@ -210,7 +210,7 @@ pub fn spawn_scheduler(app: Arc<App>) {
 }
 
 pub async fn status(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    match app.auth.authenticate(&headers) {
+    match app.auth.authenticate(&headers).await {
         Ok(p) if matches!(p.role, Role::Admin | Role::Service) => {}
         Ok(_) => {
             return FhirError::new(

@@ -26,6 +26,7 @@ pub mod outage;
 pub mod outbox;
 pub mod rebook;
 mod rest;
+pub mod smart;
 pub mod tls;
 pub mod wire;
 
@@ -120,6 +121,7 @@ impl Node {
             cfg.access.site = Some(config::DEMO_SITE.into());
         }
         downtime::validate(&cfg.downtime).map_err(StartError::Config)?;
+        auth::check_listen(&cfg.auth, &cfg.listen).map_err(StartError::Config)?;
         outbox::validate(&cfg.notify, &cfg.outage).map_err(StartError::Config)?;
         let tls = tls::Tls::from_settings(&cfg.tls).map_err(StartError::Tls)?;
         let raft = RaftNode::start(&cfg.data, cfg.cluster.clone(), api_url)
@@ -134,7 +136,11 @@ impl Node {
     pub fn with_parts(cfg: Config, raft: Arc<RaftNode>, reader: Arc<Reader>) -> Result<Node, StartError> {
         let proposer: Arc<dyn Proposer> = Arc::new(RaftProposer(raft.clone()));
         let (audit, audit_task) = AuditSink::start(proposer.clone(), raft.id, cfg.limits.audit_queue_max, &cfg.data)?;
-        let auth = Authenticator::new(&cfg.auth);
+        let oidc = auth::oidc_validator(&cfg.auth, &cfg.data).map_err(StartError::Config)?;
+        if let Some(v) = &oidc {
+            auth::spawn_key_refresh(v.clone());
+        }
+        let auth = Authenticator::with_oidc(&cfg.auth, oidc);
         let cfg_inflight = cfg
             .limits
             .requests_inflight_max
@@ -186,6 +192,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .route("/.well-known/smart-configuration", get(smart::configuration))
         .merge(cluster::routes())
         .merge(offline::routes())
         .merge(accounts::routes())
@@ -279,6 +286,18 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
         ),
     ];
     gauges.extend(offline::gauges(&app));
+    if let Some(v) = app.auth.oidc() {
+        gauges.push((
+            "hale_oidc_jwks_fetches".into(),
+            "Fetches of the identity provider's keys since start (at start, on age, and on an unknown key id, rate-limited).",
+            v.jwks_fetches() as f64,
+        ));
+        gauges.push((
+            "hale_oidc_keys_cached".into(),
+            "Identity-provider keys this node holds (kept on disk for when the provider is unreachable).",
+            v.key_count().await as f64,
+        ));
+    }
     for s in app.downtime.snapshot(now_ms()) {
         if let Some(age) = s.age_s {
             gauges.push((

@@ -528,7 +528,7 @@ pub fn routes() -> Router<Arc<App>> {
 /// is how an operator (or chaos) proves it. Answers how many were sent and
 /// how many were new.
 async fn resend(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    if let Err(r) = admin(&app, &headers) {
+    if let Err(r) = admin(&app, &headers).await {
         return *r;
     }
     let (mut sent, mut new, mut from) = (0u64, 0u64, 1u64);
@@ -560,10 +560,11 @@ async fn resend(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     Json(json!({"node": app.raft.id, "sent": sent, "new": new})).into_response()
 }
 
-fn admin(app: &App, headers: &HeaderMap) -> Result<(), Box<Response>> {
+async fn admin(app: &App, headers: &HeaderMap) -> Result<(), Box<Response>> {
     let p = app
         .auth
         .authenticate(headers)
+        .await
         .map_err(|e| Box::new(e.into_response()))?;
     if p.role != crate::config::Role::Admin && p.role != crate::config::Role::Service {
         return Err(FhirError::new(
@@ -614,7 +615,7 @@ pub fn status_json(app: &App) -> Result<Value, String> {
 }
 
 async fn status(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    if let Err(r) = admin(&app, &headers) {
+    if let Err(r) = admin(&app, &headers).await {
         return *r;
     }
     match status_json(&app) {
@@ -631,7 +632,7 @@ struct ListQuery {
 }
 
 async fn list(State(app): State<Arc<App>>, headers: HeaderMap, Query(q): Query<ListQuery>) -> Response {
-    if let Err(r) = admin(&app, &headers) {
+    if let Err(r) = admin(&app, &headers).await {
         return *r;
     }
     if let Some(s) = &q.status {
@@ -651,7 +652,7 @@ async fn list(State(app): State<Arc<App>>, headers: HeaderMap, Query(q): Query<L
 
 /// `GET /sync/verify`: this node's journal against the receipts its store holds.
 async fn verify(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    if let Err(r) = admin(&app, &headers) {
+    if let Err(r) = admin(&app, &headers).await {
         return *r;
     }
     let node = app.raft.id;

@@ -1396,7 +1396,11 @@ pub async fn staff_lists(State(app): State<Arc<App>>, headers: HeaderMap, RawQue
 }
 
 async fn staff_lists_inner(app: &Arc<App>, headers: &HeaderMap, query: &str) -> Result<Response, Response> {
-    let principal: Principal = app.auth.authenticate(headers).map_err(IntoResponse::into_response)?;
+    let principal: Principal = app
+        .auth
+        .authenticate(headers)
+        .await
+        .map_err(IntoResponse::into_response)?;
     if !matches!(principal.role, Role::Admin | Role::Service) {
         return Err(staff_error(
             StatusCode::FORBIDDEN,

@@ -1,6 +1,6 @@
 //! The FHIR RESTful interactions.
 
-use crate::auth::{authorize, Principal};
+use crate::auth::{authorize, authorize_op, Principal};
 use crate::capability::capability_statement;
 use crate::wire::{self, json_response, version_headers, BundleWriter, FhirError};
 use crate::{bundle, now_ms, App};
@@ -8,6 +8,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::Response;
+use hale_auth::Op;
 use hale_fhir::search::{parse_query, SearchQuery};
 use hale_fhir::subset::Subset;
 use hale_fhir::validate::validate_resource;
@@ -41,10 +42,11 @@ pub async fn dispatch(app: &App, req: Request) -> Handled {
     }
     if segs == ["metadata"] && method == Method::GET {
         let base = base_url(app, &headers);
-        let cs = capability_statement(&base, &wire::instant(now_ms()));
+        let security = crate::smart::capability_security(app).await;
+        let cs = capability_statement(&base, &wire::instant(now_ms()), security);
         return ("metadata", Ok(json_response(StatusCode::OK, cs.to_string())));
     }
-    let principal = match app.auth.authenticate(&headers) {
+    let principal = match app.auth.authenticate(&headers).await {
         Ok(p) => p,
         Err(e) => return ("other", Err(e)),
     };
@@ -503,7 +505,15 @@ impl Ctx<'_> {
         action: AuditAction,
         id: Option<&str>,
     ) -> Result<(), FhirError> {
-        if let Err(e) = authorize(self.principal, rt, write) {
+        let op = match action {
+            AuditAction::Create => Op::Create,
+            AuditAction::Read => Op::Read,
+            AuditAction::Update => Op::Update,
+            AuditAction::Delete => Op::Delete,
+            AuditAction::Execute if write => Op::Update,
+            AuditAction::Execute => Op::Search,
+        };
+        if let Err(e) = authorize_op(self.principal, rt, op) {
             self.audit(action, rt, id, None, 4, "forbidden".into()).await;
             return Err(e);
         }
@@ -573,12 +583,26 @@ impl Ctx<'_> {
     pub async fn propose(&self, kind: CommandKind) -> Result<Applied, FhirError> {
         // Every single write is checked against patient-level access here
         // (Bundles check each entry before they get this far).
+        let single = matches!(kind, CommandKind::Write(_));
         if let CommandKind::Write(op) = &kind {
             self.check_write_audited(op).await?;
         }
         let cmd = self.command(kind);
         match self.app.proposer.propose(cmd).await {
-            Ok((_, applied)) => Ok(applied),
+            Ok((_, applied)) => {
+                // A conditional create that matched an existing resource
+                // answers with it: that must be one the user may see
+                // (Bundles check their entries' answers themselves).
+                if let (true, Applied::Ops(v)) = (single, &applied) {
+                    for w in v.iter().flatten() {
+                        if let (WriteStatus::Existing, Some(json)) = (w.status, w.json.as_deref()) {
+                            let rt = w.rtype.parse().unwrap_or(ResourceType::Patient);
+                            self.check_shown(rt, &w.id, json).await?;
+                        }
+                    }
+                }
+                Ok(applied)
+            }
             Err(ProposeError::Unavailable(why)) => Err(FhirError::unavailable(why)),
             Err(e) => Err(FhirError::unavailable(format!(
                 "the write was not committed: {e}. It is safe to retry"

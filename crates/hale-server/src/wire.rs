@@ -89,9 +89,15 @@ impl IntoResponse for FhirError {
         resp.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
         if self.status == StatusCode::UNAUTHORIZED {
+            // A token that was sent but is unusable (RFC 6750 §3.1) versus none at all.
+            let invalid = self.issues.iter().any(|i| i.code == IssueCode::Security);
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"hale\""),
+                HeaderValue::from_static(if invalid {
+                    "Bearer realm=\"hale\", error=\"invalid_token\""
+                } else {
+                    "Bearer realm=\"hale\""
+                }),
             );
         }
         resp

@@ -431,8 +431,8 @@ fn load_config(a: &ServeArgs) -> Result<Config> {
 
 async fn serve(a: ServeArgs) -> Result<()> {
     let cfg = load_config(&a)?;
-    if cfg.auth.tokens.is_empty() && !cfg.auth.open_access {
-        bail!("no bearer tokens are configured, so nobody could use this server. Add [[auth.tokens]] to the config file, or run with --demo");
+    if cfg.auth.tokens.is_empty() && !cfg.auth.open_access && cfg.auth.oidc.is_none() {
+        bail!("no way to sign in is configured, so nobody could use this server. Add [auth.oidc] with the trust's identity provider (or, for development on loopback, [[auth.tokens]]), or run with --demo");
     }
     if cfg.demo.enabled {
         for t in &cfg.auth.tokens {

@@ -541,6 +541,7 @@ impl ReqBuilder {
                 || self.path.starts_with("/downtime/")
                 || self.path.starts_with("/sync/")
                 || self.path.starts_with("/admin/")
+                || self.path.starts_with("/.well-known/")
                 || self.path.starts_with("/$export-status/"))
         {
             // Cluster administration, accounts and a bulk export's manifest
