@@ -126,13 +126,17 @@ export async function screenshot(page, name) {
   await page.screenshot({ path: join(SCREENS, `${name}.png`), fullPage: true });
 }
 
+/** How long a navigation may take: generous, since CI machines are shared and
+ * slow; HALE_TEST_TIMEOUT_SCALE stretches it further. */
+const NAV_TIMEOUT_MS = 120_000 * Number(process.env.HALE_TEST_TIMEOUT_SCALE || 1);
+
 /** Click something that navigates, and wait for the new page. */
 export async function clickNav(page, locator) {
-  await Promise.all([page.waitForNavigation({ waitUntil: 'load' }), (typeof locator === 'string' ? page.locator(locator) : locator).click()]);
+  await Promise.all([page.waitForNavigation({ waitUntil: 'load', timeout: NAV_TIMEOUT_MS }), (typeof locator === 'string' ? page.locator(locator) : locator).click()]);
 }
 
 export async function pressNav(page, key = 'Enter') {
-  await Promise.all([page.waitForNavigation({ waitUntil: 'load' }), page.keyboard.press(key)]);
+  await Promise.all([page.waitForNavigation({ waitUntil: 'load', timeout: NAV_TIMEOUT_MS }), page.keyboard.press(key)]);
 }
 
 /** What has keyboard focus. */
