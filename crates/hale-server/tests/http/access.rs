@@ -217,6 +217,23 @@ async fn bola_matrix_unrelated_clinician_and_patient_context_never_see_b() {
     let r = send(&s, QEH, "PUT", "/Observation/obs-a", Some(&obs("obs-a", "pat-b"))).await;
     assert_eq!(r.status, 403, "{}", r.body());
     assert_eq!(s.live_count("Observation"), obs_before, "nothing was written");
+    // A conditional create for A whose If-None-Exist matches B's resource
+    // would answer with B's: refused.
+    for tok in [QEH, PAT_A] {
+        let r = s
+            .req("POST", "/Observation")
+            .token(tok)
+            .header("if-none-exist", "_id=obs-b")
+            .json(&obs("x", "pat-a"))
+            .send()
+            .await;
+        assert_eq!(r.status, 403, "{tok}: {}", r.body());
+        assert!(!shows_b(r.body()));
+        let tx = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+            {"request": {"method": "POST", "url": "Observation", "ifNoneExist": "_id=obs-b"}, "resource": obs("y", "pat-a")}]});
+        let r = send(&s, tok, "POST", "/", Some(&tx)).await;
+        assert!(!shows_b(r.body()), "{tok}: {}", r.body());
+    }
     // The patient-context token sees nothing outside A: B's Patient, Practitioners.
     for path in ["/Patient/pat-b", "/Patient?_id=pat-b", "/Location/loc-qeh"] {
         let r = s.get(path, PAT_A).await;
