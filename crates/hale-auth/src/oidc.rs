@@ -213,7 +213,14 @@ pub struct Validator {
     /// Serialises fetches and remembers when the last one was tried.
     last_attempt: tokio::sync::Mutex<Option<Instant>>,
     fetches: AtomicU64,
+    /// Tokens already verified, by SHA-256 of the whole token, until their
+    /// `exp`: a client sends the same token on every request, and a signature
+    /// check costs far more than the read it guards. Bounded by [`VERIFIED_CACHE_MAX`].
+    verified: std::sync::Mutex<std::collections::HashMap<[u8; 32], Verified>>,
 }
+
+/// Most verified tokens remembered; the cache is emptied when full.
+pub const VERIFIED_CACHE_MAX: usize = 10_000;
 
 impl Validator {
     /// A validator for `settings`, with keys loaded from `cache_path` if it
@@ -255,6 +262,7 @@ impl Validator {
             keys: tokio::sync::RwLock::new(keys),
             last_attempt: tokio::sync::Mutex::new(None),
             fetches: AtomicU64::new(0),
+            verified: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -370,8 +378,31 @@ impl Validator {
         self.keys.read().await.fetched.is_none_or(|t| t.elapsed() > max)
     }
 
-    /// Validate a bearer access token.
+    /// Validate a bearer access token: from the verified-token cache while it
+    /// has not expired, else [`Validator::verify`].
     pub async fn validate(&self, token: &str) -> Result<Verified, TokenError> {
+        use sha2::Digest;
+        let key: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let now = now_secs();
+        if let Some(v) = self.verified.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            // The same leeway as the full check: a cached token expires when it would.
+            if now <= v.expires_at_secs.saturating_add(self.settings.leeway_secs) {
+                return Ok(v);
+            }
+            return Err(TokenError::Expired);
+        }
+        let v = self.verify(token).await?;
+        if let Ok(mut m) = self.verified.lock() {
+            if m.len() >= VERIFIED_CACHE_MAX {
+                m.clear();
+            }
+            m.insert(key, v.clone());
+        }
+        Ok(v)
+    }
+
+    /// Validate a bearer access token fully (signature and claims), bypassing the cache.
+    pub async fn verify(&self, token: &str) -> Result<Verified, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
             jsonwebtoken::errors::ErrorKind::Json(_) | jsonwebtoken::errors::ErrorKind::Base64(_) => {
                 // `alg: none` and unknown algorithms fail to parse as a header.
