@@ -7,6 +7,7 @@
 import { before, after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import https from 'node:https';
 import { mkdtempSync, rmSync, readFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -26,11 +27,29 @@ async function until(what, f, ms = 120_000, every = 500) {
   }
 }
 
+/** POST /raft/fault on a node's raft port: mutual TLS, with the operator
+ * certificate `hale up` made in DATA/certs (its node certificates name 127.0.0.1). */
 async function fault(raftAddr, isolated) {
-  const r = await fetch(`http://${raftAddr}/raft/fault`, {
-    method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ isolated }),
+  const [host, port] = raftAddr.split(':');
+  const certs = join(data, 'certs');
+  const body = JSON.stringify({ isolated });
+  const { status, text } = await new Promise((resolve, reject) => {
+    const req = https.request({
+      host, port, method: 'POST', path: '/raft/fault',
+      ca: readFileSync(join(certs, 'ca.pem')),
+      cert: readFileSync(join(certs, 'operator.pem')),
+      key: readFileSync(join(certs, 'operator-key.pem')),
+      headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
+    }, (res) => {
+      let t = '';
+      res.setEncoding('utf8');
+      res.on('data', (d) => { t += d; });
+      res.on('end', () => resolve({ status: res.statusCode, text: t }));
+    });
+    req.on('error', reject);
+    req.end(body);
   });
-  assert.equal(r.status, 200, `fault injection on ${raftAddr}: ${r.status} ${await r.text()}`);
+  assert.equal(status, 200, `fault injection on ${raftAddr}: ${status} ${text}`);
 }
 
 before(async () => {

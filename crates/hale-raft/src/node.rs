@@ -682,15 +682,9 @@ impl RaftNode {
     ///
     /// [`Origin`]: crate::forward::Origin
     pub async fn propose(&self, cmd: Command) -> Result<(u64, Applied), ProposeError> {
-        // Fail early on a command that cannot be put in the log; the count of
-        // parts also bounds how long the leader may take with it.
-        let parts = split_command(&cmd, self.settings.command_bytes_max, "-")
-            .map_err(|e| {
-                ProposeError::Unavailable(format!(
-                    "the write was not committed: it cannot be put in the log ({e})"
-                ))
-            })?
-            .len() as u64;
+        // How many log entries the command takes bounds how long the leader
+        // may take with a forwarded one (counted only when forwarding).
+        let mut parts: Option<u64> = None;
         let origin = origin_of(&cmd);
         let forward = ForwardRequest { cmd, origin };
         let start = Instant::now();
@@ -715,6 +709,19 @@ impl RaftNode {
                         last_problem = format!("leader {l} is not in the membership");
                         tokio::time::sleep(Duration::from_millis(20)).await;
                         continue;
+                    };
+                    let parts = match parts {
+                        Some(n) => n,
+                        None => {
+                            let n = split_command(&forward.cmd, self.settings.command_bytes_max, "-")
+                                .map_err(|e| {
+                                    ProposeError::Unavailable(format!(
+                                        "the write was not committed: it cannot be put in the log ({e})"
+                                    ))
+                                })?
+                                .len() as u64;
+                            *parts.insert(n)
+                        }
                     };
                     let timeout = Duration::from_millis(self.settings.write_timeout_ms * parts + 1_000);
                     match self

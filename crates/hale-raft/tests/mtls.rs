@@ -231,6 +231,21 @@ async fn certificates_decide_who_may_vote_and_as_whom() {
     assert_eq!(status_of(post(&c, &r.addr, "/raft/vote", &vote(4, 1)).await), 403);
     let prevote = json!({"candidate": 4, "term": 1, "last_log_id": null});
     assert_eq!(status_of(post(&c, &r.addr, "/raft/prevote", &prevote).await), 403);
+    let term0 = r.node.metrics().current_term;
+    let append = serde_json::to_value(openraft::raft::AppendEntriesRequest::<hale_raft::TypeConfig> {
+        vote: openraft::Vote::new_committed(9, 4),
+        prev_log_id: None,
+        leader_commit: None,
+        entries: vec![],
+    })
+    .unwrap();
+    assert_eq!(status_of(post(&c, &r.addr, "/raft/append", &append).await), 403);
+    assert_eq!(r.node.metrics().current_term, term0, "a refused append changes no term");
+    assert_eq!(
+        r.node.metrics().current_leader,
+        Some(1),
+        "a learner certificate deposes nobody"
+    );
     // ... but reads status and may forward writes and ask for a read index.
     assert_eq!(status_of(post(&c, &r.addr, "/raft/status", &json!(false)).await), 200);
     assert_eq!(

@@ -1192,6 +1192,23 @@ fn hale_up_forms_the_cluster_and_membership_changes_are_idempotent() {
     let (roles, _) = cluster_roles(dir.path(), &nodes[2].0, "status-2");
     assert_eq!(roles, expected, "the membership is unchanged\n{ctx}");
 
+    // Raft runs over mutual TLS by default: hale up made the certificates, a
+    // plain HTTP request to a raft port gets no HTTP answer, and a write
+    // through the learner is forwarded (and its user re-checked by the leader).
+    for f in ["ca.pem", "node-1.pem", "node-4-key.pem", "operator.pem"] {
+        assert!(data.join("certs").join(f).exists(), "hale up made certs/{f}");
+    }
+    let raft_port: u16 = learner_raft.rsplit(':').next().unwrap().parse().unwrap();
+    let plain = try_request(raft_port, "POST", "/raft/status", None, Some(b"false"));
+    assert!(
+        plain.is_err(),
+        "plain HTTP to an mTLS raft port: {:?}",
+        plain.map(|r| r.status)
+    );
+    let body = br#"{"resourceType":"Patient","name":[{"family":"Forwarded"}]}"#;
+    let r = request(port_of(&nodes[3].0), "POST", "/Patient", Some("demo-clerk"), Some(body));
+    assert_eq!(r.status, 201, "a write through the learner\n{ctx}");
+
     // A second `hale up` on the same directory: its nodes' ports are taken.
     let mut cmd = hale_cmd(dir.path());
     cmd.args(["up", "--nodes", "3", "--learners", "1", "--data"])
