@@ -215,6 +215,84 @@ async fn the_leader_rebuilds_the_user_of_a_forwarded_write_from_its_credential()
         leader.get(&format!("/Observation/{id}"), ADMIN).await.expect(404);
     }
 
+    // An admin adds a local account through the site: an account change,
+    // forwarded with the admin's token, re-checked on the leader.
+    let hash = hale_server::accounts::hash_password("a-long-enough-password").unwrap();
+    let add = json!({"user": "nurse.nye", "role": "clinician", "name": "N Nye", "password_hash": hash});
+    site.post("/admin/users", ADMIN, &add).await.expect(201);
+    // A web-UI session of that account (the site's UI writes in-process as
+    // it): the leader finds the account enabled with that role.
+    let nurse = Actor {
+        user: "nurse.nye".into(),
+        role: "clinician".into(),
+    };
+    let session = |role: &str| Origin::Session {
+        user: "nurse.nye".into(),
+        role: role.into(),
+    };
+    let s1 = ForwardRequest {
+        cmd: write(nurse.clone(), "Observation", "s1", note("s1")),
+        origin: session("clinician"),
+    };
+    let answer: Value = client
+        .post(
+            Some(1),
+            &leader.raft.me.raft_addr,
+            "/raft/propose",
+            &s1,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert!(answer.get("Done").is_some(), "a real session: {answer}");
+    // The same account claiming a role it does not have.
+    let s2 = ForwardRequest {
+        cmd: write(
+            Actor {
+                user: "nurse.nye".into(),
+                role: "admin".into(),
+            },
+            "Observation",
+            "s2",
+            note("s2"),
+        ),
+        origin: session("admin"),
+    };
+    let answer: Value = client
+        .post(
+            Some(1),
+            &leader.raft.me.raft_addr,
+            "/raft/propose",
+            &s2,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert!(
+        answer.get("Refused").is_some(),
+        "a session with a role the account lacks: {answer}"
+    );
+    // A disabled account's session is refused.
+    leader
+        .post("/admin/users/nurse.nye/disable", ADMIN, &json!({}))
+        .await
+        .expect(200);
+    let s3 = ForwardRequest {
+        cmd: write(nurse, "Observation", "s3", note("s3")),
+        origin: session("clinician"),
+    };
+    let answer: Value = client
+        .post(
+            Some(1),
+            &leader.raft.me.raft_addr,
+            "/raft/propose",
+            &s3,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert!(answer.get("Refused").is_some(), "a disabled account: {answer}");
+
     // The same path with the clinician's own token goes through.
     let honest = write(
         Actor {
