@@ -27,6 +27,9 @@ const CONTENDERS: usize = 3;
 const SLOTS_UP_FRONT: usize = 20;
 /// Snapshot often, so that lagging and wiped nodes must install one.
 const SNAPSHOT_TOML: &str = "snapshot_entries_since_last = 300\nentries_kept_after_snapshot = 50\n";
+/// Appended last to a drill's node configs: clinicians are not limited to
+/// patients with a legitimate relationship (the drills' own patients have none).
+pub const NO_RELATIONSHIP_TOML: &str = "\n[access]\nlegitimate_relationship = false\n";
 /// Appointment statuses that hold a slot.
 const HOLDING: [&str; 5] = ["pending", "booked", "arrived", "checked-in", "fulfilled"];
 /// How long the cluster may go without a leader between faults.
@@ -799,7 +802,9 @@ pub async fn run(a: ChaosArgs) -> Result<()> {
         data: data.clone(),
         fault_injection: true,
         mtls: true,
-        extra_toml: format!("{SNAPSHOT_TOML}{}", a.link.cluster_toml()),
+        // The drill writes as a clinician on patients it registers itself
+        // (no bookings): patient-level access is not what it tests.
+        extra_toml: format!("{SNAPSHOT_TOML}{}{NO_RELATIONSHIP_TOML}", a.link.cluster_toml()),
         demo_patients: 0,
         log: "warn".into(),
     };

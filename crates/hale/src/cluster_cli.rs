@@ -337,7 +337,13 @@ pub async fn up(a: UpArgs) -> Result<()> {
         data: a.data.clone(),
         fault_injection: a.fault_injection,
         mtls: !a.insecure_raft,
-        extra_toml: a.link.cluster_toml(),
+        // Web UI accounts have no site of their own: on every node of a demo
+        // cluster they work at the demo site, like the demo clinician's token.
+        extra_toml: format!(
+            "{}\n[access]\nsite = \"{}\"\n",
+            a.link.cluster_toml(),
+            hale_server::config::DEMO_SITE
+        ),
         demo_patients: a.demo_patients,
         log: "info".into(),
     };

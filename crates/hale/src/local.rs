@@ -220,7 +220,7 @@ impl LocalCluster {
     fn config_text(&self, p: &Proc) -> String {
         format!(
             "listen = \"{api}\"\ndata = \"{data}\"\n\n[auth]\n\
-             tokens = [\n  {{ token = \"demo-clinician\", user = \"dr.demo\", role = \"clinician\" }},\n  \
+             tokens = [\n  {{ token = \"demo-clinician\", user = \"dr.demo\", role = \"clinician\", site = \"{demo_site}\" }},\n  \
              {{ token = \"demo-clerk\", user = \"clerk.demo\", role = \"clerk\" }},\n  \
              {{ token = \"{ADMIN_TOKEN}\", user = \"admin.demo\", role = \"admin\" }},\n]\n\n\
              [cluster]\nnode_id = {id}\nlisten = \"{raft}\"\nsite = \"{site}\"\nbootstrap_single = false\nfault_injection = {fi}\n{tls}{extra}\n",
@@ -243,6 +243,7 @@ impl LocalCluster {
                 String::new()
             },
             extra = self.spec.extra_toml,
+            demo_site = hale_server::config::DEMO_SITE,
         )
     }
 

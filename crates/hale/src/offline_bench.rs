@@ -52,7 +52,8 @@ pub async fn run(entries: usize, connections: usize, json_out: bool) -> Result<(
         data: data.clone(),
         fault_injection: true,
         mtls: true,
-        extra_toml: String::new(),
+        // Clinicians write on the bench's own patients, who have no bookings.
+        extra_toml: crate::chaos::NO_RELATIONSHIP_TOML.into(),
         demo_patients: 0,
         log: "warn".into(),
     };
