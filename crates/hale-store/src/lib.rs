@@ -166,6 +166,7 @@ impl StateMachine {
             }
             Some(_) => {}
         }
+        conn.execute_batch(schema::INDEXES_AFTER_MIGRATION)?;
         let last_applied: Option<i64> = conn
             .query_row("SELECT value FROM meta WHERE key = 'last_applied'", [], |r| r.get(0))
             .optional()?;
@@ -300,6 +301,7 @@ impl StateMachine {
         // tables added since (`command_parts`); every statement of the DDL is
         // idempotent, so this only adds what is missing.
         self.conn.execute_batch(schema::DDL)?;
+        self.conn.execute_batch(schema::INDEXES_AFTER_MIGRATION)?;
         self.last_applied = meta_get(&self.conn, "last_applied")?
             .and_then(|v| v.as_i64())
             .map(|v| v as u64);

@@ -35,6 +35,17 @@ ALTER TABLE audit ADD COLUMN prev_hash BLOB;
 ALTER TABLE audit ADD COLUMN hash BLOB;
 "#;
 
+/// Indexes over columns a migration may add, so created after it (on every
+/// open; idempotent). Not state: the content hash covers tables, not indexes.
+/// The break-glass review (`audit::break_glass_list`) finds start rows and
+/// the rows closing them through these rather than scanning the trail.
+pub const INDEXES_AFTER_MIGRATION: &str = r#"
+CREATE INDEX IF NOT EXISTS audit_btg_start ON audit(seq)
+    WHERE action = 'E' AND rtype = 'Patient' AND purpose = 'BTG';
+CREATE INDEX IF NOT EXISTS audit_btg_close ON audit(res_id)
+    WHERE action = 'E' AND rtype = 'AuditEvent';
+"#;
+
 pub const DDL: &str = r#"
 CREATE TABLE IF NOT EXISTS meta(
     key   TEXT PRIMARY KEY,

@@ -156,10 +156,12 @@ fn a_version_2_store_gets_the_chain_apply_would_have_written() {
     let (want_hash, want_head) = {
         let sm = applied(dir.path());
         let want = (sm.content_hash().unwrap(), audit::head(sm.conn()).unwrap());
-        // Make it what schema version 2 wrote: no purpose, no chain.
+        // Make it what schema version 2 wrote: no purpose, no chain (and so
+        // no index over purpose).
         sm.conn()
             .execute_batch(
-                "ALTER TABLE audit DROP COLUMN hash;
+                "DROP INDEX audit_btg_start;
+                 ALTER TABLE audit DROP COLUMN hash;
                  ALTER TABLE audit DROP COLUMN prev_hash;
                  ALTER TABLE audit DROP COLUMN purpose;
                  DROP TABLE audit_chain;
