@@ -11,16 +11,17 @@
 //!
 //! [`Authenticator`]: crate::auth::Authenticator
 
-use crate::auth::{authorize, Principal, IN_PROCESS_HEADER};
+use crate::auth::{authorize_op, Principal, IN_PROCESS_HEADER};
 use crate::config::Role;
 use crate::App;
 use axum::extract::{Request, State};
 use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::Response;
+use hale_auth::Op;
 use hale_fhir::ResourceType;
 use hale_raft::forward::{CheckFuture, Origin, UserCheck};
-use hale_store::command::{Command, CommandKind};
+use hale_store::command::{Command, CommandKind, WriteOp};
 use std::str::FromStr;
 use std::sync::{Arc, Weak};
 
@@ -107,7 +108,9 @@ fn why(e: &crate::wire::FhirError) -> String {
         .join("; ")
 }
 
-/// The command must act as `p`, and be a kind and types `p` may write.
+/// The command must act as `p`, and be a kind, types and interactions `p`
+/// may write (its role and, for a SMART token, its granted scopes;
+/// patient-level access is not re-checked here).
 pub fn check_command(p: &Principal, cmd: &Command) -> Result<(), String> {
     let actor = p.actor();
     if cmd.actor != actor {
@@ -125,7 +128,13 @@ pub fn check_command(p: &Principal, cmd: &Command) -> Result<(), String> {
     };
     for op in ops {
         let rt = ResourceType::from_str(op.rtype()).map_err(|_| format!("'{}' is not a resource type", op.rtype()))?;
-        authorize(p, rt, true).map_err(|e| why(&e))?;
+        // The role and, for a SMART token, the scopes it was granted, per interaction.
+        let interaction = match op {
+            WriteOp::Create { .. } => Op::Create,
+            WriteOp::Update { .. } => Op::Update,
+            WriteOp::Delete { .. } => Op::Delete,
+        };
+        authorize_op(p, rt, interaction).map_err(|e| why(&e))?;
     }
     Ok(())
 }
