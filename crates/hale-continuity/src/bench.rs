@@ -94,8 +94,8 @@ pub fn bench(dir: &Path, patients: usize, site: &str, days: u32, runs: usize) ->
     let key = age::x25519::Identity::generate().to_public().to_string();
     let mut opts = PackOptions::new(site.to_string(), now_ms, Protection::Age(Recipients::parse(&[key])?));
     opts.days = days;
-    let conn = hale_store::rusqlite::Connection::open_with_flags(
-        dir.join(hale_store::DB_FILE),
+    let conn = hale_store::db::open(
+        &dir.join(hale_store::DB_FILE),
         hale_store::rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
     )?;
     let out = dir.join(format!("packs-{site}"));

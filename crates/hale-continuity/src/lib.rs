@@ -85,6 +85,8 @@ pub const SITE_CODE_CHARS_MAX: usize = 32;
 pub enum ContinuityError {
     #[error("reading the store failed: {0}")]
     Sql(#[from] hale_store::rusqlite::Error),
+    #[error(transparent)]
+    Open(#[from] hale_store::db::OpenError),
     #[error("{action} {path}: {source}")]
     Io {
         action: &'static str,

@@ -75,6 +75,8 @@ pub enum JournalError {
     WrongNode { path: String, found: u64, expected: u64 },
     #[error("site journal storage: {0}")]
     Sql(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Open(#[from] hale_store::db::OpenError),
     /// A storage failure reported to every write of a group commit.
     #[error("site journal storage: {0}; the write was not saved")]
     Failed(String),
@@ -190,7 +192,8 @@ impl Journal {
     pub fn open(dir: &Path, node: u64, site: &str, limits: Limits) -> Result<Journal, JournalError> {
         std::fs::create_dir_all(dir).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
         let path = dir.join(JOURNAL_FILE);
-        let conn = Connection::open(&path)?;
+        // Through the store's opener: the journal holds patient data, so it carries the node's key.
+        let conn = hale_store::db::open_rw(&path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // FULL: the WAL is fsynced at every commit: an accepted write is on disk.
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -211,7 +214,7 @@ impl Journal {
             }
             Some(_) => {}
         }
-        let rconn = Connection::open(&path)?;
+        let rconn = hale_store::db::open_rw(&path)?;
         let totals = pending_totals(&conn)?;
         Ok(Journal {
             pending_totals: Mutex::new(totals),

@@ -19,7 +19,7 @@
 //! without fsync (the log replays anything a power cut undoes).
 
 use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig, Vote};
-use hale_store::rusqlite::{self, params, Connection, OptionalExtension};
+use hale_store::rusqlite::{params, Connection, OptionalExtension};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, ErrorSubject, ErrorVerb, RaftLogReader, StorageIOError};
 use parking_lot::Mutex;
@@ -39,8 +39,9 @@ CREATE TABLE IF NOT EXISTS log(idx INTEGER PRIMARY KEY, entry BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS kv(key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
 ";
 
-fn open_conn(path: &Path, write: bool) -> rusqlite::Result<Connection> {
-    let conn = Connection::open(path)?;
+fn open_conn(path: &Path, write: bool) -> Result<Connection, hale_store::StoreError> {
+    // Through the store's opener: the log holds every command, so it carries the node's key.
+    let conn = hale_store::db::open_rw(path)?;
     conn.busy_timeout(std::time::Duration::from_millis(hale_store::BUSY_TIMEOUT_MS))?;
     if write {
         conn.pragma_update(None, "journal_mode", "WAL")?;

@@ -232,7 +232,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             let tmp = inner.snap_dir.join(format!("tmp-{}.db", uuid::Uuid::new_v4().simple()));
             StateMachine::backup_to(&inner.dir, &tmp).map_err(|e| snap_err(ErrorVerb::Write, e))?;
             // The copy records how far it got: read it back from the copy itself.
-            let conn = hale_store::rusqlite::Connection::open(&tmp).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+            let conn = hale_store::db::open_rw(&tmp).map_err(|e| snap_err(ErrorVerb::Read, e))?;
             let (last_log_id, last_membership) = read_applied(&conn)?;
             drop(conn);
             let snapshot_id = match last_log_id {
@@ -383,7 +383,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         blocking(move || -> Result<(), StorageError> {
             // The copy must describe itself as the metadata says.
             {
-                let conn = hale_store::rusqlite::Connection::open(&tmp).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+                let conn = hale_store::db::open_rw(&tmp).map_err(|e| snap_err(ErrorVerb::Read, e))?;
                 let (last, _) = read_applied(&conn)?;
                 assert_eq!(
                     last, meta.last_log_id,

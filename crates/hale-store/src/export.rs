@@ -53,8 +53,8 @@ impl Snapshot {
     /// Open the store in `dir` read-only and fix the moment it shows.
     /// Blocking: run it off the async threads.
     pub fn open(dir: &Path) -> Result<Snapshot, StoreError> {
-        let conn = Connection::open_with_flags(
-            dir.join(DB_FILE),
+        let conn = crate::db::open(
+            &dir.join(DB_FILE),
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
         )?;
         configure(&conn, READER_CACHE_KIB)?;

@@ -13,6 +13,7 @@ pub mod accounts;
 pub mod apply;
 pub mod audit;
 pub mod command;
+pub mod db;
 pub mod export;
 pub mod hash;
 pub mod overlay;
@@ -43,6 +44,8 @@ pub enum StoreError {
     Sql(#[from] rusqlite::Error),
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Open(#[from] db::OpenError),
     #[error("the data directory {path} was written by schema version {found}, this build reads version {expected}; use a matching Hale build or export and re-import")]
     SchemaVersion { path: PathBuf, found: i64, expected: i64 },
     #[error("log index {got} does not follow the last applied index {last}: entries must be applied in order")]
@@ -134,7 +137,7 @@ impl StateMachine {
     pub fn open_with(dir: &Path, durability: Durability) -> Result<StateMachine, StoreError> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(DB_FILE);
-        let conn = Connection::open(&path)?;
+        let conn = db::open_rw(&path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         let sync = match durability {
             // FULL: the WAL is fsynced at every commit, so an acknowledged write survives power loss.
@@ -260,8 +263,9 @@ impl StateMachine {
     /// SQLite online backup API. Runs on its own read connection, in one read
     /// transaction, so writers keep going while it copies.
     pub fn backup_to(dir: &Path, dest: &Path) -> Result<(), StoreError> {
-        let src = Connection::open_with_flags(dir.join(DB_FILE), OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-        let mut dst = Connection::open(dest)?;
+        // Both ends carry the node's key: the copy is as encrypted as the store.
+        let src = db::open(&dir.join(DB_FILE), OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let mut dst = db::open_rw(dest)?;
         {
             let backup = rusqlite::backup::Backup::new(&src, &mut dst)?;
             // -1: every page in one step, which is one read transaction: a consistent image.
@@ -277,7 +281,7 @@ impl StateMachine {
     /// Readers keep their connections: the copy is one write transaction, so they
     /// see either the old state or the new one.
     pub fn restore_from(&mut self, src: &Path) -> Result<(), StoreError> {
-        let src_conn = Connection::open_with_flags(src, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let src_conn = db::open(src, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         {
             let backup = rusqlite::backup::Backup::new(&src_conn, &mut self.conn)?;
             backup.step(-1)?;
@@ -402,7 +406,7 @@ impl Reader {
         let n = connections.clamp(1, READERS_MAX);
         let mut pool = Vec::with_capacity(n);
         for _ in 0..n {
-            let conn = Connection::open_with_flags(
+            let conn = db::open(
                 &path,
                 OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
             )?;
