@@ -11,7 +11,10 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, HOST, LOCATION};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 use crate::error::BenchError;
 
@@ -30,21 +33,40 @@ pub(crate) struct Target {
     /// Path prefix of the FHIR base without trailing slash ("" or "/fhir").
     prefix: String,
     auth: Option<HeaderValue>,
+    /// For an https base URL: the connector (trusting only the given CA) and
+    /// the name the server's certificate must carry.
+    tls: Option<Tls>,
+}
+
+/// An https target's connector (trusting only the given CA) and the name
+/// its certificate must carry.
+struct Tls {
+    connector: TlsConnector,
+    name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls").field("name", &self.name).finish_non_exhaustive()
+    }
 }
 
 impl Target {
-    pub(crate) fn parse(base_url: &str, token: Option<&str>) -> Result<Target, BenchError> {
+    /// `ca_pem`: the PEM certificate(s) an https server's chain must lead
+    /// to (only these are trusted: a bench measures the trust's own server,
+    /// not the web). Required for https, refused for http.
+    pub(crate) fn parse(base_url: &str, token: Option<&str>, ca_pem: Option<&[u8]>) -> Result<Target, BenchError> {
         let bad = |reason: &str| BenchError::BadUrl {
             url: base_url.to_string(),
             reason: reason.to_string(),
         };
         let trimmed = base_url.trim();
-        let rest = if let Some(r) = trimmed.strip_prefix("http://") {
-            r
-        } else if trimmed.starts_with("https://") {
-            return Err(bad("https is not supported; bench a local server over plain http"));
+        let (rest, https) = if let Some(r) = trimmed.strip_prefix("http://") {
+            (r, false)
+        } else if let Some(r) = trimmed.strip_prefix("https://") {
+            (r, true)
         } else {
-            return Err(bad("it must start with http://"));
+            return Err(bad("it must start with http:// or https://"));
         };
         let (authority, path) = match rest.find(['/', '?', '#']) {
             Some(i) => (&rest[..i], &rest[i..]),
@@ -76,6 +98,7 @@ impl Target {
             }
         };
         let port = match port {
+            None if https => 443,
             None => 80,
             Some(p) => p
                 .parse::<u16>()
@@ -95,6 +118,48 @@ impl Target {
             }
             _ => None,
         };
+        let tls = match (https, ca_pem) {
+            (false, None) => None,
+            (false, Some(_)) => return Err(bad("a CA certificate was given for a plain http URL; use https://")),
+            (true, None) => {
+                return Err(bad(
+                    "https needs the CA certificate that signed the server's certificate (--ca)",
+                ))
+            }
+            (true, Some(pem)) => {
+                let mut roots = rustls::RootCertStore::empty();
+                let mut n = 0;
+                for cert in CertificateDer::pem_slice_iter(pem) {
+                    let cert = cert.map_err(|e| BenchError::InvalidOption {
+                        message: format!("the CA file is not PEM certificates: {e}"),
+                    })?;
+                    roots.add(cert).map_err(|e| BenchError::InvalidOption {
+                        message: format!("the CA file holds a certificate rustls cannot use: {e}"),
+                    })?;
+                    n += 1;
+                }
+                if n == 0 {
+                    return Err(BenchError::InvalidOption {
+                        message: "the CA file holds no PEM certificate".to_string(),
+                    });
+                }
+                let config =
+                    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                        .with_safe_default_protocol_versions()
+                        .map_err(|e| BenchError::Internal {
+                            what: "TLS client setup".to_string(),
+                            message: e.to_string(),
+                        })?
+                        .with_root_certificates(roots)
+                        .with_no_client_auth();
+                let name = ServerName::try_from(host.to_string())
+                    .map_err(|_| bad("the host is not a valid TLS server name"))?;
+                Some(Tls {
+                    connector: TlsConnector::from(Arc::new(config)),
+                    name,
+                })
+            }
+        };
         Ok(Target {
             base_url: trimmed.trim_end_matches('/').to_string(),
             host: host.to_string(),
@@ -102,6 +167,7 @@ impl Target {
             host_header,
             prefix: path.trim_end_matches('/').to_string(),
             auth,
+            tls,
         })
     }
 
@@ -163,14 +229,17 @@ impl Client {
                     Ok(Ok(s)) => s,
                 };
             let _ = stream.set_nodelay(true);
-            let (sender, connection) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
-                Ok(pair) => pair,
-                Err(e) => return Err(Failure::Transport(e.to_string())),
+            let sender = match &self.target.tls {
+                None => handshake(stream).await?,
+                Some(t) => {
+                    let tls = match tokio::time::timeout(timeout, t.connector.connect(t.name.clone(), stream)).await {
+                        Err(_) => return Err(Failure::Timeout),
+                        Ok(Err(e)) => return Err(Failure::Transport(format!("TLS handshake: {e}"))),
+                        Ok(Ok(s)) => s,
+                    };
+                    handshake(tls).await?
+                }
             };
-            // Drives the socket; ends when `sender` is dropped or the peer closes.
-            tokio::spawn(async move {
-                let _ = connection.await;
-            });
             if self.opened > 0 {
                 self.reconnects += 1;
             }
@@ -269,6 +338,21 @@ impl Client {
     }
 }
 
+/// HTTP/1.1 over an open stream (plain TCP or TLS). A task drives the
+/// socket; it ends when the sender is dropped or the peer closes.
+async fn handshake<S>(stream: S) -> Result<SendRequest<Full<Bytes>>, Failure>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| Failure::Transport(e.to_string()))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(sender)
+}
+
 /// Turn a setup-phase failure into a `BenchError` naming what was attempted.
 pub(crate) fn failure_error(target: &Target, what: &str, f: Failure, timeout: Duration) -> BenchError {
     match f {
@@ -348,7 +432,7 @@ mod tests {
     #[test]
     fn parse_base_urls() {
         fn check(url: &str, expected: Result<(&str, u16, &str, &str), ()>) {
-            let got = Target::parse(url, None)
+            let got = Target::parse(url, None, None)
                 .map(|t| {
                     (
                         t.host.clone(),
@@ -366,12 +450,23 @@ mod tests {
         check("http://localhost/fhir/", Ok(("localhost", 80, "localhost", "/fhir")));
         check("http://[::1]:9000/r4", Ok(("::1", 9000, "[::1]:9000", "/r4")));
         check(" http://h:1 ", Ok(("h", 1, "h:1", "")));
+        // https needs the CA to trust (parse_https_needs_a_ca below).
         check("https://127.0.0.1:8080", Err(()));
         check("127.0.0.1:8080", Err(()));
         check("http://", Err(()));
         check("http://h:99999", Err(()));
         check("http://h:80?x=1", Err(()));
         check("http://u:p@h:80", Err(()));
+    }
+
+    #[test]
+    fn parse_https_needs_a_ca() {
+        let err = |url: &str, ca: Option<&[u8]>| Target::parse(url, None, ca).err().map(|e| e.to_string());
+        assert!(err("https://127.0.0.1:8443", None).unwrap().contains("--ca"));
+        assert!(err("http://127.0.0.1:8080", Some(b"x")).unwrap().contains("https://"));
+        assert!(err("https://127.0.0.1:8443", Some(b"not pem"))
+            .unwrap()
+            .contains("no PEM certificate"));
     }
 
     #[test]

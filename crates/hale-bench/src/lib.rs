@@ -55,6 +55,9 @@ pub struct BenchOpts {
     pub base_url: String,
     /// Bearer token sent as `Authorization: Bearer <token>`, if any.
     pub token: Option<String>,
+    /// For an https base URL: the PEM CA certificate(s) the server's
+    /// certificate must chain to (TLS 1.2+, rustls with ring).
+    pub ca_pem: Option<Vec<u8>>,
     /// TCP connections for the timed workload (each one keep-alive).
     pub connections: usize,
     /// Timed phase per workload, seconds.
@@ -89,6 +92,7 @@ impl Default for BenchOpts {
         BenchOpts {
             base_url: "http://127.0.0.1:8080".to_string(),
             token: None,
+            ca_pem: None,
             connections: 8,
             duration_s: 10,
             warmup_s: 2,
@@ -248,7 +252,11 @@ impl FromStr for Workload {
 /// task per connection.
 pub async fn run(opts: &BenchOpts, workload: Workload) -> Result<Report, BenchError> {
     opts.validate(workload)?;
-    let target = Arc::new(client::Target::parse(&opts.base_url, opts.token.as_deref())?);
+    let target = Arc::new(client::Target::parse(
+        &opts.base_url,
+        opts.token.as_deref(),
+        opts.ca_pem.as_deref(),
+    )?);
     let seed = data::run_seed();
     let mut ctx = workloads::Ctx {
         target: target.clone(),

@@ -1121,7 +1121,7 @@ mod tests {
 
     #[test]
     fn job_tallies_per_kind() {
-        let target = Target::parse("http://127.0.0.1:1/fhir", None).unwrap();
+        let target = Target::parse("http://127.0.0.1:1/fhir", None, None).unwrap();
         let job = MixJob::new(&target, data(), data().cycle());
         let n = job.cycle().len();
         let mut rng = Rng::new(1);

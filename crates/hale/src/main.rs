@@ -189,6 +189,9 @@ struct BenchArgs {
     /// Bearer token.
     #[arg(long, env = "HALE_TOKEN")]
     token: Option<String>,
+    /// For an https --url: the CA certificate (PEM) that signed the server's certificate.
+    #[arg(long, env = "HALE_CA")]
+    ca: Option<PathBuf>,
     /// Concurrent connections.
     #[arg(long, default_value_t = 16)]
     connections: usize,
@@ -591,9 +594,14 @@ async fn bench(a: BenchArgs) -> Result<()> {
         BenchWhat::Offline => return offline_bench::run(a.offline_entries, a.connections, a.json).await,
         BenchWhat::Load(w) => w,
     };
+    let ca_pem = match &a.ca {
+        Some(p) => Some(std::fs::read(p).with_context(|| format!("cannot read the CA certificate {}", p.display()))?),
+        None => None,
+    };
     let opts = BenchOpts {
         base_url: a.url,
         token: a.token,
+        ca_pem,
         connections: a.connections,
         duration_s: a.duration_s,
         warmup_s: a.warmup_s,
