@@ -32,6 +32,18 @@ pub struct Config {
     pub tls: TlsSettings,
     /// Patient-level access: legitimate relationship, break-glass (`[access]`).
     pub access: crate::access::AccessSettings,
+    /// Encryption at rest of the node's SQLite files (`[store]`).
+    pub store: StoreSettings,
+}
+
+/// `[store]`: the key every SQLite file under the data directory is encrypted
+/// with (a build with the `sqlcipher` feature; others refuse a key).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSettings {
+    /// A file holding the key: 64 hexadecimal characters (`openssl rand -hex 32`).
+    /// Env: HALE_STORE_KEY_FILE. Every node of a cluster uses the same key.
+    pub key_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -50,6 +62,7 @@ impl Default for Config {
             references: References::Enforce,
             tls: TlsSettings::default(),
             access: crate::access::AccessSettings::default(),
+            store: StoreSettings::default(),
         }
     }
 }

@@ -109,6 +109,8 @@ pub enum StartError {
     Journal(#[from] hale_journal::JournalError),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error(transparent)]
+    StoreKey(#[from] hale_store::db::KeyError),
 }
 
 impl Node {
@@ -116,6 +118,10 @@ impl Node {
     /// cluster of one). `api_url` is how other nodes and tools reach this
     /// node's API; it is recorded in the cluster membership.
     pub async fn start(mut cfg: Config, api_url: String) -> Result<Node, StartError> {
+        // Before anything opens a SQLite file: every one carries this key.
+        if let Some(f) = &cfg.store.key_file {
+            hale_store::db::use_key_file(f)?;
+        }
         // The demo clinician works at a demo site, in the UI too (see access.rs).
         if cfg.demo.enabled && cfg.access.site.is_none() && matches!(cfg.cluster.site.as_str(), "" | "local") {
             cfg.access.site = Some(config::DEMO_SITE.into());

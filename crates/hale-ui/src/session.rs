@@ -33,8 +33,12 @@ pub struct Sessions {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("the session store ({FILE}): {0}")]
-pub struct SessionError(#[from] rusqlite::Error);
+pub enum SessionError {
+    #[error("the session store ({FILE}): {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Open(#[from] hale_store::db::OpenError),
+}
 
 /// 256 random bits as hex (two v4 UUIDs' random parts come from the OS).
 pub fn random_token() -> String {
@@ -63,7 +67,8 @@ pub fn same_secret(a: &str, b: &str) -> bool {
 
 impl Sessions {
     pub fn open(data: &Path) -> Result<Sessions, SessionError> {
-        let conn = Connection::open(data.join(FILE))?;
+        // Through the store's opener, so the file carries the node's key.
+        let conn = hale_store::db::open_rw(&data.join(FILE))?;
         conn.execute_batch(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;
              CREATE TABLE IF NOT EXISTS sessions(

@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use hale_store::rusqlite::{Connection, OpenFlags, OptionalExtension};
+use hale_store::rusqlite::{OpenFlags, OptionalExtension};
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -40,7 +40,7 @@ fn verify(a: &VerifyArgs) -> Result<()> {
             a.data.display()
         );
     }
-    let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+    let conn = hale_store::db::open(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .with_context(|| format!("cannot open the store in {}", a.data.display()))?;
     let version: Option<i64> = conn
         .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))

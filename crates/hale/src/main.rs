@@ -268,6 +268,11 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    // The key of every SQLite file this process opens, for every command
+    // (`serve` may name it in its config file instead, `[store] key_file`).
+    if let Some(f) = std::env::var_os(hale_store::db::KEY_FILE_ENV).filter(|v| !v.is_empty()) {
+        hale_store::db::use_key_file(std::path::Path::new(&f))?;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.cmd {
         Cmd::Serve(a) => rt.block_on(serve(a)),
@@ -338,6 +343,9 @@ fn load_config(a: &ServeArgs) -> Result<Config> {
     }
     if let Some(v) = env("HALE_DATA") {
         cfg.data = v.into();
+    }
+    if let Some(v) = env(hale_store::db::KEY_FILE_ENV) {
+        cfg.store.key_file = Some(v.into());
     }
     if let Some(v) = env("HALE_BASE_URL") {
         cfg.base_url = Some(v);
