@@ -2,8 +2,10 @@
 # The whole test suite: installs the system tools the tests use when they are
 # missing (poppler-utils to read PDFs, Python's aiosmtpd as a real SMTP
 # server, the official FHIR R4 examples from npm), checks that the generated
-# FHIR tables are current, then runs `cargo test --workspace`, then the browser tests
-# (tests/browser, headless Chromium). Extra arguments go to cargo test.
+# FHIR tables are current, then runs `cargo test --workspace`, then hale-store's
+# tests with the `sqlcipher` feature (encryption at rest; libssl-dev), then the
+# browser tests (tests/browser, headless Chromium). Extra arguments go to the
+# workspace's cargo test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,6 +53,19 @@ python3 tools/gen_fhir_schema_subset.py --check
 # browser stage runs too, and the script fails at the end if anything failed.
 status=0
 cargo test --workspace --no-fail-fast "$@" || status=$?
+
+# Encryption at rest: hale-store built with the `sqlcipher` feature (SQLCipher
+# from source, the system's OpenSSL libcrypto), in its own target directory so
+# the workspace's default build is not rebuilt around it. Its tests: every
+# file under a data directory scanned for NHS numbers, wrong and missing keys.
+if ! pkg-config --exists openssl 2>/dev/null; then
+  echo "== installing libssl-dev and pkg-config (OpenSSL's libcrypto, for SQLCipher)"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libssl-dev pkg-config
+fi
+echo "== encryption at rest (hale-store --features sqlcipher)"
+CARGO_TARGET_DIR=target/sqlcipher cargo test -p hale-store --features sqlcipher --no-fail-fast \
+  --lib --test sqlcipher || status=$?
 
 # Browser stage: the staff web UI in headless Chromium (system package, driven
 # by playwright-core; axe-core for accessibility). See tests/browser/.
