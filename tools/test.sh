@@ -41,7 +41,7 @@ fi
 export HALE_R4_EXAMPLES="$PWD/$EXAMPLES_DIR/package"
 
 # A real OpenID provider (npm oidc-provider, pinned in tests/oidc/package-lock.json)
-# that crates/hale-server/tests/oidc.rs starts on loopback.
+# that crates/hale-server/tests/oidc.rs and crates/hale-ui/tests/oidc_signin.rs start on loopback.
 echo "== installing the test OpenID provider (tests/oidc)"
 ( cd tests/oidc && npm ci --no-audit --no-fund --silent )
 

@@ -2,7 +2,10 @@
 // Certified), on loopback, issuing ES256 `at+jwt` access tokens for Hale's
 // audience by client credentials and by authorisation code with PKCE.
 //
-//   node idp.mjs --port 4011 --keys keys.json [--audience URL] [--kid K]
+//   node idp.mjs --port 4011 --keys keys.json [--audience URL] [--kid K] [--redirect URL,URL]
+//
+// --redirect: the redirect URIs of the `hale-ui` client (Hale's web UI sign-in,
+// `<node>/ui/oidc/callback`).
 //
 // --keys: a JSON file holding the signing key (private JWK). Created with a
 // new key (kid --kid, default "k1") when missing; two providers given the same
@@ -100,8 +103,13 @@ const provider = new Provider(issuer, {
       if (patient) extra.patient = patient;
       return extra;
     }
-    // Authorisation code: the account name says the role ("dr.x" clinician, "clerk.x" clerk).
+    // Authorisation code (the `hale-ui` client's users, signed in on the
+    // devInteractions form with any password): the login name says the role.
+    // "clerk…" is a clerk, "r9999…" carries a job role Hale's role_map does
+    // not know (the UI must refuse it, 403), anyone else is a clinician; all
+    // work at site QEUH.
     const sub = token.accountId || '';
+    if (sub.startsWith('r9999')) return { hale_role: 'R9999', hale_site: 'QEUH' };
     return { hale_role: sub.startsWith('clerk') ? 'clerk' : 'clinician', hale_site: 'QEUH' };
   },
   extraParams: ['patient'],

@@ -9,5 +9,5 @@
 pub mod oidc;
 pub mod scopes;
 
-pub use oidc::{Endpoints, Fetch, OidcSettings, TokenError, Validator, Verified};
+pub use oidc::{Endpoints, Fetch, IdToken, OidcSettings, TokenError, UiClient, Validator, Verified};
 pub use scopes::{parse_scope, Context, Grant, Op, Scope, ScopeError, Scopes};

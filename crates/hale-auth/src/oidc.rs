@@ -67,6 +67,80 @@ pub struct OidcSettings {
     pub site_claim: String,
     /// Claim holding the SMART launch patient.
     pub patient_claim: String,
+    /// `[auth.oidc.ui]`: the web UI signs staff in through this provider
+    /// (authorisation code with PKCE) when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ui: Option<UiClient>,
+}
+
+/// `[auth.oidc.ui]`: the web UI as an OpenID client of the provider.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UiClient {
+    /// The client id the provider registered for Hale's web UI.
+    pub client_id: String,
+    /// Its secret (sent with HTTP Basic to the token endpoint). Prefer
+    /// `client_secret_file`; with neither, the UI is a public client (PKCE only).
+    pub client_secret: Option<String>,
+    /// A file holding the secret (trailing whitespace removed).
+    pub client_secret_file: Option<PathBuf>,
+    /// Scopes requested: `openid` and the SMART scopes the UI's work needs
+    /// (the user's role still narrows them).
+    pub scopes: String,
+    /// The resource indicator (RFC 8707) sent so the access token is issued
+    /// for Hale's audience; default: `audience`.
+    pub resource: Option<String>,
+    /// Shown on the button: "Sign in with <name>".
+    pub name: String,
+}
+
+impl Default for UiClient {
+    fn default() -> Self {
+        UiClient {
+            client_id: String::new(),
+            client_secret: None,
+            client_secret_file: None,
+            scopes: UI_SCOPES_DEFAULT.into(),
+            resource: None,
+            name: "your organisation's account".into(),
+        }
+    }
+}
+
+/// What the web UI asks for by default: an ID token, and every interaction
+/// on every type as the user (the user's Hale role decides what is allowed).
+pub const UI_SCOPES_DEFAULT: &str = "openid user/*.cruds";
+
+impl UiClient {
+    /// Check the settings; the error says which field and what to do.
+    pub fn check(&self) -> Result<(), String> {
+        if self.client_id.trim().is_empty() {
+            return Err("[auth.oidc.ui] client_id is empty: set it to the client id the identity provider registered for Hale's web UI".into());
+        }
+        if self.client_secret.is_some() && self.client_secret_file.is_some() {
+            return Err(
+                "[auth.oidc.ui] names both client_secret and client_secret_file: keep one (the file is better)".into(),
+            );
+        }
+        if !self.scopes.split_whitespace().any(|s| s == "openid") {
+            return Err(format!(
+                "[auth.oidc.ui] scopes '{}' lack 'openid': the sign-in needs an ID token to check its nonce",
+                self.scopes
+            ));
+        }
+        Ok(())
+    }
+
+    /// The client secret, read from `client_secret_file` when that is set.
+    pub fn secret(&self) -> Result<Option<String>, String> {
+        match (&self.client_secret, &self.client_secret_file) {
+            (Some(s), _) => Ok(Some(s.clone())),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map(|s| Some(s.trim_end().to_string()))
+                .map_err(|e| format!("[auth.oidc.ui] client_secret_file {}: {e}", path.display())),
+            (None, None) => Ok(None),
+        }
+    }
 }
 
 impl Default for OidcSettings {
@@ -92,6 +166,7 @@ impl Default for OidcSettings {
             role_map: BTreeMap::new(),
             site_claim: "hale_site".into(),
             patient_claim: "patient".into(),
+            ui: None,
         }
     }
 }
@@ -107,6 +182,9 @@ impl OidcSettings {
         }
         if self.algorithms.is_empty() {
             return Err("[auth.oidc] algorithms is empty: name at least one, e.g. [\"RS256\", \"ES256\"]".into());
+        }
+        if let Some(ui) = &self.ui {
+            ui.check()?;
         }
         self.algorithms
             .iter()
@@ -166,6 +244,8 @@ pub enum TokenError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
     pub user: String,
+    /// The token's `sub` (the same as `user` unless `user_claim` names another claim).
+    pub subject: String,
     /// The role claim's value mapped through `role_map` (not yet checked
     /// against Hale's role names: the server does that).
     pub role: Option<String>,
@@ -175,6 +255,14 @@ pub struct Verified {
     pub client_id: Option<String>,
     pub jti: Option<String>,
     /// `exp`, seconds since the epoch.
+    pub expires_at_secs: u64,
+}
+
+/// A verified ID token: who signed in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdToken {
+    pub subject: String,
+    pub name: Option<String>,
     pub expires_at_secs: u64,
 }
 
@@ -420,23 +508,7 @@ impl Validator {
         if !self.settings.token_types.iter().any(|t| t.eq_ignore_ascii_case(&typ)) {
             return Err(TokenError::Type(typ));
         }
-        let kid = header.kid.clone().ok_or(TokenError::NoKeyId)?;
-        let key = match self.key(&kid, header.alg).await? {
-            Some(k) => k,
-            None => {
-                // One refetch for an unknown key id (a rotation), rate-limited.
-                let fetched = self.refresh(false).await;
-                match self.key(&kid, header.alg).await? {
-                    Some(k) => k,
-                    None => {
-                        return Err(match fetched {
-                            Err(why) if self.key_count().await == 0 => TokenError::NoKeys(why),
-                            _ => TokenError::UnknownKey(kid.chars().take(100).collect()),
-                        })
-                    }
-                }
-            }
-        };
+        let key = self.key_of(&header).await?;
         let mut v = Validation::new(header.alg);
         v.algorithms = vec![header.alg];
         v.leeway = self.settings.leeway_secs;
@@ -468,6 +540,81 @@ impl Validator {
             Err(e) => return Err(e),
         };
         self.identity(&claims)
+    }
+
+    /// The key the header names, after one rate-limited refetch of the JWKS
+    /// for an unknown key id (a rotation).
+    async fn key_of(&self, header: &jsonwebtoken::Header) -> Result<DecodingKey, TokenError> {
+        let kid = header.kid.clone().ok_or(TokenError::NoKeyId)?;
+        if let Some(k) = self.key(&kid, header.alg).await? {
+            return Ok(k);
+        }
+        let fetched = self.refresh(false).await;
+        match self.key(&kid, header.alg).await? {
+            Some(k) => Ok(k),
+            None => Err(match fetched {
+                Err(why) if self.key_count().await == 0 => TokenError::NoKeys(why),
+                _ => TokenError::UnknownKey(kid.chars().take(100).collect()),
+            }),
+        }
+    }
+
+    /// Verify an ID token from the authorisation-code flow of `client_id`
+    /// (OpenID Connect Core §3.1.3.7): an allowed asymmetric algorithm, one of
+    /// the provider's keys, `iss` the issuer, `aud` containing `client_id`
+    /// (and `azp`, when present, equal to it), `exp` in the future, and
+    /// `nonce` equal to the one this sign-in sent.
+    pub async fn verify_id_token(&self, token: &str, client_id: &str, nonce: &str) -> Result<IdToken, TokenError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|e| TokenError::Malformed(e.to_string()))?;
+        if !self.algorithms.contains(&header.alg) {
+            return Err(TokenError::Algorithm(format!("{:?}", header.alg)));
+        }
+        let typ = header.typ.clone().unwrap_or_default();
+        if self.settings.token_types.iter().any(|t| t.eq_ignore_ascii_case(&typ)) {
+            return Err(TokenError::Invalid(format!(
+                "a token of type '{typ}' is an access token, not an ID token"
+            )));
+        }
+        let key = self.key_of(&header).await?;
+        let mut v = Validation::new(header.alg);
+        v.algorithms = vec![header.alg];
+        v.leeway = self.settings.leeway_secs;
+        v.validate_nbf = true;
+        v.set_issuer(&[&self.settings.issuer]);
+        v.set_audience(&[client_id]);
+        v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        let claims = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &v)
+            .map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind as K;
+                match e.kind() {
+                    K::ExpiredSignature => TokenError::Expired,
+                    K::ImmatureSignature => TokenError::NotYetValid,
+                    K::InvalidIssuer => TokenError::Issuer(String::new()),
+                    K::InvalidAudience => TokenError::Invalid("the ID token was issued to another client".into()),
+                    K::InvalidSignature => TokenError::Signature,
+                    K::MissingRequiredClaim(c) => TokenError::MissingClaim(c.clone()),
+                    _ => TokenError::Invalid(e.to_string()),
+                }
+            })?
+            .claims;
+        let text = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_string);
+        if let Some(azp) = text("azp") {
+            if azp != client_id {
+                return Err(TokenError::Invalid(format!(
+                    "the ID token's authorised party is '{azp}', not this client"
+                )));
+            }
+        }
+        match text("nonce") {
+            Some(n) if n == nonce => {}
+            Some(_) => return Err(TokenError::Invalid("the ID token's nonce is not this sign-in's".into())),
+            None => return Err(TokenError::MissingClaim("nonce".into())),
+        }
+        Ok(IdToken {
+            subject: text("sub").unwrap_or_default(),
+            name: text("name"),
+            expires_at_secs: claims.get("exp").and_then(Value::as_u64).unwrap_or(0),
+        })
     }
 
     /// The key for `kid`, usable with `alg`; `Ok(None)` when not cached.
@@ -511,6 +658,7 @@ impl Validator {
         };
         Ok(Verified {
             user,
+            subject: text("sub").unwrap_or_default(),
             role,
             site: text(&s.site_claim),
             patient: text(&s.patient_claim),

@@ -137,9 +137,11 @@ impl Endpoint {
         }
         let body = body.unwrap_or_default();
         if !body.is_empty() {
-            builder = builder
-                .header(CONTENT_TYPE, "application/json")
-                .header(CONTENT_LENGTH, body.len());
+            // JSON unless the caller named the type (an OAuth token request is a form).
+            if !headers.iter().any(|(name, _)| name == CONTENT_TYPE) {
+                builder = builder.header(CONTENT_TYPE, "application/json");
+            }
+            builder = builder.header(CONTENT_LENGTH, body.len());
         }
         let request = builder
             .body(Full::new(Bytes::from(body)))

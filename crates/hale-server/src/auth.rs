@@ -154,6 +154,15 @@ impl Authenticator {
         }
     }
 
+    /// The principal of an access token from the OpenID provider, mapped
+    /// exactly as for a bearer token on the API (the web UI's sign-in uses it).
+    pub async fn oidc_principal(&self, token: &str) -> Result<Principal, FhirError> {
+        match &self.oidc {
+            Some(v) => self.principal_of_jwt(v, token).await,
+            None => Err(unauthorized("[auth.oidc] is not configured on this node")),
+        }
+    }
+
     async fn principal_of_jwt(&self, v: &Validator, token: &str) -> Result<Principal, FhirError> {
         let t = v.validate(token).await.map_err(|e| {
             tracing::info!(error = %e, "bearer token refused");
@@ -242,6 +251,85 @@ impl hale_auth::Fetch for HttpFetch {
             Ok(r.body.to_vec())
         })
     }
+}
+
+/// Largest token-endpoint answer read.
+pub const TOKEN_RESPONSE_BYTES_MAX: usize = 64 * 1024;
+
+/// POST a form to the provider's token endpoint (RFC 6749 §4.1.3) with the
+/// same HTTP client as the key fetches: `client` is sent as HTTP Basic
+/// (§2.3.1: id and secret form-encoded first) when it has a secret.
+/// Answers the status and body; the body is bounded by [`TOKEN_RESPONSE_BYTES_MAX`].
+pub async fn token_request(
+    url: &str,
+    form: &[(&str, &str)],
+    client: (&str, Option<&str>),
+    timeout_ms: u64,
+) -> Result<(u16, Vec<u8>), String> {
+    let uri: axum::http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+    let (scheme, authority) = match (uri.scheme_str(), uri.authority()) {
+        (Some(s), Some(a)) => (s, a.as_str()),
+        _ => return Err(format!("{url} is not an absolute http(s) URL")),
+    };
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let timeout = std::time::Duration::from_millis(timeout_ms.max(1));
+    let ep = hale_notify::http::Endpoint::new(&format!("{scheme}://{authority}"), timeout, timeout)?;
+    let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let mut headers = vec![
+        (axum::http::header::ACCEPT, "application/json".to_string()),
+        (
+            axum::http::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded".to_string(),
+        ),
+    ];
+    // Built before any await: the serializer is not Send.
+    let body = {
+        let mut body = form_urlencoded::Serializer::new(String::new());
+        body.extend_pairs(form);
+        match client {
+            (id, Some(secret)) => headers.push((
+                axum::http::header::AUTHORIZATION,
+                format!(
+                    "Basic {}",
+                    base64_std(format!("{}:{}", enc(id), enc(secret)).as_bytes())
+                ),
+            )),
+            (id, None) => {
+                body.append_pair("client_id", id);
+            }
+        }
+        body.finish()
+    };
+    let r = ep
+        .request(axum::http::Method::POST, path, &headers, Some(body.into_bytes()))
+        .await
+        .map_err(|e| format!("POST {url}: {e}"))?;
+    if r.body.len() > TOKEN_RESPONSE_BYTES_MAX {
+        return Err(format!(
+            "POST {url}: the answer is larger than {TOKEN_RESPONSE_BYTES_MAX} bytes"
+        ));
+    }
+    Ok((r.status, r.body.to_vec()))
+}
+
+/// Standard base64 with padding (HTTP Basic).
+fn base64_std(b: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(b.len().div_ceil(3) * 4);
+    for chunk in b.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, &x)| acc | (x as u32) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// The OpenID validator for `cfg`, with its key cache in the data directory.
@@ -505,6 +593,15 @@ mod tests {
             Op::Delete
         )
         .is_ok());
+    }
+
+    #[test]
+    fn basic_credentials_are_base64() {
+        // RFC 7617's example.
+        assert_eq!(base64_std(b"Aladdin:open sesame"), "QWxhZGRpbjpvcGVuIHNlc2FtZQ==");
+        assert_eq!(base64_std(b"a"), "YQ==");
+        assert_eq!(base64_std(b"ab"), "YWI=");
+        assert_eq!(base64_std(b""), "");
     }
 
     #[test]

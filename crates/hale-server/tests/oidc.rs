@@ -8,6 +8,8 @@
 //! there).
 
 mod common;
+#[path = "../../../tests/oidc/idp.rs"]
+mod idp;
 
 use common::*;
 use hale_server::config::Config;
@@ -15,74 +17,13 @@ use hale_server::Node;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
+use idp::{free_port, Idp};
 use serde_json::{json, Value};
-use std::io::BufRead;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
 const AUDIENCE: &str = "https://hale.test/fhir";
-
-fn idp_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/oidc")
-}
-
-/// One running provider; killed on drop.
-struct Idp {
-    child: Child,
-    port: u16,
-}
-
-impl Idp {
-    fn start(port: u16, keys: &Path, kid: &str) -> Idp {
-        let dir = idp_dir();
-        assert!(
-            dir.join("node_modules/oidc-provider").is_dir(),
-            "{}/node_modules is missing: run `npm ci` there (tools/test.sh does)",
-            dir.display()
-        );
-        let mut child = Command::new("node")
-            .arg(dir.join("idp.mjs"))
-            .args(["--port", &port.to_string(), "--audience", AUDIENCE, "--kid", kid])
-            .arg("--keys")
-            .arg(keys)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start node (Node.js is needed for the OpenID provider)");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .expect("read the provider's ready line");
-        assert!(line.starts_with("ready "), "the provider did not start: {line:?}");
-        Idp { child, port }
-    }
-
-    fn issuer(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn stop(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Idp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A plain HTTP exchange with the provider: (status, body).
 async fn http(method: &str, url: &str, basic: Option<&str>, form: Option<&str>) -> (u16, String) {
@@ -221,7 +162,7 @@ async fn tokens_from_a_real_openid_provider() {
     let tmp = tempfile::tempdir().unwrap();
     let keys = tmp.path().join("k1.json");
     let port = free_port();
-    let idp = Idp::start(port, &keys, "k1");
+    let idp = Idp::start(port, &keys, "k1", AUDIENCE, None);
     let data = tmp.path().join("node");
     let (hale, stop, task) = start_node(&data, &idp.issuer()).await;
     keys_fetched(&hale).await;
@@ -323,7 +264,7 @@ async fn tokens_from_a_real_openid_provider() {
     let good = forged(&idp, "valid").await;
     hale.get(&format!("/Patient/{id}"), &good).await.expect(200);
     // A second provider with the same key but another issuer URL.
-    let idp2 = Idp::start(free_port(), &keys, "k1");
+    let idp2 = Idp::start(free_port(), &keys, "k1", AUDIENCE, None);
     let (t2, _) = token(&idp2, "clinician-app", "user/Patient.r", "").await;
     let d = expect_401("wrong issuer", hale.get(&format!("/Patient/{id}"), &t2).await);
     assert!(d.contains(&idp2.issuer()), "{d}");
@@ -333,7 +274,7 @@ async fn tokens_from_a_real_openid_provider() {
     // signed with it costs exactly one JWKS fetch.
     idp.stop();
     tokio::time::sleep(Duration::from_millis(2_100)).await; // past the refetch cooldown
-    let idp = Idp::start(port, &tmp.path().join("k2.json"), "k2");
+    let idp = Idp::start(port, &tmp.path().join("k2.json"), "k2", AUDIENCE, None);
     let fetches = jwks_fetches(&hale).await;
     let (t, _) = token(&idp, "clinician-app", "user/Patient.r", "").await;
     hale.get(&format!("/Patient/{id}"), &t).await.expect(200);

@@ -90,6 +90,11 @@ pub struct Freshness {
 pub struct Client {
     pub app: Arc<App>,
     pub principal: Principal,
+    /// A session from the identity provider: its access token, sent as
+    /// `Authorization: Bearer` instead of the in-process header, so the API
+    /// authenticates the user (role, site, SMART scopes) from the token and
+    /// a write forwarded to the leader carries it.
+    pub bearer: Option<String>,
 }
 
 impl Client {
@@ -107,8 +112,11 @@ impl Client {
         let mut b = Request::builder()
             .method(method.clone())
             .uri(uri)
-            .header(header::ACCEPT, "application/fhir+json")
-            .header(IN_PROCESS_HEADER, self.app.auth.in_process_value(&self.principal));
+            .header(header::ACCEPT, "application/fhir+json");
+        b = match &self.bearer {
+            Some(t) => b.header(header::AUTHORIZATION, format!("Bearer {t}")),
+            None => b.header(IN_PROCESS_HEADER, self.app.auth.in_process_value(&self.principal)),
+        };
         if method != Method::GET {
             b = b
                 .header(header::CONTENT_TYPE, "application/fhir+json")

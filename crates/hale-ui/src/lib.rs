@@ -7,6 +7,10 @@
 //! through [`fhir::Client`], the FHIR API's own handler called in-process as
 //! the signed-in user, so the UI can never skip authorisation, read audit or
 //! the site journal. It holds one node-local file of its own: sessions.
+//!
+//! Staff sign in with a local account (`pages::signin`) or through the
+//! trust's OpenID provider (`pages::oidc`: authorisation code with PKCE);
+//! a provider session's FHIR calls carry the user's own access token.
 
 // Page helpers return the page to show instead (`Result<_, Response>`): the
 // error *is* the answer, built once per request, so boxing it buys nothing.
@@ -43,6 +47,8 @@ pub struct Ui {
     pub secure_cookies: bool,
     /// Failed sign-ins per user name, to slow guessing: (count, last failure ms).
     pub failures: parking_lot::Mutex<std::collections::HashMap<String, (u32, i64)>>,
+    /// Sign-in through the trust's OpenID provider, when `[auth.oidc.ui]` is set.
+    pub oidc: Option<pages::oidc::OidcUi>,
 }
 
 /// Why the UI could not start.
@@ -50,17 +56,21 @@ pub struct Ui {
 pub enum UiError {
     #[error(transparent)]
     Session(#[from] session::SessionError),
+    #[error("{0}")]
+    Config(String),
 }
 
 impl Ui {
     pub fn new(app: Arc<App>) -> Result<Arc<Ui>, UiError> {
         let sessions = session::Sessions::open(&app.cfg.data)?;
         let secure_cookies = secure_cookies(&app.cfg.listen, app.cfg.base_url.as_deref(), app.cfg.tls.enabled());
+        let oidc = pages::oidc::OidcUi::from_config(&app).map_err(UiError::Config)?;
         Ok(Arc::new(Ui {
             app,
             sessions,
             secure_cookies,
             failures: Default::default(),
+            oidc,
         }))
     }
 
@@ -96,6 +106,8 @@ pub fn router(ui: Arc<Ui>) -> Router {
         .route("/ui/find", post(pages::find::submit))
         .route("/ui/sign-in", get(pages::signin::page).post(pages::signin::submit))
         .route("/ui/sign-out", post(pages::signin::sign_out))
+        .route("/ui/oidc/start", get(pages::oidc::start).post(pages::oidc::start))
+        .route("/ui/oidc/callback", get(pages::oidc::callback))
         .route("/ui/patient/{id}", get(pages::record::page))
         .route("/ui/patient/{id}/print", get(pages::record::print))
         .route(
@@ -225,6 +237,41 @@ pub struct Signed {
     pub csrf: String,
     pub session_id: String,
     pub name: String,
+    /// The access token of a session signed in through the identity
+    /// provider: the UI's FHIR calls send it as `Authorization: Bearer`, so
+    /// the token's scopes apply and a forwarded write is re-checked by the
+    /// leader with the user's own credential. `None` for a local account.
+    pub bearer: Option<String>,
+}
+
+impl Signed {
+    /// The FHIR client acting as this user.
+    pub fn client(&self, ui: &Ui) -> fhir::Client {
+        fhir::Client {
+            app: ui.app.clone(),
+            principal: self.principal.clone(),
+            bearer: self.bearer.clone(),
+        }
+    }
+
+    /// The headers that make a request to one of the server's handlers act
+    /// as this user (what [`fhir::Client`] sends).
+    pub fn fhir_headers(&self, app: &App) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        match &self.bearer {
+            Some(t) => {
+                if let Ok(v) = HeaderValue::from_str(&format!("Bearer {t}")) {
+                    h.insert(header::AUTHORIZATION, v);
+                }
+            }
+            None => {
+                if let Ok(v) = HeaderValue::from_str(&app.auth.in_process_value(&self.principal)) {
+                    h.insert(hale_server::auth::IN_PROCESS_HEADER, v);
+                }
+            }
+        }
+        h
+    }
 }
 
 pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -249,6 +296,24 @@ pub fn signed_in(ui: &Ui, headers: &HeaderMap) -> Result<Signed, Response> {
         Ok(None) => return Err(Redirect::to("/ui/sign-in?expired=1").into_response()),
         Err(e) => return Err(error_page(ui, StatusCode::SERVICE_UNAVAILABLE, &e.to_string())),
     };
+    if let session::Kind::Oidc { access_token, .. } = s.kind {
+        // From the provider: the session lasts no longer than its access
+        // token (checked by `touch`), and every FHIR call it makes presents
+        // that token, which the API validates and maps to the principal
+        // (role, site, scopes) itself. The role shown and used for page
+        // choices is the one the token mapped to at sign-in.
+        let Some(role) = hale_server::config::Role::parse_name(&s.role) else {
+            let _ = ui.sessions.end(id);
+            return Err(to_sign_in());
+        };
+        return Ok(Signed {
+            principal: Principal::new(s.user.clone(), role),
+            csrf: s.csrf,
+            session_id: id.to_string(),
+            name: s.user,
+            bearer: Some(access_token),
+        });
+    }
     // The account must still be live: a disabled user's sessions end at once.
     let Some(principal) = hale_server::accounts::active(&ui.app, &s.user) else {
         let _ = ui.sessions.end_user(&s.user);
@@ -268,6 +333,7 @@ pub fn signed_in(ui: &Ui, headers: &HeaderMap) -> Result<Signed, Response> {
         csrf: s.csrf,
         session_id: id.to_string(),
         name,
+        bearer: None,
     })
 }
 

@@ -5,7 +5,6 @@
 use super::note::Field;
 use super::{q, render, FieldError};
 use crate::chrome::Chrome;
-use crate::fhir::Client;
 use crate::{check_post, error_page, read_form, signed_in, view, Signed, UiState};
 use askama::Template;
 use axum::extract::{Query, Request, State};
@@ -100,10 +99,7 @@ pub async fn submit(State(ui): UiState, req: Request) -> Response {
     if let Some(r) = admin(&ui, &s) {
         return r;
     }
-    let fhir = Client {
-        app: ui.app.clone(),
-        principal: s.principal.clone(),
-    };
+    let fhir = s.client(&ui);
     let incident = form.text("incident");
     let mut errors = Vec::new();
     let nhs = view::parse_nhs_number(&form.text("nhs"));

@@ -6,7 +6,6 @@
 use super::record::Banner;
 use super::{q, render};
 use crate::chrome::Chrome;
-use crate::fhir::Client;
 use crate::{check_post, error_page, read_form, signed_in, view, UiState};
 use askama::Template;
 use axum::extract::{Query, Request, State};
@@ -104,10 +103,7 @@ pub async fn slots(State(ui): UiState, Query(qs): Query<HashMap<String, String>>
             "Choose a patient first: find them, then book from their record.",
         );
     }
-    let fhir = Client {
-        app: ui.app.clone(),
-        principal: s.principal.clone(),
-    };
+    let fhir = s.client(&ui);
     let p = fhir.get(&format!("/Patient/{}", q(&id))).await;
     if !p.ok() {
         return error_page(&ui, p.status, &p.problem());
@@ -187,10 +183,7 @@ pub async fn check(State(ui): UiState, Query(qs): Query<HashMap<String, String>>
     if !valid_id(&id) || !valid_id(&slot) {
         return error_page(&ui, StatusCode::BAD_REQUEST, "Choose a patient and a free slot first.");
     }
-    let fhir = Client {
-        app: ui.app.clone(),
-        principal: s.principal.clone(),
-    };
+    let fhir = s.client(&ui);
     let (pu, su) = (format!("/Patient/{}", q(&id)), format!("/Slot/{}", q(&slot)));
     let (p, sl) = tokio::join!(fhir.get(&pu), fhir.get(&su));
     if !p.ok() {
@@ -229,10 +222,7 @@ pub async fn confirm(State(ui): UiState, req: Request) -> Response {
     if !valid_id(&id) || !valid_id(&slot) {
         return error_page(&ui, StatusCode::BAD_REQUEST, "Choose a patient and a free slot first.");
     }
-    let fhir = Client {
-        app: ui.app.clone(),
-        principal: s.principal.clone(),
-    };
+    let fhir = s.client(&ui);
     let sl = fhir.get(&format!("/Slot/{}", q(&slot))).await;
     if !sl.ok() {
         return error_page(&ui, sl.status, &sl.problem());

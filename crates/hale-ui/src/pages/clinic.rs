@@ -6,7 +6,6 @@
 use super::record::{as_of, status_text};
 use super::{q, render};
 use crate::chrome::Chrome;
-use crate::fhir::Client;
 use crate::{check_post, error_page, read_form, signed_in, view, UiState};
 use askama::Template;
 use axum::extract::{Path, Query, Request, State};
@@ -59,10 +58,7 @@ pub async fn index(State(ui): UiState, Query(qs): Query<HashMap<String, String>>
         Ok(s) => s,
         Err(r) => return r,
     };
-    let fhir = Client {
-        app: ui.app.clone(),
-        principal: s.principal.clone(),
-    };
+    let fhir = s.client(&ui);
     let a = fhir.get("/Schedule?_count=1000&active=true").await;
     let mut sites: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
     for r in a.entries() {
@@ -175,10 +171,7 @@ async fn show(
         Ok(s) => s,
         Err(r) => return r,
     };
-    let fhir = Client {
-        app: ui.app.clone(),
-        principal: s.principal.clone(),
-    };
+    let fhir = s.client(&ui);
     let day = day_of(&qs);
     let sched = fhir.get(&format!("/Schedule/{}", q(&id))).await;
     if !sched.ok() {
@@ -309,10 +302,7 @@ pub async fn set_status(State(ui): UiState, Path(id): Path<String>, req: Request
     } else {
         "/ui/clinics".to_string()
     };
-    let fhir = Client {
-        app: ui.app.clone(),
-        principal: s.principal.clone(),
-    };
+    let fhir = s.client(&ui);
     let path = format!("/Appointment/{}", q(&id));
     let cur = fhir.get(&path).await;
     if !cur.ok() {

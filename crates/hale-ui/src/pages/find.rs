@@ -4,7 +4,6 @@
 
 use super::{q, render, FieldError};
 use crate::chrome::Chrome;
-use crate::fhir::Client;
 use crate::{check_post, read_form, signed_in, view, UiState};
 use askama::Template;
 use axum::extract::{Request, State};
@@ -118,10 +117,7 @@ pub async fn submit(State(ui): UiState, req: Request) -> Response {
         Err(r) => return r,
     };
     let query = form.text("q");
-    let fhir = Client {
-        app: ui.app.clone(),
-        principal: s.principal.clone(),
-    };
+    let fhir = s.client(&ui);
     let mut page = Find {
         c: Chrome::new(&ui, &s, "Find a patient", "find"),
         error: None,

@@ -5,6 +5,7 @@ pub mod book;
 pub mod clinic;
 pub mod find;
 pub mod note;
+pub mod oidc;
 pub mod ops;
 pub mod outage;
 pub mod privacy;

@@ -32,10 +32,7 @@ struct Note {
 }
 
 async fn patient(ui: &Arc<Ui>, s: &Signed, id: &str) -> Result<(Client, Value), Response> {
-    let fhir = Client {
-        app: ui.app.clone(),
-        principal: s.principal.clone(),
-    };
+    let fhir = s.client(ui);
     let p = fhir.get(&format!("/Patient/{}", q(id))).await;
     if !p.ok() {
         return Err(error_page(ui, p.status, &p.problem()));

@@ -3,11 +3,10 @@
 
 use super::{q, render};
 use crate::chrome::Chrome;
-use crate::fhir::Client;
 use crate::{check_post, error_page, read_form, signed_in, view, Signed, Ui, UiState};
 use askama::Template;
 use axum::extract::{Query, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use hale_fhir::codes;
 use hale_server::config::Role;
@@ -140,10 +139,7 @@ async fn console(
     message: Option<String>,
     plan: Vec<(String, String)>,
 ) -> Response {
-    let fhir = Client {
-        app: ui.app.clone(),
-        principal: s.principal.clone(),
-    };
+    let fhir = s.client(ui);
     let list = fhir
         .get(&format!(
             "/Basic?code={}&_count=20&_sort=-_lastUpdated",
@@ -262,10 +258,7 @@ async fn console(
         }
     }
     // Staff call lists and downtime packs: the same handlers the API serves.
-    let mut h = HeaderMap::new();
-    if let Ok(v) = HeaderValue::from_str(&ui.app.auth.in_process_value(&s.principal)) {
-        h.insert(hale_server::auth::IN_PROCESS_HEADER, v);
-    }
+    let h = s.fhir_headers(&ui.app);
     let lists_q = if incident.is_empty() {
         "_format=json".to_string()
     } else {
@@ -445,10 +438,7 @@ pub async fn declare(State(ui): UiState, req: Request) -> Response {
     if !r.is_empty() {
         b["identifier"] = json!([{"system": codes::INCIDENT_ID_SYSTEM, "value": r}]);
     }
-    let fhir = Client {
-        app: ui.app.clone(),
-        principal: s.principal.clone(),
-    };
+    let fhir = s.client(&ui);
     let w = fhir.write(Method::POST, "/Basic", &b, None).await;
     if !w.ok() {
         return error_page(
@@ -474,10 +464,7 @@ pub async fn postpone(State(ui): UiState, req: Request) -> Response {
     };
     let incident = form.text("incident");
     let runs = form.text("clinic_runs") == "true";
-    let fhir = Client {
-        app: ui.app.clone(),
-        principal: s.principal.clone(),
-    };
+    let fhir = s.client(&ui);
     let body = json!({"resourceType": "Parameters", "parameter": [
         {"name": "incident", "valueString": incident},
         {"name": "clinicRuns", "valueBoolean": runs}
@@ -506,10 +493,7 @@ pub async fn rebook(State(ui): UiState, req: Request) -> Response {
     };
     let incident = form.text("incident");
     let commit = form.text("commit") == "true";
-    let fhir = Client {
-        app: ui.app.clone(),
-        principal: s.principal.clone(),
-    };
+    let fhir = s.client(&ui);
     let body = json!({"resourceType": "Parameters", "parameter": [
         {"name": "incident", "valueString": incident},
         {"name": "commit", "valueBoolean": commit}

@@ -7,7 +7,7 @@
 
 use super::render;
 use crate::chrome::Chrome;
-use crate::fhir::{Answer, Client};
+use crate::fhir::Answer;
 use crate::{check_post, error_page, read_form, signed_in, view, UiState};
 use askama::Template;
 use axum::extract::{Path, Query, Request, State};
@@ -32,10 +32,7 @@ pub async fn break_glass(State(ui): UiState, Path(id): Path<String>, req: Reques
         Ok(s) => s,
         Err(r) => return r,
     };
-    let fhir = Client {
-        app: ui.app.clone(),
-        principal: s.principal.clone(),
-    };
+    let fhir = s.client(&ui);
     let reason = form.text("reason");
     let body = json!({"resourceType": "Parameters", "parameter": [{"name": "reason", "valueString": reason}]});
     let a = fhir
@@ -101,10 +98,7 @@ pub async fn review(State(ui): UiState, Query(q): Query<HashMap<String, String>>
     if let Some(m) = privacy_only(&s) {
         return error_page(&ui, StatusCode::FORBIDDEN, m);
     }
-    let fhir = Client {
-        app: ui.app.clone(),
-        principal: s.principal.clone(),
-    };
+    let fhir = s.client(&ui);
     let status = match q.get("status").map(String::as_str) {
         Some("closed") => "closed",
         Some("all") => "all",
@@ -165,10 +159,7 @@ pub async fn close(State(ui): UiState, Path(id): Path<String>, req: Request) -> 
         Ok(s) => s,
         Err(r) => return r,
     };
-    let fhir = Client {
-        app: ui.app.clone(),
-        principal: s.principal.clone(),
-    };
+    let fhir = s.client(&ui);
     let body = json!({"resourceType": "Parameters", "parameter": [{"name": "note", "valueString": form.text("note")}]});
     let a = fhir
         .write(
@@ -221,10 +212,7 @@ pub async fn who_looked(State(ui): UiState, Query(q): Query<HashMap<String, Stri
             "Only a privacy officer can see who looked at a record.",
         );
     }
-    let fhir = Client {
-        app: ui.app.clone(),
-        principal: s.principal.clone(),
-    };
+    let fhir = s.client(&ui);
     let get = |k: &str| q.get(k).map(|v| v.trim().to_string()).unwrap_or_default();
     let (patient, agent, purpose, from, to) = (get("patient"), get("agent"), get("purpose"), get("from"), get("to"));
     let mut params: Vec<(String, String)> = Vec::new();

@@ -5,7 +5,7 @@
 
 use super::render;
 use crate::chrome::{uk_hm, Chrome};
-use crate::fhir::{Answer, Client};
+use crate::fhir::Answer;
 use crate::{error_page, signed_in, view, UiState};
 use askama::Template;
 use axum::extract::{Path, Query, State};
@@ -189,10 +189,7 @@ async fn show(
         Ok(s) => s,
         Err(r) => return r,
     };
-    let fhir = Client {
-        app: ui.app.clone(),
-        principal: s.principal.clone(),
-    };
+    let fhir = s.client(&ui);
     let c = Chrome::new(&ui, &s, "Patient record", "find");
     let pid = super::q(&id);
     let patient = fhir.get(&format!("/Patient/{pid}")).await;

@@ -1,5 +1,7 @@
 //! Sign in and out with a local account. Works on a cut-off node: the
 //! account is the node's replicated copy and the session is node-local.
+//! When `[auth.oidc.ui]` is set the page also offers the identity provider
+//! (`pages::oidc`).
 
 use super::{render, FieldError};
 use crate::chrome::Chrome;
@@ -23,6 +25,8 @@ struct SignIn {
     expired: bool,
     user: String,
     token: String,
+    /// The provider's name for "Sign in with …", when provider sign-in is set up.
+    oidc: Option<String>,
 }
 
 fn signin_cookie(ui: &Ui) -> &'static str {
@@ -49,6 +53,7 @@ fn form_page(ui: &Ui, error: Option<FieldError>, expired: bool, user: String, st
         expired,
         user,
         token: token.clone(),
+        oidc: ui.oidc.as_ref().map(|o| o.name.clone()),
     };
     let mut resp = render(&page);
     *resp.status_mut() = status;
@@ -150,7 +155,7 @@ pub async fn submit(State(ui): UiState, req: Request) -> Response {
         Ok(id) => id,
         Err(e) => return error_page(&ui, StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     };
-    tracing::info!(user = %principal.user, role = principal.role.as_str(), "web UI sign-in");
+    tracing::info!(user = %principal.user, role = principal.role.as_str(), method = "local", "web UI sign-in");
     let mut resp = Redirect::to("/ui/").into_response();
     let set = [
         format!("{}={id}{}", ui.cookie_name(), cookie_attrs(&ui)),
