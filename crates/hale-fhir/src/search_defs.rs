@@ -979,7 +979,8 @@ impl Parser {
                 ignored: Vec::new(),
                 ignored_keys: Vec::new(),
             };
-            let Some(clause) = inner.any_clause(inner_key, value, depth - 1)? else {
+            // An error inside names the whole key the client sent.
+            let Some(clause) = inner.any_clause(inner_key, value, depth - 1).map_err(|e| e.at(key))? else {
                 return Ok(None);
             };
             return Ok(Some(Clause {
@@ -995,7 +996,10 @@ impl Parser {
                 }],
             }));
         }
-        let (left, right) = key.split_once('.').expect("a chain has a dot");
+        // `_has` without `:Type:parameter:search` has no dot either.
+        let Some((left, right)) = key.split_once('.') else {
+            return Err(value_error(key, format!("'{key}' must be _has:Type:parameter:search")));
+        };
         let (name, type_mod) = match left.split_once(':') {
             Some((n, t)) => (n, Some(t)),
             None => (left, None),
@@ -1028,7 +1032,7 @@ impl Parser {
                 ignored: Vec::new(),
                 ignored_keys: Vec::new(),
             };
-            if let Some(clause) = inner.any_clause(right, value, depth - 1)? {
+            if let Some(clause) = inner.any_clause(right, value, depth - 1).map_err(|e| e.at(key))? {
                 alternatives.push(Predicate::Chain {
                     target: t,
                     inner: Box::new(clause),

@@ -945,12 +945,12 @@ fn query_chains_and_reverse_chains() {
     check_query(
         Observation,
         "subject:Patient.organization.partof.name=x",
-        "error too-costly partof.name: 'partof.name' chains too deep: at most 2 levels",
+        "error too-costly subject:Patient.organization.partof.name: 'partof.name' chains too deep: at most 2 levels",
     );
     check_query(
         Patient,
         "_has:Observation:subject:colour=blue",
-        "error not-supported colour: unknown parameter 'colour' for Observation",
+        "error not-supported _has:Observation:subject:colour: unknown parameter 'colour' for Observation",
     );
     check_query(
         Observation,
