@@ -890,7 +890,10 @@ fn interrupted_demo_load_is_completed_on_the_next_start() {
         return;
     }
 
-    let s = Server::start(demo(), port, dir.path(), "demo-second");
+    // Loading the rest of a 5,000-patient board took over 60 s on a loaded
+    // 2-core machine: this start gets three times the usual wait.
+    let mut s = Server::spawn(demo(), port, dir.path(), "demo-second");
+    s.wait_ready_within(READY_WAIT * 3);
     let patients = s.gauge("hale_resources{type=\"Patient\"}").unwrap_or(0.0) as usize;
     let appointments = s.gauge("hale_resources{type=\"Appointment\"}").unwrap_or(0.0) as usize;
     assert!(

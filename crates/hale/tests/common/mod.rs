@@ -201,7 +201,13 @@ impl Server {
     /// Poll GET /readyz until 200; fail (with the server's stderr) if the
     /// process exits or `READY_WAIT` passes.
     pub fn wait_ready(&mut self) {
-        let limit = scaled(READY_WAIT);
+        self.wait_ready_within(READY_WAIT);
+    }
+
+    /// `wait_ready` with a longer limit (scaled), for a start that loads
+    /// the demo board first.
+    pub fn wait_ready_within(&mut self, unscaled: Duration) {
+        let limit = scaled(unscaled);
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self
