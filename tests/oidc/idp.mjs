@@ -5,7 +5,8 @@
 //   node idp.mjs --port 4011 --keys keys.json [--audience URL] [--kid K] [--redirect URL,URL]
 //
 // --redirect: the redirect URIs of the `hale-ui` client (Hale's web UI sign-in,
-// `<node>/ui/oidc/callback`).
+// `<node>/ui/oidc/callback`). --ui-ttl: its access tokens' lifetime in seconds
+// (default 300).
 //
 // --keys: a JSON file holding the signing key (private JWK). Created with a
 // new key (kid --kid, default "k1") when missing; two providers given the same
@@ -30,6 +31,7 @@ const port = Number(arg('port', '4011'));
 const keysPath = arg('keys');
 const audience = arg('audience', 'http://127.0.0.1:8080/');
 const kid = arg('kid', 'k1');
+const uiTtl = Number(arg('ui-ttl', '300'));
 const issuer = `http://127.0.0.1:${port}`;
 
 let jwk;
@@ -89,7 +91,7 @@ const provider = new Provider(issuer, {
         scope: SCOPES,
         audience: resourceIndicator,
         accessTokenFormat: 'jwt',
-        accessTokenTTL: client.clientId === 'short-lived' ? 1 : 300,
+        accessTokenTTL: client.clientId === 'short-lived' ? 1 : client.clientId === 'hale-ui' ? uiTtl : 300,
         jwt: { sign: { alg: 'ES256' } },
       }),
     },

@@ -28,6 +28,18 @@ impl Idp {
     /// `kid`, when the file is missing), issuing access tokens for
     /// `audience`; `redirect` lists the `hale-ui` client's redirect URIs.
     pub fn start(port: u16, keys: &Path, kid: &str, audience: &str, redirect: Option<&str>) -> Idp {
+        Idp::start_with(port, keys, kid, audience, redirect, &[])
+    }
+
+    /// [`Idp::start`] with more arguments for `idp.mjs` (e.g. `--ui-ttl 3`).
+    pub fn start_with(
+        port: u16,
+        keys: &Path,
+        kid: &str,
+        audience: &str,
+        redirect: Option<&str>,
+        extra: &[&str],
+    ) -> Idp {
         let dir = idp_dir();
         assert!(
             dir.join("node_modules/oidc-provider").is_dir(),
@@ -42,6 +54,7 @@ impl Idp {
         if let Some(r) = redirect {
             cmd.args(["--redirect", r]);
         }
+        cmd.args(extra);
         let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

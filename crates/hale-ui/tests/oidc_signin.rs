@@ -631,3 +631,31 @@ async fn a_provider_sessions_write_at_a_site_reaches_the_leader_with_the_users_t
     }
     drop(idp);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_session_ends_when_its_access_token_expires() {
+    let tmp = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let callback = format!("{base}/ui/oidc/callback");
+    // Access tokens for the UI live 3 s here (300 s by default).
+    let idp = Idp::start_with(
+        free_port(),
+        &tmp.path().join("k.json"),
+        "k1",
+        AUDIENCE,
+        Some(&callback),
+        &["--ui-ttl", "3"],
+    );
+    let site = serve(&tmp.path().join("node"), listener, &idp.issuer(), |_| {}).await;
+    let mut b = Browser::default();
+    let r = sign_in(&mut b, &site, "clinician").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(b.get(&format!("{base}/ui/")).await.status, 200);
+    // Well inside the 15-minute idle and 12-hour limits, but past the token's exp.
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    let r = b.get(&format!("{base}/ui/")).await;
+    assert_eq!(r.status, 303);
+    assert_eq!(r.location().as_deref(), Some("/ui/sign-in?expired=1"));
+    assert_eq!(b.get(&format!("{base}/ui/")).await.status, 303, "ended for good");
+}

@@ -490,7 +490,8 @@ async fn serve(a: ServeArgs) -> Result<()> {
         });
     }
     // The staff web UI: same process, same authorisation, audit and journal.
-    let ui = hale_ui::Ui::new(node.app.clone()).context("cannot open the web UI's session store")?;
+    let ui = hale_ui::Ui::new(node.app.clone())
+        .context("cannot start the web UI (its session store, or the [auth.oidc.ui] settings)")?;
     tracing::info!("staff web UI at {api_url}/ui/");
     hale_server::serve_with(
         node,
