@@ -122,6 +122,8 @@ impl Node {
         if let Some(f) = &cfg.store.key_file {
             hale_store::db::use_key_file(f)?;
         }
+        // A wrong or missing key stops the node here, with one message naming the file.
+        hale_store::db::check_dir(&cfg.data).map_err(hale_store::StoreError::from)?;
         // The demo clinician works at a demo site, in the UI too (see access.rs).
         if cfg.demo.enabled && cfg.access.site.is_none() && matches!(cfg.cluster.site.as_str(), "" | "local") {
             cfg.access.site = Some(config::DEMO_SITE.into());

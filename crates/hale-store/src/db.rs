@@ -140,6 +140,29 @@ pub fn open_rw(path: &Path) -> Result<Connection, OpenError> {
     open(path, OpenFlags::default())
 }
 
+/// Check the process's key against every SQLite file directly in `dir`
+/// (`*.db`, read-only, in name order, so `hale.db` first): a node started with
+/// the wrong key stops with this one error, before raft or anything else has
+/// opened a file and wrapped the error in its own.
+pub fn check_dir(dir: &Path) -> Result<(), OpenError> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    let mut files: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "db") && p.is_file())
+        .collect();
+    files.sort();
+    for f in files {
+        drop(open(
+            &f,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?);
+    }
+    Ok(())
+}
+
 /// Open the SQLite file at `path` with `key` (or none): the key is applied
 /// first, then checked by reading `sqlite_master`.
 pub fn open_with_key(path: &Path, flags: OpenFlags, key: Option<&Key>) -> Result<Connection, OpenError> {

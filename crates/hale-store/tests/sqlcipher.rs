@@ -224,6 +224,11 @@ fn no_patient_data_in_any_file_and_only_the_key_opens_the_store() {
     );
     assert!(e.contains(&store.display().to_string()), "{e}");
     assert!(Reader::open(&data, 1).is_err());
+    let e = db::check_dir(&data).unwrap_err().to_string();
+    assert!(
+        e.contains(&store.display().to_string()) && e.contains("wrong key"),
+        "{e}"
+    );
     assert!(hale_store::export::Snapshot::open(&data).is_err());
     let snap = data.join("snapshots/snap.db");
     let e = db::open(&snap, OpenFlags::SQLITE_OPEN_READ_ONLY)
@@ -239,12 +244,15 @@ fn no_patient_data_in_any_file_and_only_the_key_opens_the_store() {
     assert!(e.contains(&store.display().to_string()), "{e}");
     assert_eq!(sha(&store), before, "a failed open changed the store");
 
+    assert!(db::check_dir(&data).is_err());
+
     // A key on a store written without one: refused, not silently read or replaced.
     db::set_key(Some(Key::from_hex(KEY_HEX).unwrap())).unwrap();
     let e = open_error(&plain);
     assert!(e.contains("wrong key, or the store is not encrypted"), "{e}");
 
     // The right key reads everything back, and the snapshot restores into a new store.
+    db::check_dir(&data).unwrap();
     let sm = StateMachine::open(&data).unwrap();
     assert_eq!(sm.last_applied(), PATIENTS as u64);
     for (i, nhs) in numbers.iter().enumerate() {
