@@ -225,7 +225,16 @@ struct Site {
     app: Arc<hale_server::App>,
     base: String,
     fhir: Router,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Site {
+    /// Stop serving and wait until the node has shut down.
+    async fn shut_down(self) {
+        drop(self.stop);
+        self.task.await.unwrap().unwrap();
+    }
 }
 
 /// A node serving the UI and the API over HTTP on `listener`, with
@@ -262,7 +271,7 @@ async fn serve(
     let fhir = node.router();
     let ui = hale_ui::Ui::new(app.clone()).expect("UI");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(hale_server::serve_with(
+    let task = tokio::spawn(hale_server::serve_with(
         node,
         listener,
         move |f| hale_ui::router(ui).merge(f),
@@ -283,7 +292,8 @@ async fn serve(
         app,
         base,
         fhir,
-        _stop: tx,
+        stop: tx,
+        task,
     }
 }
 
@@ -658,4 +668,47 @@ async fn a_provider_session_ends_when_its_access_token_expires() {
     assert_eq!(r.status, 303);
     assert_eq!(r.location().as_deref(), Some("/ui/sign-in?expired=1"));
     assert_eq!(b.get(&format!("{base}/ui/")).await.status, 303, "ended for good");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_in_session_outlives_the_provider_and_a_node_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("node");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let callback = format!("{base}/ui/oidc/callback");
+    let idp = Idp::start(free_port(), &tmp.path().join("k.json"), "k1", AUDIENCE, Some(&callback));
+    let issuer = idp.issuer();
+    let site = serve(&data, listener, &issuer, |_| {}).await;
+    let (s, p) = admin(&site.fhir, "POST", "/Patient", patient()).await;
+    assert_eq!(s, StatusCode::CREATED, "{p}");
+    let pid = p["id"].as_str().unwrap().to_string();
+    let mut b = Browser::default();
+    let r = sign_in(&mut b, &site, "clinician").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    // The site is cut off from the provider, and its node restarts.
+    idp.stop();
+    site.shut_down().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base2 = format!("http://{}", listener.local_addr().unwrap());
+    let site = serve(&data, listener, &issuer, |_| {}).await;
+    // The browser's cookie, for the node's new address.
+    let cookies = b.jar.get(base.strip_prefix("http://").unwrap()).cloned().unwrap();
+    b.jar
+        .insert(base2.strip_prefix("http://").unwrap().to_string(), cookies);
+    // The session's token still validates, with the keys the node persisted.
+    let record = b.get(&format!("{base2}/ui/patient/{pid}")).await;
+    assert_eq!(record.status, 200, "{}", record.body);
+    assert!(record.body.contains("Okafor") || record.body.contains("OKAFOR"));
+    // A new sign-in through the provider cannot complete: the provider is unreachable.
+    let start = Browser::default().get(&format!("{base2}/ui/oidc/start")).await;
+    assert_eq!(start.status, 303);
+    let to = start.location().unwrap();
+    let (host, _) = split_url(&to);
+    assert!(
+        tokio::net::TcpStream::connect(&host).await.is_err(),
+        "the provider is down"
+    );
+    site.shut_down().await;
 }
