@@ -15,6 +15,12 @@
 #
 #   tools/bench-security.sh [--hale target/release/hale] [--duration 10] [--connections 16] [--rounds 2]
 #
+# Besides throughput and latency (client and server share the machine, so
+# those include the bench client's own TLS work), it reports the server's CPU
+# time (utime + stime from /proc) per request: what TLS and JWT checks cost
+# the node itself. That figure covers the whole bench command (seeding and
+# warm-up too), which is the same work in every configuration.
+#
 # Each configuration gets a fresh data directory and its own server; the
 # patient-level access rule is off on all four, so only the security layer
 # differs. Rounds interleave the configurations, so drift on a shared machine
@@ -53,6 +59,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# The server's CPU time so far, in clock ticks (utime + stime).
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_for() { # url [curl args...]
   local url=$1; shift
@@ -123,16 +131,19 @@ for round in $(seq 1 "$ROUNDS"); do
     start_node "$cfg-$round" "$tls"
     for workload in read create; do
       case $cfg in *-jwt) token=$(jwt) ;; *) token=bench-static ;; esac
+      cpu0=$(cpu_ticks "$NODE_PID")
       out=$("$HALE" bench "$workload" --url "$URL" --token "$token" "${CA_ARGS[@]}" \
         --connections "$CONNECTIONS" --duration-s "$DURATION" --json)
+      cpu1=$(cpu_ticks "$NODE_PID")
       echo "$out" | python3 -c '
 import json, sys
 text = sys.stdin.read()
 doc = json.loads(text[text.index("\n{") + 1:])
 w = doc["workloads"][0]
 lat = w["latency"]
-print("\t".join([sys.argv[1], sys.argv[2], sys.argv[3], str(w["throughput_per_s"]), str(lat["p50_ms"]), str(lat["p99_ms"]), str(w["errors_total"])]))
-' "$round" "$cfg" "$workload" >>"$RESULTS"
+cpu_us = (int(sys.argv[5]) - int(sys.argv[4])) * 1e6 / int(sys.argv[6]) / max(1, w["requests"])
+print("\t".join([sys.argv[1], sys.argv[2], sys.argv[3], str(w["throughput_per_s"]), str(lat["p50_ms"]), str(lat["p99_ms"]), str(w["errors_total"]), f"{cpu_us:.1f}"]))
+' "$round" "$cfg" "$workload" "$cpu0" "$cpu1" "$(getconf CLK_TCK)" >>"$RESULTS"
       tail -1 "$RESULTS"
     done
     kill "$NODE_PID"
@@ -146,16 +157,18 @@ python3 - "$RESULTS" <<'EOF'
 import statistics, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 by = {}
-for r, cfg, wl, rps, p50, p99, err in rows:
-    by.setdefault((wl, cfg), []).append((float(rps), float(p50), float(p99), int(err)))
-print(f"{'workload':8} {'config':13} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'vs plain-static':>16}")
+for r, cfg, wl, rps, p50, p99, err, cpu in rows:
+    by.setdefault((wl, cfg), []).append((float(rps), float(p50), float(p99), int(err), float(cpu)))
+print(f"{'workload':8} {'config':13} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'vs plain-static':>16} {'server CPU us/req':>18} {'vs plain-static':>16}")
 for wl in ("read", "create"):
     base = statistics.median(x[0] for x in by[(wl, "plain-static")])
+    base_cpu = statistics.median(x[4] for x in by[(wl, "plain-static")])
     for cfg in ("plain-static", "plain-jwt", "tls-static", "tls-jwt"):
         xs = by[(wl, cfg)]
         rps = statistics.median(x[0] for x in xs)
         p50 = statistics.median(x[1] for x in xs)
         p99 = statistics.median(x[2] for x in xs)
         err = sum(x[3] for x in xs)
-        print(f"{wl:8} {cfg:13} {rps:9.0f} {p50:8.2f} {p99:8.2f} {err:6d} {100*(rps/base-1):+15.1f}%")
+        cpu = statistics.median(x[4] for x in xs)
+        print(f"{wl:8} {cfg:13} {rps:9.0f} {p50:8.2f} {p99:8.2f} {err:6d} {100*(rps/base-1):+15.1f}% {cpu:18.1f} {100*(cpu/base_cpu-1):+15.1f}%")
 EOF
