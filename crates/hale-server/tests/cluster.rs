@@ -90,11 +90,35 @@ impl Cluster {
         .await;
     }
 
-    fn hashes(&self) -> Vec<String> {
-        self.nodes
-            .iter()
-            .map(|n| n.raft.sm.content_hash().expect("hash"))
-            .collect()
+    /// Every node's content hash, read when all of them have applied the same
+    /// index, the leader's last. Hashes are comparable only at one index: a
+    /// read-audit batch from an earlier read can commit while they are read,
+    /// so an index that moved during the reading means read them again.
+    async fn hashes(&self) -> Vec<String> {
+        let leader = self.nodes[0].raft.clone();
+        let start = std::time::Instant::now();
+        loop {
+            let target = leader.metrics().last_log_index.unwrap_or(0);
+            let applied = |nodes: &[TestServer]| -> Vec<u64> {
+                nodes.iter().map(|n| n.raft.applied_index()).collect()
+            };
+            let before = applied(&self.nodes);
+            if before.iter().all(|&i| i == target) {
+                let h: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .map(|n| n.raft.sm.content_hash().expect("hash"))
+                    .collect();
+                if applied(&self.nodes) == before && leader.metrics().last_log_index.unwrap_or(0) == target {
+                    return h;
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_millis(WAIT_MS),
+                "gave up waiting for every node to apply the same index: {before:?}, leader at {target}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
@@ -156,7 +180,7 @@ async fn writes_through_any_node_reach_every_node() {
     r.expect(400);
     assert!(!r.outcome_at("X-Hale-Consistency").is_empty(), "{}", r.diagnostics());
     c.converge().await;
-    let hashes = c.hashes();
+    let hashes = c.hashes().await;
     assert!(hashes.windows(2).all(|w| w[0] == w[1]), "replicas diverged: {hashes:?}");
 }
 
@@ -286,7 +310,7 @@ async fn a_new_learner_catches_up_from_a_snapshot() {
         .send()
         .await
         .expect(200);
-    let hashes = c.hashes();
+    let hashes = c.hashes().await;
     assert_eq!(hashes[0], hashes[1], "the learner diverged after installing a snapshot");
     c.nodes[1].stop().await;
 }
@@ -443,7 +467,7 @@ async fn a_large_transaction_goes_in_bounded_parts_and_stays_atomic() {
             n.raft.id
         );
     }
-    let h = c.hashes();
+    let h = c.hashes().await;
     assert!(h.iter().all(|x| x == &h[0]), "{h:?}");
 }
 
@@ -663,7 +687,7 @@ async fn a_cut_off_site_keeps_writing_and_every_write_syncs_back_once_or_becomes
     assert_eq!(v["chainOk"], true, "{v}");
 
     // Re-sending the whole journal changes nothing.
-    let before = c.hashes();
+    let before = c.hashes().await;
     assert!(before.iter().all(|h| *h == before[0]), "replicas diverged: {before:?}");
     let journal = hale_journal::Journal::open(site.data_dir(), site.raft.id, "site-3", Default::default()).unwrap();
     let all = journal.replays(1, 1000).unwrap();
@@ -679,5 +703,5 @@ async fn a_cut_off_site_keeps_writing_and_every_write_syncs_back_once_or_becomes
         other => panic!("{other:?}"),
     }
     c.converge().await;
-    assert_eq!(c.hashes(), before, "re-sending the journal changed the state");
+    assert_eq!(c.hashes().await, before, "re-sending the journal changed the state");
 }
