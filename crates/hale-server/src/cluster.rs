@@ -26,7 +26,7 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/cluster/remove", post(remove))
 }
 
-async fn admin(app: &App, headers: &HeaderMap) -> Result<(), Box<Response>> {
+pub(crate) async fn admin(app: &App, headers: &HeaderMap) -> Result<(), Box<Response>> {
     let p = app
         .auth
         .authenticate(headers)

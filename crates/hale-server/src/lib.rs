@@ -22,6 +22,7 @@ pub mod forward;
 mod interactions;
 pub mod metrics;
 pub mod offline;
+pub mod ops;
 pub mod outage;
 pub mod outbox;
 pub mod rebook;
@@ -203,6 +204,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/.well-known/smart-configuration", get(smart::configuration))
         .merge(cluster::routes())
         .merge(offline::routes())
+        .merge(ops::routes())
         .merge(accounts::routes())
         .route("/downtime/status", get(downtime::status))
         .route("/Communication/$staff-lists", get(outbox::staff_lists))

@@ -99,9 +99,7 @@ impl Cluster {
         let start = std::time::Instant::now();
         loop {
             let target = leader.metrics().last_log_index.unwrap_or(0);
-            let applied = |nodes: &[TestServer]| -> Vec<u64> {
-                nodes.iter().map(|n| n.raft.applied_index()).collect()
-            };
+            let applied = |nodes: &[TestServer]| -> Vec<u64> { nodes.iter().map(|n| n.raft.applied_index()).collect() };
             let before = applied(&self.nodes);
             if before.iter().all(|&i| i == target) {
                 let h: Vec<String> = self
