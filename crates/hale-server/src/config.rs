@@ -34,6 +34,8 @@ pub struct Config {
     pub access: crate::access::AccessSettings,
     /// Encryption at rest of the node's SQLite files (`[store]`).
     pub store: StoreSettings,
+    /// Request classes and which to shed first under load (`[admission]`).
+    pub admission: crate::admission::AdmissionSettings,
 }
 
 /// `[store]`: the key every SQLite file under the data directory is encrypted
@@ -63,6 +65,7 @@ impl Default for Config {
             tls: TlsSettings::default(),
             access: crate::access::AccessSettings::default(),
             store: StoreSettings::default(),
+            admission: crate::admission::AdmissionSettings::default(),
         }
     }
 }

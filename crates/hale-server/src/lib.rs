@@ -6,6 +6,7 @@
 
 pub mod access;
 pub mod accounts;
+pub mod admission;
 pub mod audit_sink;
 pub mod auth;
 pub mod backfill;
@@ -62,8 +63,9 @@ pub struct App {
     pub ready: AtomicBool,
     /// Set when shutdown starts, so background work (the demo loader) stops.
     pub stopping: AtomicBool,
-    /// Bounds the FHIR requests served at once (`limits.requests_inflight_max`).
-    pub inflight: tokio::sync::Semaphore,
+    /// Bounds the FHIR requests served at once (`limits.requests_inflight_max`),
+    /// sharing them out among request classes (`[admission]`).
+    pub admission: admission::Admission,
     /// Scheduled downtime packs: each site's last outcome.
     pub downtime: downtime::DowntimeState,
     /// Bulk Data `$export` jobs on this node.
@@ -150,10 +152,8 @@ impl Node {
             auth::spawn_key_refresh(v.clone());
         }
         let auth = Authenticator::with_oidc(&cfg.auth, oidc);
-        let cfg_inflight = cfg
-            .limits
-            .requests_inflight_max
-            .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        let admission =
+            admission::Admission::new(&cfg.admission, cfg.limits.requests_inflight_max).map_err(StartError::Config)?;
         let bulk = bulk::BulkJobs::new(&cfg.data);
         let journal = hale_journal::Journal::open(
             &cfg.data,
@@ -177,7 +177,7 @@ impl Node {
             metrics: Metrics::default(),
             ready: AtomicBool::new(true),
             stopping: AtomicBool::new(false),
-            inflight: tokio::sync::Semaphore::new(cfg_inflight),
+            admission,
             downtime: downtime::DowntimeState::default(),
             access: access::Access::default(),
         });
@@ -205,6 +205,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(cluster::routes())
         .merge(offline::routes())
         .merge(ops::routes())
+        .merge(admission::routes())
         .merge(accounts::routes())
         .route("/downtime/status", get(downtime::status))
         .route("/Communication/$staff-lists", get(outbox::staff_lists))
@@ -296,6 +297,7 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
         ),
     ];
     gauges.extend(offline::gauges(&app));
+    gauges.extend(admission::gauges(&app));
     if let Some(v) = app.auth.oidc() {
         gauges.push((
             "hale_oidc_jwks_fetches".into(),
@@ -343,17 +345,14 @@ pub async fn handle_in_process(app: Arc<App>, req: Request) -> Response {
 }
 
 /// Every FHIR request: time it, bound it, count it.
-async fn fhir(State(app): State<Arc<App>>, req: Request) -> Response {
-    let Ok(_permit) = app.inflight.try_acquire() else {
-        let mut resp = wire::FhirError::unavailable(format!(
-            "the server is serving its limit of {} requests at once; retry in a moment",
-            app.cfg.limits.requests_inflight_max
-        ))
-        .into_response();
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-        app.metrics.observe("other", 503, 0);
-        return resp;
+async fn fhir(State(app): State<Arc<App>>, mut req: Request) -> Response {
+    // Admission control: this request's class, and whether it is served now.
+    let ticket = match admission::admit(&app, &mut req).await {
+        Ok(t) => t,
+        Err(resp) => {
+            app.metrics.observe("other", 503, 0);
+            return resp;
+        }
     };
     let start = Instant::now();
     let method = req.method().clone();
@@ -407,6 +406,9 @@ async fn fhir(State(app): State<Arc<App>>, req: Request) -> Response {
     let elapsed_us = start.elapsed().as_micros() as u64;
     let status = resp.status().as_u16();
     app.metrics.observe(route, status, elapsed_us);
+    if let Some(t) = ticket {
+        t.served();
+    }
     if status >= 500 {
         tracing::warn!(%method, path = uri.path(), route, status, elapsed_us, "request failed");
     } else {

@@ -32,6 +32,7 @@ pub fn status_json(app: &App) -> Value {
             "appliedIndex": app.proposer.last_applied(),
         }),
     );
+    doc.insert("admission".into(), crate::admission::status_section(app));
     Value::Object(doc)
 }
 

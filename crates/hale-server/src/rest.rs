@@ -46,7 +46,12 @@ pub async fn dispatch(app: &App, req: Request) -> Handled {
         let cs = capability_statement(&base, &wire::instant(now_ms()), security);
         return ("metadata", Ok(json_response(StatusCode::OK, cs.to_string())));
     }
-    let principal = match app.auth.authenticate(&headers).await {
+    // Admission control may have authenticated the request already.
+    let authenticated = match parts.extensions.get::<crate::admission::Authenticated>() {
+        Some(a) => a.0.clone(),
+        None => app.auth.authenticate(&headers).await,
+    };
+    let principal = match authenticated {
         Ok(p) => p,
         Err(e) => return ("other", Err(e)),
     };
