@@ -59,6 +59,19 @@ impl Recipients {
         self.keys.iter().map(|k| k.to_string()).collect()
     }
 
+    /// Encrypt everything `input` yields into `output`, streaming (a backup
+    /// of a large store never sits in memory whole). Returns `output`.
+    pub fn encrypt_stream<R: std::io::Read, W: Write>(&self, input: &mut R, output: W) -> Result<W, ContinuityError> {
+        let encryptor = age::Encryptor::with_recipients(self.keys.iter().map(|k| k as &dyn age::Recipient))
+            .map_err(|e| ContinuityError::Encrypt(e.to_string()))?;
+        let mut w = encryptor
+            .wrap_output(output)
+            .map_err(|e| ContinuityError::Encrypt(e.to_string()))?;
+        std::io::copy(input, &mut w)
+            .and_then(|_| w.finish())
+            .map_err(|e| ContinuityError::Encrypt(e.to_string()))
+    }
+
     fn encrypt(&self, plaintext: &[u8]) -> Result<Vec<u8>, ContinuityError> {
         let encryptor = age::Encryptor::with_recipients(self.keys.iter().map(|k| k as &dyn age::Recipient))
             .map_err(|e| ContinuityError::Encrypt(e.to_string()))?;

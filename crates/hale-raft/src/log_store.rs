@@ -67,6 +67,11 @@ fn write_err(e: impl std::fmt::Display) -> StorageError {
     io_err(ErrorSubject::Logs, ErrorVerb::Write, e)
 }
 
+/// Decode one stored log entry (as [`LogStore::read_raw`] returns it).
+pub fn decode_entry(idx: u64, bytes: &[u8]) -> Result<Entry, StorageError> {
+    decode(idx as i64, bytes)
+}
+
 fn decode(idx: i64, bytes: &[u8]) -> Result<Entry, StorageError> {
     serde_json::from_slice(bytes).map_err(|e| io_err(ErrorSubject::LogIndex(idx as u64), ErrorVerb::Read, e))
 }
@@ -203,6 +208,53 @@ impl LogStore {
             Some(b) => Ok(Some(decode(-1, &b)?.log_id)),
             None => Ok(None),
         }
+    }
+
+    /// Entries `from..` as stored (index and encoded bytes), in index order
+    /// and without gaps, at most `entries_max` of them and stopping once
+    /// `bytes_max` is passed (always at least one when `from` is present), and
+    /// none above `to_max`. On its own read connection, so a running node's
+    /// writer is not held up: what the log archive copies. Bytes, not
+    /// entries, so the archive keeps exactly what the log holds and decodes
+    /// with [`decode_entry`] whatever version wrote it.
+    pub fn read_raw(
+        dir: &Path,
+        from: u64,
+        to_max: u64,
+        entries_max: u64,
+        bytes_max: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+        let conn = open_conn(&dir.join(LOG_FILE), false).map_err(read_err)?;
+        let mut stmt = conn
+            .prepare_cached("SELECT idx, entry FROM log WHERE idx >= ?1 AND idx <= ?2 ORDER BY idx LIMIT ?3")
+            .map_err(read_err)?;
+        let rows = stmt
+            .query_map(params![from as i64, to_max as i64, entries_max as i64], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?))
+            })
+            .map_err(read_err)?;
+        let mut out: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut bytes = 0usize;
+        let mut next = from;
+        for row in rows {
+            let (idx, entry) = row.map_err(read_err)?;
+            if idx != next || bytes >= bytes_max {
+                break;
+            }
+            bytes += entry.len();
+            next = idx + 1;
+            out.push((idx, entry));
+        }
+        Ok(out)
+    }
+
+    /// The lowest index the log still holds (`None` when it is empty): entries
+    /// below it were purged after a snapshot.
+    pub fn first_index(dir: &Path) -> Result<Option<u64>, StorageError> {
+        let conn = open_conn(&dir.join(LOG_FILE), false).map_err(read_err)?;
+        conn.query_row("SELECT MIN(idx) FROM log", [], |r| r.get::<_, Option<i64>>(0))
+            .map(|v| v.map(|v| v as u64))
+            .map_err(read_err)
     }
 
     /// Every entry in the log, for tools that replay it (tests, `hale` diagnostics).

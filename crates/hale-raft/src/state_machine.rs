@@ -14,7 +14,9 @@
 //!   the newest snapshot (whose log entries may be purged) the node restores
 //!   that snapshot first at open.
 
-use crate::types::{Entry, LogId, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::types::{
+    Entry, HaleNode, LogId, NodeId, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
 use hale_store::command::Command;
 use hale_store::{meta_get, meta_put, Durability, StateMachine};
 use openraft::storage::RaftStateMachine;
@@ -58,7 +60,11 @@ pub struct StateMachineStore {
     inner: Arc<Inner>,
 }
 
-fn read_applied(conn: &hale_store::rusqlite::Connection) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+/// What a store has applied: the raft log id it reached and the membership
+/// in force there (both kept in its meta table, committed with the state).
+pub fn read_applied(
+    conn: &hale_store::rusqlite::Connection,
+) -> Result<(Option<LogId>, StoredMembership), StorageError> {
     let applied = match meta_get(conn, KEY_APPLIED).map_err(|e| sm_err(ErrorVerb::Read, e))? {
         Some(v) => serde_json::from_value(v).map_err(|e| sm_err(ErrorVerb::Read, e))?,
         None => None,
@@ -154,6 +160,53 @@ impl StateMachineStore {
     pub fn data_dir(&self) -> &Path {
         &self.inner.dir
     }
+}
+
+/// Copy a consistent image of the store in `data_dir` (running or not) to
+/// `dest_dir/hale.db` and say what it reflects. The same online copy as a
+/// snapshot: one read transaction on a connection of its own.
+pub fn copy_store(data_dir: &Path, dest_dir: &Path) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+    std::fs::create_dir_all(dest_dir).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+    let dest = dest_dir.join(hale_store::DB_FILE);
+    StateMachine::backup_to(data_dir, &dest).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+    let conn = hale_store::db::open_rw(&dest).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+    read_applied(&conn)
+}
+
+/// Make the store in `dir` (restored from a backup, with no raft log beside
+/// it) the first node of a new cluster: the membership it records becomes
+/// this one node as the only voter, and the log gets a vote in the term of
+/// the last applied entry, so the node's first election starts above every
+/// term in its state. The old cluster's members are forgotten on purpose: a
+/// restore after ransomware or a bad bulk update must not rejoin the cluster
+/// that holds the damage. Others join with `hale cluster add`.
+pub async fn reform_single(dir: &Path, id: NodeId, me: HaleNode) -> Result<Option<LogId>, StorageError> {
+    let log = dir.join(crate::log_store::LOG_FILE);
+    if log.exists() {
+        return Err(sm_err(
+            ErrorVerb::Write,
+            format!(
+                "{} already has a raft log; reform a cluster only from a freshly restored store",
+                dir.display()
+            ),
+        ));
+    }
+    let applied = {
+        let sm = StateMachine::open_with(dir, Durability::Fsync).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        let (applied, _) = read_applied(sm.conn())?;
+        let membership = openraft::Membership::new(
+            vec![std::collections::BTreeSet::from([id])],
+            std::collections::BTreeMap::from([(id, me)]),
+        );
+        let stored = StoredMembership::new(applied, membership);
+        let json = serde_json::to_value(&stored).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        meta_put(sm.conn(), KEY_MEMBERSHIP, &json).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        applied
+    };
+    let mut store = crate::log_store::LogStore::open(dir)?;
+    let term = applied.map(|l| l.leader_id.term).unwrap_or(0);
+    openraft::storage::RaftLogStorage::save_vote(&mut store, &crate::types::Vote::new(term, id)).await?;
+    Ok(applied)
 }
 
 fn snapshot_path(snap_dir: &Path, id: &str) -> PathBuf {
