@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
-use hyper::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, HOST, LOCATION};
+use hyper::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, HOST, LOCATION, RETRY_AFTER};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
@@ -183,6 +183,8 @@ pub(crate) struct Response {
     pub(crate) status: u16,
     pub(crate) body: Bytes,
     pub(crate) location: Option<String>,
+    /// The `Retry-After` header (admission control's 503s carry one).
+    pub(crate) retry_after: Option<String>,
 }
 
 /// Why an exchange did not complete.
@@ -328,13 +330,23 @@ impl Client {
             .get(LOCATION)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        let retry_after = resp
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let body = resp
             .into_body()
             .collect()
             .await
             .map_err(|e| Failure::Transport(e.to_string()))?
             .to_bytes();
-        Ok(Response { status, body, location })
+        Ok(Response {
+            status,
+            body,
+            location,
+            retry_after,
+        })
     }
 }
 
@@ -476,6 +488,7 @@ mod tests {
                 status: 201,
                 body: Bytes::from(body.to_string()),
                 location: location.map(str::to_string),
+                retry_after: None,
             };
             assert_eq!(created_id("Patient", &resp).as_deref(), expected, "{body} {location:?}");
         }

@@ -28,6 +28,7 @@
 //! `setup_connections` connections); `All` seeds once. `SearchMix` seeds only
 //! when the server has no demo patients.
 
+pub mod admission;
 mod client;
 mod data;
 mod engine;

@@ -539,6 +539,7 @@ impl ReqBuilder {
         } else if ct.starts_with("application/json")
             && (self.path.starts_with("/cluster/")
                 || self.path.starts_with("/downtime/")
+                || self.path.starts_with("/ops/")
                 || self.path.starts_with("/sync/")
                 || self.path.starts_with("/admin/")
                 || self.path.starts_with("/.well-known/")
