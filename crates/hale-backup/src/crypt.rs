@@ -7,6 +7,29 @@ use std::io::Read;
 use std::path::Path;
 use std::str::FromStr;
 
+/// Write a new age X25519 identity to `path` (which must not exist), in the
+/// format `age-keygen` writes, readable by its owner only; returns its public
+/// key (the recipient to put in `[backup] recipients`).
+pub fn generate_identity_file(path: &Path) -> Result<String, BackupError> {
+    use age::secrecy::ExposeSecret;
+    use std::io::Write;
+    let id = age::x25519::Identity::generate();
+    let public = id.to_public().to_string();
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(path).map_err(io(path))?;
+    writeln!(
+        f,
+        "# created by hale backup keygen\n# public key: {public}\n{}",
+        id.to_string().expose_secret()
+    )
+    .and_then(|()| f.sync_all())
+    .map_err(io(path))?;
+    Ok(public)
+}
+
 /// X25519 identities (`AGE-SECRET-KEY-1...` lines) read from a key file.
 pub struct Identities {
     keys: Vec<age::x25519::Identity>,

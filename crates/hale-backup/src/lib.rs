@@ -37,7 +37,7 @@ mod files;
 pub mod restore;
 
 pub use catalog::{BaseManifest, Catalog, SegmentManifest, VerifyRecord};
-pub use crypt::{read_identities, Identities};
+pub use crypt::{generate_identity_file, read_identities, Identities};
 pub use hale_continuity::Recipients;
 
 use std::path::PathBuf;

@@ -36,6 +36,8 @@ pub struct Config {
     pub store: StoreSettings,
     /// Request classes and which to shed first under load (`[admission]`).
     pub admission: crate::admission::AdmissionSettings,
+    /// Backups, the log archive and their verification (`[backup]`).
+    pub backup: crate::backup::BackupSettings,
 }
 
 /// `[store]`: the key every SQLite file under the data directory is encrypted
@@ -66,6 +68,7 @@ impl Default for Config {
             access: crate::access::AccessSettings::default(),
             store: StoreSettings::default(),
             admission: crate::admission::AdmissionSettings::default(),
+            backup: crate::backup::BackupSettings::default(),
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod admission;
 pub mod audit_sink;
 pub mod auth;
 pub mod backfill;
+pub mod backup;
 pub mod bulk;
 mod bundle;
 pub mod capability;
@@ -74,6 +75,8 @@ pub struct App {
     pub offline: offline::Offline,
     /// Patient-level access: break-glass episodes this node started.
     pub access: access::Access,
+    /// Backups: what the archive, base and verification schedules last did.
+    pub backup: backup::BackupState,
 }
 
 static LAST_MS: AtomicI64 = AtomicI64::new(0);
@@ -132,6 +135,7 @@ impl Node {
             cfg.access.site = Some(config::DEMO_SITE.into());
         }
         downtime::validate(&cfg.downtime).map_err(StartError::Config)?;
+        backup::validate(&cfg.backup).map_err(StartError::Config)?;
         auth::check_listen(&cfg.auth, &cfg.listen).map_err(StartError::Config)?;
         outbox::validate(&cfg.notify, &cfg.outage).map_err(StartError::Config)?;
         let tls = tls::Tls::from_settings(&cfg.tls).map_err(StartError::Tls)?;
@@ -180,6 +184,7 @@ impl Node {
             admission,
             downtime: downtime::DowntimeState::default(),
             access: access::Access::default(),
+            backup: backup::BackupState::default(),
         });
         // The leader re-authenticates the users behind forwarded writes.
         app.raft
@@ -297,6 +302,7 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
         ),
     ];
     gauges.extend(offline::gauges(&app));
+    gauges.extend(backup::gauges(&app));
     gauges.extend(admission::gauges(&app));
     if let Some(v) = app.auth.oidc() {
         gauges.push((
@@ -442,6 +448,7 @@ pub async fn serve_with(
     };
     let app_timeout_ms = app.cfg.limits.request_timeout_ms;
     downtime::spawn_scheduler(app.clone());
+    backup::spawn(app.clone());
     let drainer = offline::spawn_drainer(app.clone());
     // Patient notifications: only when `[notify]` configures an adapter; delivers while leader.
     let notify_worker = outbox::spawn_worker(app.clone());

@@ -2,6 +2,7 @@
 
 mod audit_cli;
 mod backfill_cli;
+mod backup_cli;
 mod bulk_cli;
 mod cert_cli;
 mod chaos;
@@ -72,6 +73,10 @@ enum Cmd {
     Cert(cert_cli::CertArgs),
     /// The audit trail's hash chain: `verify` a data directory's rows against it.
     Audit(audit_cli::AuditArgs),
+    /// Back up a node (online, age-encrypted), or verify, list and prune a backup directory.
+    Backup(backup_cli::BackupArgs),
+    /// Restore a backup into a new data directory: the latest point, --to-time or --to-index.
+    Restore(backup_cli::RestoreArgs),
 }
 
 #[derive(Args)]
@@ -308,6 +313,8 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::User(a) => rt.block_on(user_cli::run(a)),
         Cmd::Cert(a) => cert_cli::run(a),
         Cmd::Audit(a) => audit_cli::run(a),
+        Cmd::Backup(a) => rt.block_on(backup_cli::run(a)),
+        Cmd::Restore(a) => rt.block_on(backup_cli::restore(a)),
     }
 }
 
