@@ -1,8 +1,9 @@
 //! The `hale` command: CLI and glue. Business rules live in the crates.
 
+mod admission_bench;
+mod admit_cli;
 mod audit_cli;
 mod backfill_cli;
-mod backup_cli;
 mod bulk_cli;
 mod cert_cli;
 mod chaos;
@@ -73,10 +74,8 @@ enum Cmd {
     Cert(cert_cli::CertArgs),
     /// The audit trail's hash chain: `verify` a data directory's rows against it.
     Audit(audit_cli::AuditArgs),
-    /// Back up a node (online, age-encrypted), or verify, list and prune a backup directory.
-    Backup(backup_cli::BackupArgs),
-    /// Restore a backup into a new data directory: the latest point, --to-time or --to-index.
-    Restore(backup_cli::RestoreArgs),
+    /// Admission control: which request classes a node admits; open them in steps after a failure.
+    Admit(admit_cli::AdmitArgs),
 }
 
 #[derive(Args)]
@@ -254,6 +253,7 @@ enum BenchWhat {
     Rebook,
     DowntimePack,
     Offline,
+    Admission,
 }
 
 /// Errors are printed as one line of causes (`Error: what: why`), never with
@@ -313,8 +313,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::User(a) => rt.block_on(user_cli::run(a)),
         Cmd::Cert(a) => cert_cli::run(a),
         Cmd::Audit(a) => audit_cli::run(a),
-        Cmd::Backup(a) => rt.block_on(backup_cli::run(a)),
-        Cmd::Restore(a) => rt.block_on(backup_cli::restore(a)),
+        Cmd::Admit(a) => rt.block_on(admit_cli::run(a)),
     }
 }
 
@@ -588,12 +587,13 @@ fn record_hash(data: &Path) -> Result<()> {
 fn workload_parser() -> impl clap::builder::TypedValueParser<Value = BenchWhat> {
     use clap::builder::TypedValueParser;
     let mut names = hale_bench::Workload::VARIANTS.map(|w| w.name()).to_vec();
-    names.extend(["failover", "rebook", "downtime-pack", "offline"]);
+    names.extend(["failover", "rebook", "downtime-pack", "offline", "admission"]);
     clap::builder::PossibleValuesParser::new(names).map(|name| match name.as_str() {
         "failover" => BenchWhat::Failover,
         "rebook" => BenchWhat::Rebook,
         "downtime-pack" => BenchWhat::DowntimePack,
         "offline" => BenchWhat::Offline,
+        "admission" => BenchWhat::Admission,
         _ => BenchWhat::Load(
             name.parse::<hale_bench::Workload>()
                 .expect("a listed workload name parses"),
@@ -608,6 +608,7 @@ async fn bench(a: BenchArgs) -> Result<()> {
         BenchWhat::Rebook => return tokio::task::spawn_blocking(move || outage::bench_rebook(a.json)).await?,
         BenchWhat::DowntimePack => return bench_downtime(&a),
         BenchWhat::Offline => return offline_bench::run(a.offline_entries, a.connections, a.json).await,
+        BenchWhat::Admission => return admission_bench::run(a.duration_s, a.warmup_s, a.json).await,
         BenchWhat::Load(w) => w,
     };
     let ca_pem = match &a.ca {
