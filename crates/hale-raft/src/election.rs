@@ -148,6 +148,63 @@ impl Jitter {
     }
 }
 
+/// A leader of a term, as one node saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leadership {
+    pub term: u64,
+    pub node: NodeId,
+}
+
+/// The one INFO line a node logs when it learns of a new leader: who leads
+/// which term, and how long this node went without hearing any leader (from
+/// the last message of the previous one, or from its start). A change from
+/// one leader to another is a failover.
+pub fn leader_line(previous: Option<Leadership>, new: Leadership, leaderless_ms: u64) -> String {
+    let head = format!(
+        "node {} leads term {} after {leaderless_ms} ms without a leader",
+        new.node, new.term
+    );
+    match previous {
+        None => format!("{head} (the first leader this node has seen since it started)"),
+        Some(p) if p.node == new.node => format!("{head} (re-elected; it led term {} before)", p.term),
+        Some(p) => format!("failover: {head} (node {} led term {})", p.node, p.term),
+    }
+}
+
+/// Voters and learners of a (uniform) membership.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Members {
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+}
+
+impl std::fmt::Display for Members {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = |ids: &[NodeId]| {
+            if ids.is_empty() {
+                "none".to_string()
+            } else {
+                ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
+            }
+        };
+        write!(f, "voters {}; learners {}", list(&self.voters), list(&self.learners))
+    }
+}
+
+/// The INFO line for a membership a node has just seen take effect; `took_ms`
+/// when the node saw the change start (the joint configuration of a voter change).
+pub fn membership_line(previous: Option<&Members>, new: &Members, log_index: u64, took_ms: Option<u64>) -> String {
+    let mut line = format!("membership: {new} (log index {log_index}");
+    if let Some(p) = previous {
+        line.push_str(&format!("; was {p}"));
+    }
+    if let Some(ms) = took_ms {
+        line.push_str(&format!("; took {ms} ms"));
+    }
+    line.push(')');
+    line
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,5 +280,36 @@ mod tests {
             assert_eq!(x, b.between(400, 800));
         }
         assert_eq!(Jitter::new(5).between(3, 3), 3);
+    }
+
+    #[test]
+    fn change_lines_name_leader_term_and_time() {
+        let one = Leadership { term: 6, node: 1 };
+        let two = Leadership { term: 7, node: 2 };
+        assert_eq!(
+            leader_line(Some(one), two, 412),
+            "failover: node 2 leads term 7 after 412 ms without a leader (node 1 led term 6)"
+        );
+        assert_eq!(
+            leader_line(None, one, 5),
+            "node 1 leads term 6 after 5 ms without a leader (the first leader this node has seen since it started)"
+        );
+        assert!(leader_line(Some(one), Leadership { term: 8, node: 1 }, 30).contains("re-elected"));
+        let before = Members {
+            voters: vec![1, 2, 3],
+            learners: vec![],
+        };
+        let after = Members {
+            voters: vec![1, 2, 3],
+            learners: vec![4],
+        };
+        assert_eq!(
+            membership_line(Some(&before), &after, 12, Some(35)),
+            "membership: voters 1, 2, 3; learners 4 (log index 12; was voters 1, 2, 3; learners none; took 35 ms)"
+        );
+        assert_eq!(
+            membership_line(None, &before, 3, None),
+            "membership: voters 1, 2, 3; learners none (log index 3)"
+        );
     }
 }

@@ -1,7 +1,10 @@
 //! One raft node: openraft wired to the SQLite log and state machine, the
 //! raft RPC listener, write forwarding, read consistency and membership.
 
-use crate::election::{decide_prevote, ElectionCounts, ElectionStats, Jitter, PreVoteReply, PreVoteRequest, VoterView};
+use crate::election::{
+    decide_prevote, leader_line, membership_line, ElectionCounts, ElectionStats, Jitter, Leadership, Members,
+    PreVoteReply, PreVoteRequest, VoterView,
+};
 use crate::forward::{check_forwarded, origin_of, ForwardRequest, UserCheck};
 use crate::log_store::LogStore;
 use crate::network::{
@@ -267,6 +270,9 @@ pub struct RaftNode {
     pub elections: ElectionStats,
     /// When a leader of this node's term (or a later one) last reached it.
     leader_contact: Mutex<Option<Instant>>,
+    /// Which leader last reached this node, and the silence before the first
+    /// message of a new one: the "ms without a leader" of the change log line.
+    heard: Mutex<Heard>,
     /// Set while a node that started with an empty log has not caught up: it grants no votes.
     vote_withheld: std::sync::atomic::AtomicBool,
     contacts: Mutex<VecDeque<(u64, Instant)>>,
@@ -276,6 +282,15 @@ pub struct RaftNode {
     tls: Option<Arc<PeerTls>>,
     /// The server's check of forwarded users (none: user writes forwarded here are refused).
     user_check: Mutex<Option<Arc<dyn UserCheck>>>,
+}
+
+/// The leaders that reached this node (see [`RaftNode::leader_reached`]).
+#[derive(Default)]
+struct Heard {
+    /// The leader of the last message, and when it came.
+    last: Option<(Leadership, Instant)>,
+    /// A new leader, and how long this node heard no leader before its first message.
+    handover: Option<(Leadership, Duration)>,
 }
 
 impl RaftNode {
@@ -379,6 +394,7 @@ impl RaftNode {
             log,
             elections: ElectionStats::default(),
             leader_contact: Mutex::new(None),
+            heard: Mutex::new(Heard::default()),
             vote_withheld: std::sync::atomic::AtomicBool::new(false),
             contacts: Mutex::new(VecDeque::new()),
             started: Instant::now(),
@@ -425,6 +441,7 @@ impl RaftNode {
         }
         node.spawn_address_refresh();
         node.spawn_election_driver();
+        node.spawn_change_log();
         Ok(node)
     }
 
@@ -510,6 +527,99 @@ impl RaftNode {
         });
     }
 
+    /// One INFO line per leader this node learns of and per membership it
+    /// sees take effect, with the time it took (see `election::leader_line`);
+    /// openraft's own INFO lines are demoted by the binary's default log filter.
+    fn spawn_change_log(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let mut rx = self.raft.server_metrics();
+        tokio::spawn(async move {
+            let mut leader: Option<Leadership> = None;
+            let mut leading_since: Option<Instant> = None;
+            let mut stopped_leading: Option<Instant> = None;
+            let mut members: Option<Members> = None;
+            let mut change_seen: Option<Instant> = None;
+            loop {
+                let m = rx.borrow_and_update().clone();
+                if m.state == ServerState::Shutdown {
+                    return;
+                }
+                let Some(node) = weak.upgrade() else { return };
+                let now = Instant::now();
+                match (m.state == ServerState::Leader, leading_since) {
+                    (true, None) => leading_since = Some(now),
+                    (false, Some(_)) => {
+                        leading_since = None;
+                        stopped_leading = Some(now);
+                    }
+                    _ => {}
+                }
+                if let Some(l) = m.current_leader {
+                    let new = Leadership {
+                        term: m.vote.leader_id.term,
+                        node: l,
+                    };
+                    if leader != Some(new) {
+                        let silence = node.leaderless_time(new, leader, stopped_leading);
+                        tracing::info!("{}", leader_line(leader, new, silence.as_millis() as u64));
+                        leader = Some(new);
+                    }
+                }
+                let stored = &m.membership_config;
+                let membership = stored.membership();
+                if membership.get_joint_config().len() > 1 {
+                    change_seen.get_or_insert(now);
+                } else {
+                    let now_members = Members {
+                        voters: membership.voter_ids().collect(),
+                        learners: membership.learner_ids().collect(),
+                    };
+                    let empty = now_members.voters.is_empty() && now_members.learners.is_empty();
+                    // Before initialisation a node has no membership: nothing to say.
+                    if members.as_ref() != Some(&now_members) && !empty {
+                        let took_ms = change_seen.take().map(|t| t.elapsed().as_millis() as u64);
+                        let index = stored.log_id().map_or(0, |l| l.index);
+                        let line = membership_line(members.as_ref(), &now_members, index, took_ms);
+                        // The leader logged the change it made, with its duration (`add_learner`, ...).
+                        if m.current_leader == Some(node.id) && members.is_some() {
+                            tracing::debug!("{line}");
+                        } else {
+                            tracing::info!("{line}");
+                        }
+                        members = Some(now_members);
+                    }
+                    change_seen = None;
+                }
+                drop(node);
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// How long this node had no leader before `new`: since the last message
+    /// of the previous leader (or this node stopped leading), or since start.
+    fn leaderless_time(
+        &self,
+        new: Leadership,
+        previous: Option<Leadership>,
+        stopped_leading: Option<Instant>,
+    ) -> Duration {
+        if previous.is_some_and(|p| p.node == self.id) {
+            if let Some(t) = stopped_leading {
+                return t.elapsed();
+            }
+        }
+        let heard = self.heard.lock();
+        match (heard.handover, heard.last) {
+            (Some((l, silence)), _) if l == new && new.node != self.id => silence,
+            (_, Some((_, at))) if new.node == self.id => at.elapsed(),
+            _ if previous.is_none() => self.started.elapsed(),
+            _ => self.leader_contact_age(),
+        }
+    }
+
     /// Run a pre-vote and, with a majority, start an election.
     async fn campaign(&self, m: &RaftMetrics) {
         let membership = m.membership_config.membership().clone();
@@ -556,7 +666,7 @@ impl RaftNode {
         let quiet_ms = self.leader_contact_age().as_millis() as u64;
         if granted * 2 > voters.len() && quiet_ms < self.settings.election_timeout_min_ms {
             self.elections.prevotes_lost.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(
+            tracing::debug!(
                 quiet_ms,
                 "pre-vote won, but a leader reached this node meanwhile; not campaigning"
             );
@@ -573,7 +683,8 @@ impl RaftNode {
             }
         } else {
             self.elections.prevotes_lost.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(granted, voters = voters.len(), refusals = ?refusals, "pre-vote lost; not campaigning");
+            // Repeats every election timeout while this node is cut off: debug.
+            tracing::debug!(granted, voters = voters.len(), refusals = ?refusals, "pre-vote lost; not campaigning");
         }
     }
 
@@ -604,7 +715,22 @@ impl RaftNode {
     fn leader_reached(&self, vote: &openraft::Vote<NodeId>) {
         let m = self.metrics();
         if vote.is_committed() && *vote >= m.vote {
-            *self.leader_contact.lock() = Some(Instant::now());
+            let now = Instant::now();
+            *self.leader_contact.lock() = Some(now);
+            let leader = Leadership {
+                term: vote.leader_id.term,
+                node: vote.leader_id.node_id,
+            };
+            let mut heard = self.heard.lock();
+            let silence = match heard.last {
+                Some((l, _)) if l == leader => None,
+                Some((_, at)) => Some(now - at),
+                None => Some(self.started.elapsed()),
+            };
+            if let Some(silence) = silence {
+                heard.handover = Some((leader, silence));
+            }
+            heard.last = Some((leader, now));
         }
     }
 
@@ -1139,23 +1265,55 @@ impl RaftNode {
             .map_err(|e| AdminError::Refused(format!("cannot initialise: {e}")))?;
         // The founding node holds the whole (empty) history: nothing to catch up.
         self.vote_withheld.store(false, Ordering::Release);
+        tracing::info!(
+            node = self.id,
+            "initialised a new cluster with this node as its only voter"
+        );
         Ok(())
     }
 
     pub async fn add_learner(&self, id: NodeId, node: HaleNode) -> Result<(), AdminError> {
-        self.raft
-            .add_learner(id, node, false)
-            .await
-            .map(|_| ())
-            .map_err(|e| self.admin_error(e))
+        let started = Instant::now();
+        let r = self.raft.add_learner(id, node, false).await;
+        self.log_membership_change(&format!("node {id} joined as a learner"), started, r)
     }
 
     pub async fn promote(&self, id: NodeId) -> Result<(), AdminError> {
-        self.raft
+        let started = Instant::now();
+        let r = self
+            .raft
             .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
-            .await
-            .map(|_| ())
-            .map_err(|e| self.admin_error(e))
+            .await;
+        self.log_membership_change(&format!("node {id} became a voter"), started, r)
+    }
+
+    /// The leader's one INFO line for a membership change it made, with the
+    /// time from the request to its commit (other nodes log what they see).
+    fn log_membership_change(
+        &self,
+        what: &str,
+        started: Instant,
+        r: Result<
+            openraft::raft::ClientWriteResponse<TypeConfig>,
+            RaftError<NodeId, ClientWriteError<NodeId, HaleNode>>,
+        >,
+    ) -> Result<(), AdminError> {
+        match r {
+            Ok(resp) => {
+                let members = resp.membership.as_ref().map(|m| Members {
+                    voters: m.voter_ids().collect(),
+                    learners: m.learner_ids().collect(),
+                });
+                let now = members.map(|m| format!("; now {m}")).unwrap_or_default();
+                tracing::info!(
+                    "membership: {what} in {} ms (log index {}{now})",
+                    started.elapsed().as_millis(),
+                    resp.log_id.index
+                );
+                Ok(())
+            }
+            Err(e) => Err(self.admin_error(e)),
+        }
     }
 
     pub async fn remove(&self, id: NodeId) -> Result<(), AdminError> {
@@ -1169,11 +1327,9 @@ impl RaftNode {
         } else {
             ChangeMembers::RemoveNodes(BTreeSet::from([id]))
         };
-        self.raft
-            .change_membership(change, false)
-            .await
-            .map(|_| ())
-            .map_err(|e| self.admin_error(e))
+        let started = Instant::now();
+        let r = self.raft.change_membership(change, false).await;
+        self.log_membership_change(&format!("node {id} removed"), started, r)
     }
 
     // ------------------------------------------------------------------- RPC

@@ -4,6 +4,7 @@ mod admission_bench;
 mod admit_cli;
 mod audit_cli;
 mod backfill_cli;
+mod backup_cli;
 mod bulk_cli;
 mod cert_cli;
 mod chaos;
@@ -76,6 +77,10 @@ enum Cmd {
     Audit(audit_cli::AuditArgs),
     /// Admission control: which request classes a node admits; open them in steps after a failure.
     Admit(admit_cli::AdmitArgs),
+    /// Back up a node (online, age-encrypted), or verify, list and prune a backup directory.
+    Backup(backup_cli::BackupArgs),
+    /// Restore a backup into a new data directory: the latest point, --to-time or --to-index.
+    Restore(backup_cli::RestoreArgs),
 }
 
 #[derive(Args)]
@@ -314,6 +319,8 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Cert(a) => cert_cli::run(a),
         Cmd::Audit(a) => audit_cli::run(a),
         Cmd::Admit(a) => rt.block_on(admit_cli::run(a)),
+        Cmd::Backup(a) => rt.block_on(backup_cli::run(a)),
+        Cmd::Restore(a) => rt.block_on(backup_cli::restore(a)),
     }
 }
 
