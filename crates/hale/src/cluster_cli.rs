@@ -345,7 +345,8 @@ pub async fn up(a: UpArgs) -> Result<()> {
             hale_server::config::DEMO_SITE
         ),
         demo_patients: a.demo_patients,
-        log: "info".into(),
+        // HALE_LOG or RUST_LOG of this shell, else the nodes' default (no openraft INFO).
+        log: crate::log_filter_directives(std::env::var("HALE_LOG").ok(), std::env::var("RUST_LOG").ok()),
     };
     eprintln!(
         "starting {} voters and {} learners under {} ({}) ...",

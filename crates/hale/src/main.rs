@@ -10,7 +10,9 @@ mod cert_cli;
 mod chaos;
 mod chaos_offline;
 mod cluster_cli;
+mod doctor;
 mod downtime;
+mod examples;
 mod failover;
 mod http;
 mod import;
@@ -18,6 +20,7 @@ mod link_args;
 mod local;
 mod offline_bench;
 mod outage;
+mod sigpipe;
 mod sync_cli;
 mod user_cli;
 
@@ -77,6 +80,8 @@ enum Cmd {
     Audit(audit_cli::AuditArgs),
     /// Admission control: which request classes a node admits; open them in steps after a failure.
     Admit(admit_cli::AdmitArgs),
+    /// Check a node: config, disk space, clock skew, certificates, peers, backup and downtime pack age.
+    Doctor(doctor::DoctorArgs),
     /// Back up a node (online, age-encrypted), or verify, list and prune a backup directory.
     Backup(backup_cli::BackupArgs),
     /// Restore a backup into a new data directory: the latest point, --to-time or --to-index.
@@ -266,7 +271,12 @@ enum BenchWhat {
 /// `main` does, with a backtrace when RUST_BACKTRACE or RUST_LIB_BACKTRACE is
 /// set): each is an expected condition with a message saying what to do.
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = examples::add(Cli::command()).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if !matches!(cli.cmd, Cmd::Serve(_) | Cmd::Up(_) | Cmd::Chaos(_) | Cmd::Bench(_)) {
+        sigpipe::exit_quietly_on_closed_pipe();
+    }
     init_tracing(cli.log_json);
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -319,13 +329,32 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Cert(a) => cert_cli::run(a),
         Cmd::Audit(a) => audit_cli::run(a),
         Cmd::Admit(a) => rt.block_on(admit_cli::run(a)),
+        Cmd::Doctor(a) => rt.block_on(doctor::run(a)),
         Cmd::Backup(a) => rt.block_on(backup_cli::run(a)),
         Cmd::Restore(a) => rt.block_on(backup_cli::restore(a)),
     }
 }
 
+/// The log filter when neither HALE_LOG nor RUST_LOG is set: Hale's own INFO
+/// lines (one per leadership and membership change, with its duration, from
+/// hale-raft), and only openraft's warnings and errors: its INFO lines dump
+/// votes and state structs on every election and are for debugging openraft.
+const LOG_FILTER_DEFAULT: &str = "info,openraft=warn";
+
+/// HALE_LOG, else RUST_LOG, else [`LOG_FILTER_DEFAULT`] (an empty variable counts as unset).
+fn log_filter_directives(hale_log: Option<String>, rust_log: Option<String>) -> String {
+    hale_log
+        .filter(|v| !v.trim().is_empty())
+        .or(rust_log.filter(|v| !v.trim().is_empty()))
+        .unwrap_or_else(|| LOG_FILTER_DEFAULT.to_string())
+}
+
 fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("HALE_LOG").unwrap_or_else(|_| "info".into());
+    let directives = log_filter_directives(std::env::var("HALE_LOG").ok(), std::env::var("RUST_LOG").ok());
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives).unwrap_or_else(|e| {
+        eprintln!("HALE_LOG/RUST_LOG `{directives}` is not a log filter ({e}); using `{LOG_FILTER_DEFAULT}`. Example: HALE_LOG=info,openraft=debug");
+        LOG_FILTER_DEFAULT.into()
+    });
     // Colours only on a terminal: a log file or a pipe gets plain `key=value`
     // fields (scripts and tests look for `user=` and `password=` of the demo users).
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -453,11 +482,17 @@ fn load_config(a: &ServeArgs) -> Result<Config> {
     Ok(cfg)
 }
 
-async fn serve(a: ServeArgs) -> Result<()> {
-    let cfg = load_config(&a)?;
+/// A server nobody can sign in to is refused (by `serve` and `hale doctor`).
+fn sign_in_configured(cfg: &Config) -> Result<()> {
     if cfg.auth.tokens.is_empty() && !cfg.auth.open_access && cfg.auth.oidc.is_none() {
         bail!("no way to sign in is configured, so nobody could use this server. Add [auth.oidc] with the trust's identity provider (or, for development on loopback, [[auth.tokens]]), or run with --demo");
     }
+    Ok(())
+}
+
+async fn serve(a: ServeArgs) -> Result<()> {
+    let cfg = load_config(&a)?;
+    sign_in_configured(&cfg)?;
     if cfg.demo.enabled {
         for t in &cfg.auth.tokens {
             tracing::info!(token = %t.token, user = %t.user, role = t.role.as_str(), "demo token");
@@ -676,3 +711,6 @@ fn bench_downtime(a: &BenchArgs) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod cli_tests;
