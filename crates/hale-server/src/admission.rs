@@ -463,7 +463,7 @@ impl Policy {
                     )
                 } else {
                     format!(
-                        "{c} is shed: this node is serving {inflight} requests and this class may start new ones only below {ceiling} of its {} (more urgent classes keep the rest)",
+                        "{c} is shed: this node has {inflight} requests in flight, and this class may start one only while fewer than {ceiling} of its {} places are taken (more urgent classes keep the rest)",
                         self.inflight_max
                     )
                 }
@@ -1045,7 +1045,8 @@ mod tests {
             auto_class: 4,
         };
         // (class, bucket, inflight, levels, expected)
-        let cases: &[(u32, u64, usize, Levels, Result<(), Shed>)] = &[
+        type Case = (u32, u64, usize, Levels, Result<(), Shed>);
+        let cases: &[Case] = &[
             (4, 0, 0, all, Ok(())),
             (4, 99, 15, all, Ok(())),
             (
@@ -1300,7 +1301,7 @@ mod tests {
                     inflight: 16,
                     ceiling: 16,
                 },
-                "serving 16 requests and this class may start new ones only below 16 of its 64",
+                "16 requests in flight, and this class may start one only while fewer than 16 of its 64 places are taken",
             ),
         ] {
             let msg = p.explain(class, why, 7, (812.0, 500));
