@@ -661,45 +661,68 @@ async fn check_backup(c: &mut Client, warn_age_h: u64, checks: &mut Vec<Check>) 
     checks.extend(backup_checks(&status["backup"], warn_age_h));
 }
 
-/// The checks of the `backup` section of `/ops/status` (Null: none).
+/// The checks of the `backup` section of `/ops/status` (missing, or
+/// `configured: false`: no backups).
 pub fn backup_checks(b: &Value, warn_age_h: u64) -> Vec<Check> {
     let configure =
-        "configure backups ([backup] in the config, README \"Backups\") or take one with `hale backup --to DIR`";
-    if !b.is_object() {
+        "configure [backup] (dir, recipients) in the node's config: README, \"Backups and point-in-time restore\"";
+    if !b.is_object() || b["configured"] == Value::Bool(false) {
         return vec![Check::warn(
             "backup",
-            "no backups configured (GET /ops/status has no backup section)",
+            "no backups configured (the node's /ops/status shows none)",
             configure,
         )];
     }
+    let last_error = b["lastError"]
+        .as_str()
+        .map(|e| format!("; last error: {e}"))
+        .unwrap_or_default();
     let mut out = Vec::new();
     let warn_s = warn_age_h * 3600;
     match b["lastBackupAgeS"].as_u64() {
-        None => out.push(Check::warn("backup", "no backup taken yet", configure)),
+        None => out.push(Check::warn(
+            "backup",
+            format!("no backup taken yet{last_error}"),
+            "take one now with `hale backup --to DIR --data NODE_DATA`, and check the node's log for the scheduled one",
+        )),
         Some(age_s) if age_s > warn_s * 7 => out.push(Check::fail(
             "backup",
-            format!("the last backup is {} old", age_text(age_s)),
-            "backups have stopped: see the node's log for the scheduled backup's error, then run `hale backup --to DIR`",
+            format!("the last backup is {} old{last_error}", age_text(age_s)),
+            "backups have stopped: fix the error in the node's log, then run `hale backup --to DIR`",
         )),
         Some(age_s) if age_s > warn_s => out.push(Check::warn(
             "backup",
-            format!("the last backup is {} old (over {warn_age_h} h)", age_text(age_s)),
+            format!(
+                "the last backup is {} old (over {warn_age_h} h){last_error}",
+                age_text(age_s)
+            ),
             "see the node's log for the scheduled backup's error, or run `hale backup --to DIR`",
         )),
-        Some(age_s) => out.push(Check::ok("backup", format!("the last backup is {} old", age_text(age_s)))),
+        Some(age_s) => out.push(Check::ok(
+            "backup",
+            format!("the last backup is {} old{last_error}", age_text(age_s)),
+        )),
     }
-    match b["lastVerifiedAgeS"].as_u64() {
-        None => out.push(Check::warn(
+    match (b["lastVerifiedAgeS"].as_u64(), b["lastVerifyOk"].as_bool()) {
+        (_, Some(false)) => out.push(Check::fail(
+            "backup verify",
+            format!(
+                "the last verification failed: {}",
+                b["lastVerifyProblems"]
+            ),
+            "a backup that does not verify may not restore: run `hale backup verify` to see which file, and take a new backup",
+        )),
+        (None, _) => out.push(Check::warn(
             "backup verify",
             "no backup has been verified by a test restore",
-            "run `hale backup verify` (or schedule it in [backup]): an unverified backup may not restore",
+            "run `hale backup verify` (or schedule it with [backup] verify_every_s)",
         )),
-        Some(age_s) if age_s > warn_s * 7 => out.push(Check::warn(
+        (Some(age_s), _) if age_s > warn_s * 7 => out.push(Check::warn(
             "backup verify",
             format!("the last verified restore is {} old", age_text(age_s)),
             "run `hale backup verify`, and see the node's log for the scheduled verify's error",
         )),
-        Some(age_s) => out.push(Check::ok(
+        (Some(age_s), _) => out.push(Check::ok(
             "backup verify",
             format!("the last verified restore is {} old", age_text(age_s)),
         )),
@@ -709,7 +732,7 @@ pub fn backup_checks(b: &Value, warn_age_h: u64) -> Vec<Check> {
             out.push(Check::warn(
                 "backup archive",
                 format!("the raft log archive is {lag} entries behind"),
-                "check the archive directory is writable and has space: point-in-time restore stops where the archive does",
+                "check the backup directory is writable and has space: point-in-time restore stops where the archive does",
             ));
         } else {
             out.push(Check::ok("backup archive", format!("{lag} entries behind")));
@@ -857,18 +880,30 @@ mod tests {
 
     #[test]
     fn backup_section_missing_is_a_warning() {
-        let missing = backup_checks(&Value::Null, 26);
-        assert_eq!(missing.len(), 1);
-        assert_eq!(missing[0].level, Level::Warn);
-        assert!(missing[0].detail.contains("no backups configured"));
+        for none in [Value::Null, json!({"configured": false})] {
+            let missing = backup_checks(&none, 26);
+            assert_eq!(missing.len(), 1);
+            assert_eq!(missing[0].level, Level::Warn);
+            assert!(missing[0].detail.contains("no backups configured"));
+        }
         let fresh = backup_checks(
             &json!({"lastBackupAgeS": 3600, "lastVerifiedAgeS": 7200, "archiveLagEntries": 3}),
             26,
         );
         assert!(fresh.iter().all(|c| c.level == Level::Ok), "{fresh:?}");
-        let stale = backup_checks(&json!({"lastBackupAgeS": 30 * 86_400, "lastVerifiedAgeS": null}), 26);
+        let stale = backup_checks(
+            &json!({"configured": true, "lastBackupAgeS": 30 * 86_400, "lastVerifiedAgeS": null}),
+            26,
+        );
         assert_eq!(stale[0].level, Level::Fail);
         assert_eq!(stale[1].level, Level::Warn);
+        let bad = backup_checks(
+            &json!({"configured": true, "lastBackupAgeS": 60, "lastVerifiedAgeS": 60, "lastVerifyOk": false,
+                    "lastVerifyProblems": ["segment 3: hash mismatch"]}),
+            26,
+        );
+        assert_eq!(bad[1].level, Level::Fail);
+        assert!(bad[1].detail.contains("hash mismatch"));
     }
 
     #[test]
