@@ -28,10 +28,14 @@ fn create(i: u64, family: &str, time_ms: i64) -> Command {
 }
 
 async fn start(data: &Path) -> Arc<RaftNode> {
+    start_with(data, RaftSettings::default()).await
+}
+
+async fn start_with(data: &Path, settings: RaftSettings) -> Arc<RaftNode> {
     let settings = RaftSettings {
         node_id: 1,
         bootstrap_single: true,
-        ..RaftSettings::default()
+        ..settings
     };
     let node = RaftNode::start(data, settings, "http://127.0.0.1:9".into())
         .await
@@ -273,6 +277,81 @@ async fn files_are_written_once_and_pruning_is_a_separate_step() {
         .unwrap();
     assert_eq!(r.content_hash, node.sm.content_hash().unwrap());
     assert!(restore::prune(&backups, 0).is_err(), "keep 0 is refused");
+    node.shutdown().await;
+}
+
+/// The node purged log entries the archive had not copied (its storage was
+/// away): the archive says it needs a base, continues from the new one, and
+/// the restorable span shows the gap rather than hiding it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_in_the_archive_asks_for_a_new_base_and_is_never_silent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("node");
+    let backups = tmp.path().join("backups");
+    let (recipients, ids) = keys();
+    let node = start_with(
+        &data,
+        RaftSettings {
+            snapshot_entries_since_last: 40,
+            entries_kept_after_snapshot: 0,
+            ..RaftSettings::default()
+        },
+    )
+    .await;
+    for i in 0..10 {
+        node.propose(create(i, "Before", 1_000)).await.unwrap();
+    }
+    let first = hale_backup::base::take(&data, &backups, &recipients).unwrap();
+    let mut archiver = Archiver::open(&data, &backups, recipients.clone()).unwrap();
+    archive_all(&mut archiver, &node);
+    let archived = node.applied_index();
+    // The archive is away while the node writes and snapshots past it.
+    for i in 10..200 {
+        node.propose(create(i, "Unarchived", 2_000)).await.unwrap();
+    }
+    let purged_past = |node: &RaftNode| {
+        hale_raft::log_store::LogStore::first_index(node.sm.data_dir())
+            .unwrap()
+            .is_some_and(|f| f > archived + 1)
+    };
+    for _ in 0..200 {
+        if purged_past(&node) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(purged_past(&node), "the log was purged past the archive");
+    match archiver.step(node.applied_index()).unwrap() {
+        Step::NeedsBase { next, log_first } => {
+            assert_eq!(next, Some(archived + 1));
+            assert!(log_first > next, "{log_first:?}");
+        }
+        other => panic!("expected NeedsBase, got {other:?}"),
+    }
+    let second = hale_backup::base::take(&data, &backups, &recipients).unwrap();
+    archiver.reload().unwrap();
+    assert_eq!(archiver.next_index(), second.last_log_index.map(|i| i + 1));
+    for i in 200..220 {
+        node.propose(create(i, "After", 3_000)).await.unwrap();
+    }
+    archive_all(&mut archiver, &node);
+    let c = Catalog::load(&backups).unwrap();
+    // From the first base the archive reaches only what it copied; from the second, the end.
+    let first_index = first.last_log_index.unwrap();
+    assert_eq!(c.archive_reach(first_index + 1).unwrap_or(first_index), archived);
+    assert_eq!(
+        c.archive_reach(second.last_log_index.unwrap() + 1),
+        Some(node.applied_index())
+    );
+    // A point inside the gap cannot be restored, and the error says how far it gets.
+    let e = restore::restore(&backups, &ids, &tmp.path().join("gap"), Target::Index(archived + 5))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("reaches index"), "{e}");
+    let r = restore::restore(&backups, &ids, &tmp.path().join("latest"), Target::Latest)
+        .await
+        .unwrap();
+    assert_eq!(r.content_hash, node.sm.content_hash().unwrap());
     node.shutdown().await;
 }
 
