@@ -90,6 +90,11 @@ pub fn capability_statement(base: &str, date: &str, security: Value) -> Value {
                     "name": "export",
                     "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"
                 }));
+                operations.push(json!({
+                    "name": "break-glass",
+                    "definition": "https://hale.health/fhir/OperationDefinition/Patient-break-glass",
+                    "documentation": "POST Patient/{id}/$break-glass with a Parameters resource holding `reason` (at least 10 characters): a clinician without a legitimate relationship opens this patient's clinical record for a limited time (access.break_glass_hours). Each access it allows is audited with purpose BTG and the reason, for a privacy officer to review."
+                }));
             }
             if rt == ResourceType::Group {
                 operations.push(json!({

@@ -359,6 +359,25 @@ async fn break_glass_opens_one_patient_audits_every_access_and_only_a_privacy_of
     assert_eq!(issue["code"], "suppressed");
     assert_eq!(issue["details"]["coding"][0]["code"], "BTG");
     assert!(issue["diagnostics"].as_str().unwrap().contains("$break-glass"));
+    // The CapabilityStatement lists the operation on Patient, so a client can find it.
+    let meta = s.get("/metadata", QEH).await;
+    let cs = meta.body();
+    let patient_cs = cs["rest"][0]["resource"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type"] == "Patient")
+        .unwrap()
+        .clone();
+    assert!(
+        patient_cs["operation"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["name"] == "break-glass"),
+        "{}",
+        patient_cs["operation"]
+    );
     // A reason under 10 characters, a clerk, a patient token, an unknown patient.
     s.post("/Patient/pat-b/$break-glass", QEH, &reason("urgent"))
         .await
