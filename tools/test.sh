@@ -4,8 +4,9 @@
 # server, the official FHIR R4 examples from npm), checks that the generated
 # FHIR tables are current, then runs `cargo test --workspace`, then hale-store's
 # tests with the `sqlcipher` feature (encryption at rest; libssl-dev), then the
-# browser tests (tests/browser, headless Chromium). Extra arguments go to the
-# workspace's cargo test.
+# browser tests (tests/browser, headless Chromium), then the packaging test
+# (tools/test-deb.sh: the .deb in a fresh Debian root). Extra arguments go to
+# the workspace's cargo test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -78,6 +79,16 @@ echo "== browser tests (tests/browser)"
 ( cd tests/browser && npm ci --no-audit --no-fund )
 cargo build -p hale
 ( cd tests/browser && HALE_BIN="$PWD/../../target/debug/hale" node --test --test-concurrency=1 ) || status=$?
+
+# Packaging stage: the .deb (cargo deb, from the debug binary built above)
+# installed in a fresh Debian root, its unit's ExecStart started as the unit
+# says, `hale doctor` passing, then purged. See tools/test-deb.sh.
+echo "== packaging (tools/test-deb.sh)"
+if [ "$(id -u)" = 0 ]; then
+  bash tools/test-deb.sh || status=$?
+else
+  sudo --preserve-env=PATH,HALE_TEST_TIMEOUT_SCALE bash tools/test-deb.sh || status=$?
+fi
 if [ "$status" != 0 ]; then
   echo "error: the test suite failed (see the failures above; cargo test prints a list at its end)" >&2
 fi
