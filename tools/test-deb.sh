@@ -56,8 +56,9 @@ fi
 rm -rf "$WORK"
 mkdir -p "$WORK/target/release"
 # cargo-deb takes binaries from <target dir>/release: stage the test suite's
-# binary there, in a target dir of its own (target/release stays untouched).
-cp "$BIN" "$WORK/target/release/hale"
+# binary there (a hard link: cargo-deb strips a copy), in a target dir of its
+# own (target/release stays untouched).
+ln -f "$BIN" "$WORK/target/release/hale" 2>/dev/null || cp "$BIN" "$WORK/target/release/hale"
 step "cargo deb -p hale --no-build (the test suite's binary, stripped)"
 CARGO_TARGET_DIR="$WORK/target" cargo deb -p hale --no-build --strip --fast \
   --output "$WORK/hale.deb" >"$WORK/cargo-deb.log" 2>&1 \
@@ -251,5 +252,5 @@ if ! diff -u "$WORK/host-before" "$WORK/host-after"; then
   fail "the host changed (above): the test must only touch its own root"
 fi
 [ "$status" = 0 ] || fail "the installed package failed its checks (above); the root is kept in $ROOT"
-rm -rf "$ROOT"
+rm -rf "$ROOT" "$WORK/target"
 step "passed: installed in a fresh $SUITE root, started as the unit does, hale doctor passed, purged; host unchanged"
