@@ -88,19 +88,57 @@ struct Links {
     rng: u64,
 }
 
-/// Injected faults (only honoured when the node runs with fault injection on).
+/// Injected faults (only honoured when the node runs with fault injection on),
+/// and the drill pause, which any build has: a bounded isolation an admin
+/// starts for a drill (`RaftNode::hand_over`, `RaftNode::cut_site`) that ends by
+/// itself at its deadline, even if whatever started it is gone.
 #[derive(Default)]
 pub struct Faults {
     pub isolated: AtomicBool,
+    /// End of the drill pause, in ms since [`process_epoch`] (0: none).
+    paused_until_ms: std::sync::atomic::AtomicU64,
     /// On the leader: answers to forwarded writes to drop after the write
     /// committed (the forwarding node sees "may still commit").
     pub drop_propose_replies: std::sync::atomic::AtomicU32,
     links: Mutex<Links>,
 }
 
+/// A fixed instant of this process that drill-pause deadlines count from.
+fn process_epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
 impl Faults {
+    /// Cut off from raft traffic: by fault injection, or by a drill pause.
     pub fn isolated(&self) -> bool {
-        self.isolated.load(Ordering::Acquire)
+        self.isolated.load(Ordering::Acquire) || self.paused()
+    }
+
+    /// Whether a drill pause is on (see [`Faults::pause_for`]).
+    pub fn paused(&self) -> bool {
+        let until = self.paused_until_ms.load(Ordering::Acquire);
+        until != 0 && (process_epoch().elapsed().as_millis() as u64) < until
+    }
+
+    /// Drop every raft message this node sends, and refuse the ones it
+    /// receives (but status, and forwarded writes and read-index requests,
+    /// which are answered "not the leader"), for `d`; it ends by itself.
+    pub fn pause_for(&self, d: Duration) {
+        let until = process_epoch().elapsed() + d;
+        self.paused_until_ms
+            .store((until.as_millis() as u64).max(1), Ordering::Release);
+    }
+
+    /// End a drill pause now.
+    pub fn unpause(&self) {
+        self.paused_until_ms.store(0, Ordering::Release);
+    }
+
+    /// Milliseconds left of a drill pause (0: none).
+    pub fn pause_left_ms(&self) -> u64 {
+        let until = self.paused_until_ms.load(Ordering::Acquire);
+        until.saturating_sub(process_epoch().elapsed().as_millis() as u64)
     }
 
     /// Seed the jitter generator (a node uses its id, so runs repeat).
@@ -355,6 +393,37 @@ impl NetClient {
         if self.faults.isolated() {
             return Err(SendError::Isolated);
         }
+        self.send_raw(target, addr, path, bytes, timeout, measure).await
+    }
+
+    /// [`NetClient::post`] that goes out during this node's own drill pause:
+    /// the paused node's hand-over message and its look at who leads now.
+    /// Fault-injection isolation still stops it.
+    pub async fn post_during_pause<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        target: Option<NodeId>,
+        addr: &str,
+        path: &str,
+        body: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, SendError> {
+        if self.faults.isolated.load(Ordering::Acquire) {
+            return Err(SendError::Isolated);
+        }
+        let bytes = serde_json::to_vec(body).map_err(|e| SendError::Decode(addr.into(), e.to_string()))?;
+        let body = self.send_raw(target, addr, path, bytes, timeout, false).await?;
+        serde_json::from_slice::<Resp>(&body).map_err(|e| SendError::Decode(addr.into(), e.to_string()))
+    }
+
+    async fn send_raw(
+        &self,
+        target: Option<NodeId>,
+        addr: &str,
+        path: &str,
+        bytes: Vec<u8>,
+        timeout: Duration,
+        measure: bool,
+    ) -> Result<Bytes, SendError> {
         let sent_bytes = bytes.len();
         let scheme = if self.tls { "https" } else { "http" };
         let mut req = hyper::Request::post(format!("{scheme}://{addr}{path}"))

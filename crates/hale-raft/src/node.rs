@@ -34,6 +34,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod handover;
+use handover::rpc_timeout_now;
+pub use handover::{HandOver, TimeoutNow, TimeoutNowReply, HAND_OVER_LIMIT_MS_MAX, SITE_CUT_MS_MAX};
+
 /// Settings of one node's replication.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -177,6 +181,7 @@ enum Rpc {
     Propose,
     ReadIndex,
     Status,
+    TimeoutNow,
     #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
     Fault,
 }
@@ -282,6 +287,9 @@ pub struct RaftNode {
     tls: Option<Arc<PeerTls>>,
     /// The server's check of forwarded users (none: user writes forwarded here are refused).
     user_check: Mutex<Option<Arc<dyn UserCheck>>>,
+    /// Set while this leader hands over (a drill): it appends nothing new and
+    /// answers forwarded writes and read-index requests "not the leader".
+    transferring: std::sync::atomic::AtomicBool,
 }
 
 /// The leaders that reached this node (see [`RaftNode::leader_reached`]).
@@ -401,6 +409,7 @@ impl RaftNode {
             server: Mutex::new(None),
             tls,
             user_check: Mutex::new(None),
+            transferring: std::sync::atomic::AtomicBool::new(false),
         });
         if let Some(listener) = listener {
             let router = node.router();
@@ -892,6 +901,11 @@ impl RaftNode {
         if m.current_leader != Some(self.id) {
             return Err(HereError::NotLeader("this node is no longer the leader".into()));
         }
+        if self.transferring.load(Ordering::Acquire) {
+            return Err(HereError::NotLeader(
+                "this node is handing over the leadership (a drill)".into(),
+            ));
+        }
         if let Some(problem) = self.quorum_problem(&m) {
             return Err(HereError::Failed(ProposeError::Unavailable(problem)));
         }
@@ -964,7 +978,7 @@ impl RaftNode {
     /// On the leader: the index a linearizable read must have applied.
     async fn leader_read_index(&self) -> ReadIndexReply {
         let m = self.metrics();
-        if m.current_leader != Some(self.id) {
+        if m.current_leader != Some(self.id) || self.transferring.load(Ordering::Acquire) {
             return ReadIndexReply::NotLeader;
         }
         // A voter that accepted this leader's AppendEntries refuses any other
@@ -1343,6 +1357,7 @@ impl RaftNode {
             .route("/raft/snapshot", post(rpc_snapshot))
             .route("/raft/propose", post(rpc_propose))
             .route("/raft/read-index", post(rpc_read_index))
+            .route("/raft/timeout-now", post(rpc_timeout_now))
             .route("/raft/status", post(rpc_status));
         // The fault-injection route exists only in test builds: elsewhere it is a 404.
         #[cfg(feature = "fault-injection")]
@@ -1402,7 +1417,7 @@ impl RaftNode {
                 }
             }
             match rpc {
-                Rpc::Append | Rpc::Vote | Rpc::PreVote | Rpc::Snapshot => {
+                Rpc::Append | Rpc::Vote | Rpc::PreVote | Rpc::Snapshot | Rpc::TimeoutNow => {
                     if !matches!(peer, Peer::Node { voter: true, .. }) {
                         return forbidden(format!(
                             "{peer} may not vote, campaign or replicate as a leader: that needs a voter certificate"
@@ -1417,8 +1432,18 @@ impl RaftNode {
                 Rpc::Status | Rpc::Fault => {}
             }
         }
-        if !matches!(rpc, Rpc::Status | Rpc::Fault) && self.faults().isolated() {
-            return Err((StatusCode::SERVICE_UNAVAILABLE, "isolated by fault injection\n").into_response());
+        // A drill pause still takes forwarded writes and read-index requests:
+        // their handlers answer "not the leader", which the sender may safely
+        // retry elsewhere (a 503 would leave a write "may still commit").
+        let drill_passes =
+            matches!(rpc, Rpc::Propose | Rpc::ReadIndex) && !self.faults().isolated.load(Ordering::Acquire);
+        if !matches!(rpc, Rpc::Status | Rpc::Fault) && self.faults().isolated() && !drill_passes {
+            let why = if self.faults().paused() {
+                "paused for a drill"
+            } else {
+                "isolated by fault injection"
+            };
+            return Err((StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response());
         }
         Ok(())
     }

@@ -38,6 +38,8 @@ pub struct Config {
     pub admission: crate::admission::AdmissionSettings,
     /// Backups, the log archive and their verification (`[backup]`).
     pub backup: crate::backup::BackupSettings,
+    /// Drills `serve` runs on a schedule (`[drills]`).
+    pub drills: crate::drill::DrillSettings,
 }
 
 /// `[store]`: the key every SQLite file under the data directory is encrypted
@@ -69,6 +71,7 @@ impl Default for Config {
             store: StoreSettings::default(),
             admission: crate::admission::AdmissionSettings::default(),
             backup: crate::backup::BackupSettings::default(),
+            drills: crate::drill::DrillSettings::default(),
         }
     }
 }

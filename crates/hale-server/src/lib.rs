@@ -20,6 +20,7 @@ pub mod config;
 pub mod consistency;
 pub mod demo;
 pub mod downtime;
+pub mod drill;
 pub mod forward;
 mod interactions;
 pub mod metrics;
@@ -77,6 +78,8 @@ pub struct App {
     pub access: access::Access,
     /// Backups: what the archive, base and verification schedules last did.
     pub backup: backup::BackupState,
+    /// Drills: this node's records (`<data>/drills.jsonl`) and the one running.
+    pub drills: drill::Drills,
 }
 
 static LAST_MS: AtomicI64 = AtomicI64::new(0);
@@ -136,6 +139,7 @@ impl Node {
         }
         downtime::validate(&cfg.downtime).map_err(StartError::Config)?;
         backup::validate(&cfg.backup).map_err(StartError::Config)?;
+        drill::validate(&cfg.drills).map_err(StartError::Config)?;
         auth::check_listen(&cfg.auth, &cfg.listen).map_err(StartError::Config)?;
         outbox::validate(&cfg.notify, &cfg.outage).map_err(StartError::Config)?;
         let tls = tls::Tls::from_settings(&cfg.tls).map_err(StartError::Tls)?;
@@ -169,6 +173,7 @@ impl Node {
             },
         )?;
         let offline = offline::Offline::open(journal)?;
+        let drills = drill::Drills::open(&cfg.data);
         let app = Arc::new(App {
             bulk,
             offline,
@@ -185,6 +190,7 @@ impl Node {
             downtime: downtime::DowntimeState::default(),
             access: access::Access::default(),
             backup: backup::BackupState::default(),
+            drills,
         });
         // The leader re-authenticates the users behind forwarded writes.
         app.raft
@@ -210,6 +216,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(cluster::routes())
         .merge(offline::routes())
         .merge(ops::routes())
+        .merge(drill::routes())
         .merge(admission::routes())
         .merge(accounts::routes())
         .route("/downtime/status", get(downtime::status))
@@ -303,6 +310,7 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
     ];
     gauges.extend(offline::gauges(&app));
     gauges.extend(backup::gauges(&app));
+    gauges.extend(drill::gauges(&app));
     gauges.extend(admission::gauges(&app));
     if let Some(v) = app.auth.oidc() {
         gauges.push((
@@ -449,6 +457,7 @@ pub async fn serve_with(
     let app_timeout_ms = app.cfg.limits.request_timeout_ms;
     downtime::spawn_scheduler(app.clone());
     backup::spawn(app.clone());
+    drill::spawn(app.clone());
     let drainer = offline::spawn_drainer(app.clone());
     // Patient notifications: only when `[notify]` configures an adapter; delivers while leader.
     let notify_worker = outbox::spawn_worker(app.clone());

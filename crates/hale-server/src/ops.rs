@@ -34,6 +34,7 @@ pub fn status_json(app: &App) -> Value {
     );
     doc.insert("admission".into(), crate::admission::status_section(app));
     doc.insert("backup".into(), crate::backup::status_section(app));
+    doc.insert("drills".into(), crate::drill::status_section(app));
     Value::Object(doc)
 }
 

@@ -399,7 +399,20 @@ pub async fn up(a: UpArgs) -> Result<()> {
     println!("\nTry:  hale cluster status --url {first} --token {ADMIN_TOKEN}");
     println!("      kill -9 the leader's process and watch another node take over.");
     println!("Ctrl-C stops every node.");
-    let _ = tokio::signal::ctrl_c().await;
+    // Supervise the nodes until Ctrl-C: one that exits for a restart drill
+    // (`hale drill voter-restart`) is started again.
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        tokio::select! {
+            _ = &mut ctrl_c => break,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                for id in cluster.supervise() {
+                    eprintln!("node {id} exited to restart (a drill); started it again");
+                }
+            }
+        }
+    }
     eprintln!("stopping ...");
     cluster.stop_all().await;
     Ok(())

@@ -517,6 +517,34 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Be the nodes' supervisor, as systemd's `Restart=on-failure` would: a
+    /// node that exited with the drill's restart status
+    /// (`hale_server::drill::RESTART_EXIT_CODE`) is started again; any other
+    /// exit is reported and left. Returns the nodes restarted.
+    pub fn supervise(&mut self) -> Vec<u64> {
+        let mut restarted = Vec::new();
+        for i in 0..self.procs.len() {
+            let id = self.procs[i].id;
+            let Some(child) = self.procs[i].child.as_mut() else {
+                continue;
+            };
+            let Ok(Some(status)) = child.try_wait() else { continue };
+            self.procs[i].child = None;
+            if status.code() == Some(hale_server::drill::RESTART_EXIT_CODE) {
+                match self.spawn(id) {
+                    Ok(()) => restarted.push(id),
+                    Err(e) => eprintln!("node {id} asked to be restarted, but could not be started again: {e:#}"),
+                }
+            } else {
+                eprintln!(
+                    "node {id} exited ({status}); see {}",
+                    self.procs[i].dir.with_extension("log").display()
+                );
+            }
+        }
+        restarted
+    }
+
     pub async fn stop_all(&mut self) {
         let ids: Vec<u64> = self.procs.iter().map(|p| p.id).collect();
         for id in ids {

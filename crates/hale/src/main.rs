@@ -12,6 +12,7 @@ mod chaos_offline;
 mod cluster_cli;
 mod doctor;
 mod downtime;
+mod drill_cli;
 mod examples;
 mod failover;
 mod http;
@@ -86,6 +87,8 @@ enum Cmd {
     Backup(backup_cli::BackupArgs),
     /// Restore a backup into a new data directory: the latest point, --to-time or --to-index.
     Restore(backup_cli::RestoreArgs),
+    /// Drills that prove the standby on a live cluster: failover, voter-restart, site-cut, restore.
+    Drill(drill_cli::DrillArgs),
 }
 
 #[derive(Args)]
@@ -332,6 +335,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Doctor(a) => rt.block_on(doctor::run(a)),
         Cmd::Backup(a) => rt.block_on(backup_cli::run(a)),
         Cmd::Restore(a) => rt.block_on(backup_cli::restore(a)),
+        Cmd::Drill(a) => rt.block_on(drill_cli::run(a)),
     }
 }
 
