@@ -73,9 +73,11 @@ pub type CheckFuture<'a> = std::pin::Pin<Box<dyn Future<Output = Result<(), Stri
 /// accounts (the server implements it; raft knows no users).
 pub trait UserCheck: Send + Sync {
     /// `Ok` when the credential in `origin` authenticates here as exactly
-    /// `cmd.actor` and that user may propose a command of this kind;
-    /// otherwise why not.
-    fn check<'a>(&'a self, cmd: &'a Command, origin: &'a Origin) -> CheckFuture<'a>;
+    /// `cmd.actor` and that user may propose a command of this kind (and,
+    /// for what it writes, see those patients: `peer` is the forwarding node
+    /// as its certificate proves it, whose site stands in for a user who has
+    /// none of their own); otherwise why not.
+    fn check<'a>(&'a self, cmd: &'a Command, origin: &'a Origin, peer: Option<Peer>) -> CheckFuture<'a>;
 }
 
 /// The role every node-made command carries.
@@ -129,7 +131,7 @@ pub async fn check_forwarded(
                 return Err("audit batches and journal replay are a node's own commands, not a user's".into());
             }
             match users {
-                Some(u) => u.check(cmd, origin).await,
+                Some(u) => u.check(cmd, origin, peer).await,
                 None => Err("this node cannot check a forwarded user's credential".into()),
             }
         }

@@ -21,6 +21,7 @@ use axum::response::Response;
 use hale_auth::Op;
 use hale_fhir::ResourceType;
 use hale_raft::forward::{CheckFuture, Origin, UserCheck};
+use hale_raft::peer_tls::Peer;
 use hale_store::command::{Command, CommandKind, WriteOp};
 use std::str::FromStr;
 use std::sync::{Arc, Weak};
@@ -56,13 +57,13 @@ pub async fn capture_origin(State(app): State<Arc<App>>, req: Request, next: Nex
 pub struct ForwardedUsers(pub Weak<App>);
 
 impl UserCheck for ForwardedUsers {
-    fn check<'a>(&'a self, cmd: &'a Command, origin: &'a Origin) -> CheckFuture<'a> {
-        Box::pin(self.check_now(cmd, origin))
+    fn check<'a>(&'a self, cmd: &'a Command, origin: &'a Origin, peer: Option<Peer>) -> CheckFuture<'a> {
+        Box::pin(self.check_now(cmd, origin, peer))
     }
 }
 
 impl ForwardedUsers {
-    async fn check_now(&self, cmd: &Command, origin: &Origin) -> Result<(), String> {
+    async fn check_now(&self, cmd: &Command, origin: &Origin, peer: Option<Peer>) -> Result<(), String> {
         let app = self.0.upgrade().ok_or("the server is stopping")?;
         let principal = match origin {
             Origin::Request { authorization } => {
@@ -96,9 +97,77 @@ impl ForwardedUsers {
             }
             Origin::Node => return Err("not a user origin".into()),
         };
-        check_command(&principal, cmd)
+        check_command(&principal, cmd)?;
+        check_patients(&app, principal, cmd, peer).await
     }
 }
+
+/// Patient-level access, decided again on the leader: the forwarding node's
+/// own decision is not taken on trust (a site replica could be compromised).
+/// A user with a site of their own (token claim, account) is judged at it. A
+/// user without one is judged at the sites the leader itself trusts: the site
+/// of the forwarding node as its certificate proves it and the membership
+/// records it (never what the node says), and the leader's own site rules
+/// (`[access] site`, its own site); a relationship at either will do.
+/// A break-glass episode started on the forwarding node a moment ago may not
+/// have reached the leader's store yet (its start row travels in the next
+/// read-audit batch, within milliseconds when connected), so a refusal is
+/// decided once more after [`RECHECK_DELAY_MS`].
+async fn check_patients(app: &App, principal: Principal, cmd: &Command, peer: Option<Peer>) -> Result<(), String> {
+    let ops = match &cmd.kind {
+        CommandKind::Write(op) => std::slice::from_ref(op),
+        CommandKind::Transaction(ops) | CommandKind::Batch(ops) => ops.as_slice(),
+        _ => return Ok(()),
+    };
+    let mut candidates: Vec<Principal> = vec![principal.clone()];
+    if principal.site.is_none() {
+        if let Some(Peer::Node { id, .. }) = peer {
+            let m = app.raft.metrics();
+            let site = m
+                .membership_config
+                .membership()
+                .get_node(&id)
+                .map(|n| n.site.clone())
+                .filter(|s| !s.trim().is_empty() && s != "local");
+            if let Some(site) = site {
+                let mut p = principal.clone();
+                p.site = Some(site);
+                candidates.insert(0, p);
+            }
+        }
+    }
+    let decide = || -> Result<(), String> {
+        let mut first_refusal = None;
+        for p in &candidates {
+            let headers = HeaderMap::new();
+            let cx = crate::rest::Ctx {
+                app,
+                headers: &headers,
+                principal: p,
+                base: String::new(),
+                gate: Default::default(),
+            };
+            match ops.iter().try_for_each(|op| cx.check_write(op)) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    first_refusal.get_or_insert(e);
+                }
+            }
+        }
+        Err(format!(
+            "patient-level access, checked again on the leader: {}",
+            first_refusal.map(|e| why(&e)).unwrap_or_default()
+        ))
+    };
+    if decide().is_ok() {
+        return Ok(());
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(RECHECK_DELAY_MS)).await;
+    decide()
+}
+
+/// How long the leader waits before deciding a refused forwarded write again.
+pub const RECHECK_DELAY_MS: u64 = 300;
 
 fn why(e: &crate::wire::FhirError) -> String {
     e.issues

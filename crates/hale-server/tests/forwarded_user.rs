@@ -63,6 +63,8 @@ async fn node(id: u64, site: &str, files: PeerTlsFiles) -> TestServer {
         cfg.cluster.leader_wait_ms = 2_000;
         cfg.cluster.read_timeout_ms = 1_000;
         cfg.cluster.tls = Some(files);
+        // Patient-level access on, as in production (the shared test config turns it off).
+        cfg.access.legitimate_relationship = true;
     })
     .await
 }
@@ -318,4 +320,82 @@ async fn the_leader_rebuilds_the_user_of_a_forwarded_write_from_its_credential()
         .await
         .unwrap();
     assert!(answer.get("Done").is_some(), "{answer}");
+
+    // Patient-level access is decided again on the leader, not taken from
+    // the site: a clinician without a site of their own is judged at the
+    // site the membership records for the forwarding node's certificate.
+    leader
+        .put(
+            "/Location/site-2",
+            ADMIN,
+            &json!({"resourceType": "Location", "id": "site-2", "name": "Site 2", "status": "active"}),
+        )
+        .await
+        .expect(201);
+    for id in ["pat-lr", "pat-none"] {
+        leader
+            .put(
+                &format!("/Patient/{id}"),
+                CLERK,
+                &json!({"resourceType": "Patient", "id": id, "name": [{"family": "Access"}]}),
+            )
+            .await
+            .expect(201);
+    }
+    let now = hale_server::now_ms();
+    let appt = json!({
+        "resourceType": "Appointment",
+        "status": "booked",
+        "start": hale_server::wire::instant(now + 86_400_000),
+        "end": hale_server::wire::instant(now + 86_400_000 + 1_800_000),
+        "participant": [
+            {"actor": {"reference": "Patient/pat-lr"}, "status": "accepted"},
+            {"actor": {"reference": "Location/site-2"}, "status": "accepted"}
+        ]
+    });
+    leader.post("/Appointment", CLERK, &appt).await.expect(201);
+    let obs = |id: &str, patient: &str| json!({"resourceType": "Observation", "id": id, "status": "final", "code": {"text": "pulse"}, "subject": {"reference": format!("Patient/{patient}")}});
+    let dr_who = Actor {
+        user: "dr.who".into(),
+        role: "clinician".into(),
+    };
+    let forward = |cmd: Command| ForwardRequest {
+        cmd,
+        origin: bearer(CLIN),
+    };
+    let before = leader.raft.metrics().last_log_index;
+    let refused: Value = client
+        .post(
+            Some(1),
+            &leader.raft.me.raft_addr,
+            "/raft/propose",
+            &forward(write(
+                dr_who.clone(),
+                "Observation",
+                "lr-none",
+                obs("lr-none", "pat-none"),
+            )),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    let why = refused["Refused"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no relationship: {refused}"));
+    assert!(why.contains("patient-level access"), "{why}");
+    assert_eq!(leader.raft.metrics().last_log_index, before, "nothing appended");
+    let allowed: Value = client
+        .post(
+            Some(1),
+            &leader.raft.me.raft_addr,
+            "/raft/propose",
+            &forward(write(dr_who, "Observation", "lr-ok", obs("lr-ok", "pat-lr"))),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert!(
+        allowed.get("Done").is_some(),
+        "an appointment at the forwarding node's site is a relationship: {allowed}"
+    );
 }
