@@ -41,6 +41,10 @@ pub struct BackupSettings {
     pub verify_every_s: u64,
     /// The age identity (secret key file) verification decrypts with.
     pub identity_file: Option<PathBuf>,
+    /// After each base backup, keep the newest `keep` bases and the archive
+    /// from the oldest kept one, deleting the rest (0: never delete; prune
+    /// with `hale backup prune` as another user, for write-once storage).
+    pub keep: usize,
 }
 
 impl Default for BackupSettings {
@@ -53,6 +57,7 @@ impl Default for BackupSettings {
             archive_interval_ms: 1_000,
             verify_every_s: 0,
             identity_file: None,
+            keep: 0,
         }
     }
 }
@@ -219,6 +224,19 @@ fn take_base(app: &App, data: &std::path::Path, dir: &std::path::Path, r: &Recip
     s.last_backup_index = m.last_log_index;
     s.last_backup_bytes = Some(m.encrypted_bytes);
     s.last_backup_seconds = Some(started.elapsed().as_secs_f64());
+    drop(s);
+    if app.cfg.backup.keep > 0 {
+        let r = hale_backup::restore::prune(dir, app.cfg.backup.keep).map_err(|e| format!("pruning: {e}"))?;
+        if r.bases_removed + r.segments_removed > 0 {
+            tracing::info!(
+                bases = r.bases_removed,
+                segments = r.segments_removed,
+                bytes = r.bytes_removed,
+                keep = app.cfg.backup.keep,
+                "pruned old backups"
+            );
+        }
+    }
     Ok(())
 }
 
