@@ -170,7 +170,10 @@ fn write_segment(dir: &Path, rows: &[(u64, Vec<u8>)], recipients: &Recipients) -
 
 /// Decrypt a segment, check it against its manifest, and decode its entries.
 pub fn read_segment(path: &Path, m: &SegmentManifest, ids: &Identities) -> Result<Vec<Entry>, BackupError> {
-    let (sha, _) = crate::files::sha256_file(path)?;
+    // One read: hash the ciphertext, then decrypt it from memory (a segment
+    // is at most SEGMENT_BYTES_MAX plus age's overhead).
+    let ciphertext = std::fs::read(path).map_err(io(path))?;
+    let sha = crate::files::hex(&<sha2::Sha256 as sha2::Digest>::digest(&ciphertext));
     if sha != m.file_sha256 {
         return Err(BackupError::Corrupt {
             path: path.to_path_buf(),
@@ -180,8 +183,7 @@ pub fn read_segment(path: &Path, m: &SegmentManifest, ids: &Identities) -> Resul
             ),
         });
     }
-    let f = std::fs::File::open(path).map_err(io(path))?;
-    let mut r = ids.decrypt(std::io::BufReader::new(f), path)?;
+    let mut r = ids.decrypt(&ciphertext[..], path)?;
     let mut plain = Vec::new();
     r.read_to_end(&mut plain).map_err(|e| BackupError::Corrupt {
         path: path.to_path_buf(),

@@ -1,18 +1,9 @@
 //! Base backups: an online, consistent image of a node's store, encrypted.
 
 use crate::catalog::{stem, BaseManifest, BASE_DIR, BASE_FORMAT};
-use crate::files::{create_new, fsync_dir, write_json_new, HashingWriter};
+use crate::files::{create_new, fsync_dir, write_json_new, HashingWriter, Scratch};
 use crate::{io, now_ms, BackupError, Recipients};
-use std::path::{Path, PathBuf};
-
-/// Removes the plaintext scratch copy however the backup ends.
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use std::path::Path;
 
 /// Entries before a base's index searched for its last command time.
 const COMMAND_TIME_LOOKBACK: u64 = 256;
@@ -47,10 +38,7 @@ pub fn take(data_dir: &Path, to: &Path, recipients: &Recipients) -> Result<BaseM
         )));
     }
     let created_ms = now_ms();
-    let scratch = Scratch(data_dir.join(format!(
-        "backup-tmp-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    )));
+    let scratch = Scratch::under(data_dir, "backup-tmp");
     let (applied, _membership) = hale_raft::state_machine::copy_store(data_dir, &scratch.0)?;
     let (_, content_hash) = hale_store::content_hash_at(&scratch.0)?;
     let plain = scratch.0.join(hale_store::DB_FILE);

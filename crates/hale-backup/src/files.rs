@@ -5,7 +5,24 @@ use crate::{io, BackupError};
 use sha2::{Digest, Sha256};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// A scratch directory removed however the work in it ends (plaintext
+/// copies and verification restores).
+pub(crate) struct Scratch(pub PathBuf);
+
+impl Scratch {
+    /// `<parent>/<prefix>-<random>`, not created yet.
+    pub fn under(parent: &Path, prefix: &str) -> Scratch {
+        Scratch(parent.join(format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
 
 /// Create `path`, which must not exist.
 pub(crate) fn create_new(path: &Path) -> Result<File, BackupError> {
@@ -91,12 +108,4 @@ impl<R: Read> Read for HashingReader<R> {
         self.bytes += n as u64;
         Ok(n)
     }
-}
-
-/// SHA-256 of a whole file, streaming.
-pub(crate) fn sha256_file(path: &Path) -> Result<(String, u64), BackupError> {
-    let f = File::open(path).map_err(io(path))?;
-    let mut r = HashingReader::new(std::io::BufReader::new(f));
-    std::io::copy(&mut r, &mut std::io::sink()).map_err(io(path))?;
-    Ok((hex(&r.hasher.finalize()), r.bytes))
 }

@@ -2,7 +2,7 @@
 
 use crate::archive::read_segment;
 use crate::catalog::{stem, BaseManifest, Catalog, VerifyRecord, VERIFIED_DIR, VERIFY_FORMAT};
-use crate::files::{hex, write_json_new, HashingReader};
+use crate::files::{hex, write_json_new, HashingReader, Scratch};
 use crate::{io, now_ms, BackupError, Identities, REPLAY_BATCH_MAX};
 use hale_raft::state_machine::StateMachineStore;
 use hale_raft::types::Entry;
@@ -224,15 +224,6 @@ pub async fn reform(data_dir: &Path, id: u64, site: &str) -> Result<(), BackupEr
     Ok(())
 }
 
-/// Removes a scratch directory however verification ends.
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Prove the newest base restorable: restore it into scratch under
 /// `scratch_parent`, compare its content hash with its manifest, decrypt and
 /// decode every archive segment after it, and, when an older base exists,
@@ -249,7 +240,7 @@ pub async fn verify(from: &Path, ids: &Identities, scratch_parent: &Path) -> Res
     let mut problems: Vec<String> = Vec::new();
     let mut segments_checked = 0u64;
     let mut replayed_from_index = None;
-    let scratch = Scratch(scratch_parent.join(format!("verify-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])));
+    let scratch = Scratch::under(scratch_parent, "verify");
     match restore_base(&c, &base, ids, &scratch.0.join("newest")) {
         Ok(_) => {}
         Err(e) => problems.push(e.to_string()),
