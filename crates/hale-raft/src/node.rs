@@ -55,6 +55,10 @@ pub struct RaftSettings {
     /// A follower campaigns after hearing nothing from a leader for a random
     /// time in `[election_timeout_min_ms, election_timeout_max_ms]`, and only
     /// after a majority of voters agrees in a pre-vote (see `election`).
+    /// The minimum is what guards a healthy leader against needless elections
+    /// (leader stickiness, the lease); the spread above it only staggers
+    /// candidates, and a narrow one keeps failover short (see the DESIGN note
+    /// "Failover time").
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
     /// How often the leader sends heartbeats. openraft 0.9 also uses it as the
@@ -98,7 +102,7 @@ impl Default for RaftSettings {
             site: "local".into(),
             bootstrap_single: true,
             election_timeout_min_ms: 400,
-            election_timeout_max_ms: 800,
+            election_timeout_max_ms: 500,
             heartbeat_interval_ms: 100,
             append_bytes_max: 1024 * 1024,
             command_bytes_max: 256 * 1024,
@@ -299,6 +303,10 @@ struct Heard {
     last: Option<(Leadership, Instant)>,
     /// A new leader, and how long this node heard no leader before its first message.
     handover: Option<(Leadership, Duration)>,
+    /// When another candidate last asked this node for a real vote. Like a
+    /// leader's message, it restarts the election timer: that candidate gets a
+    /// whole timeout to win before this node campaigns over it.
+    vote_asked: Option<Instant>,
 }
 
 impl RaftNode {
@@ -494,10 +502,13 @@ impl RaftNode {
             self.settings.election_timeout_max_ms,
         );
         tokio::spawn(async move {
-            let tick = Duration::from_millis((min_ms / 10).clamp(5, 50));
+            // Fine-grained, so a campaign starts within a few ms of its
+            // timeout (at 40 ms, the tick alone added 20 ms to a failover).
+            let tick = Duration::from_millis((min_ms / 40).clamp(5, 20));
             let mut timeout = Duration::from_millis(jitter.between(min_ms, max_ms));
             let mut last_attempt = Instant::now();
             let mut was_leader = false;
+            let mut last_vote = None;
             loop {
                 let slept = Instant::now();
                 tokio::time::sleep(tick).await;
@@ -525,7 +536,21 @@ impl RaftNode {
                     last_attempt = Instant::now();
                     continue;
                 }
-                let quiet = node.leader_contact_age().min(last_attempt.elapsed());
+                // Raft's rule: a voter that grants a vote (its vote changes)
+                // gives that candidate a whole election timeout to win before
+                // it campaigns itself. Without it, two candidates 16 ms apart
+                // raised the term twice and deposed the one that had just won.
+                if last_vote.as_ref() != Some(&m.vote) {
+                    if last_vote.is_some() {
+                        last_attempt = Instant::now();
+                    }
+                    last_vote = Some(m.vote);
+                    continue;
+                }
+                let quiet = node
+                    .leader_contact_age()
+                    .min(last_attempt.elapsed())
+                    .min(node.vote_asked_age().unwrap_or(Duration::MAX));
                 if quiet < timeout {
                     continue;
                 }
@@ -629,8 +654,14 @@ impl RaftNode {
         }
     }
 
+    /// How long since another candidate asked this node for a vote.
+    fn vote_asked_age(&self) -> Option<Duration> {
+        self.heard.lock().vote_asked.map(|t| t.elapsed())
+    }
+
     /// Run a pre-vote and, with a majority, start an election.
     async fn campaign(&self, m: &RaftMetrics) {
+        let asked_from = Instant::now();
         let membership = m.membership_config.membership().clone();
         let voters: Vec<NodeId> = membership.voter_ids().collect();
         self.elections.prevotes_started.fetch_add(1, Ordering::Relaxed);
@@ -672,8 +703,21 @@ impl RaftNode {
             }
         }
         // A leader may have reached this node while it asked: then stay.
+        // So too if it granted another candidate's vote meanwhile: that
+        // election is under way, and campaigning now would raise the term
+        // past it and depose its winner.
         let quiet_ms = self.leader_contact_age().as_millis() as u64;
-        if granted * 2 > voters.len() && quiet_ms < self.settings.election_timeout_min_ms {
+        let vote_now = self.metrics().vote;
+        let asked_meanwhile = self.heard.lock().vote_asked.is_some_and(|t| t >= asked_from);
+        if granted * 2 > voters.len() && (vote_now != m.vote || asked_meanwhile) {
+            self.elections.prevotes_lost.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                before = %m.vote,
+                now = %vote_now,
+                asked_meanwhile,
+                "pre-vote won, but another candidate asked this node for its vote meanwhile; not campaigning"
+            );
+        } else if granted * 2 > voters.len() && quiet_ms < self.settings.election_timeout_min_ms {
             self.elections.prevotes_lost.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(
                 quiet_ms,
@@ -817,6 +861,7 @@ impl RaftNode {
     ///
     /// [`Origin`]: crate::forward::Origin
     pub async fn propose(&self, cmd: Command) -> Result<(u64, Applied), ProposeError> {
+        const LEADER_RETRY_MS: u64 = 20;
         // How many log entries the command takes bounds how long the leader
         // may take with a forwarded one (counted only when forwarding).
         let mut parts: Option<u64> = None;
@@ -825,6 +870,7 @@ impl RaftNode {
         let start = Instant::now();
         let leader_wait = Duration::from_millis(self.settings.leader_wait_ms);
         let mut last_problem = String::from("no leader is known");
+        let mut metrics_rx = self.raft.metrics();
         loop {
             if start.elapsed() > leader_wait {
                 return Err(ProposeError::Unavailable(format!(
@@ -890,7 +936,14 @@ impl RaftNode {
                 }
                 None => last_problem = "no leader is elected".into(),
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            // Retry the moment this node learns of another leader (the new
+            // one after a failover), or after LEADER_RETRY_MS at the latest.
+            let seen = m.current_leader;
+            let _ = tokio::time::timeout(
+                Duration::from_millis(LEADER_RETRY_MS),
+                metrics_rx.wait_for(|now| now.current_leader != seen),
+            )
+            .await;
         }
     }
 
@@ -1534,6 +1587,9 @@ async fn rpc_vote(State(n): Node, p: PeerExt, headers: HeaderMap, Json(req): Jso
                 last_log_id: n.metrics().last_applied,
             });
         return Json(refused).into_response();
+    }
+    if req.vote.leader_id().voted_for() != Some(n.id) {
+        n.heard.lock().vote_asked = Some(Instant::now());
     }
     Json(n.raft.vote(req).await).into_response()
 }

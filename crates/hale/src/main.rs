@@ -250,6 +250,21 @@ struct BenchArgs {
     /// Leader kills measured by `failover`.
     #[arg(long, default_value_t = 30)]
     trials: usize,
+    /// `failover`: seconds of fault-free write load before the kills, in which every election is needless (0: skip).
+    #[arg(long, default_value_t = 60)]
+    load_s: u64,
+    /// `failover`: concurrent writers in the fault-free phase.
+    #[arg(long, default_value_t = 64)]
+    load_clients: usize,
+    /// `failover`: the voters' election_timeout_min_ms (default: the node's default).
+    #[arg(long)]
+    election_timeout_min_ms: Option<u64>,
+    /// `failover`: the voters' election_timeout_max_ms.
+    #[arg(long)]
+    election_timeout_max_ms: Option<u64>,
+    /// `failover`: the voters' heartbeat_interval_ms.
+    #[arg(long)]
+    heartbeat_interval_ms: Option<u64>,
     /// `failover`: emulate these links between the voters.
     #[command(flatten)]
     link: link_args::LinkArgs,
@@ -650,7 +665,19 @@ fn workload_parser() -> impl clap::builder::TypedValueParser<Value = BenchWhat> 
 async fn bench(a: BenchArgs) -> Result<()> {
     use hale_bench::BenchOpts;
     let workload = match a.workload {
-        BenchWhat::Failover => return failover::run(a.trials, &a.link, a.json).await,
+        BenchWhat::Failover => {
+            return failover::run(&failover::Opts {
+                trials: a.trials,
+                load_s: a.load_s,
+                load_clients: a.load_clients,
+                election_timeout_min_ms: a.election_timeout_min_ms,
+                election_timeout_max_ms: a.election_timeout_max_ms,
+                heartbeat_interval_ms: a.heartbeat_interval_ms,
+                link: a.link.clone(),
+                json: a.json,
+            })
+            .await
+        }
         BenchWhat::Rebook => return tokio::task::spawn_blocking(move || outage::bench_rebook(a.json)).await?,
         BenchWhat::DowntimePack => return bench_downtime(&a),
         BenchWhat::Offline => return offline_bench::run(a.offline_entries, a.connections, a.json).await,

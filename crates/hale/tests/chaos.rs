@@ -124,9 +124,19 @@ fn bench_failover_reports_one_sample_per_trial() {
     let out = run_bounded(
         dir.path(),
         "failover",
-        &["bench", "failover", "--trials", "2", "--json"],
+        &[
+            "bench",
+            "failover",
+            "--trials",
+            "2",
+            "--load-s",
+            "3",
+            "--load-clients",
+            "4",
+            "--json",
+        ],
     );
-    out.assert_success("hale bench failover --trials 2");
+    out.assert_success("hale bench failover --trials 2 --load-s 3");
     let s = trailing_json(&out);
     let ctx = format!("output:\n{}\n--- stderr\n{}", out.stdout, out.stderr);
     assert_eq!(s["trials"], 2, "{ctx}");
@@ -137,6 +147,13 @@ fn bench_failover_reports_one_sample_per_trial() {
         assert!(s[k].as_f64().is_some(), "{k} missing: {ctx}");
     }
     assert!(out.stdout.contains("p50"), "{ctx}");
+    // The fault-free phase wrote, and counted elections (a number, even if 0).
+    let load = &s["load"];
+    assert!(load["acknowledged"].as_u64().is_some_and(|n| n > 0), "{ctx}");
+    assert!(load["elections"].as_u64().is_some(), "{ctx}");
+    assert!(load["needless_elections_per_hour"].as_f64().is_some(), "{ctx}");
+    // At least one election per kill (a kill of the leader cannot pass without one).
+    assert!(s["terms_per_kill"].as_f64().is_some_and(|t| t >= 1.0), "{ctx}");
 }
 
 #[test]
