@@ -64,7 +64,10 @@ if ! pkg-config --exists openssl 2>/dev/null; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libssl-dev pkg-config
 fi
-echo "== encryption at rest (hale-store --features sqlcipher)"
+echo "== encryption at rest (hale-store --features sqlcipher): lint, then tests"
+# The feature's own code (hale-store's db.rs and its test) is linted like the rest.
+CARGO_TARGET_DIR=target/sqlcipher cargo clippy -p hale-store --features sqlcipher --all-targets \
+  -- -D warnings || status=$?
 CARGO_TARGET_DIR=target/sqlcipher cargo test -p hale-store --features sqlcipher --no-fail-fast \
   --lib --test sqlcipher || status=$?
 
