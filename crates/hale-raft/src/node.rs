@@ -508,7 +508,6 @@ impl RaftNode {
             let mut timeout = Duration::from_millis(jitter.between(min_ms, max_ms));
             let mut last_attempt = Instant::now();
             let mut was_leader = false;
-            let mut last_vote = None;
             loop {
                 let slept = Instant::now();
                 tokio::time::sleep(tick).await;
@@ -536,17 +535,9 @@ impl RaftNode {
                     last_attempt = Instant::now();
                     continue;
                 }
-                // Raft's rule: a voter that grants a vote (its vote changes)
-                // gives that candidate a whole election timeout to win before
-                // it campaigns itself. Without it, two candidates 16 ms apart
-                // raised the term twice and deposed the one that had just won.
-                if last_vote.as_ref() != Some(&m.vote) {
-                    if last_vote.is_some() {
-                        last_attempt = Instant::now();
-                    }
-                    last_vote = Some(m.vote);
-                    continue;
-                }
+                // Raft's rule: a vote request from another candidate, like a
+                // leader's message, gives it a whole timeout to win before
+                // this node campaigns (`Heard::vote_asked`).
                 let quiet = node
                     .leader_contact_age()
                     .min(last_attempt.elapsed())

@@ -1227,16 +1227,16 @@ mod tests {
 /// Terms and election counters summed over the nodes' own reports. Counters
 /// restart with a node, so after kills they undercount; the term does not.
 #[derive(Default)]
-struct ElectionTotals {
-    term_max: u64,
+pub(crate) struct ElectionTotals {
+    pub(crate) term_max: u64,
     prevotes_started: u64,
     prevotes_lost: u64,
-    elections_started: u64,
-    leaderships_lost: u64,
+    pub(crate) elections_started: u64,
+    pub(crate) leaderships_lost: u64,
 }
 
 impl ElectionTotals {
-    fn add(&mut self, status: &Value) {
+    pub(crate) fn add(&mut self, status: &Value) {
         let e = &status["elections"];
         let n = |k: &str| e[k].as_u64().unwrap_or(0);
         self.term_max = self.term_max.max(status["term"].as_u64().unwrap_or(0));

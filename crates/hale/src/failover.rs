@@ -13,7 +13,7 @@
 //! the term should rise by one per kill; more means split votes or elections
 //! a busy survivor started.
 
-use crate::chaos::CLERK_TOKEN;
+use crate::chaos::{ElectionTotals, CLERK_TOKEN};
 use crate::http::Client;
 use crate::local::{LocalCluster, Spec};
 use anyhow::{bail, Context, Result};
@@ -109,22 +109,11 @@ impl Opts {
     }
 }
 
-/// Elections as the running nodes count them, summed, and the highest term.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-struct Elections {
-    started: u64,
-    leaderships_lost: u64,
-    term: u64,
-}
-
-async fn elections(c: &LocalCluster) -> Result<Elections> {
-    let mut e = Elections::default();
+/// Elections as the running nodes count them (chaos's totals), summed, and the highest term.
+async fn elections(c: &LocalCluster) -> Result<ElectionTotals> {
+    let mut e = ElectionTotals::default();
     for p in c.procs.iter().filter(|p| p.running()) {
-        let s = c.node_status(p.id, false).await?;
-        let n = |k: &str| s["elections"][k].as_u64().unwrap_or(0);
-        e.started += n("elections_started");
-        e.leaderships_lost += n("leaderships_lost");
-        e.term = e.term.max(s["term"].as_u64().unwrap_or(0));
+        e.add(&c.node_status(p.id, false).await?);
     }
     Ok(e)
 }
@@ -189,9 +178,9 @@ async fn load_phase(c: &LocalCluster, secs: u64, clients: usize, seq: Arc<Atomic
         seconds,
         acked,
         failed,
-        elections: after.started.saturating_sub(before.started),
+        elections: after.elections_started.saturating_sub(before.elections_started),
         leaderships_lost: after.leaderships_lost.saturating_sub(before.leaderships_lost),
-        terms: after.term.saturating_sub(before.term),
+        terms: after.term_max.saturating_sub(before.term_max),
     })
 }
 
@@ -301,7 +290,7 @@ pub async fn run(o: &Opts) -> Result<()> {
         }
     }
     let term_before = match elections(&cluster).await {
-        Ok(e) => e.term,
+        Ok(e) => e.term_max,
         Err(e) => {
             result = result.and(Err(e));
             0
@@ -320,17 +309,17 @@ pub async fn run(o: &Opts) -> Result<()> {
                     ms(took)
                 );
                 samples.push(ms(took));
-                if i + 1 == trials {
-                    match elections(&cluster).await {
-                        Ok(e) => term_after = e.term,
-                        Err(e) => result = Err(e),
-                    }
-                }
             }
             Err(e) => {
                 result = Err(e.context(format!("trial {} failed", i + 1)));
                 break;
             }
+        }
+    }
+    if result.is_ok() {
+        match elections(&cluster).await {
+            Ok(e) => term_after = e.term_max,
+            Err(e) => result = Err(e),
         }
     }
     cluster.stop_all().await;
