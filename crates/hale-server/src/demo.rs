@@ -36,6 +36,8 @@ pub enum DemoError {
     },
     #[error("demo resource {rtype}/{id} was refused by the store: {why}")]
     Rejected { rtype: String, id: String, why: String },
+    #[error("the demo board generator stopped before the end of the board: {0}")]
+    Generator(String),
     #[error("the write path failed while loading demo data: {0}")]
     Propose(#[from] ProposeError),
     #[error("the cluster could not commit a batch of demo data in {attempts} attempts over {secs} s (last: {why}); the load stopped and resumes when this node restarts")]
@@ -102,56 +104,32 @@ pub async fn load_if_empty(
     }
     add_demo_users(app).await?;
     let started = std::time::Instant::now();
-    let board = hale_demo::stream(&hale_demo::DemoConfig { seed, patients, today });
     tracing::info!(patients, "generating and loading the demo health board");
-    let mut ops: Vec<WriteOp> = Vec::with_capacity(LOAD_BATCH_OPS);
-    let mut bytes = 0;
+    // Generating and validating the board is CPU work; on the runtime's
+    // workers it starved this node's raft tasks (a leader that loads must keep
+    // sending heartbeats). A blocking thread makes the batches, one ahead.
+    let (batches_tx, mut batches) = tokio::sync::mpsc::channel::<Result<Vec<WriteOp>, DemoError>>(1);
+    let config = hale_demo::DemoConfig { seed, patients, today };
+    let generator = tokio::task::spawn_blocking(move || make_batches(&config, &batches_tx));
     let mut loaded = 0;
     let mut report_at = 20_000;
-    for (index, r) in board.enumerate() {
-        let rtype = r.get("resourceType").and_then(|v| v.as_str()).unwrap_or("").to_string();
-        let id = r.get("id").and_then(|v| v.as_str()).unwrap_or("").to_string();
-        if let Err(issues) = hale_fhir::validate::validate_resource(&r, None) {
-            let why = issues
-                .iter()
-                .map(|i| format!("{} at {}", i.diagnostics, i.expression.as_deref().unwrap_or("?")))
-                .collect::<Vec<_>>()
-                .join("; ");
-            return Err(DemoError::Invalid { index, rtype, id, why });
-        }
-        let op = WriteOp::Update {
-            rtype,
-            id,
-            resource: r,
-            if_match: None,
-        };
-        let op_bytes = op_bytes(&op);
-        if !ops.is_empty() && (ops.len() >= LOAD_BATCH_OPS || bytes + op_bytes > LOAD_BATCH_BYTES_MAX) {
-            let batch = std::mem::replace(&mut ops, Vec::with_capacity(LOAD_BATCH_OPS));
-            bytes = 0;
-            let resource_type = batch.last().map(|op| op.rtype().to_string()).unwrap_or_default();
-            match write_batch(app, batch, resuming).await? {
-                Some(n) => loaded += n,
-                None => {
-                    tracing::warn!(loaded, "shutting down: demo load stopped; it resumes at the next start");
-                    return Ok(loaded);
-                }
-            }
-            if loaded >= report_at {
-                tracing::info!(loaded, patients, resource_type, "loading demo data");
-                report_at = loaded + 20_000;
+    while let Some(batch) = batches.recv().await {
+        let batch = batch?;
+        let resource_type = batch.last().map(|op| op.rtype().to_string()).unwrap_or_default();
+        match write_batch(app, batch, resuming).await? {
+            Some(n) => loaded += n,
+            None => {
+                tracing::warn!(loaded, "shutting down: demo load stopped; it resumes at the next start");
+                return Ok(loaded);
             }
         }
-        ops.push(op);
-        bytes += op_bytes;
-    }
-    match write_batch(app, ops, resuming).await? {
-        Some(n) => loaded += n,
-        None => {
-            tracing::warn!(loaded, "shutting down: demo load stopped; it resumes at the next start");
-            return Ok(loaded);
+        if loaded >= report_at {
+            tracing::info!(loaded, patients, resource_type, "loading demo data");
+            report_at = loaded + 20_000;
         }
     }
+    // The channel also closes if the generator panicked: never mark that complete.
+    generator.await.map_err(|e| DemoError::Generator(e.to_string()))?;
     std::fs::write(&marker, format!("seed {seed}, {patients} patients, today {today}\n"))
         .map_err(hale_store::StoreError::from)?;
     app.ready.store(true, Ordering::Release);
@@ -287,6 +265,45 @@ async fn wait_for_leader(app: &App) -> bool {
 /// refused as already there, which counts as written, so nothing is written
 /// twice. Returns the number of resources written, or None if the server is
 /// shutting down.
+/// Generate and validate the board in batches of at most [`LOAD_BATCH_OPS`]
+/// resources and [`LOAD_BATCH_BYTES_MAX`] bytes, sending each to the loader
+/// (on a blocking thread; stops when the loader stops receiving). The last
+/// batch is sent even when empty, so an empty board still completes.
+fn make_batches(config: &hale_demo::DemoConfig, out: &tokio::sync::mpsc::Sender<Result<Vec<WriteOp>, DemoError>>) {
+    let mut ops: Vec<WriteOp> = Vec::with_capacity(LOAD_BATCH_OPS);
+    let mut bytes = 0;
+    for (index, r) in hale_demo::stream(config).enumerate() {
+        let rtype = r.get("resourceType").and_then(|v| v.as_str()).unwrap_or("").to_string();
+        let id = r.get("id").and_then(|v| v.as_str()).unwrap_or("").to_string();
+        if let Err(issues) = hale_fhir::validate::validate_resource(&r, None) {
+            let why = issues
+                .iter()
+                .map(|i| format!("{} at {}", i.diagnostics, i.expression.as_deref().unwrap_or("?")))
+                .collect::<Vec<_>>()
+                .join("; ");
+            let _ = out.blocking_send(Err(DemoError::Invalid { index, rtype, id, why }));
+            return;
+        }
+        let op = WriteOp::Update {
+            rtype,
+            id,
+            resource: r,
+            if_match: None,
+        };
+        let op_bytes = op_bytes(&op);
+        if !ops.is_empty() && (ops.len() >= LOAD_BATCH_OPS || bytes + op_bytes > LOAD_BATCH_BYTES_MAX) {
+            let batch = std::mem::replace(&mut ops, Vec::with_capacity(LOAD_BATCH_OPS));
+            bytes = 0;
+            if out.blocking_send(Ok(batch)).is_err() {
+                return;
+            }
+        }
+        ops.push(op);
+        bytes += op_bytes;
+    }
+    let _ = out.blocking_send(Ok(ops));
+}
+
 async fn write_batch(app: &App, ops: Vec<WriteOp>, resuming: bool) -> Result<Option<usize>, DemoError> {
     let started = Instant::now();
     let mut wait = LOAD_RETRY_WAIT_FIRST;
