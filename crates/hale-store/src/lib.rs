@@ -12,7 +12,6 @@
 pub mod accounts;
 pub mod apply;
 pub mod audit;
-pub mod checkpoint;
 pub mod command;
 pub mod db;
 pub mod export;
@@ -95,15 +94,6 @@ pub enum RejectKind {
     Unprocessable,
 }
 
-/// Begin the writer's transaction: IMMEDIATE, so the write lock is taken at
-/// BEGIN, where SQLite waits for it (busy timeout). A deferred transaction
-/// that has read takes the lock on its first write, and SQLite refuses that
-/// upgrade at once ("database is locked") whenever another connection holds
-/// the lock, as the checkpoint thread's RESTART does for a moment.
-pub(crate) fn begin_write(conn: &Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
-    rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)
-}
-
 /// Connection settings shared by every connection.
 fn configure(conn: &Connection, cache_kib: i64) -> rusqlite::Result<()> {
     // The bundled SQLite is built with STAT4, which re-prepares a statement
@@ -130,10 +120,6 @@ pub const DB_FILE: &str = "hale.db";
 
 /// The write side: applies commands in log order.
 pub struct StateMachine {
-    /// Copies the WAL into the database file off the apply path. Declared
-    /// first, so it stops before the writer's connection closes (fields drop
-    /// in order), and the writer's close is the last one.
-    checkpointer: checkpoint::Checkpointer,
     conn: Connection,
     path: PathBuf,
     /// The last applied log index; `None` before anything was applied (a raft
@@ -161,10 +147,6 @@ impl StateMachine {
             Durability::LogIsDurable => "NORMAL",
         };
         conn.pragma_update(None, "synchronous", sync)?;
-        // Checkpoints run on their own thread (checkpoint.rs); the writer's own
-        // is only a backstop.
-        conn.pragma_update(None, "wal_autocheckpoint", checkpoint::WRITER_AUTOCHECKPOINT_PAGES)?;
-        conn.pragma_update(None, "journal_size_limit", checkpoint::JOURNAL_SIZE_LIMIT_BYTES)?;
         configure(&conn, WRITER_CACHE_KIB)?;
         conn.execute_batch(schema::DDL)?;
         let found: Option<i64> = conn
@@ -191,9 +173,7 @@ impl StateMachine {
         let last_applied: Option<i64> = conn
             .query_row("SELECT value FROM meta WHERE key = 'last_applied'", [], |r| r.get(0))
             .optional()?;
-        let checkpointer = checkpoint::Checkpointer::start(&path)?;
         Ok(StateMachine {
-            checkpointer,
             conn,
             path,
             last_applied: last_applied.map(|v| v as u64),
@@ -255,7 +235,7 @@ impl StateMachine {
             prev = Some(*index);
         }
         let last = prev.expect("entries is not empty");
-        let tx = begin_write(&self.conn)?;
+        let tx = self.conn.unchecked_transaction()?;
         let mut out = Vec::with_capacity(entries.len());
         for (index, cmd) in entries {
             out.push(match cmd {
@@ -269,7 +249,6 @@ impl StateMachine {
         )?;
         before_commit(&tx)?;
         tx.commit()?;
-        self.checkpointer.committed();
         self.last_applied = Some(last);
         Ok(out)
     }
@@ -327,7 +306,6 @@ impl StateMachine {
         // idempotent, so this only adds what is missing.
         self.conn.execute_batch(schema::DDL)?;
         self.conn.execute_batch(schema::INDEXES_AFTER_MIGRATION)?;
-        self.checkpointer.committed();
         self.last_applied = meta_get(&self.conn, "last_applied")?
             .and_then(|v| v.as_i64())
             .map(|v| v as u64);
@@ -337,22 +315,8 @@ impl StateMachine {
     /// Make everything committed so far durable in the main database file
     /// (used before a snapshot lets the replicated log be compacted).
     pub fn checkpoint(&self) -> Result<(), StoreError> {
-        // busy = 1 when the checkpoint thread held the checkpoint lock (SQLite
-        // does not wait for it): try again until this one has run in full.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(BUSY_TIMEOUT_MS);
-        loop {
-            let busy: i64 = self.conn.query_row("PRAGMA wal_checkpoint(FULL)", [], |r| r.get(0))?;
-            if busy == 0 {
-                return Ok(());
-            }
-            if std::time::Instant::now() > deadline {
-                return Err(StoreError::Sql(rusqlite::Error::SqliteFailure(
-                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
-                    Some("the WAL checkpoint stayed busy".into()),
-                )));
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
+        self.conn.query_row("PRAGMA wal_checkpoint(FULL)", [], |_| Ok(()))?;
+        Ok(())
     }
 
     /// Read through the write connection (tests, conditional logic).
