@@ -257,14 +257,6 @@ async fn wait_for_leader(app: &App) -> bool {
     }
 }
 
-/// Write one batch, retrying with backoff while the cluster cannot commit it
-/// ([`ProposeError::Unavailable`]: no leader, no quorum, not committed in time)
-/// until [`LOAD_RETRY_DEADLINE`]. A failed attempt may still have committed,
-/// so a retry (like a resumed load) sends only what this node does not hold
-/// yet, as creates: a resource the earlier attempt did write after all is
-/// refused as already there, which counts as written, so nothing is written
-/// twice. Returns the number of resources written, or None if the server is
-/// shutting down.
 /// Generate and validate the board in batches of at most [`LOAD_BATCH_OPS`]
 /// resources and [`LOAD_BATCH_BYTES_MAX`] bytes, sending each to the loader
 /// (on a blocking thread; stops when the loader stops receiving). The last
@@ -304,6 +296,14 @@ fn make_batches(config: &hale_demo::DemoConfig, out: &tokio::sync::mpsc::Sender<
     let _ = out.blocking_send(Ok(ops));
 }
 
+/// Write one batch, retrying with backoff while the cluster cannot commit it
+/// ([`ProposeError::Unavailable`]: no leader, no quorum, not committed in time)
+/// until [`LOAD_RETRY_DEADLINE`]. A failed attempt may still have committed,
+/// so a retry (like a resumed load) sends only what this node does not hold
+/// yet, as creates: a resource the earlier attempt did write after all is
+/// refused as already there, which counts as written, so nothing is written
+/// twice. Returns the number of resources written, or None if the server is
+/// shutting down.
 async fn write_batch(app: &App, ops: Vec<WriteOp>, resuming: bool) -> Result<Option<usize>, DemoError> {
     let started = Instant::now();
     let mut wait = LOAD_RETRY_WAIT_FIRST;
