@@ -127,6 +127,81 @@ impl ElectionStats {
     }
 }
 
+/// How long a voter waits for a silent leader: the election timeout's
+/// minimum, stretched on a machine or link that has recently been slow.
+///
+/// A fixed minimum is either short (failover in under a second) or safe on a
+/// starved machine, never both: on a CPU-starved VM a live leader's messages
+/// arrive 400 to 600 ms apart, and a 400 ms minimum deposes it over and over
+/// (a storm of 28 elections on a reviewer's 2-core machine). So each node
+/// keeps the silences it lived through while a leader was alive (the gaps
+/// between one leader's messages, and stalls in which this node itself was
+/// not scheduled) and waits at least twice the [`PATIENCE_RANK`]-th longest of
+/// the last [`PATIENCE_WINDOW_MS`], within `[base, PATIENCE_STRETCH_MAX x base]`.
+/// - Slowness that repeats stretches it; one long gap (a cut link that
+///   healed, one paused process) does not.
+/// - Healthy gaps (a heartbeat every 100 ms) leave the base untouched, so a
+///   healthy cluster fails over as fast as before.
+/// - No warm-up: a node that has not yet lived through a slow gap waits
+///   the base. A warm-up after each new leader (twice the base for its first
+///   20 messages) was tried: it slowed 9 of 20 back-to-back failovers in
+///   `hale bench failover` to 0.86 s, and a starved machine's first long
+///   silence can come later than any warm-up that short.
+/// - It only ever lengthens the wait: openraft's own lease and the pre-vote
+///   rules still hold, so safety is unchanged; failover on a slow machine
+///   takes longer, which is the price of not deposing live leaders there.
+///
+/// Pure (the caller passes the time): tested with data tables.
+#[derive(Debug, Clone, Default)]
+pub struct Patience {
+    /// `(when, silence)` in ms, oldest first; only silences that could
+    /// stretch the minimum (at least half the base) are kept.
+    gaps: std::collections::VecDeque<(u64, u64)>,
+}
+
+/// Silences older than this no longer count.
+pub const PATIENCE_WINDOW_MS: u64 = 60_000;
+/// The how-many-th longest silence of the window sets the wait (1 = the longest).
+pub const PATIENCE_RANK: usize = 3;
+/// The wait never grows past this multiple of the configured minimum.
+pub const PATIENCE_STRETCH_MAX: u64 = 8;
+/// Most silences kept (the oldest go first).
+pub const PATIENCE_SAMPLES_MAX: usize = 256;
+
+impl Patience {
+    /// A silence of `gap_ms` ended at `now_ms` (any monotonic origin).
+    pub fn observe(&mut self, now_ms: u64, gap_ms: u64, base_min_ms: u64) {
+        if gap_ms * 2 < base_min_ms {
+            return;
+        }
+        self.forget_before(now_ms);
+        if self.gaps.len() == PATIENCE_SAMPLES_MAX {
+            self.gaps.pop_front();
+        }
+        self.gaps.push_back((now_ms, gap_ms));
+        debug_assert!(self.gaps.len() <= PATIENCE_SAMPLES_MAX);
+    }
+
+    /// The minimum election timeout at `now_ms` for a configured `base_min_ms`.
+    pub fn election_min_ms(&mut self, now_ms: u64, base_min_ms: u64) -> u64 {
+        self.forget_before(now_ms);
+        let mut recent: Vec<u64> = self.gaps.iter().map(|(_, g)| *g).collect();
+        if recent.len() < PATIENCE_RANK {
+            return base_min_ms;
+        }
+        recent.sort_unstable_by(|a, b| b.cmp(a));
+        let ranked = recent[PATIENCE_RANK - 1];
+        (2 * ranked).clamp(base_min_ms, PATIENCE_STRETCH_MAX * base_min_ms)
+    }
+
+    fn forget_before(&mut self, now_ms: u64) {
+        let horizon = now_ms.saturating_sub(PATIENCE_WINDOW_MS);
+        while self.gaps.front().is_some_and(|(at, _)| *at < horizon) {
+            self.gaps.pop_front();
+        }
+    }
+}
+
 /// A small seeded generator for election timeouts (xorshift64*).
 #[derive(Debug, Clone)]
 pub struct Jitter(u64);
@@ -268,6 +343,47 @@ mod tests {
         let mut learner = follower(None, None);
         learner.is_voter = false;
         check(learner, log(2, 10), false);
+    }
+
+    /// (silences as (at_ms, gap_ms), asked at ms) -> minimum election timeout, base 400.
+    fn patience(gaps: &[(u64, u64)], now_ms: u64, expect: u64) {
+        let mut p = Patience::default();
+        for (at, gap) in gaps {
+            p.observe(*at, *gap, 400);
+        }
+        assert_eq!(p.election_min_ms(now_ms, 400), expect, "{gaps:?} at {now_ms}");
+    }
+
+    #[test]
+    fn patience_stretches_only_for_repeated_slowness() {
+        // Healthy heartbeats, and nothing at all: the base.
+        patience(&[], 1_000, 400);
+        patience(&[(100, 100), (200, 110), (300, 150), (400, 199)], 500, 400);
+        // One or two long silences (a healed cut, a paused process) do not stretch it.
+        patience(&[(1_000, 3_000)], 2_000, 400);
+        patience(&[(1_000, 3_000), (5_000, 2_000), (6_000, 150)], 7_000, 400);
+        // Repeated slowness does: twice the third-longest silence.
+        patience(&[(1_000, 450), (2_000, 520), (3_000, 480)], 4_000, 900);
+        patience(&[(1_000, 3_000), (2_000, 520), (3_000, 480), (4_000, 300)], 5_000, 960);
+        // Below half the base nothing is kept, and it never goes below the base.
+        patience(&[(1_000, 199), (2_000, 150), (3_000, 120)], 4_000, 400);
+        patience(&[(1_000, 210), (2_000, 205), (3_000, 205)], 4_000, 410);
+        // Bounded by 8 x base.
+        patience(&[(1_000, 9_000), (2_000, 9_000), (3_000, 9_000)], 4_000, 3_200);
+        // A minute later it is forgotten.
+        patience(&[(1_000, 450), (2_000, 520), (3_000, 480)], 61_500, 400);
+        patience(&[(1_000, 450), (2_000, 520), (3_000, 480), (62_000, 500)], 62_000, 960);
+        patience(&[(1_000, 450), (2_000, 520), (3_000, 480), (62_000, 500)], 63_500, 400);
+    }
+
+    #[test]
+    fn patience_keeps_a_bounded_number_of_silences() {
+        let mut p = Patience::default();
+        for i in 0..10_000u64 {
+            p.observe(i, 250 + i % 7, 400);
+        }
+        assert_eq!(p.gaps.len(), PATIENCE_SAMPLES_MAX);
+        assert_eq!(p.election_min_ms(10_000, 400), 512);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! raft RPC listener, write forwarding, read consistency and membership.
 
 use crate::election::{
-    decide_prevote, leader_line, membership_line, ElectionCounts, ElectionStats, Jitter, Leadership, Members,
+    decide_prevote, leader_line, membership_line, ElectionCounts, ElectionStats, Jitter, Leadership, Members, Patience,
     PreVoteReply, PreVoteRequest, VoterView,
 };
 use crate::forward::{check_forwarded, origin_of, ForwardRequest, UserCheck};
@@ -215,6 +215,10 @@ pub struct NodeStatus {
     pub content_hash: Option<String>,
     #[serde(default)]
     pub elections: ElectionCounts,
+    /// This node's minimum election timeout now: the configured one, or
+    /// longer while its machine or links have recently been slow.
+    #[serde(default)]
+    pub election_min_ms: u64,
     /// The head of the audit hash chain (last audit row's seq and hash), read
     /// on `/raft/status` with the log index it reflects (`audit_head_index`;
     /// equal to `applied_index` when the content hash was asked for). Replicas
@@ -282,6 +286,9 @@ pub struct RaftNode {
     /// Which leader last reached this node, and the silence before the first
     /// message of a new one: the "ms without a leader" of the change log line.
     heard: Mutex<Heard>,
+    /// The silences this node lived through while a leader was alive: they
+    /// stretch its minimum election timeout on a slow machine (see `election::Patience`).
+    patience: Mutex<Patience>,
     /// Set while a node that started with an empty log has not caught up: it grants no votes.
     vote_withheld: std::sync::atomic::AtomicBool,
     contacts: Mutex<VecDeque<(u64, Instant)>>,
@@ -411,6 +418,7 @@ impl RaftNode {
             elections: ElectionStats::default(),
             leader_contact: Mutex::new(None),
             heard: Mutex::new(Heard::default()),
+            patience: Mutex::new(Patience::default()),
             vote_withheld: std::sync::atomic::AtomicBool::new(false),
             contacts: Mutex::new(VecDeque::new()),
             started: Instant::now(),
@@ -508,6 +516,7 @@ impl RaftNode {
             let mut timeout = Duration::from_millis(jitter.between(min_ms, max_ms));
             let mut last_attempt = Instant::now();
             let mut was_leader = false;
+            let mut logged_patience_ms = min_ms;
             loop {
                 let slept = Instant::now();
                 tokio::time::sleep(tick).await;
@@ -520,6 +529,25 @@ impl RaftNode {
                 if stalled_ms > min_ms / 4 {
                     tracing::info!(stalled_ms, "this node was not scheduled; restarting its election timer");
                     last_attempt = Instant::now();
+                    node.observe_silence(stalled_ms);
+                }
+                // A machine or link that has recently been slow stretches the
+                // wait (`election::Patience`); a healthy one leaves it as configured.
+                let patience_ms = node.election_min_ms();
+                if patience_ms.abs_diff(logged_patience_ms) >= min_ms / 4 {
+                    if patience_ms > min_ms {
+                        tracing::info!(
+                            election_min_ms = patience_ms,
+                            configured_ms = min_ms,
+                            "leader messages have recently come slowly: waiting longer before suspecting the leader"
+                        );
+                    } else {
+                        tracing::info!(
+                            election_min_ms = patience_ms,
+                            "election timeout back to its configured minimum"
+                        );
+                    }
+                    logged_patience_ms = patience_ms;
                 }
                 let m = node.metrics();
                 if m.running_state.is_err() || m.state == ServerState::Shutdown {
@@ -542,7 +570,7 @@ impl RaftNode {
                     .leader_contact_age()
                     .min(last_attempt.elapsed())
                     .min(node.vote_asked_age().unwrap_or(Duration::MAX));
-                if quiet < timeout {
+                if quiet < timeout + Duration::from_millis(patience_ms - min_ms) {
                     continue;
                 }
                 last_attempt = Instant::now();
@@ -645,6 +673,24 @@ impl RaftNode {
         }
     }
 
+    /// This node went `gap_ms` without a live leader's message, or unscheduled.
+    fn observe_silence(&self, gap_ms: u64) {
+        let now_ms = self.started.elapsed().as_millis() as u64;
+        self.patience
+            .lock()
+            .observe(now_ms, gap_ms, self.settings.election_timeout_min_ms);
+    }
+
+    /// The minimum election timeout now: the configured one, stretched while
+    /// this node's machine or links have recently been slow (`election::Patience`).
+    /// It decides when this node campaigns and when it grants a pre-vote.
+    pub fn election_min_ms(&self) -> u64 {
+        let now_ms = self.started.elapsed().as_millis() as u64;
+        self.patience
+            .lock()
+            .election_min_ms(now_ms, self.settings.election_timeout_min_ms)
+    }
+
     /// How long since another candidate asked this node for a vote.
     fn vote_asked_age(&self) -> Option<Duration> {
         self.heard.lock().vote_asked.map(|t| t.elapsed())
@@ -708,7 +754,7 @@ impl RaftNode {
                 asked_meanwhile,
                 "pre-vote won, but another candidate asked this node for its vote meanwhile; not campaigning"
             );
-        } else if granted * 2 > voters.len() && quiet_ms < self.settings.election_timeout_min_ms {
+        } else if granted * 2 > voters.len() && quiet_ms < self.election_min_ms() {
             self.elections.prevotes_lost.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(
                 quiet_ms,
@@ -766,6 +812,11 @@ impl RaftNode {
                 node: vote.leader_id.node_id,
             };
             let mut heard = self.heard.lock();
+            if let Some((l, at)) = heard.last {
+                if l == leader {
+                    self.observe_silence((now - at).as_millis() as u64);
+                }
+            }
             let silence = match heard.last {
                 Some((l, _)) if l == leader => None,
                 Some((_, at)) => Some(now - at),
@@ -1220,6 +1271,7 @@ impl RaftNode {
             isolated: self.faults().isolated(),
             content_hash: None,
             elections: self.election_counts(),
+            election_min_ms: self.election_min_ms(),
             audit_head: None,
             audit_head_index: None,
         }
@@ -1596,7 +1648,7 @@ async fn rpc_prevote(State(n): Node, p: PeerExt, headers: HeaderMap, Json(req): 
         )
     } else {
         n.voter_view()
-            .and_then(|view| decide_prevote(&view, &req, n.settings.election_timeout_min_ms))
+            .and_then(|view| decide_prevote(&view, &req, n.election_min_ms()))
     };
     if let Err(why) = &decision {
         tracing::debug!(candidate = req.candidate, reason = %why, "pre-vote refused");

@@ -111,7 +111,7 @@ impl LocalCluster {
         // Hold every fresh port until all are chosen, so no two nodes get the same one.
         let mut held = Vec::new();
         let mut fresh = || -> Result<String> {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free loopback port")?;
+            let l = bind_outside_ephemeral_range().context("cannot find a free loopback port")?;
             let addr = format!("127.0.0.1:{}", l.local_addr()?.port());
             held.push(l);
             Ok(addr)
@@ -208,9 +208,10 @@ impl LocalCluster {
             }
             if Instant::now() > deadline {
                 bail!(
-                    "node {id} did not answer on {url} within {} s; see its log, {}",
+                    "node {id} did not answer on {url} within {} s. Its log, {}, ends:\n{}",
                     START_TIMEOUT_MS / 1000,
-                    log.display()
+                    log.display(),
+                    log_tail(&log, 12)
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -489,7 +490,7 @@ impl LocalCluster {
 
     pub async fn restart(&mut self, id: u64) -> Result<()> {
         self.spawn(id)?;
-        wait_healthy(&self.proc(id).api_url()).await
+        self.wait_started(id).await
     }
 
     /// Delete a stopped node's data directory (it must re-sync from the others).
@@ -616,6 +617,35 @@ fn log_tail(path: &Path, n: usize) -> String {
         .unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A loopback listener on a free port below the kernel's ephemeral range.
+///
+/// A node's ports must stay free while it is down (a chaos kill, a drill):
+/// a port from the ephemeral range (what binding port 0 gives) can be taken
+/// meanwhile as the local end of any outgoing connection on the machine,
+/// a peer's reconnect attempts included, and the node then cannot start
+/// again. Ports below the range are only ever taken by an explicit bind.
+pub fn bind_outside_ephemeral_range() -> std::io::Result<std::net::TcpListener> {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    const FIRST: u16 = 10_000;
+    if low > FIRST + 1_000 {
+        use std::hash::{BuildHasher, Hasher};
+        // Random starting points, so concurrent harnesses rarely collide.
+        let seed = std::collections::hash_map::RandomState::new();
+        for attempt in 0..200u64 {
+            let mut h = seed.build_hasher();
+            h.write_u64(attempt);
+            let port = FIRST + (h.finish() % u64::from(low - FIRST)) as u16;
+            if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+                return Ok(l);
+            }
+        }
+    }
+    std::net::TcpListener::bind("127.0.0.1:0")
 }
 
 pub async fn wait_healthy(url: &str) -> Result<()> {

@@ -62,8 +62,29 @@ const HALE_ENV: &[&str] = &[
     "HALE_TLS_KEY",
 ];
 
-/// A free loopback port: bind port 0, read the port, release it.
+/// A free loopback port below the kernel's ephemeral range, released for
+/// the caller to bind. Not port 0's answer: a port from the ephemeral range
+/// can be taken as the local end of some outgoing connection while a test's
+/// server is down between a kill and its restart (as `hale up` chooses; see
+/// `local::bind_outside_ephemeral_range`).
 pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let seed = std::collections::hash_map::RandomState::new();
+    for attempt in 0..200u64 {
+        if low <= 11_000 {
+            break;
+        }
+        let mut h = seed.build_hasher();
+        h.write_u64(attempt);
+        let port = 10_000 + (h.finish() % u64::from(low - 10_000)) as u16;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            return l.local_addr().expect("local_addr").port();
+        }
+    }
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     l.local_addr().expect("local_addr").port()
 }
