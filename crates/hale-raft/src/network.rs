@@ -636,6 +636,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             addr: node.raft_addr.clone(),
             in_flight: None,
             keepalive: None,
+            heartbeat: None,
         }
     }
 }
@@ -648,6 +649,23 @@ pub struct Network {
     in_flight: Option<InFlight>,
     /// A keepalive sent while `in_flight` travels (at most one at a time).
     keepalive: Option<tokio::task::JoinHandle<()>>,
+    /// A heartbeat still travelling after openraft stopped waiting for it (at most one).
+    heartbeat: Option<Heartbeat>,
+}
+
+/// A heartbeat (an AppendEntries without entries) sent in its own task, for
+/// the same reason as [`InFlight`]: openraft's deadline must cancel only the
+/// wait. Dropping the request at the deadline closed its connection, so on a
+/// starved machine every following heartbeat paid a new TLS handshake that
+/// outlasted the deadline again; the followers heard nothing and deposed a
+/// live leader, over and over (seen with the slow-cluster test pinned to one
+/// core: 16 elections in its first 10 s, "tls handshake eof" on every node).
+struct Heartbeat {
+    vote: openraft::Vote<NodeId>,
+    prev_log_id: Option<crate::types::LogId>,
+    leader_commit: Option<crate::types::LogId>,
+    sent_at: Instant,
+    task: tokio::task::JoinHandle<Result<Bytes, SendError>>,
 }
 
 /// How long a detached AppendEntries may keep travelling: far beyond any
@@ -758,14 +776,7 @@ impl RaftNetwork<TypeConfig> for Network {
         // one entry is slow, not cut off.
         let ttl = option.soft_ttl();
         if rpc.entries.is_empty() {
-            let sent_at = Instant::now();
-            let (body, _) = encode_append(&rpc, 0).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-            let res = self
-                .client
-                .post_raw(Some(self.target), &self.addr, "/raft/append", body, ttl, true)
-                .await
-                .map_err(rpc_error)?;
-            return self.answer(&rpc, res, 0, sent_at);
+            return self.heartbeat(rpc, ttl).await;
         }
         let reusable = self.in_flight.as_ref().is_some_and(|f| {
             f.vote == rpc.vote && f.prev_log_id == rpc.prev_log_id && rpc.entries.iter().any(|e| e.log_id == f.last)
@@ -803,7 +814,7 @@ impl RaftNetwork<TypeConfig> for Network {
             // has entries to send, so without this a follower slow to take a
             // large append hears nothing for as long as the transfer lasts and
             // campaigns against a healthy leader (seen under a CPU hog).
-            self.send_keepalive(&rpc, ttl);
+            self.send_keepalive(&rpc);
         }
         let flight = self.in_flight.as_mut().expect("set above");
         let joined = match tokio::time::timeout(ttl, &mut flight.task).await {
@@ -848,11 +859,69 @@ impl RaftNetwork<TypeConfig> for Network {
 }
 
 impl Network {
+    /// Send a heartbeat in its own task and wait for it up to `ttl` (see
+    /// [`Heartbeat`]). While one is still travelling, another is not sent:
+    /// the same request waits on it; a different one (a new commit index or
+    /// vote) is reported as timed out, and goes once the first has landed.
+    async fn heartbeat(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        ttl: Duration,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        debug_assert!(rpc.entries.is_empty());
+        let pending = self.heartbeat.as_ref().is_some_and(|h| !h.task.is_finished());
+        let same = self.heartbeat.as_ref().is_some_and(|h| {
+            h.vote == rpc.vote && h.prev_log_id == rpc.prev_log_id && h.leader_commit == rpc.leader_commit
+        });
+        if pending && !same {
+            return Err(rpc_error(SendError::Timeout(
+                format!("{} (an earlier heartbeat is still travelling)", self.addr),
+                ttl.as_millis() as u64,
+            )));
+        }
+        if !(pending && same) {
+            let (body, _) = encode_append(&rpc, 0).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            let client = self.client.clone();
+            let (target, addr) = (self.target, self.addr.clone());
+            let task = tokio::spawn(async move {
+                client
+                    .post_raw(
+                        Some(target),
+                        &addr,
+                        "/raft/append",
+                        body,
+                        Duration::from_millis(APPEND_DETACHED_TIMEOUT_MS),
+                        true,
+                    )
+                    .await
+            });
+            self.heartbeat = Some(Heartbeat {
+                vote: rpc.vote,
+                prev_log_id: rpc.prev_log_id,
+                leader_commit: rpc.leader_commit,
+                sent_at: Instant::now(),
+                task,
+            });
+        }
+        let beat = self.heartbeat.as_mut().expect("set above");
+        let joined = match tokio::time::timeout(ttl, &mut beat.task).await {
+            Ok(j) => j,
+            Err(_) => {
+                return Err(rpc_error(SendError::Timeout(self.addr.clone(), ttl.as_millis() as u64)));
+            }
+        };
+        let beat = self.heartbeat.take().expect("set above");
+        let res = joined
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?
+            .map_err(rpc_error)?;
+        self.answer(&rpc, res, 0, beat.sent_at)
+    }
+
     /// Tell the peer this leader is alive while an append to it is still
     /// travelling: an empty AppendEntries with no previous entry and no commit
     /// index matches any log, appends nothing and commits nothing, so it is
     /// safe whatever the transfer has done by the time it lands.
-    fn send_keepalive(&mut self, rpc: &AppendEntriesRequest<TypeConfig>, ttl: Duration) {
+    fn send_keepalive(&mut self, rpc: &AppendEntriesRequest<TypeConfig>) {
         if self.keepalive.as_ref().is_some_and(|k| !k.is_finished()) {
             return;
         }
@@ -865,9 +934,18 @@ impl Network {
         let Ok((body, _)) = encode_append(&ping, 0) else { return };
         let client = self.client.clone();
         let (target, addr) = (self.target, self.addr.clone());
+        // Not cut at openraft's deadline: that would close the connection
+        // mid-request (see [`Heartbeat`]); one at a time bounds them.
         self.keepalive = Some(tokio::spawn(async move {
             if let Err(e) = client
-                .post_raw(Some(target), &addr, "/raft/append", body, ttl, false)
+                .post_raw(
+                    Some(target),
+                    &addr,
+                    "/raft/append",
+                    body,
+                    Duration::from_millis(APPEND_DETACHED_TIMEOUT_MS),
+                    false,
+                )
                 .await
             {
                 tracing::debug!(target, error = %e, "keepalive during a long append failed");
