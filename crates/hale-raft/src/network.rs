@@ -672,6 +672,12 @@ struct Heartbeat {
 /// heartbeat deadline, so a slow link or follower still gets the entries.
 pub const APPEND_DETACHED_TIMEOUT_MS: u64 = 10_000;
 
+/// How long a detached heartbeat or keepalive may keep travelling: enough for
+/// a TLS handshake on a starved machine, short enough that heartbeats resume
+/// within a second after a link that swallowed one heals (only one travels
+/// at a time, see [`Heartbeat`]).
+pub const HEARTBEAT_DETACHED_TIMEOUT_MS: u64 = 1_000;
+
 /// An AppendEntries sent in its own task, so that openraft's deadline (the
 /// heartbeat interval) cancels only the wait, not the transfer. When openraft
 /// sends the same range again, the answer of this one is used.
@@ -890,7 +896,7 @@ impl Network {
                         &addr,
                         "/raft/append",
                         body,
-                        Duration::from_millis(APPEND_DETACHED_TIMEOUT_MS),
+                        Duration::from_millis(HEARTBEAT_DETACHED_TIMEOUT_MS),
                         true,
                     )
                     .await
@@ -943,7 +949,7 @@ impl Network {
                     &addr,
                     "/raft/append",
                     body,
-                    Duration::from_millis(APPEND_DETACHED_TIMEOUT_MS),
+                    Duration::from_millis(HEARTBEAT_DETACHED_TIMEOUT_MS),
                     false,
                 )
                 .await
