@@ -253,12 +253,13 @@ fn hale_up_forms_and_loads_the_board_under_a_cpu_hog_and_a_wan() {
     // at most STORM_ELECTIONS_MAX elections since formation. On a starved
     // machine (this test on a reviewer's 2-core VM behaves like one core
     // here) a leader can be silent for half a second before any node has
-    // seen how slow its messages come, and one or two elections early in
-    // the load can happen; before the patience of `election::Patience` the
-    // same run climbed past term 100 and never loaded the board. Release
-    // builds under full write load on this machine are held to zero
-    // needless elections by `hale bench failover`, not here.
-    const STORM_ELECTIONS_MAX: u64 = 3;
+    // seen how slow its messages come, so a few elections early in the load
+    // can happen: pinned to one core, runs had 0 to 3. A storm is tens: 28
+    // on the reviewer's machine, and past term 100 pinned to one core,
+    // before `election::Patience` and heartbeats that outlive their
+    // deadline. Release builds under full write load on this machine are
+    // held to zero needless elections by `hale bench failover`, not here.
+    const STORM_ELECTIONS_MAX: u64 = 5;
     let ctx = format!("statuses: {statuses:#?}\nlogs in {}", data.display());
     let term = statuses[0]["term"].as_u64().expect("term");
     let started: u64 = statuses
