@@ -793,20 +793,7 @@ impl RaftNetwork<TypeConfig> for Network {
             self.in_flight = None;
             let budget = self.client.append_budget(&self.addr, ttl);
             let (body, sent) = encode_append(&rpc, budget).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-            let client = self.client.clone();
-            let (target, addr) = (self.target, self.addr.clone());
-            let task = tokio::spawn(async move {
-                client
-                    .post_raw(
-                        Some(target),
-                        &addr,
-                        "/raft/append",
-                        body,
-                        Duration::from_millis(APPEND_DETACHED_TIMEOUT_MS),
-                        true,
-                    )
-                    .await
-            });
+            let task = self.spawn_append(body, APPEND_DETACHED_TIMEOUT_MS);
             self.in_flight = Some(InFlight {
                 vote: rpc.vote,
                 prev_log_id: rpc.prev_log_id,
@@ -865,6 +852,25 @@ impl RaftNetwork<TypeConfig> for Network {
 }
 
 impl Network {
+    /// POST an encoded AppendEntries to this peer in a task of its own, which
+    /// runs for up to `timeout_ms` whoever still waits for it.
+    fn spawn_append(&self, body: Vec<u8>, timeout_ms: u64) -> tokio::task::JoinHandle<Result<Bytes, SendError>> {
+        let client = self.client.clone();
+        let (target, addr) = (self.target, self.addr.clone());
+        tokio::spawn(async move {
+            client
+                .post_raw(
+                    Some(target),
+                    &addr,
+                    "/raft/append",
+                    body,
+                    Duration::from_millis(timeout_ms),
+                    true,
+                )
+                .await
+        })
+    }
+
     /// Send a heartbeat in its own task and wait for it up to `ttl` (see
     /// [`Heartbeat`]). While one is still travelling, another is not sent:
     /// the same request waits on it; a different one (a new commit index or
@@ -887,20 +893,7 @@ impl Network {
         }
         if !(pending && same) {
             let (body, _) = encode_append(&rpc, 0).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-            let client = self.client.clone();
-            let (target, addr) = (self.target, self.addr.clone());
-            let task = tokio::spawn(async move {
-                client
-                    .post_raw(
-                        Some(target),
-                        &addr,
-                        "/raft/append",
-                        body,
-                        Duration::from_millis(HEARTBEAT_DETACHED_TIMEOUT_MS),
-                        true,
-                    )
-                    .await
-            });
+            let task = self.spawn_append(body, HEARTBEAT_DETACHED_TIMEOUT_MS);
             self.heartbeat = Some(Heartbeat {
                 vote: rpc.vote,
                 prev_log_id: rpc.prev_log_id,
