@@ -132,7 +132,7 @@ fn write_segment(dir: &Path, rows: &[(u64, Vec<u8>)], recipients: &Recipients) -
     for (idx, bytes) in rows {
         let e = hale_raft::log_store::decode_entry(*idx, bytes)?;
         if let EntryPayload::Normal(cmd) = &e.payload {
-            times.push(cmd.time_ms);
+            times.push(cmd.time_ms()?);
         }
         plain.extend_from_slice(&idx.to_le_bytes());
         plain.extend_from_slice(&(bytes.len() as u32).to_le_bytes());

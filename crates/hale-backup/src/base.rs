@@ -19,7 +19,7 @@ fn last_command_ms(data_dir: &Path, index: u64) -> Result<Option<i64>, BackupErr
     }
     for (i, bytes) in rows {
         if let openraft::EntryPayload::Normal(cmd) = hale_raft::log_store::decode_entry(i, &bytes)?.payload {
-            best = best.max(Some(cmd.time_ms));
+            best = best.max(Some(cmd.time_ms()?));
         }
     }
     Ok(best)

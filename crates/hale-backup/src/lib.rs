@@ -69,6 +69,12 @@ pub enum BackupError {
     Unreachable(String),
 }
 
+impl From<hale_store::codec::CodecError> for BackupError {
+    fn from(e: hale_store::codec::CodecError) -> Self {
+        BackupError::Raft(format!("a log entry's command: {e}"))
+    }
+}
+
 impl From<hale_raft::types::StorageError> for BackupError {
     fn from(e: hale_raft::types::StorageError) -> Self {
         BackupError::Raft(e.to_string())

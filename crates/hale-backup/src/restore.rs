@@ -152,7 +152,7 @@ async fn replay(
             assert_eq!(idx, next, "segments chain without gaps here");
             let stop = match (target, &e.payload) {
                 (Target::Index(i), _) => idx > i,
-                (Target::Time(t), EntryPayload::Normal(cmd)) => cmd.time_ms > t,
+                (Target::Time(t), EntryPayload::Normal(cmd)) => cmd.time_ms()? > t,
                 _ => false,
             };
             if stop {
@@ -160,7 +160,7 @@ async fn replay(
                 break 'segments;
             }
             if let EntryPayload::Normal(cmd) = &e.payload {
-                last_ms = Some(cmd.time_ms);
+                last_ms = Some(cmd.time_ms()?);
             }
             batch.push(e);
             next = idx + 1;

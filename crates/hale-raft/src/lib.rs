@@ -17,6 +17,7 @@
 
 pub mod election;
 pub mod forward;
+pub mod frame;
 pub mod log_store;
 pub mod network;
 pub mod node;

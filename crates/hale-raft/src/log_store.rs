@@ -67,13 +67,15 @@ fn write_err(e: impl std::fmt::Display) -> StorageError {
     io_err(ErrorSubject::Logs, ErrorVerb::Write, e)
 }
 
-/// Decode one stored log entry (as [`LogStore::read_raw`] returns it).
+/// Decode one stored log entry (as [`LogStore::read_raw`] returns it), in
+/// the binary frame ([`crate::frame`]) or the JSON older releases wrote.
 pub fn decode_entry(idx: u64, bytes: &[u8]) -> Result<Entry, StorageError> {
-    decode(idx as i64, bytes)
+    decode(idx as i64, bytes.to_vec())
 }
 
-fn decode(idx: i64, bytes: &[u8]) -> Result<Entry, StorageError> {
-    serde_json::from_slice(bytes).map_err(|e| io_err(ErrorSubject::LogIndex(idx as u64), ErrorVerb::Read, e))
+fn decode(idx: i64, bytes: Vec<u8>) -> Result<Entry, StorageError> {
+    crate::frame::decode_entry(bytes::Bytes::from(bytes))
+        .map_err(|e| io_err(ErrorSubject::LogIndex(idx as u64), ErrorVerb::Read, e))
 }
 
 /// Appended entries that may not be on disk yet, so that they are readable
@@ -205,7 +207,7 @@ impl LogStore {
             .optional()
             .map_err(read_err)?;
         match last {
-            Some(b) => Ok(Some(decode(-1, &b)?.log_id)),
+            Some(b) => Ok(Some(decode(-1, b)?.log_id)),
             None => Ok(None),
         }
     }
@@ -269,7 +271,7 @@ impl LogStore {
         let mut out = Vec::new();
         for row in rows {
             let (idx, bytes) = row.map_err(read_err)?;
-            out.push(decode(idx, &bytes)?);
+            out.push(decode(idx, bytes)?);
         }
         Ok(out)
     }
@@ -409,7 +411,7 @@ fn read_range(
                 return Ok(out);
             }
             bytes += raw.len();
-            let e = decode(idx, &raw)?;
+            let e = decode(idx, raw)?;
             assert_eq!(
                 e.log_id.index, idx as u64,
                 "raft log row {idx} holds entry {}",
@@ -518,7 +520,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut rows = Vec::new();
         let mut fresh = Vec::new();
         for e in entries {
-            let bytes = serde_json::to_vec(&e).map_err(write_err)?;
+            let bytes = crate::frame::encode_entry(&e);
             let size = bytes.len();
             rows.push((e.log_id.index, e.log_id, bytes));
             fresh.push((e, size));

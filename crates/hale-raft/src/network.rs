@@ -426,8 +426,14 @@ impl NetClient {
     ) -> Result<Bytes, SendError> {
         let sent_bytes = bytes.len();
         let scheme = if self.tls { "https" } else { "http" };
-        let mut req = hyper::Request::post(format!("{scheme}://{addr}{path}"))
-            .header(hyper::header::CONTENT_TYPE, "application/json");
+        // AppendEntries travel as binary frames ([`crate::frame`]); everything else is JSON.
+        let content_type = if bytes.first() == Some(&crate::frame::APPEND_MAGIC) {
+            "application/octet-stream"
+        } else {
+            "application/json"
+        };
+        let mut req =
+            hyper::Request::post(format!("{scheme}://{addr}{path}")).header(hyper::header::CONTENT_TYPE, content_type);
         if let Some(s) = &self.secret {
             req = req.header(SECRET_HEADER, s);
         }
@@ -727,36 +733,11 @@ impl Network {
 }
 
 /// Encode an AppendEntries request carrying only the prefix of `rpc.entries`
-/// that fits in `budget_bytes` (at least one entry). Each entry is encoded
-/// once. Returns the body and how many entries it carries.
-pub fn encode_append(
-    rpc: &AppendEntriesRequest<TypeConfig>,
-    budget_bytes: usize,
-) -> serde_json::Result<(Vec<u8>, usize)> {
-    let mut body = Vec::with_capacity(256);
-    body.extend_from_slice(b"{\"vote\":");
-    serde_json::to_writer(&mut body, &rpc.vote)?;
-    body.extend_from_slice(b",\"prev_log_id\":");
-    serde_json::to_writer(&mut body, &rpc.prev_log_id)?;
-    body.extend_from_slice(b",\"leader_commit\":");
-    serde_json::to_writer(&mut body, &rpc.leader_commit)?;
-    body.extend_from_slice(b",\"entries\":[");
-    let header = body.len();
-    let mut sent = 0;
-    for e in &rpc.entries {
-        let mark = body.len();
-        if sent > 0 {
-            body.push(b',');
-        }
-        serde_json::to_writer(&mut body, e)?;
-        if sent > 0 && body.len() - header > budget_bytes {
-            body.truncate(mark);
-            break;
-        }
-        sent += 1;
-    }
-    body.extend_from_slice(b"]}");
-    Ok((body, sent))
+/// that fits in `budget_bytes` (at least one entry), as a binary frame
+/// ([`crate::frame`]): each command's bytes as proposed, not re-encoded.
+/// Returns the body and how many entries it carries.
+pub fn encode_append(rpc: &AppendEntriesRequest<TypeConfig>, budget_bytes: usize) -> (Vec<u8>, usize) {
+    crate::frame::encode_append(rpc, budget_bytes)
 }
 
 impl RaftNetwork<TypeConfig> for Network {
@@ -792,7 +773,7 @@ impl RaftNetwork<TypeConfig> for Network {
             // openraft any more; let it finish on its own.
             self.in_flight = None;
             let budget = self.client.append_budget(&self.addr, ttl);
-            let (body, sent) = encode_append(&rpc, budget).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            let (body, sent) = encode_append(&rpc, budget);
             let task = self.spawn_append(body, APPEND_DETACHED_TIMEOUT_MS);
             self.in_flight = Some(InFlight {
                 vote: rpc.vote,
@@ -892,7 +873,7 @@ impl Network {
             )));
         }
         if !(pending && same) {
-            let (body, _) = encode_append(&rpc, 0).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            let (body, _) = encode_append(&rpc, 0);
             let task = self.spawn_append(body, HEARTBEAT_DETACHED_TIMEOUT_MS);
             self.heartbeat = Some(Heartbeat {
                 vote: rpc.vote,
@@ -930,7 +911,7 @@ impl Network {
             leader_commit: None,
             entries: Vec::new(),
         };
-        let Ok((body, _)) = encode_append(&ping, 0) else { return };
+        let (body, _) = encode_append(&ping, 0);
         let client = self.client.clone();
         let (target, addr) = (self.target, self.addr.clone());
         // Not cut at openraft's deadline: that would close the connection
@@ -1011,7 +992,7 @@ mod tests {
         };
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(cmd),
+            payload: EntryPayload::Normal(crate::types::Payload::encode(&cmd)),
         }
     }
 
@@ -1031,9 +1012,9 @@ mod tests {
     /// (entry sizes, budget) -> entries sent
     fn check(sizes: &[usize], budget: usize, expect: usize) {
         let rpc = request(sizes);
-        let (body, sent) = encode_append(&rpc, budget).unwrap();
+        let (body, sent) = encode_append(&rpc, budget);
         assert_eq!(sent, expect, "sizes {sizes:?} budget {budget}");
-        let back: AppendEntriesRequest<TypeConfig> = serde_json::from_slice(&body).unwrap();
+        let back = crate::frame::decode_append(Bytes::from(body)).unwrap();
         assert_eq!(back.entries.len(), sent);
         assert_eq!(back.vote, rpc.vote);
         assert_eq!(back.prev_log_id, rpc.prev_log_id);

@@ -12,7 +12,7 @@ use crate::network::{
 };
 use crate::peer_tls::{secret_eq, Peer, PeerTls, PeerTlsFiles};
 use crate::state_machine::StateMachineStore;
-use crate::types::{HaleNode, NodeId, Raft, RaftMetrics, TypeConfig};
+use crate::types::{HaleNode, NodeId, Payload, Raft, RaftMetrics, TypeConfig};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -936,7 +936,7 @@ impl RaftNode {
                     let parts = match parts {
                         Some(n) => n,
                         None => {
-                            let n = split_command(&forward.cmd, self.settings.command_bytes_max, "-")
+                            let n = log_payloads(&forward.cmd, self.settings.command_bytes_max)
                                 .map_err(|e| {
                                     ProposeError::Unavailable(format!(
                                         "the write was not committed: it cannot be put in the log ({e})"
@@ -1004,15 +1004,14 @@ impl RaftNode {
         if let Some(problem) = self.quorum_problem(&m) {
             return Err(HereError::Failed(ProposeError::Unavailable(problem)));
         }
-        let group = uuid::Uuid::new_v4().to_string();
-        let mut parts = split_command(cmd, self.settings.command_bytes_max, &group).map_err(|e| {
+        let mut parts = log_payloads(cmd, self.settings.command_bytes_max).map_err(|e| {
             HereError::Failed(ProposeError::Unavailable(format!(
                 "the write was not committed: it cannot be put in the log ({e})"
             )))
         })?;
         let count = parts.len();
         if count > 1 {
-            tracing::debug!(group, parts = count, "proposing a large command in parts");
+            tracing::debug!(parts = count, "proposing a large command in parts");
         }
         let timeout = Duration::from_millis(self.settings.write_timeout_ms);
         let mut last = None;
@@ -1590,12 +1589,33 @@ fn peer(p: PeerExt) -> Option<Peer> {
     p.map(|Extension(p)| p)
 }
 
-async fn rpc_append(
-    State(n): Node,
-    p: PeerExt,
-    headers: HeaderMap,
-    Json(req): Json<AppendEntriesRequest<TypeConfig>>,
-) -> Response {
+/// The log entries that carry `cmd`: its binary encoding, once, when that fits
+/// in `bytes_max`; otherwise the parts [`split_command`] cuts it into (a rare
+/// large write), each encoded once. Nothing else encodes a command for the log.
+fn log_payloads(cmd: &Command, bytes_max: usize) -> Result<Vec<Payload>, hale_store::SplitError> {
+    let whole = Payload::encode(cmd);
+    if whole.len() <= bytes_max {
+        return Ok(vec![whole]);
+    }
+    let group = uuid::Uuid::new_v4().to_string();
+    Ok(split_command(cmd, bytes_max, &group)?
+        .iter()
+        .map(Payload::encode)
+        .collect())
+}
+
+async fn rpc_append(State(n): Node, p: PeerExt, headers: HeaderMap, body: bytes::Bytes) -> Response {
+    // The binary frame the leaders send, or JSON (tools, tests, older nodes).
+    let req: AppendEntriesRequest<TypeConfig> = match crate::frame::decode_append(body) {
+        Ok(r) => r,
+        Err(e) => {
+            return (
+                axum::http::StatusCode::BAD_REQUEST,
+                format!("the AppendEntries request does not decode: {e}"),
+            )
+                .into_response()
+        }
+    };
     if let Err(r) = n.admit(peer(p), &headers, Rpc::Append, req.vote.leader_id().voted_for()) {
         return r;
     }

@@ -15,7 +15,8 @@
 //!   that snapshot first at open.
 
 use crate::types::{
-    Entry, HaleNode, LogId, NodeId, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+    Entry, HaleNode, LogId, NodeId, Payload, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership,
+    TypeConfig,
 };
 use hale_store::command::Command;
 use hale_store::{meta_get, meta_put, Durability, StateMachine};
@@ -335,19 +336,35 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             return Ok(Vec::new());
         };
         let mut membership = None;
-        let mut cmds: Vec<(u64, Option<Command>)> = Vec::with_capacity(entries.len());
+        let mut payloads: Vec<(LogId, Option<Payload>)> = Vec::with_capacity(entries.len());
         for e in entries {
             match e.payload {
-                EntryPayload::Blank => cmds.push((e.log_id.index, None)),
-                EntryPayload::Normal(cmd) => cmds.push((e.log_id.index, Some(cmd))),
+                EntryPayload::Blank => payloads.push((e.log_id, None)),
+                EntryPayload::Normal(p) => payloads.push((e.log_id, Some(p))),
                 EntryPayload::Membership(m) => {
                     membership = Some(StoredMembership::new(Some(e.log_id), m));
-                    cmds.push((e.log_id.index, None));
+                    payloads.push((e.log_id, None));
                 }
             }
         }
         let inner = self.inner.clone();
         let out = blocking(move || -> Result<Vec<Response>, StorageError> {
+            // Each command is decoded here, once, from the bytes its proposer
+            // encoded: the same bytes on every replica, so the same command.
+            let mut cmds: Vec<(u64, Option<Command>)> = Vec::with_capacity(payloads.len());
+            for (id, p) in payloads {
+                let c = match p {
+                    Some(p) => Some(p.decode().map_err(|e| StorageError::IO {
+                        source: StorageIOError::new(
+                            ErrorSubject::Apply(id),
+                            ErrorVerb::Read,
+                            AnyError::error(format!("log entry {} does not decode: {e}", id.index)),
+                        ),
+                    })?),
+                    None => None,
+                };
+                cmds.push((id.index, c));
+            }
             let refs: Vec<(u64, Option<&Command>)> = cmds.iter().map(|(i, c)| (*i, c.as_ref())).collect();
             let applied_json = serde_json::to_value(Some(last)).map_err(|e| sm_err(ErrorVerb::Write, e))?;
             let membership_json = match &membership {

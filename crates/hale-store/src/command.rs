@@ -199,7 +199,7 @@ pub struct Base {
     pub pending_seq: Option<u64>,
     /// The resource as the user saw it (for demographics: the base of the
     /// three-way merge, which may itself be a pending version).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::codec::opt_value")]
     pub seen: Option<Value>,
 }
 
@@ -229,6 +229,7 @@ pub enum WriteOp {
     Create {
         rtype: String,
         id: String,
+        #[serde(with = "crate::codec::value")]
         resource: Value,
         if_none_exist: Option<Vec<(String, String)>>,
     },
@@ -236,6 +237,7 @@ pub enum WriteOp {
     Update {
         rtype: String,
         id: String,
+        #[serde(with = "crate::codec::value")]
         resource: Value,
         if_match: Option<u64>,
     },

@@ -12,6 +12,7 @@
 pub mod accounts;
 pub mod apply;
 pub mod audit;
+pub mod codec;
 pub mod command;
 pub mod db;
 pub mod export;

@@ -128,7 +128,7 @@ async fn replayed_log_reproduces_the_store() {
     let log: Vec<(u64, Option<hale_store::command::Command>)> = entries
         .into_iter()
         .map(|e| match e.payload {
-            openraft::EntryPayload::Normal(cmd) => (e.log_id.index, Some(cmd)),
+            openraft::EntryPayload::Normal(p) => (e.log_id.index, Some(p.decode().expect("a logged command decodes"))),
             _ => (e.log_id.index, None),
         })
         .collect();
