@@ -24,12 +24,15 @@
 //!   seeded ones. Reports a latency breakdown per kind of search.
 //! - `All`: each of the above in turn with the same options.
 //!
+//! [`compare`] drives Hale and a peer FHIR server side by side in one run.
+//!
 //! Read / Search / Book first create `seed_patients` patients (untimed, over
 //! `setup_connections` connections); `All` seeds once. `SearchMix` seeds only
 //! when the server has no demo patients.
 
 pub mod admission;
 mod client;
+pub mod compare;
 mod data;
 mod engine;
 mod error;

@@ -324,7 +324,7 @@ mod tests {
         check(&[9], "unknown tag 9");
         check(&[T_NUMBER, 1, b'x'], "bad number");
         check(&[T_NULL, T_NULL], "1 bytes follow");
-        let mut deep = vec![T_ARRAY, 1].repeat(VALUE_DEPTH_MAX + 2);
+        let mut deep = [T_ARRAY, 1].repeat(VALUE_DEPTH_MAX + 2);
         deep.push(T_NULL);
         check(&deep, "nests deeper");
         assert!(matches!(decode(&[]), Err(CodecError::Empty)));

@@ -268,6 +268,21 @@ struct BenchArgs {
     /// `failover`: emulate these links between the voters.
     #[command(flatten)]
     link: link_args::LinkArgs,
+    /// `compare`: the peer FHIR server's base URL, driven side by side with --url.
+    #[arg(long)]
+    peer: Option<String>,
+    /// `compare`: the peer's bearer token, if it needs one.
+    #[arg(long)]
+    peer_token: Option<String>,
+    /// `compare`: Patients each server loads in the timed load row (16 connections).
+    #[arg(long, default_value_t = 10_000)]
+    load_patients: usize,
+    /// `compare`: Hale's process id, to report its peak RSS.
+    #[arg(long)]
+    hale_pid: Option<u32>,
+    /// `compare`: the peer's process id, to report its peak RSS.
+    #[arg(long)]
+    peer_pid: Option<u32>,
     /// Also print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -282,6 +297,7 @@ enum BenchWhat {
     DowntimePack,
     Offline,
     Admission,
+    Compare,
 }
 
 /// Errors are printed as one line of causes (`Error: what: why`), never with
@@ -648,13 +664,14 @@ fn record_hash(data: &Path) -> Result<()> {
 fn workload_parser() -> impl clap::builder::TypedValueParser<Value = BenchWhat> {
     use clap::builder::TypedValueParser;
     let mut names = hale_bench::Workload::VARIANTS.map(|w| w.name()).to_vec();
-    names.extend(["failover", "rebook", "downtime-pack", "offline", "admission"]);
+    names.extend(["failover", "rebook", "downtime-pack", "offline", "admission", "compare"]);
     clap::builder::PossibleValuesParser::new(names).map(|name| match name.as_str() {
         "failover" => BenchWhat::Failover,
         "rebook" => BenchWhat::Rebook,
         "downtime-pack" => BenchWhat::DowntimePack,
         "offline" => BenchWhat::Offline,
         "admission" => BenchWhat::Admission,
+        "compare" => BenchWhat::Compare,
         _ => BenchWhat::Load(
             name.parse::<hale_bench::Workload>()
                 .expect("a listed workload name parses"),
@@ -682,7 +699,16 @@ async fn bench(a: BenchArgs) -> Result<()> {
         BenchWhat::DowntimePack => return bench_downtime(&a),
         BenchWhat::Offline => return offline_bench::run(a.offline_entries, a.connections, a.json).await,
         BenchWhat::Admission => return admission_bench::run(a.duration_s, a.warmup_s, a.json).await,
+        BenchWhat::Compare => match &a.peer {
+            Some(_) => hale_bench::Workload::All,
+            None => anyhow::bail!("bench compare needs --peer URL: the base URL of the FHIR server to compare with"),
+        },
         BenchWhat::Load(w) => w,
+    };
+    let compare_peer = if matches!(a.workload, BenchWhat::Compare) {
+        a.peer.clone()
+    } else {
+        None
     };
     let ca_pem = match &a.ca {
         Some(p) => Some(std::fs::read(p).with_context(|| format!("cannot read the CA certificate {}", p.display()))?),
@@ -702,6 +728,23 @@ async fn bench(a: BenchArgs) -> Result<()> {
         mix_patients: a.patients,
         ..BenchOpts::default()
     };
+    if let Some(peer_url) = compare_peer {
+        let c = hale_bench::compare::compare(&hale_bench::compare::CompareOpts {
+            hale: opts,
+            peer_url,
+            peer_token: a.peer_token,
+            load_patients: a.load_patients,
+            hale_pid: a.hale_pid,
+            peer_pid: a.peer_pid,
+            ..Default::default()
+        })
+        .await?;
+        println!("{}", c.to_table());
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&c)?);
+        }
+        return Ok(());
+    }
     let report = hale_bench::run(&opts, workload).await?;
     println!("{}", report.to_table());
     if a.json {
