@@ -1218,11 +1218,18 @@ impl RaftNode {
         };
         let problem = match reply {
             ReadIndexReply::Index(index) => {
-                let waited = self
-                    .raft
-                    .wait(Some(Duration::from_millis(self.settings.read_timeout_ms)))
-                    .applied_index_at_least(Some(index), "linearizable read")
-                    .await;
+                // Usually applied already (a leader's read index is its applied
+                // index): then skip openraft's metrics wait, which subscribes
+                // and clones the metrics on every read.
+                let waited = if self.applied_index() >= index {
+                    Ok(())
+                } else {
+                    self.raft
+                        .wait(Some(Duration::from_millis(self.settings.read_timeout_ms)))
+                        .applied_index_at_least(Some(index), "linearizable read")
+                        .await
+                        .map(|_| ())
+                };
                 match waited {
                     Ok(_) => {
                         return Ok(ReadInfo {

@@ -22,6 +22,42 @@ use tokio::sync::mpsc;
 
 /// Audit records per command.
 pub const FLUSH_RECORDS_MAX: usize = 4_096;
+/// Estimated encoded bytes per command: a batch stays well inside one log
+/// entry ([`hale_store::COMMAND_BYTES_MAX`]), so it is never split into parts
+/// (a split costs a JSON encoding, staging rows and a reassembly).
+pub const FLUSH_BYTES_MAX: usize = hale_store::COMMAND_BYTES_MAX / 2;
+
+/// An upper estimate of one record's share of an encoded command.
+fn record_bytes(r: &AuditRecord) -> usize {
+    128 + r.actor.user.len()
+        + r.actor.role.len()
+        + r.rtype.len()
+        + r.id.as_ref().map_or(0, String::len)
+        + r.patient.as_ref().map_or(0, String::len)
+        + 2 * r.detail.len()
+        + r.purpose.as_ref().map_or(0, String::len)
+}
+
+/// `records` cut, in order, into batches of at most [`FLUSH_BYTES_MAX`]
+/// estimated bytes (a record larger than that alone is a batch of its own).
+fn batches(records: Vec<AuditRecord>) -> Vec<Vec<AuditRecord>> {
+    let mut out: Vec<Vec<AuditRecord>> = Vec::new();
+    let mut bytes = 0;
+    for r in records {
+        let n = record_bytes(&r);
+        match out.last_mut() {
+            Some(b) if bytes + n <= FLUSH_BYTES_MAX => {
+                b.push(r);
+                bytes += n;
+            }
+            _ => {
+                out.push(vec![r]);
+                bytes = n;
+            }
+        }
+    }
+    out
+}
 /// How long the flusher gathers records before committing them.
 pub const FLUSH_GATHER_MS: u64 = 10;
 /// Delay between attempts to commit spooled batches.
@@ -212,54 +248,52 @@ impl AuditSink {
                         Err(_) => break,
                     }
                 }
-                if buf.is_empty() {
-                    continue;
-                }
-                let records = std::mem::take(&mut buf);
-                let seq = loop {
-                    match spool.next_seq() {
-                        Ok(s) => break s,
-                        Err(e) => {
-                            tracing::error!(error = %e, "cannot reserve audit batch numbers on disk; retrying");
-                            tokio::time::sleep(std::time::Duration::from_millis(RETRY_DELAY_MS)).await;
+                for records in batches(std::mem::take(&mut buf)) {
+                    let seq = loop {
+                        match spool.next_seq() {
+                            Ok(s) => break s,
+                            Err(e) => {
+                                tracing::error!(error = %e, "cannot reserve audit batch numbers on disk; retrying");
+                                tokio::time::sleep(std::time::Duration::from_millis(RETRY_DELAY_MS)).await;
+                            }
+                        }
+                    };
+                    if spooled2.load(Ordering::Acquire) == 0 {
+                        match commit(proposer.as_ref(), node, seq, records.clone()).await {
+                            Ok(()) => continue,
+                            Err(why) => {
+                                tracing::warn!(records = records.len(), reason = %why, "cannot commit read audit records now; spooling them to disk");
+                            }
                         }
                     }
-                };
-                if spooled2.load(Ordering::Acquire) == 0 {
-                    match commit(proposer.as_ref(), node, seq, records.clone()).await {
-                        Ok(()) => continue,
-                        Err(why) => {
-                            tracing::warn!(records = records.len(), reason = %why, "cannot commit read audit records now; spooling them to disk");
-                        }
-                    }
-                }
-                // Keep order: once anything is spooled, new batches queue behind it.
-                loop {
-                    if spool.bytes() < SPOOL_BYTES_MAX {
-                        match spool.write(seq, &records) {
-                            Ok(()) => {
-                                spooled2.fetch_add(1, Ordering::AcqRel);
+                    // Keep order: once anything is spooled, new batches queue behind it.
+                    loop {
+                        if spool.bytes() < SPOOL_BYTES_MAX {
+                            match spool.write(seq, &records) {
+                                Ok(()) => {
+                                    spooled2.fetch_add(1, Ordering::AcqRel);
+                                    break;
+                                }
+                                Err(e) => tracing::error!(error = %e, "cannot write the audit spool; retrying"),
+                            }
+                        } else {
+                            // Full: the spooled batches go first (a newer number
+                            // committed before them would make apply skip them).
+                            while let Some((old_seq, path, old)) = spool.oldest() {
+                                if commit(proposer.as_ref(), node, old_seq, old).await.is_err() {
+                                    break;
+                                }
+                                let _ = std::fs::remove_file(&path);
+                                spooled2.fetch_sub(1, Ordering::AcqRel);
+                            }
+                            if spool.oldest().is_none()
+                                && commit(proposer.as_ref(), node, seq, records.clone()).await.is_ok()
+                            {
                                 break;
                             }
-                            Err(e) => tracing::error!(error = %e, "cannot write the audit spool; retrying"),
                         }
-                    } else {
-                        // Full: the spooled batches go first (a newer number
-                        // committed before them would make apply skip them).
-                        while let Some((old_seq, path, old)) = spool.oldest() {
-                            if commit(proposer.as_ref(), node, old_seq, old).await.is_err() {
-                                break;
-                            }
-                            let _ = std::fs::remove_file(&path);
-                            spooled2.fetch_sub(1, Ordering::AcqRel);
-                        }
-                        if spool.oldest().is_none()
-                            && commit(proposer.as_ref(), node, seq, records.clone()).await.is_ok()
-                        {
-                            break;
-                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(RETRY_DELAY_MS)).await;
                     }
-                    tokio::time::sleep(std::time::Duration::from_millis(RETRY_DELAY_MS)).await;
                 }
             }
         });
@@ -279,5 +313,52 @@ impl AuditSink {
     /// Batches waiting on disk for the cluster to take them.
     pub fn spooled_batches(&self) -> u64 {
         self.spooled.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+    use hale_store::{Actor, AuditAction};
+
+    fn rec(detail_bytes: usize) -> AuditRecord {
+        AuditRecord {
+            time_ms: 1,
+            actor: Actor::system(),
+            action: AuditAction::Read,
+            rtype: "Patient".into(),
+            id: Some("p".into()),
+            patient: Some("p".into()),
+            outcome: 0,
+            detail: "x".repeat(detail_bytes),
+            purpose: None,
+        }
+    }
+
+    #[test]
+    fn batches_keep_order_and_fit_one_log_entry_unsplit() {
+        let records: Vec<AuditRecord> = (0..FLUSH_RECORDS_MAX).map(|i| rec(i % 300)).collect();
+        let out = batches(records.clone());
+        assert!(out.len() > 1, "4,096 records of up to 300 bytes need several batches");
+        assert_eq!(out.concat(), records, "every record, in order, once");
+        for b in &out {
+            let cmd = hale_store::command::Command {
+                references: Default::default(),
+                time_ms: 1,
+                actor: Actor::system(),
+                kind: hale_store::CommandKind::AuditOnce {
+                    node: 1,
+                    seq: u64::MAX,
+                    records: b.clone(),
+                },
+            };
+            let n = hale_store::codec::encode(&cmd).len();
+            assert!(n <= hale_store::COMMAND_BYTES_MAX, "a batch encodes to {n} bytes");
+            assert!(serde_json::to_vec(&cmd).unwrap().len() <= hale_store::COMMAND_BYTES_MAX);
+        }
+        // One record too large for a batch goes alone, never dropped.
+        let big = batches(vec![rec(10), rec(FLUSH_BYTES_MAX), rec(10)]);
+        assert_eq!(big.iter().map(Vec::len).collect::<Vec<_>>(), vec![1, 1, 1]);
+        assert!(batches(Vec::new()).is_empty());
     }
 }

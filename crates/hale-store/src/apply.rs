@@ -86,9 +86,7 @@ pub fn apply_command(conn: &Connection, index: u64, cmd: &Command) -> Result<App
         }
         CommandKind::Audit(records) => {
             assert!(records.len() < AUDITS_PER_COMMAND_MAX);
-            for r in records {
-                cx.audit(r)?;
-            }
+            cx.audit_many(records)?;
             Applied::Audited(records.len())
         }
         CommandKind::Part(part) => apply_part(conn, index, cmd.time_ms, part)?,
@@ -114,9 +112,7 @@ pub fn apply_command(conn: &Connection, index: u64, cmd: &Command) -> Result<App
                 // Applied before: an ambiguous send that did commit, re-sent.
                 Applied::Audited(0)
             } else {
-                for r in records {
-                    cx.audit(r)?;
-                }
+                cx.audit_many(records)?;
                 conn.prepare_cached("INSERT OR REPLACE INTO audit_heads(node, seq) VALUES (?1, ?2)")?
                     .execute(params![*node as i64, *seq as i64])?;
                 Applied::Audited(records.len())
@@ -1016,16 +1012,21 @@ impl<'a> Cx<'a> {
     }
 
     fn audit(&mut self, r: &AuditRecord) -> rusqlite::Result<()> {
-        assert!(
-            self.audit_pos < AUDITS_PER_COMMAND_MAX as u64,
-            "too many audit rows in one command"
-        );
+        self.audit_many(std::slice::from_ref(r))
+    }
+
+    /// Audit rows for `rs`, in order, at this command's next audit positions.
+    fn audit_many(&mut self, rs: &[AuditRecord]) -> rusqlite::Result<()> {
         assert!(self.index < (1u64 << 43), "log index too large for the audit sequence");
-        let seq = ((self.index << 20) | self.audit_pos) as i64;
-        self.audit_pos += 1;
-        crate::audit::append(
-            self.conn,
-            &crate::audit::ChainRow {
+        let mut rows = Vec::with_capacity(rs.len());
+        for r in rs {
+            assert!(
+                self.audit_pos < AUDITS_PER_COMMAND_MAX as u64,
+                "too many audit rows in one command"
+            );
+            let seq = ((self.index << 20) | self.audit_pos) as i64;
+            self.audit_pos += 1;
+            rows.push(crate::audit::ChainRow {
                 seq,
                 time_ms: r.time_ms,
                 user: r.actor.user.clone(),
@@ -1037,8 +1038,9 @@ impl<'a> Cx<'a> {
                 outcome: r.outcome as i64,
                 detail: r.detail.clone(),
                 purpose: r.purpose.clone(),
-            },
-        )
+            });
+        }
+        crate::audit::append_many(self.conn, &rows)
     }
 }
 

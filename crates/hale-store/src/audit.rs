@@ -98,7 +98,13 @@ pub fn chain_hash(prev: &[u8; 32], row: &ChainRow) -> [u8; 32] {
 
 /// Lower-case hex of a hash.
 pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(b.len() * 2);
+    for &x in b {
+        s.push(DIGITS[(x >> 4) as usize] as char);
+        s.push(DIGITS[(x & 0xf) as usize] as char);
+    }
+    s
 }
 
 fn unhex(s: &str) -> Option<[u8; 32]> {
@@ -131,45 +137,51 @@ pub fn head(conn: &Connection) -> rusqlite::Result<Option<ChainHead>> {
         .optional()
 }
 
-/// Append one row to the audit table, chained onto the stored head (inside
-/// apply's transaction). Deterministic: the hash depends only on the row and
-/// the head, which the log decides.
-pub(crate) fn append(conn: &Connection, row: &ChainRow) -> rusqlite::Result<()> {
-    let prev = match head(conn)? {
-        None => GENESIS,
-        Some(h) => {
-            // seq comes from (log index, position): apply only moves forward.
-            assert!(
-                row.seq > h.seq,
-                "audit seq {} does not follow the chain head {}",
-                row.seq,
-                h.seq
-            );
-            unhex(&h.hash).expect("the audit chain head is 64 hex digits")
-        }
+/// Append rows to the audit table in `seq` order, each chained onto the one
+/// before and the first onto the stored head, then store the new head once
+/// (inside apply's transaction). Deterministic: the hashes depend only on the
+/// rows and the head, which the log decides. The state is the same as
+/// appending the rows one at a time; a batch only saves re-reading and
+/// re-writing the head per row.
+pub(crate) fn append_many(conn: &Connection, rows: &[ChainRow]) -> rusqlite::Result<()> {
+    let Some(last) = rows.last() else { return Ok(()) };
+    let (mut prev, mut after) = match head(conn)? {
+        None => (GENESIS, None),
+        Some(h) => (
+            unhex(&h.hash).expect("the audit chain head is 64 hex digits"),
+            Some(h.seq),
+        ),
     };
-    let hash = chain_hash(&prev, row);
-    conn.prepare_cached(
+    let mut ins = conn.prepare_cached(
         "INSERT INTO audit(seq, time_ms, user, role, action, rtype, res_id, patient, outcome, detail, purpose, prev_hash, hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-    )?
-    .execute(rusqlite::params![
-        row.seq,
-        row.time_ms,
-        row.user,
-        row.role,
-        row.action,
-        row.rtype,
-        row.res_id,
-        row.patient,
-        row.outcome,
-        row.detail,
-        row.purpose,
-        &prev[..],
-        &hash[..]
-    ])?;
+    )?;
+    for row in rows {
+        // seq comes from (log index, position): apply only moves forward.
+        if let Some(a) = after {
+            assert!(row.seq > a, "audit seq {} does not follow the chain head {a}", row.seq);
+        }
+        let hash = chain_hash(&prev, row);
+        ins.execute(rusqlite::params![
+            row.seq,
+            row.time_ms,
+            row.user,
+            row.role,
+            row.action,
+            row.rtype,
+            row.res_id,
+            row.patient,
+            row.outcome,
+            row.detail,
+            row.purpose,
+            &prev[..],
+            &hash[..]
+        ])?;
+        prev = hash;
+        after = Some(row.seq);
+    }
     conn.prepare_cached("INSERT OR REPLACE INTO audit_chain(id, seq, hash) VALUES (1, ?1, ?2)")?
-        .execute(rusqlite::params![row.seq, hex(&hash)])?;
+        .execute(rusqlite::params![last.seq, hex(&prev)])?;
     Ok(())
 }
 
@@ -793,4 +805,15 @@ pub fn event(conn: &Connection, seq: i64) -> rusqlite::Result<Option<Found>> {
     conn.prepare_cached(&format!("SELECT {COLS} FROM audit WHERE seq = ?1"))?
         .query_row([seq], render)
         .optional()
+}
+
+#[cfg(test)]
+mod hex_tests {
+    #[test]
+    fn hex_is_lower_case_two_digits_per_byte() {
+        let all: Vec<u8> = (0..=255).collect();
+        let expect: String = all.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(super::hex(&all), expect);
+        assert_eq!(super::hex(&[]), "");
+    }
 }
