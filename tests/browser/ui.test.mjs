@@ -10,7 +10,10 @@ import {
   focused, tabTo, signIn, pdfPages,
 } from './lib.mjs';
 
-let srv; let browser; let pw; let today; let tomorrow; let first; // first demo patient
+let srv; let browser; let pw; let today; let first; // first demo patient
+// The demo's clinics run on set weekdays and none at weekends: the days these
+// tests use are the next ones with patients booked, found from the data.
+let cardiologyDay; const outageDay = {};
 const MODES = ['mouse', 'keyboard', 'nojs'];
 
 before(async () => {
@@ -24,10 +27,26 @@ before(async () => {
   await page.goto(srv.url + '/ui/clinics');
   today = await page.inputValue('#date');
   await ctx.close();
-  const d = new Date(today + 'T12:00:00Z');
-  d.setUTCDate(d.getUTCDate() + 1);
-  tomorrow = d.toISOString().slice(0, 10);
+  const slots = await fhir(srv.url, 'GET',
+    `/Slot?schedule=sched-qeh-cardiology&status=busy&start=ge${today}&start=lt${plusDays(today, 14)}&_count=1000`);
+  cardiologyDay = (slots.json.entry || []).map((e) => e.resource.start.slice(0, 10)).sort()[0];
+  assert.ok(cardiologyDay, `QEH cardiology has no booked slot in the 14 days from ${today}`);
+  const appts = await fhir(srv.url, 'GET',
+    `/Appointment?status=booked&date=ge${plusDays(cardiologyDay, 1)}&date=lt${plusDays(today, 21)}&_sort=date&_count=1000`);
+  for (const [mode, site] of Object.entries(OUTAGE_SITES)) {
+    outageDay[mode] = (appts.json.entry || [])
+      .filter((e) => (e.resource.participant || []).some((p) => (p.actor?.reference || '').startsWith(`Location/loc-${site.toLowerCase()}-`)))
+      .map((e) => e.resource.start.slice(0, 10)).sort()[0];
+    // After the cardiology day, which the outage would otherwise empty for the later tests.
+    assert.ok(outageDay[mode], `${site} has no booked appointment from ${plusDays(cardiologyDay, 1)} to ${plusDays(today, 21)}`);
+  }
 });
+
+function plusDays(day, n) {
+  const d = new Date(day + 'T12:00:00Z');
+  d.setUTCDate(d.getUTCDate() + n);
+  return d.toISOString().slice(0, 10);
+}
 
 after(async () => {
   if (browser) await browser.close();
@@ -102,13 +121,13 @@ for (const [i, mode] of MODES.entries()) {
 // ---------------------------------------------------------------- (b) check in on today's clinic list, undo
 
 for (const [i, mode] of MODES.entries()) {
-  test(`(b) ${mode}: check a patient in on today's clinic list (1 click) and undo`, async () => {
+  test(`(b) ${mode}: check a patient in on a clinic list (1 click) and undo`, async () => {
     const { ctx, page } = await session('clerk.demo', mode);
-    await page.goto(`${srv.url}/ui/clinic/sched-qeh-cardiology?date=${today}`);
+    await page.goto(`${srv.url}/ui/clinic/sched-qeh-cardiology?date=${cardiologyDay}`);
     const rows = await page.$$eval('tr[id^="row-"]', (rs) => rs
       .filter((r) => [...r.querySelectorAll('button')].some((b) => b.textContent.trim().startsWith('Check in')))
       .map((r) => r.id));
-    assert.ok(rows.length > i, `need ${i + 1} rows with "Check in" today, found ${rows.length}`);
+    assert.ok(rows.length > i, `need ${i + 1} rows with "Check in" on ${cardiologyDay}, found ${rows.length}`);
     const row = rows[i];
     const appt = row.slice('row-'.length);
     const before = (await text(page, `#status-${appt}`)).trim();
@@ -191,7 +210,7 @@ for (const [i, mode] of MODES.entries()) {
 const OUTAGE_SITES = { mouse: 'QEH', keyboard: 'SRI', nojs: 'KGH' };
 
 for (const mode of MODES) {
-  test(`(e) ${mode}: outage console: declare for tomorrow at ${OUTAGE_SITES[mode]}, postpone, rebook one by hand, plan, commit`, async () => {
+  test(`(e) ${mode}: outage console: declare for its next clinic day at ${OUTAGE_SITES[mode]}, postpone, rebook one by hand, plan, commit`, async () => {
     const { ctx, page } = await session('admin.demo', mode);
     await page.goto(srv.url + '/ui/outage');
     const counter = { clicks: 0 };
@@ -199,7 +218,7 @@ for (const mode of MODES) {
     if (mode === 'keyboard') {
       await tabTo(page, (f) => f.tag === 'summary', 'the "Declare a new incident" summary');
       await page.keyboard.press('Enter');
-      const [y, m, d] = tomorrow.split('-');
+      const [y, m, d] = outageDay[mode].split('-');
       // The date field's segment order follows the browser's locale: probe it
       // by typing 01 02 2000, then go back into the field and type the day.
       await tabTo(page, (f) => f.id === 'start', '#start');
@@ -209,7 +228,7 @@ for (const mode of MODES) {
       for (const id of ['start', 'end']) {
         await tabTo(page, (f) => f.id === id, `#${id}`);
         await page.keyboard.type(dayFirst ? `${d}${m}${y}` : `${m}${d}${y}`);
-        assert.equal(await page.inputValue(`#${id}`), tomorrow, `keyboard typed the date into #${id}`);
+        assert.equal(await page.inputValue(`#${id}`), outageDay[mode], `keyboard typed the date into #${id}`);
       }
       await tabTo(page, (f) => f.id === 'sites', '#sites');
       await page.keyboard.type(OUTAGE_SITES[mode]);
@@ -217,8 +236,8 @@ for (const mode of MODES) {
       await page.keyboard.type(desc);
     } else {
       await page.click('summary');
-      await page.fill('#start', tomorrow);
-      await page.fill('#end', tomorrow);
+      await page.fill('#start', outageDay[mode]);
+      await page.fill('#end', outageDay[mode]);
       await page.fill('#sites', OUTAGE_SITES[mode]);
       await page.fill('#description', desc);
     }
@@ -333,7 +352,7 @@ test('axe: 0 violations (WCAG 2.2 AA tags) on every screen and state, screenshot
   await axe(page, 'observation with error');
   await page.goto(srv.url + '/ui/clinics');
   await axe(page, 'clinics');
-  const clinicUrl = `${srv.url}/ui/clinic/sched-qeh-cardiology?date=${today}`;
+  const clinicUrl = `${srv.url}/ui/clinic/sched-qeh-cardiology?date=${cardiologyDay}`;
   await page.goto(clinicUrl);
   await axe(page, 'clinic list');
   await screenshot(page, 'clinic-list');
@@ -347,9 +366,9 @@ test('axe: 0 violations (WCAG 2.2 AA tags) on every screen and state, screenshot
     await axe(page, 'clinic list after a click (flash)');
     await clickNav(page, page.getByRole('button', { name: 'Undo' }));
   } else {
-    assert.fail('no "Arrived" button on the cardiology list today');
+    assert.fail(`no "Arrived" button on the cardiology list of ${cardiologyDay}`);
   }
-  await page.goto(`${srv.url}/ui/clinic/sched-qeh-cardiology/print?date=${today}`);
+  await page.goto(`${srv.url}/ui/clinic/sched-qeh-cardiology/print?date=${cardiologyDay}`);
   await axe(page, 'clinic print view');
   // Book, check answers, then the same slot again: the refusal.
   await page.goto(`${srv.url}/ui/book?patient=pat-000040`);
@@ -409,7 +428,7 @@ test('print: the NHS number (record) and the clinic name and date (clinic list) 
   assert.ok(pages.length >= 2, `record print spans ${pages.length} page(s)`);
   pages.forEach((p, n) => assert.ok(p.includes(nhs), `record PDF page ${n + 1} of ${pages.length} lacks NHS No. ${nhs}:\n${p.slice(0, 300)}`));
 
-  await page.goto(`${srv.url}/ui/clinic/sched-qeh-cardiology/print?date=${today}`);
+  await page.goto(`${srv.url}/ui/clinic/sched-qeh-cardiology/print?date=${cardiologyDay}`);
   const h1 = await page.locator('h1').innerText();
   const clinic = await page.locator('h1').evaluate((e) => e.firstChild.textContent.trim());
   const day = await page.locator('h1 .nhsuk-caption-l').innerText();
@@ -424,7 +443,7 @@ test('print: the NHS number (record) and the clinic name and date (clinic list) 
 
 test('reflow: at 320 px wide, find, record and clinic list do not scroll sideways', async () => {
   const { ctx, page } = await session('dr.demo', 'mouse', { viewport: { width: 320, height: 720 } });
-  for (const path of ['/ui/', `/ui/patient/${first.id}`, `/ui/clinic/sched-qeh-cardiology?date=${today}`]) {
+  for (const path of ['/ui/', `/ui/patient/${first.id}`, `/ui/clinic/sched-qeh-cardiology?date=${cardiologyDay}`]) {
     await page.goto(srv.url + path);
     const w = await page.evaluate(() => document.documentElement.scrollWidth);
     assert.ok(w <= 320, `${path}: scrollWidth ${w} > 320`);
