@@ -307,6 +307,12 @@ where
         let mut rng = Rng::new(seed ^ 0x5EED ^ (w as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
         tasks.spawn(async move {
             let mut client = Client::new(target.clone());
+            // Connect before taking work, so the setup opens exactly
+            // `connections` connections however the work is shared out.
+            client
+                .connect(timeout)
+                .await
+                .map_err(|f| failure_error(&target, &format!("{what}: connecting"), f, timeout))?;
             let mut made = Vec::new();
             loop {
                 if failed.load(Ordering::Relaxed) {
